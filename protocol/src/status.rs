@@ -1,0 +1,131 @@
+//! Device status (device → gateway) and device config (gateway → device).
+//!
+//! Status: `{"online":true,"battery":87,"fw":"1.4.2","rssi":-67}`; a device sets
+//! `{"online":false}` as its MQTT will so the gateway learns when it drops off.
+//!
+//! Config (retained, republished by the gateway whenever the device connects):
+//! `{"time_ms":1763798400000,"schedule":[{"kind":"bp","every_s":43200}]}`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{DecodeError, EncodeError, check_size, from_slice_exact};
+
+/// A device's status report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status<'a> {
+    /// Whether the device is connected (false in the will message).
+    pub online: bool,
+    /// Battery charge, percent (0-100).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub battery: Option<u8>,
+    /// Firmware version.
+    #[serde(skip_serializing_if = "Option::is_none", borrow)]
+    pub fw: Option<&'a str>,
+    /// Received signal strength, dBm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rssi: Option<i16>,
+}
+
+/// Longest firmware version string accepted.
+pub const MAX_FW_LEN: usize = 32;
+
+impl<'a> Status<'a> {
+    /// Decodes and validates a status payload.
+    pub fn decode(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        check_size(payload)?;
+        let status: Status<'a> = from_slice_exact(payload)?;
+        if status.battery.is_some_and(|b| b > 100) {
+            return Err(DecodeError::Json("battery must be 0-100"));
+        }
+        if let Some(fw) = status.fw {
+            let printable = fw.bytes().all(|b| b.is_ascii_graphic());
+            if fw.is_empty() || fw.len() > MAX_FW_LEN || !printable {
+                return Err(DecodeError::Json(
+                    "fw must be 1-32 printable ASCII characters",
+                ));
+            }
+        }
+        Ok(status)
+    }
+
+    /// Encodes into `buf`, returning the length written.
+    pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        serde_json_core::to_slice(self, buf).map_err(|_| EncodeError::BufferFull)
+    }
+}
+
+/// How often the device should measure one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleEntry<'a> {
+    /// Measurement kind (`bp`, `spo2`, `glucose`).
+    pub kind: &'a str,
+    /// Interval between measurements, seconds.
+    pub every_s: u32,
+}
+
+/// The gateway's configuration for a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig<'a> {
+    /// The gateway's wall-clock time when it sent this, ms since the Unix epoch; a device
+    /// without a real-time clock sets its clock from it.
+    pub time_ms: i64,
+    /// Measurement schedule.
+    #[serde(borrow, default)]
+    pub schedule: heapless::Vec<ScheduleEntry<'a>, 4>,
+}
+
+impl<'a> DeviceConfig<'a> {
+    /// Decodes a config payload.
+    pub fn decode(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        check_size(payload)?;
+        from_slice_exact(payload)
+    }
+
+    /// Encodes into `buf`, returning the length written.
+    pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        serde_json_core::to_slice(self, buf).map_err(|_| EncodeError::BufferFull)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_table() {
+        fn check(payload: &str, ok: bool) {
+            assert_eq!(Status::decode(payload.as_bytes()).is_ok(), ok, "{payload}");
+        }
+        check(
+            r#"{"online":true,"battery":87,"fw":"1.4.2","rssi":-67}"#,
+            true,
+        );
+        check(r#"{"online":false}"#, true);
+        check(r#"{"online":true,"battery":187}"#, false);
+        check(r#"{"online":true,"battery":-1}"#, false);
+        check(r#"{"online":true,"fw":""}"#, false);
+        check(r#"{"online":true,"fw":"a b"}"#, false);
+        check(r#"{"battery":50}"#, false);
+        check(r#"{"online":true,"cpu":3}"#, false);
+    }
+
+    #[test]
+    fn config_round_trip() {
+        let mut cfg = DeviceConfig {
+            time_ms: 1_763_798_400_000,
+            schedule: heapless::Vec::new(),
+        };
+        cfg.schedule
+            .push(ScheduleEntry {
+                kind: "bp",
+                every_s: 43_200,
+            })
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = cfg.encode(&mut buf).unwrap();
+        assert_eq!(DeviceConfig::decode(&buf[..n]).unwrap(), cfg);
+    }
+}
