@@ -1,1 +1,143 @@
-//! placeholder
+//! The device side of Sentinella: the edge devices connect to, the embedded broker, and the
+//! ingest pipeline that stores readings and acknowledges them end to end.
+//!
+//! # Layout
+//! - [`config`]: [`GatewayConfig`], the `[gateway]` table of the config file.
+//! - `edge`: accepts device connections, authenticates them against the registry and keeps
+//!   each device inside its own topics before forwarding to the broker.
+//! - `broker`: rumqttd on loopback, the ingest link and the threads bridging it to tokio.
+//! - `registry`: a short-lived cache of the devices table.
+//! - `ingest`: decode → batch → commit → ack.
+//! - [`telemetry`]: counters every stage bumps, rendered for Prometheus.
+//!
+//! Start at [`start`]: it wires the stages together in the order the data flows.
+
+pub mod config;
+pub mod telemetry;
+
+mod broker;
+mod edge;
+mod ingest;
+mod registry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::GatewayConfig;
+pub use telemetry::Metrics;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The embedded broker could not be set up.
+    #[error("embedded broker: {0}")]
+    Broker(String),
+    /// The edge could not bind its listener.
+    #[error("edge listener on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store failed its start-up health check.
+    #[error("store health check: {0}")]
+    Store(#[from] store::StoreError),
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Where devices connect (the bound address, useful with port 0).
+    pub edge_addr: SocketAddr,
+    /// The loopback address of the embedded broker (internal; only the edge may log in).
+    pub broker_addr: SocketAddr,
+    /// Counters of every stage.
+    pub metrics: Arc<Metrics>,
+    tracker: TaskTracker,
+}
+
+impl Gateway {
+    /// Waits until every task has stopped after the shutdown token fired: the edge has closed
+    /// its connections, the batcher has flushed and the writer has committed and acked.
+    pub async fn join(self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Starts the gateway: checks the store, starts the broker with its ingest link subscribed,
+/// then the pipeline, and only then the edge, so no device publish can arrive before
+/// something is listening for it. Everything stops when `cancel` fires.
+pub async fn start(config: GatewayConfig, store: Store, cancel: CancellationToken) -> Result<Gateway, GatewayError> {
+    store.health_check().await?;
+    let metrics = Arc::new(Metrics::default());
+    metrics.store_ok.store(true, Ordering::Relaxed);
+    let tracker = TaskTracker::new();
+
+    let (inbound_tx, inbound_rx) = mpsc::channel(config.queue_capacity);
+    let broker = broker::start(&config, inbound_tx.clone(), metrics.clone(), cancel.clone())?;
+    let registry = Arc::new(registry::Registry::new(store.clone(), config.registry_ttl));
+
+    let (batch_tx, batch_rx) = mpsc::channel(2);
+    let batcher = ingest::batch::Batcher {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        max_rows: config.batch_max_rows,
+        max_delay: config.batch_max_delay,
+    };
+    tracker.spawn(batcher.run(inbound_rx, batch_tx, cancel.clone()));
+    let writer = ingest::writer::Writer {
+        store: store.clone(),
+        outbound: broker.outbound.clone(),
+        metrics: metrics.clone(),
+    };
+    tracker.spawn(writer.run(batch_rx, cancel.clone()));
+    tracker.spawn(maintenance(store.clone(), metrics.clone(), cancel.clone()));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+    let edge_addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+    let ctx = Arc::new(edge::EdgeContext {
+        config,
+        broker: broker.clone(),
+        registry,
+        inbound: inbound_tx,
+        metrics: metrics.clone(),
+    });
+    tracker.spawn(edge::serve(listener, ctx, cancel.clone(), tracker.clone()));
+    tracing::info!(%edge_addr, broker = %broker.addr, "gateway listening for devices");
+    Ok(Gateway { edge_addr, broker_addr: broker.addr, metrics, tracker })
+}
+
+/// Periodic store chores: readiness probe every few seconds, partitions every few hours.
+async fn maintenance(store: Store, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    let mut probe = tokio::time::interval(Duration::from_secs(2));
+    let mut partitions = tokio::time::interval(Duration::from_secs(6 * 3600));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = probe.tick() => {
+                let ok = store.health_check().await.is_ok();
+                let was = metrics.store_ok.swap(ok, Ordering::Relaxed);
+                if was != ok {
+                    if ok { tracing::info!("store reachable again") } else { tracing::warn!("store unreachable") }
+                }
+            }
+            _ = partitions.tick() => {
+                if let Err(e) = store.ensure_partitions(time::OffsetDateTime::now_utc()).await {
+                    tracing::warn!(error = %e, "partition maintenance failed; will retry");
+                }
+            }
+        }
+    }
+}

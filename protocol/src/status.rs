@@ -78,6 +78,12 @@ pub struct DeviceConfig<'a> {
 }
 
 impl<'a> DeviceConfig<'a> {
+    /// A config carrying only the gateway's time, with an empty schedule (the device keeps
+    /// its own).
+    pub fn with_time(time_ms: i64) -> Self {
+        DeviceConfig { time_ms, schedule: heapless::Vec::new() }
+    }
+
     /// Decodes a config payload.
     pub fn decode(payload: &'a [u8]) -> Result<Self, DecodeError> {
         check_size(payload)?;

@@ -1,0 +1,354 @@
+//! The edge: where devices connect.
+//!
+//! Every device connection ends here first. The edge reads the MQTT CONNECT (with a timeout),
+//! checks the device against the registry (client id = username = device id, password = device
+//! secret), and only then opens a connection to the loopback broker, presenting the gateway's
+//! internal login instead of the device's. From then on it forwards every packet the device
+//! sends after checking it: PUBLISH only on the device's own `readings` or `status` topic,
+//! SUBSCRIBE only to filters inside `sentinella/v1/devices/{id}/`, a will only on its own status
+//! topic. A violation is quarantined (so nothing a device sent vanishes unrecorded) and closes
+//! the connection: MQTT 3.1.1 has no way to refuse a single publish. Broker → device bytes are
+//! copied as they are.
+//!
+//! Refused CONNECTs get a CONNACK with a return code (4: bad credentials, 5: not authorized,
+//! 3: server unavailable when the registry cannot be read), unlike rumqttd, which closes
+//! silently and makes clients retry in a tight loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{ConnAck, ConnectReturnCode, Login, Packet, Protocol};
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use protocol::topic::{Channel, DeviceId, Topic, filter_within_device};
+
+use crate::broker::{BrokerHandle, Inbound, Outbound};
+use crate::config::GatewayConfig;
+use crate::registry::Registry;
+use crate::telemetry::Metrics;
+
+/// What every connection task needs.
+#[derive(Debug)]
+pub(crate) struct EdgeContext {
+    pub(crate) config: GatewayConfig,
+    pub(crate) broker: BrokerHandle,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) inbound: mpsc::Sender<Inbound>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum EdgeError {
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("mqtt: {0:?}")]
+    Mqtt(rumqttd::protocol::Error),
+    #[error("no CONNECT within the timeout")]
+    ConnectTimeout,
+    #[error("first packet was not CONNECT")]
+    NotConnect,
+    #[error("refused: {0}")]
+    Refused(&'static str),
+    #[error("violation: {0}")]
+    Violation(&'static str),
+    #[error("packet of {0} bytes over the limit")]
+    TooLarge(usize),
+}
+
+/// Accepts device connections until `cancel`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ctx: Arc<EdgeContext>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: wait instead of spinning.
+                    tracing::warn!(error = %e, "edge accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            Metrics::add(&ctx.metrics.edge_refused_total, 1);
+            tracing::warn!(%peer, "edge connection limit reached, closing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            Metrics::add(&ctx.metrics.edge_connections_open, 1);
+            let outcome = connection(stream, peer, &ctx, &cancel).await;
+            ctx.metrics.edge_connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            match outcome {
+                Ok(()) => {}
+                Err(EdgeError::Refused(why)) => {
+                    Metrics::add(&ctx.metrics.edge_refused_total, 1);
+                    tracing::info!(%peer, why, "device connection refused");
+                }
+                Err(EdgeError::Violation(why)) => {
+                    Metrics::add(&ctx.metrics.edge_violations_total, 1);
+                    tracing::warn!(%peer, why, "device connection closed for a violation");
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "device connection ended"),
+            }
+        });
+    }
+}
+
+async fn connection(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    ctx: &EdgeContext,
+    cancel: &CancellationToken,
+) -> Result<(), EdgeError> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let max = ctx.config.max_packet_size;
+    let first = tokio::time::timeout(ctx.config.connect_timeout, read_packet(&mut client, &mut buf, max))
+        .await
+        .map_err(|_| EdgeError::ConnectTimeout)??;
+    let Some(Packet::Connect(connect, _, will, _, login)) = first else {
+        return Err(EdgeError::NotConnect);
+    };
+
+    let device_id = match authorize(&connect.client_id, login.as_ref(), will.as_ref(), ctx).await {
+        Ok(id) => id,
+        Err((code, why)) => {
+            let mut out = BytesMut::new();
+            let connack = ConnAck { session_present: false, code };
+            let _ = V4.write(Packet::ConnAck(connack, None), &mut out);
+            let _ = client.write_all(&out).await;
+            let _ = client.shutdown().await;
+            return Err(EdgeError::Refused(why));
+        }
+    };
+    let device = DeviceId::parse(&device_id).map_err(|_| EdgeError::Refused("bad device id"))?;
+    Metrics::add(&ctx.metrics.edge_connections_total, 1);
+    tracing::info!(device = %device_id, %peer, "device connected");
+
+    // The device's config is retained before the device can subscribe to it.
+    let _ = ctx.broker.outbound.send(config_message(device)).await;
+
+    let mut broker = TcpStream::connect(ctx.broker.addr).await?;
+    let _ = broker.set_nodelay(true);
+    let login = Login { username: ctx.broker.username.clone(), password: ctx.broker.password.clone() };
+    let mut out = BytesMut::new();
+    V4.write(Packet::Connect(connect, None, will, None, Some(login)), &mut out).map_err(EdgeError::Mqtt)?;
+    broker.write_all(&out).await?;
+    let _ = ctx.inbound.send(presence(&device_id, true)).await;
+
+    let (mut from_broker, mut to_broker) = broker.into_split();
+    let (mut from_client, mut to_client) = client.into_split();
+    let downstream = tokio::io::copy(&mut from_broker, &mut to_client);
+    let upstream = async {
+        let mut out = BytesMut::with_capacity(4096);
+        loop {
+            let Some(packet) = read_packet(&mut from_client, &mut buf, max).await? else {
+                return Ok::<(), EdgeError>(());
+            };
+            check_packet(&packet, device, &ctx.inbound).await?;
+            if matches!(packet, Packet::Publish(..)) {
+                wait_for_room(ctx).await;
+            }
+            out.clear();
+            V4.write(packet, &mut out).map_err(EdgeError::Mqtt)?;
+            to_broker.write_all(&out).await?;
+        }
+    };
+    let result = tokio::select! {
+        r = upstream => r,
+        r = downstream => r.map(|_| ()).map_err(EdgeError::from),
+        _ = cancel.cancelled() => Ok(()),
+    };
+    let _ = ctx.inbound.send(presence(&device_id, false)).await;
+    tracing::info!(device = %device_id, %peer, "device disconnected");
+    if let Err(EdgeError::TooLarge(size)) = &result {
+        let entry = refusal(
+            "",
+            Some(device_id.as_str()),
+            "mqtt.packet_too_large",
+            format!("packet of {size} bytes exceeds the {max}-byte limit; connection closed"),
+            &[],
+        );
+        let _ = ctx.inbound.send(Inbound::Refused(entry)).await;
+        return Err(EdgeError::Violation("packet too large"));
+    }
+    result
+}
+
+/// Checks a CONNECT; returns the device id or the CONNACK code to refuse with.
+async fn authorize(
+    client_id: &str,
+    login: Option<&Login>,
+    will: Option<&rumqttd::protocol::LastWill>,
+    ctx: &EdgeContext,
+) -> Result<String, (ConnectReturnCode, &'static str)> {
+    let Ok(device) = DeviceId::parse(client_id) else {
+        return Err((ConnectReturnCode::ClientIdentifierNotValid, "client id is not a device id"));
+    };
+    let Some(login) = login else {
+        return Err((ConnectReturnCode::BadUserNamePassword, "no username/password"));
+    };
+    if login.username != client_id {
+        return Err((ConnectReturnCode::BadUserNamePassword, "username differs from client id"));
+    }
+    let entry = match ctx.registry.lookup(client_id).await {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::error!(error = %e, "device registry unavailable");
+            return Err((ConnectReturnCode::ServiceUnavailable, "registry unavailable"));
+        }
+    };
+    let Some(entry) = entry else {
+        return Err((ConnectReturnCode::BadUserNamePassword, "unknown device"));
+    };
+    if !store::credentials::verify_secret(&login.password, &entry.secret_hash) {
+        return Err((ConnectReturnCode::BadUserNamePassword, "wrong secret"));
+    }
+    if entry.revoked {
+        return Err((ConnectReturnCode::NotAuthorized, "device revoked"));
+    }
+    if let Some(will) = will {
+        let own = std::str::from_utf8(&will.topic)
+            .ok()
+            .and_then(|t| Topic::parse(t).ok())
+            .is_some_and(|t| t.device == device && t.channel == Channel::Status);
+        if !own {
+            return Err((ConnectReturnCode::NotAuthorized, "will outside the device's status topic"));
+        }
+    }
+    Ok(client_id.to_owned())
+}
+
+/// Enforces the per-device rules on one packet from the device.
+async fn check_packet(
+    packet: &Packet,
+    device: DeviceId<'_>,
+    inbound: &mpsc::Sender<Inbound>,
+) -> Result<(), EdgeError> {
+    match packet {
+        Packet::Publish(publish, _) => {
+            let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+            let allowed = Topic::parse(topic)
+                .is_ok_and(|t| t.device == device && t.channel.device_publishes());
+            if !allowed {
+                let entry = refusal(
+                    &String::from_utf8_lossy(&publish.topic),
+                    Some(device.as_str()),
+                    "edge.publish_outside_own_topics",
+                    format!("device {device} may publish only on its own readings and status topics"),
+                    &publish.payload,
+                );
+                let _ = inbound.send(Inbound::Refused(entry)).await;
+                return Err(EdgeError::Violation("publish outside own topics"));
+            }
+            Ok(())
+        }
+        Packet::Subscribe(subscribe, _) => {
+            if let Some(bad) = subscribe.filters.iter().find(|f| !filter_within_device(&f.path, device)) {
+                let entry = refusal(
+                    &bad.path,
+                    Some(device.as_str()),
+                    "edge.subscribe_outside_own_topics",
+                    format!("device {device} may subscribe only under its own prefix"),
+                    &[],
+                );
+                let _ = inbound.send(Inbound::Refused(entry)).await;
+                return Err(EdgeError::Violation("subscribe outside own topics"));
+            }
+            Ok(())
+        }
+        Packet::Connect(..) => Err(EdgeError::Violation("second CONNECT")),
+        Packet::ConnAck(..) | Packet::SubAck(..) | Packet::UnsubAck(..) | Packet::PingResp(..) => {
+            Err(EdgeError::Violation("server-only packet from a device"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Holds a device's publishes back while the ingest queue is nearly full, so memory stays
+/// bounded and TCP pushes back on the devices instead.
+async fn wait_for_room(ctx: &EdgeContext) {
+    let low_water = ctx.config.queue_capacity / 10;
+    while ctx.inbound.capacity() < low_water {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads one MQTT packet, `None` at a clean end of stream.
+async fn read_packet<R: AsyncReadExt + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Packet>, EdgeError> {
+    loop {
+        match V4.read_mut(buf, max) {
+            Ok(packet) => return Ok(Some(packet)),
+            Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {}
+            Err(rumqttd::protocol::Error::PayloadSizeLimitExceeded(size)) => {
+                return Err(EdgeError::TooLarge(size));
+            }
+            Err(e) => return Err(EdgeError::Mqtt(e)),
+        }
+        buf.reserve(4096);
+        if stream.read_buf(buf).await? == 0 {
+            return if buf.is_empty() { Ok(None) } else { Err(EdgeError::Violation("truncated packet")) };
+        }
+    }
+}
+
+fn config_message(device: DeviceId<'_>) -> Outbound {
+    let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let config = protocol::status::DeviceConfig::with_time(now_ms);
+    let mut buf = [0u8; 512];
+    let len = config.encode(&mut buf).unwrap_or(0);
+    Outbound {
+        topic: Topic::new(device, Channel::Config).to_string(),
+        payload: buf[..len].to_vec(),
+        retain: true,
+    }
+}
+
+fn presence(device_id: &str, online: bool) -> Inbound {
+    Inbound::Presence { device_id: device_id.to_owned(), online, at: OffsetDateTime::now_utc() }
+}
+
+/// A quarantine record for something the edge refused.
+pub(crate) fn refusal(
+    topic: &str,
+    device_id: Option<&str>,
+    reason: &str,
+    detail: String,
+    payload: &[u8],
+) -> store::NewQuarantine {
+    let kept = &payload[..payload.len().min(protocol::MAX_PAYLOAD)];
+    store::NewQuarantine {
+        received_at: OffsetDateTime::now_utc(),
+        topic: topic.to_owned(),
+        device_id: device_id.map(str::to_owned),
+        seq: None,
+        reason: reason.to_owned(),
+        detail,
+        payload: kept.to_vec(),
+        payload_size: payload.len() as i64,
+    }
+}
