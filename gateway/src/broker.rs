@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{Packet, Publish, QoS};
+use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{ConnectionSettings, Notification, Router, RouterConfig, SegmentConfig, Server, ServerSettings};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -239,14 +239,7 @@ fn inbound_loop(
 fn outbound_loop(mut link_tx: LinkTx, mut rx: mpsc::Receiver<Outbound>, runtime: tokio::runtime::Handle) {
     while let Some(msg) = rx.blocking_recv() {
         let result = if msg.retain {
-            let publish = Publish {
-                dup: false,
-                qos: QoS::AtMostOnce,
-                retain: true,
-                topic: Bytes::from(msg.topic),
-                pkid: 0,
-                payload: Bytes::from(msg.payload),
-            };
+            let publish = Publish::new(Bytes::from(msg.topic), Bytes::from(msg.payload), true);
             runtime.block_on(link_tx.send(Packet::Publish(publish, None))).map(|_| ())
         } else {
             link_tx.publish(msg.topic, msg.payload).map(|_| ())

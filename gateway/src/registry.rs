@@ -12,7 +12,7 @@ use store::{DeviceAuth, Store};
 
 /// Cached view of the devices table.
 #[derive(Debug)]
-pub struct Registry {
+pub(crate) struct Registry {
     store: Store,
     ttl: Duration,
     entries: Mutex<HashMap<String, (Option<DeviceAuth>, Instant)>>,
@@ -20,12 +20,12 @@ pub struct Registry {
 
 impl Registry {
     /// A registry reading through to `store`.
-    pub fn new(store: Store, ttl: Duration) -> Self {
+    pub(crate) fn new(store: Store, ttl: Duration) -> Self {
         Registry { store, ttl, entries: Mutex::new(HashMap::new()) }
     }
 
     /// The device's registry entry, `None` if it is not provisioned.
-    pub async fn lookup(&self, device_id: &str) -> Result<Option<DeviceAuth>, store::StoreError> {
+    pub(crate) async fn lookup(&self, device_id: &str) -> Result<Option<DeviceAuth>, store::StoreError> {
         if let Some(hit) = self.cached(device_id) {
             return Ok(hit);
         }
@@ -37,11 +37,6 @@ impl Registry {
         }
         entries.insert(device_id.to_owned(), (fresh.clone(), Instant::now()));
         Ok(fresh)
-    }
-
-    /// Forgets one device, so its next lookup reads the store (after a revocation, say).
-    pub fn invalidate(&self, device_id: &str) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(device_id);
     }
 
     fn cached(&self, device_id: &str) -> Option<Option<DeviceAuth>> {

@@ -1,1 +1,25 @@
-//! placeholder
+//! The COT-facing side of Sentinella and the `sentinella` binary that composes everything.
+//!
+//! # Layout
+//! - [`config`]: the typed configuration file.
+//! - [`http`]: the API under `/api/v1` plus `/healthz`, `/readyz`, `/metrics`;
+//!   [`http::app`] builds the router from an [`http::AppState`].
+//! - `main.rs`: the `sentinella` binary: `run` (gateway + API in one process), `migrate`,
+//!   and the provisioning commands.
+//!
+//! The API and the gateway never call each other: they meet in the store. Only `main.rs`
+//! wires a gateway's readiness and metrics into the API's state.
+
+pub mod config;
+pub mod http;
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Serves the API on `listener` until `cancel`, then finishes in-flight requests.
+pub async fn serve(listener: TcpListener, state: http::AppState, cancel: CancellationToken) -> std::io::Result<()> {
+    let app = http::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await
+}

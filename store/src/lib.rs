@@ -1,1 +1,99 @@
-//! placeholder
+//! Sentinella's store: the one schema (migrations) and the queries shared by the gateway,
+//! the server, the simulators and the tests, for PostgreSQL/TimescaleDB and the embedded
+//! SQLite default.
+//!
+//! Start at [`Store`]: [`Store::connect`] takes a `postgres://…` or `sqlite:…` URL,
+//! [`Store::migrate`] brings the schema up to date and reports how readings are laid out
+//! ([`ReadingsLayout`]), and every other method is one operation of the system (provision a
+//! device, commit an ingest batch, read a patient's readings, …). All queries are built at run
+//! time (`sqlx::query`), so building needs no database.
+//!
+//! # Layout
+//!
+//! - [`error`](StoreError): the error type, with [`StoreError::is_transient`] for retry
+//!   decisions.
+//! - `connect` (private): URLs, pools and the per-transaction `search_path` scoping used to
+//!   isolate tests in a schema.
+//! - `schema` (private): migrations, readings layout detection, monthly partitions,
+//!   health check. SQL lives in `migrations/postgres` and `migrations/sqlite`.
+//! - `registry` (private): COTs, patients, devices, API tokens.
+//! - `readings` (private): the ingest batch ([`Store::commit_batch`]: readings, quarantine
+//!   and device status in one transaction) and reading queries.
+//! - `quarantine`, `audit` (private): rejected device input, and who did what.
+//! - [`credentials`]: device secrets (generate, hash, verify).
+//! - [`testing`]: fresh migrated databases for tests of this and other crates.
+//!
+//! # Backends
+//!
+//! - **PostgreSQL** with TimescaleDB: readings is a hypertable (7-day chunks).
+//! - **PostgreSQL** without it: readings is range-partitioned by month on `measured_at`, with a
+//!   DEFAULT partition for skewed device clocks; [`Store::ensure_partitions`] keeps partitions
+//!   ahead of time. On both PostgreSQL layouts a small unpartitioned table `reading_keys`
+//!   enforces one row per (device, seq), because a unique index on a partitioned table must
+//!   include the partition column.
+//! - **SQLite**: one file, WAL; timestamps are stored as unix milliseconds, so they come back
+//!   truncated to the millisecond (PostgreSQL keeps microseconds).
+
+mod audit;
+mod connect;
+pub mod credentials;
+mod error;
+mod quarantine;
+mod readings;
+mod registry;
+mod rows;
+mod schema;
+pub mod testing;
+
+pub use audit::{AuditEntry, NewAudit};
+pub use error::{Result, StoreError};
+pub use quarantine::{NewQuarantine, QuarantineEntry};
+pub use readings::{
+    CommitBatch, CommitOutcome, DeviceStatusUpdate, NewReading, ReadingKind, ReadingQuery,
+    StoredReading,
+};
+pub use registry::{ApiToken, Cot, Device, DeviceAuth, DeviceKind, NewDevice, NewPatient, Patient};
+pub use schema::ReadingsLayout;
+
+use connect::Pg;
+use sqlx::SqlitePool;
+
+/// A handle on the database: a connection pool, cheap to clone and share between tasks.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Db,
+}
+
+/// Which database a [`Store`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL, with or without TimescaleDB.
+    Postgres,
+    /// An SQLite file.
+    Sqlite,
+}
+
+#[derive(Clone, Debug)]
+enum Db {
+    Postgres(Pg),
+    Sqlite(SqlitePool),
+}
+
+impl Store {
+    /// Which database this store talks to.
+    pub fn backend(&self) -> Backend {
+        match &self.db {
+            Db::Postgres(_) => Backend::Postgres,
+            Db::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Closes the pool: waits for connections in use to come back, then closes them all.
+    /// Later operations fail with a pool-closed error.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Postgres(pg) => pg.pool.close().await,
+            Db::Sqlite(pool) => pool.close().await,
+        }
+    }
+}

@@ -1,1 +1,7 @@
-//! placeholder
+//! End-to-end tests of Sentinella: simulated and independent devices → edge → broker →
+//! ingest → store → API, on SQLite, PostgreSQL and TimescaleDB.
+//!
+//! [`harness`] starts the whole stack in-process on free ports against a fresh database;
+//! the scenarios live in `tests/`.
+
+pub mod harness;

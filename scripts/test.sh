@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every test of Sentinella, bringing up what they need on this machine:
+#   - PostgreSQL on 127.0.0.1:5432 (started, or installed from Debian's packages, if absent);
+#   - mosquitto-clients (mosquitto_pub/mosquitto_sub), the independent MQTT peer of the
+#     interoperability tests;
+#   - TimescaleDB 2.23 on PGlite (scripts/tsdb, from the npm registry), for the hypertable path.
+# Then: formatting, clippy with warnings as errors, the protocol crate built without std, and
+# `cargo test` over the whole workspace. No test is skipped: a missing service fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*" >&2; }
+SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo"
+
+apt_install() {
+  $SUDO apt-get update -qq >&2 || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >&2
+}
+
+log "PostgreSQL"
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then apt_install postgresql; fi
+  ver=$(ls /etc/postgresql | sort -V | tail -n1)
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+  for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+fi
+pg_isready -h 127.0.0.1 -p 5432
+export SENTINELLA_TEST_PG="${SENTINELLA_TEST_PG:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+log "mosquitto clients"
+if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto_sub >/dev/null; then
+  apt_install mosquitto-clients
+fi
+mosquitto_pub --help 2>&1 | head -n1 || true
+
+log "TimescaleDB on PGlite"
+eval "$(bash scripts/tsdb/start-tsdb.sh)"
+trap 'kill "$TSDB_PID" 2>/dev/null || true' EXIT
+export TSDB_DATABASE_URL
+
+log "format"
+cargo fmt --all -- --check
+
+log "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "protocol without std (the firmware's view)"
+cargo build -p protocol --no-default-features --locked
+
+log "tests"
+cargo test --workspace --locked -- --test-threads="${SENTINELLA_TEST_THREADS:-4}"
+log "all tests passed"

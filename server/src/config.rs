@@ -1,0 +1,104 @@
+//! The `sentinella` configuration: defaults, then the TOML file, then environment variables,
+//! then command-line flags. `sentinella config sample` prints a documented sample
+//! (`sentinella.sample.toml` at the repository root is the same text).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use gateway::GatewayConfig;
+use serde::Deserialize;
+
+/// The documented sample configuration.
+pub const SAMPLE: &str = include_str!("../../sentinella.sample.toml");
+
+/// Everything the `sentinella` binary reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the embedded SQLite database and the demo fleet live.
+    pub data_dir: PathBuf,
+    /// The store: `postgres://…` for PostgreSQL/TimescaleDB, `sqlite:PATH` for SQLite. When
+    /// absent, SQLite at `{data_dir}/sentinella.sqlite`. A URL holding a password belongs in
+    /// the `SENTINELLA_DATABASE_URL` environment variable, not in this file.
+    pub database_url: Option<String>,
+    /// The HTTP API.
+    pub api: ApiConfig,
+    /// The device side: edge, broker, ingest.
+    pub gateway: GatewayConfig,
+}
+
+/// The HTTP API's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Where the API listens.
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            api: ApiConfig::default(),
+            gateway: GatewayConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (TOML) over the defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))
+    }
+
+    /// Applies the environment variables `SENTINELLA_API_LISTEN` and `SENTINELLA_EDGE_LISTEN`
+    /// (the database URL and data dir come through the command line's `env` fallbacks).
+    pub fn apply_env(&mut self) -> anyhow::Result<()> {
+        if let Ok(v) = std::env::var("SENTINELLA_API_LISTEN") {
+            self.api.listen = v.parse().context("SENTINELLA_API_LISTEN must be host:port")?;
+        }
+        if let Ok(v) = std::env::var("SENTINELLA_EDGE_LISTEN") {
+            self.gateway.listen = v.parse().context("SENTINELLA_EDGE_LISTEN must be host:port")?;
+        }
+        Ok(())
+    }
+
+    /// The store URL to use.
+    pub fn store_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite:{}", self.data_dir.join("sentinella.sqlite").display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_parses_and_matches_defaults() {
+        let parsed: Config = toml::from_str(SAMPLE).unwrap();
+        let defaults = Config::default();
+        assert_eq!(parsed.api.listen, defaults.api.listen);
+        assert_eq!(parsed.gateway.listen, defaults.gateway.listen);
+        assert_eq!(parsed.gateway.batch_max_rows, defaults.gateway.batch_max_rows);
+        assert_eq!(parsed.gateway.batch_max_delay, defaults.gateway.batch_max_delay);
+        assert_eq!(parsed.data_dir, defaults.data_dir);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(toml::from_str::<Config>("[api]\nlisten = \"127.0.0.1:1\"\nport = 3").is_err());
+        assert!(toml::from_str::<Config>("[gateway]\nbatch_size = 3").is_err());
+    }
+}

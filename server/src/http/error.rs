@@ -1,0 +1,74 @@
+//! One error type for every handler, mapped to a status code and a stable JSON shape:
+//!
+//! ```json
+//! {"error":{"code":"not_found","message":"patient 42 not found"}}
+//! ```
+//!
+//! Internal errors get a generic message; their detail goes to the log, never to the client.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An API error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or malformed bearer token.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// The token is expired or revoked.
+    #[error("the token is expired or revoked")]
+    TokenRejected,
+    /// The resource does not exist (or the caller may not know it does).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A query parameter or body is invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The store is unavailable or failed.
+    #[error("store error")]
+    Store(#[from] store::StoreError),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::TokenRejected => (StatusCode::UNAUTHORIZED, "token_rejected"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Store(e) if e.is_transient() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let message = match &self {
+            ApiError::Store(e) => {
+                tracing::error!(error = %e, "store error while serving a request");
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    "the store is temporarily unavailable".to_owned()
+                } else {
+                    "internal error".to_owned()
+                }
+            }
+            other => other.to_string(),
+        };
+        let mut response = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            if let Ok(v) = "Bearer".parse() {
+                response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, v);
+            }
+        }
+        response
+    }
+}
+
+/// Maps axum's own rejections (bad query string, bad path) into the same shape.
+pub(crate) fn rejection(e: impl std::fmt::Display) -> ApiError {
+    ApiError::BadRequest(e.to_string())
+}

@@ -1,0 +1,98 @@
+//! The HTTP API: state, router assembly and the layers every route shares.
+//!
+//! Each resource owns a module with its routes, handlers and response types; this module only
+//! merges them. Everything under `/api/v1` needs a bearer token ([`auth::Caller`]); the
+//! operational endpoints `/healthz`, `/readyz` and `/metrics` expose no patient data and are
+//! open, so probes and scrapers need no secret.
+
+pub mod auth;
+pub mod error;
+
+mod devices;
+mod health;
+mod patients;
+mod quarantine;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+/// A probe the API asks to tell readiness beyond the store (e.g. the gateway's pipeline).
+pub type ReadyProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Renders extra Prometheus text (e.g. the gateway's counters).
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: store::Store,
+    /// Extra readiness condition; the API is ready when the store answers and this is true.
+    pub ready: ReadyProbe,
+    /// Extra metrics text appended to `/metrics`.
+    pub metrics: MetricsSource,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State with no extra readiness condition or metrics (the API alone).
+    pub fn new(store: store::Store) -> Self {
+        AppState { store, ready: Arc::new(|| true), metrics: Arc::new(String::new) }
+    }
+
+    /// Records an access in the audit log. A read that cannot be audited is not served.
+    pub(crate) async fn audit(
+        &self,
+        caller: &auth::Caller,
+        action: &str,
+        target: String,
+    ) -> Result<(), error::ApiError> {
+        self.store
+            .record_audit(&store::NewAudit {
+                actor: format!("token:{}", caller.name),
+                action: action.to_owned(),
+                target,
+                source: caller.source.clone(),
+                detail: None,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// The whole application.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(patients::router())
+        .merge(devices::router())
+        .merge(quarantine::router())
+        .fallback(|| async { error::ApiError::NotFound("route".into()) });
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(health::router())
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("x-content-type-options"),
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("cache-control"),
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("referrer-policy"),
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,123 @@
+//! Patients and their readings.
+//!
+//! - `GET /api/v1/patients[?cot=ID]`
+//! - `GET /api/v1/patients/{id}`: the patient with their devices
+//! - `GET /api/v1/patients/{id}/readings?from=&to=&kind=&limit=`: readings by measurement
+//!   time, `from` inclusive and `to` exclusive (RFC 3339), `kind` one of bp, spo2, glucose,
+//!   `limit` 1–10000 (default 1000), oldest first, in canonical units.
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, rejection};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/patients", get(list))
+        .route("/patients/{id}", get(show))
+        .route("/patients/{id}/readings", get(readings))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    cot: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct PatientList {
+    patients: Vec<store::Patient>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PatientList>, ApiError> {
+    let Query(query) = query.map_err(rejection)?;
+    let patients = state.store.list_patients(query.cot).await?;
+    state.audit(&caller, "patient.list", format!("patients cot={:?}", query.cot)).await?;
+    Ok(Json(PatientList { patients }))
+}
+
+#[derive(Debug, Serialize)]
+struct PatientDetail {
+    #[serde(flatten)]
+    patient: store::Patient,
+    devices: Vec<store::Device>,
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+) -> Result<Json<PatientDetail>, ApiError> {
+    let Path(id) = id.map_err(rejection)?;
+    let patient = state.store.get_patient(id).await?.ok_or_else(|| ApiError::NotFound(format!("patient {id}")))?;
+    let devices = state.store.list_devices(Some(id)).await?;
+    state.audit(&caller, "patient.read", format!("patient:{id}")).await?;
+    Ok(Json(PatientDetail { patient, devices }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadingsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    kind: Option<String>,
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct ReadingList {
+    patient_id: i64,
+    count: usize,
+    readings: Vec<store::StoredReading>,
+}
+
+fn parse_time(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
+    value
+        .map(|v| {
+            OffsetDateTime::parse(v, &Rfc3339)
+                .map_err(|e| ApiError::BadRequest(format!("{name} must be an RFC 3339 time: {e}")))
+        })
+        .transpose()
+}
+
+async fn readings(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<ReadingsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ReadingList>, ApiError> {
+    let Path(id) = id.map_err(rejection)?;
+    let Query(query) = query.map_err(rejection)?;
+    let from = parse_time("from", query.from.as_deref())?;
+    let to = parse_time("to", query.to.as_deref())?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if f > t {
+            return Err(ApiError::BadRequest("from must not be after to".into()));
+        }
+    }
+    let kind = query
+        .kind
+        .as_deref()
+        .map(|k| store::ReadingKind::parse(k).ok_or_else(|| ApiError::BadRequest("kind must be bp, spo2 or glucose".into())))
+        .transpose()?;
+    let limit = query.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be between 1 and 10000".into()));
+    }
+    state.store.get_patient(id).await?.ok_or_else(|| ApiError::NotFound(format!("patient {id}")))?;
+    let readings = state.store.readings(&store::ReadingQuery { patient_id: id, from, to, kind, limit }).await?;
+    state
+        .audit(&caller, "readings.read", format!("patient:{id} kind={:?} from={:?} to={:?}", query.kind, query.from, query.to))
+        .await?;
+    Ok(Json(ReadingList { patient_id: id, count: readings.len(), readings }))
+}

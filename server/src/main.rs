@@ -1,0 +1,423 @@
+//! `sentinella`: the gateway, the API and the provisioning commands in one binary.
+//!
+//! Thin on purpose: arguments → configuration → tracing → store, then one library call per
+//! subcommand. See `sentinella --help`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use server::config::{Config, SAMPLE};
+use server::http::{AppState, auth};
+use store::{DeviceKind, NewDevice, NewPatient, Store};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "sentinella", version, about = "Telemonitoring gateway for territorial healthcare")]
+struct Cli {
+    /// Configuration file (TOML); see `sentinella config sample`.
+    #[arg(long, global = true, env = "SENTINELLA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Store URL: postgres://… or sqlite:PATH (default: SQLite under the data directory).
+    #[arg(long, global = true, env = "SENTINELLA_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Data directory for the embedded SQLite store and the demo fleet.
+    #[arg(long, global = true, env = "SENTINELLA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "gateway=debug,info".
+    #[arg(long, global = true, env = "SENTINELLA_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker, the ingest pipeline and the API in one process (the default).
+    Run(RunArgs),
+    /// Apply database migrations and report the readings layout.
+    Migrate,
+    /// Manage COTs (Centrali Operative Territoriali).
+    #[command(subcommand)]
+    Cot(CotCommand),
+    /// Manage patients.
+    #[command(subcommand)]
+    Patient(PatientCommand),
+    /// Manage devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args, Default)]
+struct RunArgs {
+    /// Also provision and run this many simulated patients with their home devices.
+    #[arg(long, value_name = "PATIENTS")]
+    demo: Option<usize>,
+    /// Simulated seconds per real second for the demo patients (1440 = a day per minute).
+    #[arg(long, default_value_t = 1440.0)]
+    demo_speed: f64,
+}
+
+#[derive(Debug, Subcommand)]
+enum CotCommand {
+    /// Add a COT.
+    Add {
+        /// Short unique code, e.g. COT-MI-01.
+        #[arg(long)]
+        code: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List COTs.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum PatientCommand {
+    /// Enrol a patient with a COT.
+    Add {
+        /// The COT's code.
+        #[arg(long)]
+        cot: String,
+        /// Pseudonymous patient code, unique.
+        #[arg(long)]
+        code: String,
+        /// Name shown to the COT's staff.
+        #[arg(long)]
+        name: String,
+        /// Year of birth.
+        #[arg(long)]
+        birth_year: Option<i32>,
+        /// Conditions, comma-separated (hypertension, copd, diabetes, heart_failure).
+        #[arg(long, value_delimiter = ',')]
+        conditions: Vec<String>,
+    },
+    /// List patients.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Provision a device for a patient and print its credentials (shown only once).
+    Add {
+        /// The patient's code.
+        #[arg(long)]
+        patient: String,
+        /// bp, spo2 or glucose.
+        #[arg(long)]
+        kind: String,
+        /// Device id (1-64 of A-Z a-z 0-9 _ -); generated when absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// Device model, free text.
+        #[arg(long)]
+        model: Option<String>,
+        /// Print the credentials as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a device: it can no longer connect.
+    Revoke {
+        /// Device id.
+        id: String,
+    },
+    /// List devices.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create an API token and print it (shown only once).
+    Create {
+        /// Who or what uses the token; recorded in the audit log.
+        #[arg(long)]
+        name: String,
+        /// Lifetime, e.g. "90d" or "12h"; no expiry when absent.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the documented sample configuration.
+    Sample,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log, cli.log_json)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start tokio")?;
+    runtime.block_on(dispatch(cli))
+}
+
+fn init_tracing(filter: &str, json: bool) -> anyhow::Result<()> {
+    // rumqttd logs every loopback connection from the edge at info; keep it to warnings.
+    let filter = EnvFilter::try_new(format!("rumqttd=warn,{filter}")).context("parse --log")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json { builder.json().init() } else { builder.init() }
+    Ok(())
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply_env()?;
+    if let Some(dir) = cli.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(url) = cli.database_url {
+        config.database_url = Some(url);
+    }
+    let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
+    if let Command::Config(ConfigCommand::Sample) = command {
+        print!("{SAMPLE}");
+        return Ok(());
+    }
+    let store = open_store(&config).await?;
+    match command {
+        Command::Run(args) => run(config, store, args).await,
+        Command::Migrate => Ok(()),
+        Command::Cot(cmd) => cot(&store, cmd).await,
+        Command::Patient(cmd) => patient(&store, cmd).await,
+        Command::Device(cmd) => device(&store, cmd).await,
+        Command::Token(cmd) => token(&store, cmd).await,
+        Command::Config(_) => Ok(()),
+    }
+}
+
+/// Connects and migrates; every subcommand works on an up-to-date schema.
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let url = config.store_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    }
+    let store = Store::connect(&url).await.context("connect to the store")?;
+    let layout = store.migrate().await.context("apply migrations")?;
+    tracing::info!(backend = ?store.backend(), readings = %layout, "store ready");
+    Ok(store)
+}
+
+async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let gateway = gateway::start(config.gateway.clone(), store.clone(), cancel.clone())
+        .await
+        .context("start the gateway")?;
+    let metrics = gateway.metrics.clone();
+    let ready_metrics = metrics.clone();
+    let state = AppState {
+        store: store.clone(),
+        ready: Arc::new(move || ready_metrics.store_ok.load(std::sync::atomic::Ordering::Relaxed)),
+        metrics: Arc::new(move || metrics.render_prometheus()),
+    };
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("bind the API on {}", config.api.listen))?;
+    let api_addr = listener.local_addr().context("API address")?;
+    tracing::info!(%api_addr, edge = %gateway.edge_addr, "sentinella running");
+    let api = tokio::spawn(server::serve(listener, state, cancel.clone()));
+
+    let demo = match args.demo {
+        Some(patients) => Some(tokio::spawn(demo(
+            store.clone(),
+            config.data_dir.clone(),
+            patients,
+            args.demo_speed,
+            gateway.edge_addr,
+            api_addr,
+            cancel.clone(),
+        ))),
+        None => None,
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: flushing in-flight batches and acks");
+    cancel.cancel();
+    if let Some(demo) = demo {
+        let _ = demo.await;
+    }
+    api.await.context("API task")?.context("API server")?;
+    gateway.join().await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Provisions (once) a demo fleet and a demo token, then runs the simulated patients.
+async fn demo(
+    store: Store,
+    data_dir: PathBuf,
+    patients: usize,
+    speed: f64,
+    edge: std::net::SocketAddr,
+    api: std::net::SocketAddr,
+    cancel: CancellationToken,
+) {
+    if let Err(e) = demo_inner(store, data_dir, patients, speed, edge, api, cancel).await {
+        tracing::error!(error = format!("{e:#}"), "demo stopped");
+    }
+}
+
+async fn demo_inner(
+    store: Store,
+    data_dir: PathBuf,
+    patients: usize,
+    speed: f64,
+    edge: std::net::SocketAddr,
+    api: std::net::SocketAddr,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let fleet_path = data_dir.join(format!("demo-fleet-{patients}.json"));
+    let fleet = if fleet_path.exists() {
+        let text = std::fs::read_to_string(&fleet_path).context("read demo fleet")?;
+        serde_json::from_str(&text).context("parse demo fleet")?
+    } else {
+        let fleet = simulators::fleet::provision(&store, "COT-DEMO", patients, 1, "demo")
+            .await
+            .context("provision the demo fleet")?;
+        std::fs::write(&fleet_path, serde_json::to_vec_pretty(&fleet)?).context("write demo fleet")?;
+        fleet
+    };
+    let (token, hash) = auth::new_token();
+    store.add_api_token("demo", &hash, Some(OffsetDateTime::now_utc() + time::Duration::days(1))).await?;
+    eprintln!(
+        "\nDemo: {} simulated devices of {patients} patients publish to the edge on {edge}.\n\
+         Try (the token is valid for 24 h):\n\
+         \x20 curl -s -H 'Authorization: Bearer {token}' http://{api}/api/v1/patients\n\
+         \x20 curl -s -H 'Authorization: Bearer {token}' 'http://{api}/api/v1/patients/1/readings?limit=5'\n\
+         \x20 curl -s -H 'Authorization: Bearer {token}' http://{api}/api/v1/devices\n\
+         \x20 curl -s http://{api}/metrics\n",
+        fleet.devices.len()
+    );
+    let opts = simulators::fleet::RunOptions { speed, duration: Duration::from_secs(365 * 24 * 3600), seed: 1 };
+    let report = simulators::fleet::run_fleet(&fleet, &edge.to_string(), opts, cancel).await?;
+    tracing::info!(?report, "demo fleet stopped");
+    Ok(())
+}
+
+async fn cot(store: &Store, cmd: CotCommand) -> anyhow::Result<()> {
+    match cmd {
+        CotCommand::Add { code, name } => {
+            let cot = store.add_cot(&code, &name).await.context("add COT")?;
+            println!("COT {} added (id {})", cot.code, cot.id);
+        }
+        CotCommand::List => {
+            for c in store.list_cots().await? {
+                println!("{}\t{}\t{}", c.id, c.code, c.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn patient(store: &Store, cmd: PatientCommand) -> anyhow::Result<()> {
+    match cmd {
+        PatientCommand::Add { cot, code, name, birth_year, conditions } => {
+            let cot = store.cot_by_code(&cot).await?.with_context(|| format!("no COT with code {cot}"))?;
+            let new = NewPatient { cot_id: cot.id, code, display_name: name, birth_year, conditions };
+            let p = store.add_patient(&new).await.context("add patient")?;
+            println!("patient {} added (id {}) to {}", p.code, p.id, cot.code);
+        }
+        PatientCommand::List => {
+            for p in store.list_patients(None).await? {
+                println!("{}\t{}\t{}\tcot {}\t{}", p.id, p.code, p.display_name, p.cot_id, p.conditions.join(","));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn device(store: &Store, cmd: DeviceCommand) -> anyhow::Result<()> {
+    match cmd {
+        DeviceCommand::Add { patient, kind, id, model, json } => {
+            let Some(kind) = DeviceKind::parse(&kind) else { bail!("--kind must be bp, spo2 or glucose") };
+            let patient =
+                store.patient_by_code(&patient).await?.with_context(|| format!("no patient with code {patient}"))?;
+            let id = id.unwrap_or_else(|| format!("{}-{}", kind.as_str(), hex::encode(rand::random::<[u8; 4]>())));
+            protocol::DeviceId::parse(&id).map_err(|e| anyhow::anyhow!("device id {id:?}: {e}"))?;
+            let secret = store::credentials::generate_secret();
+            let new = NewDevice {
+                id: id.clone(),
+                patient_id: patient.id,
+                kind,
+                secret_hash: store::credentials::hash_secret(&secret),
+                model,
+            };
+            store.add_device(&new).await.context("add device")?;
+            if json {
+                println!("{}", serde_json::json!({"id": id, "secret": secret, "patient": patient.code, "kind": kind.as_str()}));
+            } else {
+                println!("device {id} provisioned for patient {} ({})", patient.code, kind.as_str());
+                println!("  MQTT client id / username: {id}");
+                println!("  MQTT password (shown only now): {secret}");
+                println!("  readings topic: sentinella/v1/devices/{id}/readings");
+                println!("  acks topic:     sentinella/v1/devices/{id}/ack");
+            }
+        }
+        DeviceCommand::Revoke { id } => {
+            store.revoke_device(&id, OffsetDateTime::now_utc()).await.context("revoke device")?;
+            println!("device {id} revoked");
+        }
+        DeviceCommand::List => {
+            for d in store.list_devices(None).await? {
+                let seen = d.last_seen_at.map(|t| t.to_string()).unwrap_or_else(|| "never".into());
+                println!("{}\t{}\tpatient {}\tlast seen {seen}", d.id, d.kind.as_str(), d.patient_id);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn token(store: &Store, cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create { name, expires_in } => {
+            let (token, hash) = auth::new_token();
+            let expires_at = expires_in
+                .map(|d| time::Duration::try_from(d).map(|d| OffsetDateTime::now_utc() + d))
+                .transpose()
+                .context("--expires-in is too long")?;
+            store.add_api_token(&name, &hash, expires_at).await.context("create token")?;
+            println!("{token}");
+            eprintln!("token for {name:?} created; it is shown only now");
+        }
+    }
+    Ok(())
+}

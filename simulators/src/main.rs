@@ -1,0 +1,281 @@
+//! `sentinella-sim`: provision a simulated fleet, run it on its schedule, or load-test the
+//! gateway with it.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use simulators::bench::{BenchOptions, run_bench};
+use simulators::fleet::{FleetFile, RunOptions, SeqFloor, provision, run_fleet};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Simulated patients and home devices for Sentinella.
+#[derive(Debug, Parser)]
+#[command(name = "sentinella-sim", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll simulated patients and their devices in the store; write the fleet file.
+    Provision {
+        /// The store, `postgres://…` or `sqlite:…`.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// How many patients to enroll (each gets 1-3 devices).
+        #[arg(long)]
+        patients: usize,
+        /// The COT to enroll them in (created if missing).
+        #[arg(long, default_value = "COT-DEMO")]
+        cot: String,
+        /// Seed for conditions, names and device mix.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Prefix of patient codes and device ids (`{prefix}-bp-00001`).
+        #[arg(long, default_value = "sim")]
+        prefix: String,
+        /// Where to write the fleet file (it holds the device secrets).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Connect every device of a fleet and measure on schedule in simulated time.
+    Run {
+        /// The fleet file written by `provision`.
+        #[arg(long)]
+        fleet: PathBuf,
+        /// The gateway's device edge, `host:port`.
+        #[arg(long, default_value = "127.0.0.1:1884")]
+        broker: String,
+        /// Simulated time per real time (1440: a day per minute).
+        #[arg(long, default_value_t = 1440.0)]
+        speed: f64,
+        /// How long to generate readings (real time), e.g. `60s`, `10m`.
+        #[arg(long, default_value = "60s")]
+        duration: humantime::Duration,
+        /// Seed for the patients' physiology.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// End the simulated period now instead of starting it now (no future timestamps).
+        #[arg(long)]
+        backdate: bool,
+        /// Longest wait for outboxes to drain at the end.
+        #[arg(long, default_value = "30s")]
+        drain: humantime::Duration,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load-test the gateway: devices publish as fast as acks allow.
+    Bench {
+        /// The fleet file written by `provision`.
+        #[arg(long)]
+        fleet: PathBuf,
+        /// The gateway's device edge, `host:port`.
+        #[arg(long, default_value = "127.0.0.1:1884")]
+        broker: String,
+        /// How many of the fleet's devices to use (default: all).
+        #[arg(long)]
+        devices: Option<usize>,
+        /// Length of the measured window.
+        #[arg(long, default_value = "30s")]
+        duration: humantime::Duration,
+        /// Readings per batch (1-64).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Batches awaiting the gateway's ack at once, per device.
+        #[arg(long, default_value_t = 4)]
+        in_flight: usize,
+        /// The gateway's pid, to report its peak memory.
+        #[arg(long)]
+        gateway_pid: Option<u32>,
+        /// Seed for the generated values.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let progress = match &cli.command {
+        Command::Run { .. } if std::io::stderr().is_terminal() => {
+            let pb = ProgressBar::new_spinner();
+            let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                .context("progress bar template")?;
+            pb.set_style(style);
+            pb.enable_steady_tick(Duration::from_millis(200));
+            pb
+        }
+        _ => ProgressBar::hidden(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(AroundProgress(progress.clone()))
+        .init();
+
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(cancel.clone()));
+
+    match cli.command {
+        Command::Provision {
+            database_url,
+            patients,
+            cot,
+            seed,
+            prefix,
+            out,
+        } => {
+            let store = store::Store::connect(&database_url)
+                .await
+                .context("connecting to the store")?;
+            store.migrate().await.context("migrating the store")?;
+            let fleet = provision(&store, &cot, patients, seed, &prefix).await?;
+            store.close().await;
+            fleet.save(&out)?;
+            let count = |kind: &str| fleet.devices.iter().filter(|d| d.kind == kind).count();
+            println!(
+                "provisioned {patients} patients in {cot}: {} devices ({} bp, {} spo2, {} glucose) -> {}",
+                fleet.devices.len(),
+                count("bp"),
+                count("spo2"),
+                count("glucose"),
+                out.display()
+            );
+        }
+        Command::Run {
+            fleet,
+            broker,
+            speed,
+            duration,
+            seed,
+            backdate,
+            drain,
+            json,
+        } => {
+            let file = FleetFile::load(&fleet)?;
+            let floor = SeqFloor::beside(&fleet);
+            let opts = RunOptions {
+                speed,
+                duration: duration.into(),
+                seed,
+                first_seq: floor.first_seq()?,
+                backdate,
+                drain: drain.into(),
+                progress: Some(progress.clone()),
+            };
+            let report = run_fleet(&file, &broker, opts, cancel).await;
+            progress.finish_and_clear();
+            let report = report?;
+            floor.store(report.next_seq)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("serializing the report")?
+                );
+            } else {
+                print!("{report}");
+            }
+            if report.pending > 0 {
+                bail!(
+                    "{} readings were never acknowledged by the gateway",
+                    report.pending
+                );
+            }
+        }
+        Command::Bench {
+            fleet,
+            broker,
+            devices,
+            duration,
+            batch,
+            in_flight,
+            gateway_pid,
+            seed,
+            json,
+        } => {
+            let file = FleetFile::load(&fleet)?;
+            let floor = SeqFloor::beside(&fleet);
+            let opts = BenchOptions {
+                devices,
+                duration: duration.into(),
+                batch,
+                in_flight,
+                gateway_pid,
+                seed,
+                first_seq: floor.first_seq()?,
+                ..BenchOptions::default()
+            };
+            let report = run_bench(&file, &broker, &opts, cancel).await?;
+            floor.store(report.next_seq)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("serializing the report")?
+                );
+            } else {
+                print!("{report}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cancels on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(cancel: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("stopping: draining outboxes (at most a few seconds)");
+    cancel.cancel();
+}
+
+/// Writes log lines to stderr with the progress bar lifted out of the way.
+#[derive(Debug, Clone)]
+struct AroundProgress(ProgressBar);
+
+impl<'a> MakeWriter<'a> for AroundProgress {
+    type Writer = AroundProgress;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Write for AroundProgress {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.suspend(|| std::io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}

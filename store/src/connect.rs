@@ -1,0 +1,236 @@
+//! Connection URLs, pools, and the PostgreSQL `search_path` scoping.
+
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+
+use crate::{Db, Result, Store, StoreError};
+
+const PG_MAX_CONNECTIONS: u32 = 16;
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Store {
+    /// Connects to the database named by `url`:
+    ///
+    /// - `postgres://…` or `postgresql://…`: a pool of up to 16 connections (5 s acquire
+    ///   timeout). If the URL sets a `search_path` through `options` (e.g.
+    ///   `?options=-c%20search_path%3Dmy_schema`), every operation also sets it for its own
+    ///   transaction, which keeps the schema even on servers that share one session between
+    ///   connections (the PGlite TimescaleDB used by the tests).
+    /// - `sqlite:PATH` or `sqlite://PATH`: the file (and its folder) is created if missing;
+    ///   WAL journal, `synchronous=NORMAL`, 5 s busy timeout, foreign keys on, up to
+    ///   8 connections. In-memory databases are refused: each pooled connection would see a
+    ///   different one (use [`crate::testing::TestDb::sqlite`] for a throwaway file).
+    ///
+    /// One connection is opened right away, so an unreachable database fails here, with an
+    /// error for which [`StoreError::is_transient`] is true.
+    pub async fn connect(url: &str) -> Result<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)
+                .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", scheme(url))))?;
+            let search_path = options.get_options().and_then(search_path_option);
+            let pool = PgPoolOptions::new()
+                .max_connections(PG_MAX_CONNECTIONS)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            Ok(Store::from_pg(pool, search_path))
+        } else if url.starts_with("sqlite:") {
+            connect_sqlite(url).await
+        } else {
+            Err(StoreError::InvalidUrl(format!(
+                "expected postgres://, postgresql:// or sqlite:, got {}",
+                scheme(url)
+            )))
+        }
+    }
+
+    /// A store on an existing PostgreSQL pool. With `search_path`, every operation runs in a
+    /// transaction that sets it locally first.
+    pub(crate) fn from_pg(pool: PgPool, search_path: Option<String>) -> Store {
+        Store {
+            db: Db::Postgres(Pg {
+                pool,
+                search_path: search_path.map(Arc::from),
+            }),
+        }
+    }
+}
+
+async fn connect_sqlite(url: &str) -> Result<Store> {
+    let invalid = |message: String| StoreError::InvalidUrl(message);
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| invalid(format!("sqlite: {e}")))?;
+    let file = options.get_filename().to_path_buf();
+    let name = file.to_string_lossy();
+    if name.is_empty() || name.starts_with("file:sqlx-in-memory") || url.contains("mode=memory")
+    {
+        return Err(invalid(
+            "sqlite: an in-memory database is not supported, name a file".into(),
+        ));
+    }
+    if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir(parent).await?;
+    }
+    let options = options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(SQLITE_MAX_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await?;
+    Ok(Store {
+        db: Db::Sqlite(pool),
+    })
+}
+
+async fn create_dir(dir: &Path) -> Result<()> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))
+}
+
+/// The part of a URL before `:` (never the credentials), for error messages.
+fn scheme(url: &str) -> &str {
+    url.split(':').next().unwrap_or_default()
+}
+
+/// The `search_path` set by a libpq `options` string (`-c search_path=x`, `-csearch_path=x`
+/// or `--search_path=x`), if any; the last one wins, as in PostgreSQL.
+pub(crate) fn search_path_option(options: &str) -> Option<String> {
+    let mut found = None;
+    let mut tokens = options.split_whitespace();
+    while let Some(token) = tokens.next() {
+        let setting = match token {
+            "-c" => tokens.next(),
+            _ => token
+                .strip_prefix("--")
+                .or_else(|| token.strip_prefix("-c")),
+        };
+        if let Some(value) = setting.and_then(|s| s.strip_prefix("search_path=")) {
+            found = Some(value.to_owned());
+        }
+    }
+    found
+}
+
+/// PostgreSQL pool plus the optional schema scoping.
+#[derive(Clone, Debug)]
+pub(crate) struct Pg {
+    pub(crate) pool: PgPool,
+    search_path: Option<Arc<str>>,
+}
+
+impl Pg {
+    /// Whether every operation sets a `search_path` in its own transaction.
+    pub(crate) fn is_scoped(&self) -> bool {
+        self.search_path.is_some()
+    }
+
+    /// Begins a transaction; on a scoped store, sets the `search_path` for it first.
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(path) = &self.search_path {
+            sqlx::query("SELECT set_config('search_path', $1, true)")
+                .bind(&**path)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// A connection for statements that need no transaction of their own: a pooled
+    /// connection, or on a scoped store a transaction carrying the `search_path`. Call
+    /// [`PgConn::finish`] when done (it commits the scoped transaction).
+    pub(crate) async fn conn(&self) -> Result<PgConn> {
+        if self.search_path.is_some() {
+            Ok(PgConn::Scoped(self.begin().await?))
+        } else {
+            Ok(PgConn::Pooled(self.pool.acquire().await?))
+        }
+    }
+}
+
+/// See [`Pg::conn`].
+pub(crate) enum PgConn {
+    Pooled(PoolConnection<Postgres>),
+    Scoped(Transaction<'static, Postgres>),
+}
+
+impl PgConn {
+    pub(crate) async fn finish(self) -> Result<()> {
+        match self {
+            PgConn::Pooled(_) => Ok(()),
+            PgConn::Scoped(tx) => Ok(tx.commit().await?),
+        }
+    }
+}
+
+impl Deref for PgConn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        match self {
+            PgConn::Pooled(conn) => conn,
+            PgConn::Scoped(tx) => tx,
+        }
+    }
+}
+
+impl DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            PgConn::Pooled(conn) => conn,
+            PgConn::Scoped(tx) => tx,
+        }
+    }
+}
+
+/// Begins an SQLite write transaction. `BEGIN IMMEDIATE` takes the write lock up front, so
+/// a busy database makes it wait (busy timeout) instead of failing half-way through.
+pub(crate) async fn sqlite_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_path_from_options() {
+        let check = |options: &str, expected: Option<&str>| {
+            assert_eq!(search_path_option(options).as_deref(), expected, "{options}");
+        };
+        check("-c search_path=abc", Some("abc"));
+        check("-csearch_path=abc", Some("abc"));
+        check("--search_path=abc", Some("abc"));
+        check("-c geqo=off -c search_path=x_1", Some("x_1"));
+        check("-c geqo=off", None);
+        check("", None);
+    }
+
+    #[tokio::test]
+    async fn rejects_other_urls() {
+        for url in ["mysql://u:secret@h/db", "sqlite::memory:", "sqlite:", "nonsense"] {
+            match Store::connect(url).await {
+                Err(StoreError::InvalidUrl(message)) => {
+                    assert!(!message.contains("secret"), "{message}");
+                }
+                other => panic!("{url}: expected InvalidUrl, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,769 @@
+//! Readings: the ingest batch written by the gateway, and the queries the API and tests read
+//! them back with.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, QueryBuilder, Sqlite, SqliteConnection};
+use time::OffsetDateTime;
+
+use crate::error::what;
+use crate::quarantine::{self, NewQuarantine};
+use crate::registry::DeviceKind;
+use crate::rows::{Columns, to_ms};
+use crate::{Db, Result, Store, StoreError, connect};
+
+/// What a reading measures. Serialized as `"bp"`, `"spo2"`, `"glucose"`, like
+/// [`Self::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReadingKind {
+    #[serde(rename = "bp")]
+    BloodPressure,
+    #[serde(rename = "spo2")]
+    Spo2,
+    #[serde(rename = "glucose")]
+    Glucose,
+}
+
+impl ReadingKind {
+    /// `"bp"`, `"spo2"` or `"glucose"`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadingKind::BloodPressure => "bp",
+            ReadingKind::Spo2 => "spo2",
+            ReadingKind::Glucose => "glucose",
+        }
+    }
+
+    /// The inverse of [`Self::as_str`].
+    pub fn parse(s: &str) -> Option<ReadingKind> {
+        match s {
+            "bp" => Some(ReadingKind::BloodPressure),
+            "spo2" => Some(ReadingKind::Spo2),
+            "glucose" => Some(ReadingKind::Glucose),
+            _ => None,
+        }
+    }
+}
+
+impl From<DeviceKind> for ReadingKind {
+    fn from(kind: DeviceKind) -> ReadingKind {
+        match kind {
+            DeviceKind::BloodPressure => ReadingKind::BloodPressure,
+            DeviceKind::Spo2 => ReadingKind::Spo2,
+            DeviceKind::Glucose => ReadingKind::Glucose,
+        }
+    }
+}
+
+/// A validated reading, values already in canonical units (mmHg, %, /min, mg/dL).
+#[derive(Debug, Clone)]
+pub struct NewReading {
+    pub device_id: String,
+    /// The device's own monotonic sequence number; (device_id, seq) identifies the reading.
+    pub seq: i64,
+    pub patient_id: i64,
+    pub kind: ReadingKind,
+    /// Measurement time by the device clock (the partitioning column).
+    pub measured_at: OffsetDateTime,
+    /// When the gateway received it.
+    pub received_at: OffsetDateTime,
+    /// The device said its clock was not set, so `measured_at` is unreliable.
+    pub clock_unset: bool,
+    /// IEEE 11073 measurement-status bits.
+    pub status: i32,
+    /// Kind-specific BLE status bits (e.g. cuff fit, body movement).
+    pub sensor: i64,
+    pub systolic: Option<f32>,
+    pub diastolic: Option<f32>,
+    pub mean_arterial: Option<f32>,
+    pub pulse: Option<f32>,
+    pub spo2: Option<f32>,
+    pub perfusion_index: Option<f32>,
+    pub glucose_mg_dl: Option<f32>,
+    pub glucose_sample: Option<String>,
+    pub glucose_meal: Option<String>,
+    /// The unit the device reported in, when it was converted (e.g. `mmol/L`).
+    pub source_unit: Option<String>,
+}
+
+/// A stored reading; the same fields as [`NewReading`].
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredReading {
+    pub device_id: String,
+    pub seq: i64,
+    pub patient_id: i64,
+    pub kind: ReadingKind,
+    #[serde(with = "time::serde::rfc3339")]
+    pub measured_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    pub clock_unset: bool,
+    pub status: i32,
+    pub sensor: i64,
+    pub systolic: Option<f32>,
+    pub diastolic: Option<f32>,
+    pub mean_arterial: Option<f32>,
+    pub pulse: Option<f32>,
+    pub spo2: Option<f32>,
+    pub perfusion_index: Option<f32>,
+    pub glucose_mg_dl: Option<f32>,
+    pub glucose_sample: Option<String>,
+    pub glucose_meal: Option<String>,
+    pub source_unit: Option<String>,
+}
+
+/// Which readings [`Store::readings`] returns.
+#[derive(Debug, Clone)]
+pub struct ReadingQuery {
+    pub patient_id: i64,
+    /// Inclusive lower bound on `measured_at`.
+    pub from: Option<OffsetDateTime>,
+    /// Exclusive upper bound on `measured_at`.
+    pub to: Option<OffsetDateTime>,
+    pub kind: Option<ReadingKind>,
+    /// At most this many rows; clamped to 1..=10,000.
+    pub limit: i64,
+}
+
+/// A device status report (or an MQTT will saying it went offline).
+#[derive(Debug, Clone)]
+pub struct DeviceStatusUpdate {
+    pub device_id: String,
+    /// When the gateway received it; older updates than the stored one are ignored.
+    pub at: OffsetDateTime,
+    pub online: bool,
+    /// `None` keeps the stored value (the device did not report it).
+    pub battery: Option<i16>,
+    /// `None` keeps the stored value.
+    pub firmware: Option<String>,
+    /// `None` keeps the stored value.
+    pub rssi: Option<i16>,
+}
+
+/// Everything one flush of the gateway's batcher writes, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct CommitBatch {
+    pub readings: Vec<NewReading>,
+    pub quarantine: Vec<NewQuarantine>,
+    pub statuses: Vec<DeviceStatusUpdate>,
+}
+
+/// What [`Store::commit_batch`] did with the readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitOutcome {
+    /// Readings stored now.
+    pub inserted: u64,
+    /// Readings whose (device_id, seq) was already stored, or repeated within the batch.
+    pub duplicates: u64,
+}
+
+const READING_COLUMNS: &str = "device_id, seq, patient_id, kind, measured_at, received_at, \
+     clock_unset, status, sensor, systolic, diastolic, mean_arterial, pulse, spo2, \
+     perfusion_index, glucose_mg_dl, glucose_sample, glucose_meal, source_unit";
+
+/// Readings per multi-row INSERT on SQLite: 19 parameters each, well under SQLite's limit
+/// of 32,766 parameters per statement.
+const SQLITE_ROWS_PER_STATEMENT: usize = 500;
+
+const MAX_LIMIT: i64 = 10_000;
+
+/// The PostgreSQL bulk insert: one statement, one round trip, for the whole batch.
+/// `input` dedupes the batch (the first occurrence of a (device_id, seq) wins), `fresh`
+/// claims the keys not stored yet, and only their readings go into the partitioned table.
+const PG_INSERT_READINGS: &str = "\
+WITH input AS (
+    SELECT DISTINCT ON (device_id, seq) *
+    FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[],
+                $6::timestamptz[], $7::bool[], $8::int4[], $9::int8[], $10::float4[],
+                $11::float4[], $12::float4[], $13::float4[], $14::float4[], $15::float4[],
+                $16::float4[], $17::text[], $18::text[], $19::text[])
+        WITH ORDINALITY AS t(device_id, seq, patient_id, kind, measured_at, received_at,
+                             clock_unset, status, sensor, systolic, diastolic, mean_arterial,
+                             pulse, spo2, perfusion_index, glucose_mg_dl, glucose_sample,
+                             glucose_meal, source_unit, ord)
+    ORDER BY device_id, seq, ord
+), fresh AS (
+    INSERT INTO reading_keys (device_id, seq, measured_at, received_at)
+    SELECT device_id, seq, measured_at, received_at FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING device_id, seq
+), stored AS (
+    INSERT INTO readings (device_id, seq, patient_id, kind, measured_at, received_at,
+                          clock_unset, status, sensor, systolic, diastolic, mean_arterial,
+                          pulse, spo2, perfusion_index, glucose_mg_dl, glucose_sample,
+                          glucose_meal, source_unit)
+    SELECT i.device_id, i.seq, i.patient_id, i.kind, i.measured_at, i.received_at,
+           i.clock_unset, i.status, i.sensor, i.systolic, i.diastolic, i.mean_arterial,
+           i.pulse, i.spo2, i.perfusion_index, i.glucose_mg_dl, i.glucose_sample,
+           i.glucose_meal, i.source_unit
+    FROM input i JOIN fresh f USING (device_id, seq)
+    RETURNING 1
+)
+SELECT count(*) FROM stored";
+
+const PG_TOUCH_DEVICES: &str = "\
+UPDATE devices d
+SET last_seen_at = GREATEST(d.last_seen_at, t.seen), last_seq = GREATEST(d.last_seq, t.seq)
+FROM unnest($1::text[], $2::timestamptz[], $3::int8[]) AS t(device_id, seen, seq)
+WHERE d.id = t.device_id";
+
+const PG_APPLY_STATUSES: &str = "\
+UPDATE devices d
+SET online = s.online,
+    battery_pct = COALESCE(s.battery, d.battery_pct),
+    firmware = COALESCE(s.firmware, d.firmware),
+    rssi = COALESCE(s.rssi, d.rssi),
+    status_at = s.at,
+    last_seen_at = CASE WHEN s.online THEN GREATEST(d.last_seen_at, s.at) ELSE d.last_seen_at END
+FROM unnest($1::text[], $2::timestamptz[], $3::bool[], $4::int2[], $5::text[], $6::int2[])
+    AS s(device_id, at, online, battery, firmware, rssi)
+WHERE d.id = s.device_id AND (d.status_at IS NULL OR d.status_at <= s.at)";
+
+const SQLITE_TOUCH_DEVICE: &str = "\
+UPDATE devices
+SET last_seen_at = max(coalesce(last_seen_at, $2), $2), last_seq = max(coalesce(last_seq, $3), $3)
+WHERE id = $1";
+
+const SQLITE_APPLY_STATUS: &str = "\
+UPDATE devices
+SET online = $3,
+    battery_pct = coalesce($4, battery_pct),
+    firmware = coalesce($5, firmware),
+    rssi = coalesce($6, rssi),
+    status_at = $2,
+    last_seen_at = CASE WHEN $3 THEN max(coalesce(last_seen_at, $2), $2) ELSE last_seen_at END
+WHERE id = $1 AND (status_at IS NULL OR status_at <= $2)";
+
+impl Store {
+    /// Writes one ingest batch in ONE transaction: readings (idempotent on
+    /// (device_id, seq): already stored or repeated ones are skipped and counted as
+    /// duplicates, never an error), quarantine rows, device status updates, and each
+    /// reading device's `last_seen_at` (latest `received_at`) and `last_seq` (highest seq).
+    /// If anything fails, nothing is written.
+    ///
+    /// Readings must belong to provisioned devices (a foreign key checks it). Status updates
+    /// for unknown devices are ignored.
+    pub async fn commit_batch(&self, batch: &CommitBatch) -> Result<CommitOutcome> {
+        for reading in &batch.readings {
+            if reading.device_id.is_empty() {
+                return Err(StoreError::Invalid("reading with an empty device id".into()));
+            }
+        }
+        let touched = touched_devices(&batch.readings);
+        let statuses = merge_statuses(&batch.statuses);
+        let inserted = match &self.db {
+            Db::Postgres(pg) => {
+                let mut tx = pg.begin().await?;
+                let inserted = pg_insert_readings(&mut tx, &batch.readings).await?;
+                quarantine::pg_insert(&mut tx, &batch.quarantine).await?;
+                pg_apply_statuses(&mut tx, &statuses).await?;
+                pg_touch_devices(&mut tx, &touched).await?;
+                tx.commit().await?;
+                inserted
+            }
+            Db::Sqlite(pool) => {
+                let mut tx = connect::sqlite_write(pool).await?;
+                let inserted = sqlite_insert_readings(&mut tx, &batch.readings).await?;
+                quarantine::sqlite_insert(&mut tx, &batch.quarantine).await?;
+                sqlite_apply_statuses(&mut tx, &statuses).await?;
+                sqlite_touch_devices(&mut tx, &touched).await?;
+                tx.commit().await?;
+                inserted
+            }
+        };
+        let total = u64::try_from(batch.readings.len()).unwrap_or(u64::MAX);
+        Ok(CommitOutcome {
+            inserted,
+            duplicates: total.saturating_sub(inserted),
+        })
+    }
+
+    /// Marks a device online or offline at `at` (the gateway's clock; an update older than
+    /// the stored status is ignored). Going online also counts as being seen.
+    /// [`StoreError::NotFound`] if the device does not exist.
+    pub async fn set_device_online(&self, id: &str, online: bool, at: OffsetDateTime) -> Result<()> {
+        let update = MergedStatus {
+            at,
+            online,
+            battery: None,
+            firmware: None,
+            rssi: None,
+        };
+        let statuses = BTreeMap::from([(id, update)]);
+        let exists = match &self.db {
+            Db::Postgres(pg) => {
+                let mut tx = pg.begin().await?;
+                pg_apply_statuses(&mut tx, &statuses).await?;
+                let exists = sqlx::query("SELECT 1 FROM devices WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                tx.commit().await?;
+                exists
+            }
+            Db::Sqlite(pool) => {
+                let mut tx = connect::sqlite_write(pool).await?;
+                sqlite_apply_statuses(&mut tx, &statuses).await?;
+                let exists = sqlx::query("SELECT 1 FROM devices WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                tx.commit().await?;
+                exists
+            }
+        };
+        if exists {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound {
+                what: what("device", format_args!("{id:?}")),
+            })
+        }
+    }
+
+    /// A patient's readings, ordered by `measured_at`, then device id, then seq.
+    pub async fn readings(&self, q: &ReadingQuery) -> Result<Vec<StoredReading>> {
+        let limit = q.limit.clamp(1, MAX_LIMIT);
+        let kind = q.kind.map(ReadingKind::as_str);
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut query = QueryBuilder::new(format!(
+                    "SELECT {READING_COLUMNS} FROM readings WHERE patient_id = "
+                ));
+                query.push_bind(q.patient_id);
+                if let Some(from) = q.from {
+                    query.push(" AND measured_at >= ").push_bind(from);
+                }
+                if let Some(to) = q.to {
+                    query.push(" AND measured_at < ").push_bind(to);
+                }
+                if let Some(kind) = kind {
+                    query.push(" AND kind = ").push_bind(kind);
+                }
+                query
+                    .push(" ORDER BY measured_at, device_id, seq LIMIT ")
+                    .push_bind(limit);
+                let mut c = pg.conn().await?;
+                let rows = query.build().fetch_all(&mut *c).await?;
+                c.finish().await?;
+                rows.iter().map(reading_from_row).collect()
+            }
+            Db::Sqlite(pool) => {
+                let mut query = QueryBuilder::new(format!(
+                    "SELECT {READING_COLUMNS} FROM readings WHERE patient_id = "
+                ));
+                query.push_bind(q.patient_id);
+                if let Some(from) = q.from {
+                    query.push(" AND measured_at >= ").push_bind(to_ms(from));
+                }
+                if let Some(to) = q.to {
+                    query.push(" AND measured_at < ").push_bind(to_ms(to));
+                }
+                if let Some(kind) = kind {
+                    query.push(" AND kind = ").push_bind(kind);
+                }
+                query
+                    .push(" ORDER BY measured_at, device_id, seq LIMIT ")
+                    .push_bind(limit);
+                let rows = query.build().fetch_all(pool).await?;
+                rows.iter().map(reading_from_row).collect()
+            }
+        }
+    }
+
+    /// How many readings are stored, in all or for one device. On PostgreSQL this counts
+    /// the (device_id, seq) keys, which are written in the same statement as the readings.
+    pub async fn count_readings(&self, device_id: Option<&str>) -> Result<i64> {
+        let filter = if device_id.is_some() {
+            " WHERE device_id = $1"
+        } else {
+            ""
+        };
+        match &self.db {
+            Db::Postgres(pg) => {
+                let sql = format!("SELECT count(*) FROM reading_keys{filter}");
+                let mut query = sqlx::query_scalar(&sql);
+                if let Some(device_id) = device_id {
+                    query = query.bind(device_id);
+                }
+                let mut c = pg.conn().await?;
+                let count = query.fetch_one(&mut *c).await?;
+                c.finish().await?;
+                Ok(count)
+            }
+            Db::Sqlite(pool) => {
+                let sql = format!("SELECT count(*) FROM readings{filter}");
+                let mut query = sqlx::query_scalar(&sql);
+                if let Some(device_id) = device_id {
+                    query = query.bind(device_id);
+                }
+                Ok(query.fetch_one(pool).await?)
+            }
+        }
+    }
+
+    /// The seqs stored for a device, ascending (tests compare full sets).
+    pub async fn stored_seqs(&self, device_id: &str) -> Result<Vec<i64>> {
+        match &self.db {
+            Db::Postgres(pg) => {
+                let sql = "SELECT seq FROM reading_keys WHERE device_id = $1 ORDER BY seq";
+                let mut c = pg.conn().await?;
+                let seqs = sqlx::query_scalar(sql)
+                    .bind(device_id)
+                    .fetch_all(&mut *c)
+                    .await?;
+                c.finish().await?;
+                Ok(seqs)
+            }
+            Db::Sqlite(pool) => {
+                let sql = "SELECT seq FROM readings WHERE device_id = $1 ORDER BY seq";
+                Ok(sqlx::query_scalar(sql)
+                    .bind(device_id)
+                    .fetch_all(pool)
+                    .await?)
+            }
+        }
+    }
+}
+
+/// Per device with readings in the batch: latest received_at and highest seq. A BTreeMap, so
+/// devices are updated in id order and concurrent batches lock rows in the same order.
+fn touched_devices(readings: &[NewReading]) -> BTreeMap<&str, (OffsetDateTime, i64)> {
+    let mut touched: BTreeMap<&str, (OffsetDateTime, i64)> = BTreeMap::new();
+    for r in readings {
+        touched
+            .entry(&r.device_id)
+            .and_modify(|(seen, seq)| {
+                *seen = (*seen).max(r.received_at);
+                *seq = (*seq).max(r.seq);
+            })
+            .or_insert((r.received_at, r.seq));
+    }
+    touched
+}
+
+/// One device's status updates of a batch folded into one, in time order: the latest
+/// `online` and time, and the latest reported battery, firmware and rssi.
+#[derive(Debug, Clone, PartialEq)]
+struct MergedStatus<'a> {
+    at: OffsetDateTime,
+    online: bool,
+    battery: Option<i16>,
+    firmware: Option<&'a str>,
+    rssi: Option<i16>,
+}
+
+fn merge_statuses(updates: &[DeviceStatusUpdate]) -> BTreeMap<&str, MergedStatus<'_>> {
+    let mut ordered: Vec<&DeviceStatusUpdate> = updates.iter().collect();
+    ordered.sort_by_key(|u| u.at); // stable: equal times keep batch order
+    let mut merged: BTreeMap<&str, MergedStatus<'_>> = BTreeMap::new();
+    for u in ordered {
+        let next = MergedStatus {
+            at: u.at,
+            online: u.online,
+            battery: u.battery,
+            firmware: u.firmware.as_deref(),
+            rssi: u.rssi,
+        };
+        merged
+            .entry(&u.device_id)
+            .and_modify(|m| {
+                m.at = next.at;
+                m.online = next.online;
+                m.battery = next.battery.or(m.battery);
+                m.firmware = next.firmware.or(m.firmware);
+                m.rssi = next.rssi.or(m.rssi);
+            })
+            .or_insert(next);
+    }
+    merged
+}
+
+async fn pg_insert_readings(conn: &mut PgConnection, readings: &[NewReading]) -> Result<u64> {
+    if readings.is_empty() {
+        return Ok(0);
+    }
+    let n = readings.len();
+    let mut device_id = Vec::with_capacity(n);
+    let mut seq = Vec::with_capacity(n);
+    let mut patient_id = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut measured_at = Vec::with_capacity(n);
+    let mut received_at = Vec::with_capacity(n);
+    let mut clock_unset = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut sensor = Vec::with_capacity(n);
+    let mut systolic = Vec::with_capacity(n);
+    let mut diastolic = Vec::with_capacity(n);
+    let mut mean_arterial = Vec::with_capacity(n);
+    let mut pulse = Vec::with_capacity(n);
+    let mut spo2 = Vec::with_capacity(n);
+    let mut perfusion_index = Vec::with_capacity(n);
+    let mut glucose_mg_dl = Vec::with_capacity(n);
+    let mut glucose_sample = Vec::with_capacity(n);
+    let mut glucose_meal = Vec::with_capacity(n);
+    let mut source_unit = Vec::with_capacity(n);
+    for r in readings {
+        device_id.push(r.device_id.as_str());
+        seq.push(r.seq);
+        patient_id.push(r.patient_id);
+        kind.push(r.kind.as_str());
+        measured_at.push(r.measured_at);
+        received_at.push(r.received_at);
+        clock_unset.push(r.clock_unset);
+        status.push(r.status);
+        sensor.push(r.sensor);
+        systolic.push(r.systolic);
+        diastolic.push(r.diastolic);
+        mean_arterial.push(r.mean_arterial);
+        pulse.push(r.pulse);
+        spo2.push(r.spo2);
+        perfusion_index.push(r.perfusion_index);
+        glucose_mg_dl.push(r.glucose_mg_dl);
+        glucose_sample.push(r.glucose_sample.as_deref());
+        glucose_meal.push(r.glucose_meal.as_deref());
+        source_unit.push(r.source_unit.as_deref());
+    }
+    let inserted: i64 = sqlx::query_scalar(PG_INSERT_READINGS)
+        .bind(device_id)
+        .bind(seq)
+        .bind(patient_id)
+        .bind(kind)
+        .bind(measured_at)
+        .bind(received_at)
+        .bind(clock_unset)
+        .bind(status)
+        .bind(sensor)
+        .bind(systolic)
+        .bind(diastolic)
+        .bind(mean_arterial)
+        .bind(pulse)
+        .bind(spo2)
+        .bind(perfusion_index)
+        .bind(glucose_mg_dl)
+        .bind(glucose_sample)
+        .bind(glucose_meal)
+        .bind(source_unit)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(missing_device)?;
+    Ok(u64::try_from(inserted).unwrap_or(0))
+}
+
+async fn pg_touch_devices(
+    conn: &mut PgConnection,
+    touched: &BTreeMap<&str, (OffsetDateTime, i64)>,
+) -> Result<()> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = touched.keys().copied().collect();
+    let seen: Vec<OffsetDateTime> = touched.values().map(|(seen, _)| *seen).collect();
+    let seqs: Vec<i64> = touched.values().map(|(_, seq)| *seq).collect();
+    sqlx::query(PG_TOUCH_DEVICES)
+        .bind(ids)
+        .bind(seen)
+        .bind(seqs)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn pg_apply_statuses(
+    conn: &mut PgConnection,
+    statuses: &BTreeMap<&str, MergedStatus<'_>>,
+) -> Result<()> {
+    if statuses.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = statuses.keys().copied().collect();
+    let at: Vec<OffsetDateTime> = statuses.values().map(|s| s.at).collect();
+    let online: Vec<bool> = statuses.values().map(|s| s.online).collect();
+    let battery: Vec<Option<i16>> = statuses.values().map(|s| s.battery).collect();
+    let firmware: Vec<Option<&str>> = statuses.values().map(|s| s.firmware).collect();
+    let rssi: Vec<Option<i16>> = statuses.values().map(|s| s.rssi).collect();
+    sqlx::query(PG_APPLY_STATUSES)
+        .bind(ids)
+        .bind(at)
+        .bind(online)
+        .bind(battery)
+        .bind(firmware)
+        .bind(rssi)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn sqlite_insert_readings(
+    conn: &mut SqliteConnection,
+    readings: &[NewReading],
+) -> Result<u64> {
+    let mut inserted = 0;
+    for chunk in readings.chunks(SQLITE_ROWS_PER_STATEMENT) {
+        let mut query =
+            QueryBuilder::<Sqlite>::new(format!("INSERT INTO readings ({READING_COLUMNS}) "));
+        query.push_values(chunk, |mut row, r| {
+            row.push_bind(&r.device_id)
+                .push_bind(r.seq)
+                .push_bind(r.patient_id)
+                .push_bind(r.kind.as_str())
+                .push_bind(to_ms(r.measured_at))
+                .push_bind(to_ms(r.received_at))
+                .push_bind(r.clock_unset)
+                .push_bind(r.status)
+                .push_bind(r.sensor)
+                .push_bind(r.systolic)
+                .push_bind(r.diastolic)
+                .push_bind(r.mean_arterial)
+                .push_bind(r.pulse)
+                .push_bind(r.spo2)
+                .push_bind(r.perfusion_index)
+                .push_bind(r.glucose_mg_dl)
+                .push_bind(&r.glucose_sample)
+                .push_bind(&r.glucose_meal)
+                .push_bind(&r.source_unit);
+        });
+        query.push(" ON CONFLICT (device_id, seq) DO NOTHING");
+        // Full chunks share one statement text worth caching; a tail's is one-off.
+        let persistent = chunk.len() == SQLITE_ROWS_PER_STATEMENT;
+        let done = query
+            .build()
+            .persistent(persistent)
+            .execute(&mut *conn)
+            .await
+            .map_err(missing_device)?;
+        inserted += done.rows_affected();
+    }
+    Ok(inserted)
+}
+
+async fn sqlite_touch_devices(
+    conn: &mut SqliteConnection,
+    touched: &BTreeMap<&str, (OffsetDateTime, i64)>,
+) -> Result<()> {
+    for (id, (seen, seq)) in touched {
+        sqlx::query(SQLITE_TOUCH_DEVICE)
+            .bind(*id)
+            .bind(to_ms(*seen))
+            .bind(*seq)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn sqlite_apply_statuses(
+    conn: &mut SqliteConnection,
+    statuses: &BTreeMap<&str, MergedStatus<'_>>,
+) -> Result<()> {
+    for (id, s) in statuses {
+        sqlx::query(SQLITE_APPLY_STATUS)
+            .bind(*id)
+            .bind(to_ms(s.at))
+            .bind(s.online)
+            .bind(s.battery)
+            .bind(s.firmware)
+            .bind(s.rssi)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// A reading for an unprovisioned device violates the foreign key on its device id.
+fn missing_device(error: sqlx::Error) -> StoreError {
+    StoreError::on_constraint(
+        error,
+        || "reading".to_owned(),
+        || "device of a reading in the batch".to_owned(),
+    )
+}
+
+fn reading_from_row(row: &impl Columns) -> Result<StoredReading> {
+    let kind = row.text("kind")?;
+    Ok(StoredReading {
+        device_id: row.text("device_id")?,
+        seq: row.bigint("seq")?,
+        patient_id: row.bigint("patient_id")?,
+        kind: ReadingKind::parse(&kind)
+            .ok_or_else(|| StoreError::decode(format!("unknown reading kind {kind:?}")))?,
+        measured_at: row.ts("measured_at")?,
+        received_at: row.ts("received_at")?,
+        clock_unset: row.flag("clock_unset")?,
+        status: row.int("status")?,
+        sensor: row.bigint("sensor")?,
+        systolic: row.real_opt("systolic")?,
+        diastolic: row.real_opt("diastolic")?,
+        mean_arterial: row.real_opt("mean_arterial")?,
+        pulse: row.real_opt("pulse")?,
+        spo2: row.real_opt("spo2")?,
+        perfusion_index: row.real_opt("perfusion_index")?,
+        glucose_mg_dl: row.real_opt("glucose_mg_dl")?,
+        glucose_sample: row.text_opt("glucose_sample")?,
+        glucose_meal: row.text_opt("glucose_meal")?,
+        source_unit: row.text_opt("source_unit")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn status(device: &str, at: OffsetDateTime, online: bool) -> DeviceStatusUpdate {
+        DeviceStatusUpdate {
+            device_id: device.into(),
+            at,
+            online,
+            battery: None,
+            firmware: None,
+            rssi: None,
+        }
+    }
+
+    #[test]
+    fn statuses_fold_in_time_order() {
+        let t0 = datetime!(2025-01-01 00:00 UTC);
+        let t1 = datetime!(2025-01-01 00:01 UTC);
+        let t2 = datetime!(2025-01-01 00:02 UTC);
+        let updates = vec![
+            // Out of order on purpose: the offline will at t2 arrives first.
+            status("a", t2, false),
+            DeviceStatusUpdate {
+                battery: Some(80),
+                firmware: Some("1.2.0".into()),
+                ..status("a", t0, true)
+            },
+            DeviceStatusUpdate {
+                battery: Some(79),
+                ..status("a", t1, true)
+            },
+            status("b", t1, true),
+        ];
+        let merged = merge_statuses(&updates);
+        assert_eq!(
+            merged["a"],
+            MergedStatus {
+                at: t2,
+                online: false,
+                battery: Some(79),
+                firmware: Some("1.2.0"),
+                rssi: None
+            }
+        );
+        assert_eq!(merged["b"].at, t1);
+        assert_eq!(merged.len(), 2);
+    }
+
+    #[test]
+    fn kinds() {
+        for kind in [ReadingKind::BloodPressure, ReadingKind::Spo2, ReadingKind::Glucose] {
+            assert_eq!(ReadingKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ReadingKind::from(DeviceKind::Spo2), ReadingKind::Spo2);
+        assert_eq!(ReadingKind::parse(""), None);
+    }
+}

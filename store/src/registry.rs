@@ -1,0 +1,679 @@
+//! The registry: COTs, patients, devices and API tokens.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::what;
+use crate::rows::{Columns, to_ms, to_ms_opt};
+use crate::{Db, Result, Store, StoreError};
+
+/// A COT (Centrale Operativa Territoriale): the telemedicine central patients are enrolled with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cot {
+    pub id: i64,
+    /// Short unique code, e.g. `COT-MI-01`.
+    pub code: String,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A patient to enroll with [`Store::add_patient`].
+#[derive(Debug, Clone)]
+pub struct NewPatient {
+    pub cot_id: i64,
+    /// Pseudonymous code, unique across the installation.
+    pub code: String,
+    pub display_name: String,
+    pub birth_year: Option<i32>,
+    /// Condition codes, e.g. `hypertension`, `copd`, `diabetes`, `heart_failure` (no commas).
+    pub conditions: Vec<String>,
+}
+
+/// An enrolled patient.
+#[derive(Debug, Clone, Serialize)]
+pub struct Patient {
+    pub id: i64,
+    pub cot_id: i64,
+    /// Pseudonymous code, unique across the installation.
+    pub code: String,
+    pub display_name: String,
+    pub birth_year: Option<i32>,
+    pub conditions: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// What a device measures. Serialized as `"bp"`, `"spo2"`, `"glucose"`, like [`Self::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DeviceKind {
+    #[serde(rename = "bp")]
+    BloodPressure,
+    #[serde(rename = "spo2")]
+    Spo2,
+    #[serde(rename = "glucose")]
+    Glucose,
+}
+
+impl DeviceKind {
+    /// `"bp"`, `"spo2"` or `"glucose"`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::BloodPressure => "bp",
+            DeviceKind::Spo2 => "spo2",
+            DeviceKind::Glucose => "glucose",
+        }
+    }
+
+    /// The inverse of [`Self::as_str`].
+    pub fn parse(s: &str) -> Option<DeviceKind> {
+        match s {
+            "bp" => Some(DeviceKind::BloodPressure),
+            "spo2" => Some(DeviceKind::Spo2),
+            "glucose" => Some(DeviceKind::Glucose),
+            _ => None,
+        }
+    }
+}
+
+/// A device to provision with [`Store::add_device`].
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// 1 to 64 characters of `[A-Za-z0-9_-]`; it is also the MQTT client id and topic segment.
+    pub id: String,
+    pub patient_id: i64,
+    pub kind: DeviceKind,
+    /// [`crate::credentials::hash_secret`] of the device secret (64 hex digits).
+    pub secret_hash: String,
+    pub model: Option<String>,
+}
+
+/// A provisioned device and its last known state. The secret hash is not part of it (see
+/// [`DeviceAuth`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub id: String,
+    pub patient_id: i64,
+    pub kind: DeviceKind,
+    pub model: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Latest receive time of its readings, or of a status saying it is online.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen_at: Option<OffsetDateTime>,
+    pub online: bool,
+    pub battery_pct: Option<i16>,
+    pub firmware: Option<String>,
+    pub rssi: Option<i16>,
+    /// Time of the status update the `online`, battery, firmware and rssi fields come from.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub status_at: Option<OffsetDateTime>,
+    /// Highest seq among its stored readings.
+    pub last_seq: Option<i64>,
+}
+
+/// What the gateway's edge needs to authenticate a device.
+#[derive(Debug, Clone)]
+pub struct DeviceAuth {
+    pub id: String,
+    pub patient_id: i64,
+    /// Lowercase hex SHA-256 of the device secret; check with
+    /// [`crate::credentials::verify_secret`].
+    pub secret_hash: String,
+    pub revoked: bool,
+}
+
+/// An API token for integrations; the token itself is never stored, only its hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiToken {
+    pub id: i64,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+const COT_COLUMNS: &str = "id, code, name, created_at";
+const PATIENT_COLUMNS: &str =
+    "id, cot_id, code, display_name, birth_year, conditions, created_at";
+const DEVICE_COLUMNS: &str = "id, patient_id, kind, model, created_at, revoked_at, last_seen_at, \
+     online, battery_pct, firmware, rssi, status_at, last_seq";
+const TOKEN_COLUMNS: &str = "id, name, created_at, expires_at, revoked_at";
+
+impl Store {
+    /// Adds a COT. [`StoreError::Conflict`] if the code is taken.
+    pub async fn add_cot(&self, code: &str, name: &str) -> Result<Cot> {
+        non_empty("COT code", code)?;
+        let sql = format!(
+            "INSERT INTO cots (code, name, created_at) VALUES ($1, $2, $3) RETURNING {COT_COLUMNS}"
+        );
+        let now = OffsetDateTime::now_utc();
+        let conflict = || what("COT", format_args!("{code:?}"));
+        let missing = || what("COT", format_args!("{code:?}"));
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let row = sqlx::query(&sql)
+                    .bind(code)
+                    .bind(name)
+                    .bind(now)
+                    .fetch_one(&mut *c)
+                    .await
+                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
+                c.finish().await?;
+                cot_from_row(&row)
+            }
+            Db::Sqlite(pool) => {
+                let row = sqlx::query(&sql)
+                    .bind(code)
+                    .bind(name)
+                    .bind(to_ms(now))
+                    .fetch_one(pool)
+                    .await
+                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
+                cot_from_row(&row)
+            }
+        }
+    }
+
+    /// The COT with this code, if any.
+    pub async fn cot_by_code(&self, code: &str) -> Result<Option<Cot>> {
+        let sql = format!("SELECT {COT_COLUMNS} FROM cots WHERE code = $1");
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let row = sqlx::query(&sql).bind(code).fetch_optional(&mut *c).await?;
+                c.finish().await?;
+                row.as_ref().map(cot_from_row).transpose()
+            }
+            Db::Sqlite(pool) => {
+                let row = sqlx::query(&sql).bind(code).fetch_optional(pool).await?;
+                row.as_ref().map(cot_from_row).transpose()
+            }
+        }
+    }
+
+    /// All COTs, by id.
+    pub async fn list_cots(&self) -> Result<Vec<Cot>> {
+        let sql = format!("SELECT {COT_COLUMNS} FROM cots ORDER BY id");
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let rows = sqlx::query(&sql).fetch_all(&mut *c).await?;
+                c.finish().await?;
+                rows.iter().map(cot_from_row).collect()
+            }
+            Db::Sqlite(pool) => {
+                let rows = sqlx::query(&sql).fetch_all(pool).await?;
+                rows.iter().map(cot_from_row).collect()
+            }
+        }
+    }
+
+    /// Enrolls a patient. [`StoreError::Conflict`] if the code is taken,
+    /// [`StoreError::NotFound`] if the COT does not exist, [`StoreError::Invalid`] for an
+    /// empty code or a condition that is empty or contains a comma.
+    pub async fn add_patient(&self, new: &NewPatient) -> Result<Patient> {
+        non_empty("patient code", &new.code)?;
+        let conditions = join_conditions(&new.conditions)?;
+        let sql = format!(
+            "INSERT INTO patients (cot_id, code, display_name, birth_year, conditions, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {PATIENT_COLUMNS}"
+        );
+        let now = OffsetDateTime::now_utc();
+        let conflict = || what("patient", format_args!("{:?}", new.code));
+        let missing = || what("COT", new.cot_id);
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let row = sqlx::query(&sql)
+                    .bind(new.cot_id)
+                    .bind(&new.code)
+                    .bind(&new.display_name)
+                    .bind(new.birth_year)
+                    .bind(&conditions)
+                    .bind(now)
+                    .fetch_one(&mut *c)
+                    .await
+                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
+                c.finish().await?;
+                patient_from_row(&row)
+            }
+            Db::Sqlite(pool) => {
+                let row = sqlx::query(&sql)
+                    .bind(new.cot_id)
+                    .bind(&new.code)
+                    .bind(&new.display_name)
+                    .bind(new.birth_year)
+                    .bind(&conditions)
+                    .bind(to_ms(now))
+                    .fetch_one(pool)
+                    .await
+                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
+                patient_from_row(&row)
+            }
+        }
+    }
+
+    /// The patient with this pseudonymous code, if any.
+    pub async fn patient_by_code(&self, code: &str) -> Result<Option<Patient>> {
+        let sql = format!("SELECT {PATIENT_COLUMNS} FROM patients WHERE code = $1");
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let row = sqlx::query(&sql).bind(code).fetch_optional(&mut *c).await?;
+                c.finish().await?;
+                row.as_ref().map(patient_from_row).transpose()
+            }
+            Db::Sqlite(pool) => {
+                let row = sqlx::query(&sql).bind(code).fetch_optional(pool).await?;
+                row.as_ref().map(patient_from_row).transpose()
+            }
+        }
+    }
+
+    /// The patient with this id, if any.
+    pub async fn get_patient(&self, id: i64) -> Result<Option<Patient>> {
+        let sql = format!("SELECT {PATIENT_COLUMNS} FROM patients WHERE id = $1");
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let row = sqlx::query(&sql).bind(id).fetch_optional(&mut *c).await?;
+                c.finish().await?;
+                row.as_ref().map(patient_from_row).transpose()
+            }
+            Db::Sqlite(pool) => {
+                let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
+                row.as_ref().map(patient_from_row).transpose()
+            }
+        }
+    }
+
+    /// Patients by id, all or those of one COT.
+    pub async fn list_patients(&self, cot_id: Option<i64>) -> Result<Vec<Patient>> {
+        let filter = if cot_id.is_some() {
+            "WHERE cot_id = $1"
+        } else {
+            ""
+        };
+        let sql = format!("SELECT {PATIENT_COLUMNS} FROM patients {filter} ORDER BY id");
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let mut query = sqlx::query(&sql);
+                if let Some(cot_id) = cot_id {
+                    query = query.bind(cot_id);
+                }
+                let rows = query.fetch_all(&mut *c).await?;
+                c.finish().await?;
+                rows.iter().map(patient_from_row).collect()
+            }
+            Db::Sqlite(pool) => {
+                let mut query = sqlx::query(&sql);
+                if let Some(cot_id) = cot_id {
+                    query = query.bind(cot_id);
+                }
+                let rows = query.fetch_all(pool).await?;
+                rows.iter().map(patient_from_row).collect()
+            }
+        }
+    }
+
+    /// Provisions a device. [`StoreError::Invalid`] for a malformed id or secret hash,
+    /// [`StoreError::Conflict`] if the id exists, [`StoreError::NotFound`] if the patient
+    /// does not.
+    pub async fn add_device(&self, new: &NewDevice) -> Result<Device> {
+        validate_device_id(&new.id)?;
+        if new.secret_hash.len() != 64 || !new.secret_hash.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(StoreError::Invalid(
+                "secret_hash must be a hex SHA-256 (64 hex digits), see credentials::hash_secret"
+                    .into(),
+            ));
+        }
+        let secret_hash = new.secret_hash.to_ascii_lowercase();
+        let sql = format!(
+            "INSERT INTO devices (id, patient_id, kind, model, secret_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {DEVICE_COLUMNS}"
+        );
+        let now = OffsetDateTime::now_utc();
+        let conflict = || what("device", format_args!("{:?}", new.id));
+        let missing = || what("patient", new.patient_id);
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let row = sqlx::query(&sql)
+                    .bind(&new.id)
+                    .bind(new.patient_id)
+                    .bind(new.kind.as_str())
+                    .bind(&new.model)
+                    .bind(&secret_hash)
+                    .bind(now)
+                    .fetch_one(&mut *c)
+                    .await
+                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
+                c.finish().await?;
+                device_from_row(&row)
+            }
+            Db::Sqlite(pool) => {
+                let row = sqlx::query(&sql)
+                    .bind(&new.id)
+                    .bind(new.patient_id)
+                    .bind(new.kind.as_str())
+                    .bind(&new.model)
+                    .bind(&secret_hash)
+                    .bind(to_ms(now))
+                    .fetch_one(pool)
+                    .await
+                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
+                device_from_row(&row)
+            }
+        }
+    }
+
+    /// Credentials and revocation state of a device, for the edge; `None` if unknown.
+    pub async fn device_auth(&self, id: &str) -> Result<Option<DeviceAuth>> {
+        let sql = "SELECT id, patient_id, secret_hash, revoked_at FROM devices WHERE id = $1";
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let row = sqlx::query(sql).bind(id).fetch_optional(&mut *c).await?;
+                c.finish().await?;
+                row.as_ref().map(device_auth_from_row).transpose()
+            }
+            Db::Sqlite(pool) => {
+                let row = sqlx::query(sql).bind(id).fetch_optional(pool).await?;
+                row.as_ref().map(device_auth_from_row).transpose()
+            }
+        }
+    }
+
+    /// Revokes a device from `at` on (a second revocation keeps the first time).
+    /// [`StoreError::NotFound`] if the device does not exist.
+    pub async fn revoke_device(&self, id: &str, at: OffsetDateTime) -> Result<()> {
+        let sql = "UPDATE devices SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1";
+        let updated = match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let done = sqlx::query(sql).bind(id).bind(at).execute(&mut *c).await?;
+                c.finish().await?;
+                done.rows_affected()
+            }
+            Db::Sqlite(pool) => sqlx::query(sql)
+                .bind(id)
+                .bind(to_ms(at))
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        };
+        if updated == 0 {
+            return Err(StoreError::NotFound {
+                what: what("device", format_args!("{id:?}")),
+            });
+        }
+        Ok(())
+    }
+
+    /// Devices by id, all or those of one patient.
+    pub async fn list_devices(&self, patient_id: Option<i64>) -> Result<Vec<Device>> {
+        let filter = if patient_id.is_some() {
+            "WHERE patient_id = $1"
+        } else {
+            ""
+        };
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices {filter} ORDER BY id");
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let mut query = sqlx::query(&sql);
+                if let Some(patient_id) = patient_id {
+                    query = query.bind(patient_id);
+                }
+                let rows = query.fetch_all(&mut *c).await?;
+                c.finish().await?;
+                rows.iter().map(device_from_row).collect()
+            }
+            Db::Sqlite(pool) => {
+                let mut query = sqlx::query(&sql);
+                if let Some(patient_id) = patient_id {
+                    query = query.bind(patient_id);
+                }
+                let rows = query.fetch_all(pool).await?;
+                rows.iter().map(device_from_row).collect()
+            }
+        }
+    }
+
+    /// The device with this id, if any.
+    pub async fn get_device(&self, id: &str) -> Result<Option<Device>> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1");
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let row = sqlx::query(&sql).bind(id).fetch_optional(&mut *c).await?;
+                c.finish().await?;
+                row.as_ref().map(device_from_row).transpose()
+            }
+            Db::Sqlite(pool) => {
+                let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
+                row.as_ref().map(device_from_row).transpose()
+            }
+        }
+    }
+
+    /// Stores a new API token by its hash. [`StoreError::Conflict`] if the hash exists.
+    pub async fn add_api_token(
+        &self,
+        name: &str,
+        token_hash: &str,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Result<ApiToken> {
+        non_empty("token hash", token_hash)?;
+        let sql = format!(
+            "INSERT INTO api_tokens (name, token_hash, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4) RETURNING {TOKEN_COLUMNS}"
+        );
+        let now = OffsetDateTime::now_utc();
+        let conflict = || "API token with this hash".to_owned();
+        let missing = || "API token".to_owned();
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let row = sqlx::query(&sql)
+                    .bind(name)
+                    .bind(token_hash)
+                    .bind(now)
+                    .bind(expires_at)
+                    .fetch_one(&mut *c)
+                    .await
+                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
+                c.finish().await?;
+                token_from_row(&row)
+            }
+            Db::Sqlite(pool) => {
+                let row = sqlx::query(&sql)
+                    .bind(name)
+                    .bind(token_hash)
+                    .bind(to_ms(now))
+                    .bind(to_ms_opt(expires_at))
+                    .fetch_one(pool)
+                    .await
+                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
+                token_from_row(&row)
+            }
+        }
+    }
+
+    /// The token with this hash, if any, revoked and expired ones included: the caller
+    /// checks `revoked_at` and `expires_at`.
+    pub async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1");
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let row = sqlx::query(&sql)
+                    .bind(token_hash)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                c.finish().await?;
+                row.as_ref().map(token_from_row).transpose()
+            }
+            Db::Sqlite(pool) => {
+                let row = sqlx::query(&sql)
+                    .bind(token_hash)
+                    .fetch_optional(pool)
+                    .await?;
+                row.as_ref().map(token_from_row).transpose()
+            }
+        }
+    }
+}
+
+/// Device ids are 1 to 64 characters of `[A-Za-z0-9_-]`: they appear in MQTT topics and
+/// client ids, so nothing that could change a topic's meaning (`/`, `+`, `#`) gets in.
+pub(crate) fn validate_device_id(id: &str) -> Result<()> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "device id {id:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'"
+        )))
+    }
+}
+
+fn non_empty(name: &str, value: &str) -> Result<()> {
+    if value.trim().is_empty() {
+        Err(StoreError::Invalid(format!("{name} must not be empty")))
+    } else {
+        Ok(())
+    }
+}
+
+fn join_conditions(conditions: &[String]) -> Result<String> {
+    for condition in conditions {
+        if condition.trim().is_empty() || condition.contains(',') {
+            return Err(StoreError::Invalid(format!(
+                "condition {condition:?} must be non-empty and contain no comma"
+            )));
+        }
+    }
+    Ok(conditions.join(","))
+}
+
+fn split_conditions(stored: &str) -> Vec<String> {
+    stored
+        .split(',')
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn cot_from_row(row: &impl Columns) -> Result<Cot> {
+    Ok(Cot {
+        id: row.bigint("id")?,
+        code: row.text("code")?,
+        name: row.text("name")?,
+        created_at: row.ts("created_at")?,
+    })
+}
+
+fn patient_from_row(row: &impl Columns) -> Result<Patient> {
+    Ok(Patient {
+        id: row.bigint("id")?,
+        cot_id: row.bigint("cot_id")?,
+        code: row.text("code")?,
+        display_name: row.text("display_name")?,
+        birth_year: row.int_opt("birth_year")?,
+        conditions: split_conditions(&row.text("conditions")?),
+        created_at: row.ts("created_at")?,
+    })
+}
+
+pub(crate) fn device_kind(stored: &str) -> Result<DeviceKind> {
+    DeviceKind::parse(stored)
+        .ok_or_else(|| StoreError::decode(format!("unknown device kind {stored:?}")))
+}
+
+fn device_from_row(row: &impl Columns) -> Result<Device> {
+    Ok(Device {
+        id: row.text("id")?,
+        patient_id: row.bigint("patient_id")?,
+        kind: device_kind(&row.text("kind")?)?,
+        model: row.text_opt("model")?,
+        created_at: row.ts("created_at")?,
+        revoked_at: row.ts_opt("revoked_at")?,
+        last_seen_at: row.ts_opt("last_seen_at")?,
+        online: row.flag("online")?,
+        battery_pct: row.smallint_opt("battery_pct")?,
+        firmware: row.text_opt("firmware")?,
+        rssi: row.smallint_opt("rssi")?,
+        status_at: row.ts_opt("status_at")?,
+        last_seq: row.bigint_opt("last_seq")?,
+    })
+}
+
+fn device_auth_from_row(row: &impl Columns) -> Result<DeviceAuth> {
+    Ok(DeviceAuth {
+        id: row.text("id")?,
+        patient_id: row.bigint("patient_id")?,
+        secret_hash: row.text("secret_hash")?,
+        revoked: row.ts_opt("revoked_at")?.is_some(),
+    })
+}
+
+fn token_from_row(row: &impl Columns) -> Result<ApiToken> {
+    Ok(ApiToken {
+        id: row.bigint("id")?,
+        name: row.text("name")?,
+        created_at: row.ts("created_at")?,
+        expires_at: row.ts_opt("expires_at")?,
+        revoked_at: row.ts_opt("revoked_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids() {
+        for ok in ["a", "bp-0001", "SPO2_x", &"x".repeat(64)] {
+            assert!(validate_device_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "a+b", "#", "ü", "a b", &"x".repeat(65)] {
+            assert!(
+                matches!(validate_device_id(bad), Err(StoreError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for kind in [DeviceKind::BloodPressure, DeviceKind::Spo2, DeviceKind::Glucose] {
+            assert_eq!(DeviceKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(DeviceKind::parse("BP"), None);
+    }
+
+    #[test]
+    fn conditions_round_trip() {
+        let conditions = vec!["hypertension".to_owned(), "copd".to_owned()];
+        assert_eq!(
+            split_conditions(&join_conditions(&conditions).unwrap()),
+            conditions
+        );
+        assert!(split_conditions("").is_empty());
+        assert!(join_conditions(&["a,b".to_owned()]).is_err());
+        assert!(join_conditions(&[String::new()]).is_err());
+    }
+}
