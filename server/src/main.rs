@@ -235,7 +235,7 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
     let api = tokio::spawn(server::serve(listener, state, cancel.clone()));
 
     let demo = match args.demo {
-        Some(patients) => Some(tokio::spawn(demo(
+        Some(patients) => Some(tokio::spawn(demo_progress(gateway.metrics.clone(), cancel.clone()))).and(Some(tokio::spawn(demo(
             store.clone(),
             config.data_dir.clone(),
             patients,
@@ -243,7 +243,7 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
             gateway.edge_addr,
             api_addr,
             cancel.clone(),
-        ))),
+        )))),
         None => None,
     };
 
@@ -278,6 +278,27 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+/// Logs what the pipeline did every ten seconds while the demo runs.
+async fn demo_progress(metrics: Arc<gateway::Metrics>, cancel: CancellationToken) {
+    use gateway::Metrics as M;
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => tracing::info!(
+                received = M::get(&metrics.readings_received_total),
+                stored = M::get(&metrics.readings_committed_total),
+                duplicates = M::get(&metrics.readings_duplicate_total),
+                quarantined = M::get(&metrics.quarantined_total),
+                acked = M::get(&metrics.readings_acked_total),
+                devices_online = M::get(&metrics.edge_connections_open),
+                "demo progress"
+            ),
+        }
     }
 }
 
@@ -327,7 +348,15 @@ async fn demo_inner(
          \x20 curl -s http://{api}/metrics\n",
         fleet.devices.len()
     );
-    let opts = simulators::fleet::RunOptions { speed, duration: Duration::from_secs(365 * 24 * 3600), seed: 1 };
+    // Devices keep their seq across runs, as real ones do across reboots.
+    let floor = simulators::fleet::SeqFloor::beside(&fleet_path);
+    let opts = simulators::fleet::RunOptions {
+        speed,
+        duration: Duration::from_secs(365 * 24 * 3600),
+        seed: 1,
+        first_seq: floor.first_seq()?,
+        ..Default::default()
+    };
     let report = simulators::fleet::run_fleet(&fleet, &edge.to_string(), opts, cancel).await?;
     tracing::info!(?report, "demo fleet stopped");
     Ok(())

@@ -140,9 +140,12 @@ impl LatencySummary {
 pub struct GatewayMemory {
     /// The gateway's pid.
     pub pid: u32,
+    /// The larger of the two figures below: the peak the bench could observe.
+    pub peak_rss_kib: Option<u64>,
     /// Largest `VmRSS` sampled once a second during the run.
     pub max_sampled_rss_kib: Option<u64>,
-    /// `VmHWM` (peak resident set over the process's life) at the end.
+    /// `VmHWM` (peak resident set over the process's life) at the end. Linux updates the
+    /// high-water mark lazily, so it can be below an RSS sampled earlier.
     pub vm_hwm_kib: Option<u64>,
 }
 
@@ -175,8 +178,9 @@ impl fmt::Display for BenchReport {
             };
             writeln!(
                 f,
-                "gateway      pid {}: peak RSS {} (VmHWM), max sampled RSS {}",
+                "gateway      pid {}: peak RSS {} (VmHWM {}, max sampled RSS {})",
                 g.pid,
+                mib(g.peak_rss_kib),
                 mib(g.vm_hwm_kib),
                 mib(g.max_sampled_rss_kib)
             )?;
@@ -305,6 +309,7 @@ pub async fn run_bench(
             }
             Some(GatewayMemory {
                 pid,
+                peak_rss_kib: vm_hwm_kib.max(max_sampled_rss_kib),
                 max_sampled_rss_kib,
                 vm_hwm_kib,
             })

@@ -68,12 +68,11 @@ impl Store {
 
 async fn connect_sqlite(url: &str) -> Result<Store> {
     let invalid = |message: String| StoreError::InvalidUrl(message);
-    let options = SqliteConnectOptions::from_str(url)
-        .map_err(|e| invalid(format!("sqlite: {e}")))?;
+    let options =
+        SqliteConnectOptions::from_str(url).map_err(|e| invalid(format!("sqlite: {e}")))?;
     let file = options.get_filename().to_path_buf();
     let name = file.to_string_lossy();
-    if name.is_empty() || name.starts_with("file:sqlx-in-memory") || url.contains("mode=memory")
-    {
+    if name.is_empty() || name.starts_with("file:sqlx-in-memory") || url.contains("mode=memory") {
         return Err(invalid(
             "sqlite: an in-memory database is not supported, name a file".into(),
         ));
@@ -212,7 +211,11 @@ mod tests {
     #[test]
     fn search_path_from_options() {
         let check = |options: &str, expected: Option<&str>| {
-            assert_eq!(search_path_option(options).as_deref(), expected, "{options}");
+            assert_eq!(
+                search_path_option(options).as_deref(),
+                expected,
+                "{options}"
+            );
         };
         check("-c search_path=abc", Some("abc"));
         check("-csearch_path=abc", Some("abc"));
@@ -224,7 +227,12 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_other_urls() {
-        for url in ["mysql://u:secret@h/db", "sqlite::memory:", "sqlite:", "nonsense"] {
+        for url in [
+            "mysql://u:secret@h/db",
+            "sqlite::memory:",
+            "sqlite:",
+            "nonsense",
+        ] {
             match Store::connect(url).await {
                 Err(StoreError::InvalidUrl(message)) => {
                     assert!(!message.contains("secret"), "{message}");

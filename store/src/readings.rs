@@ -247,7 +247,9 @@ impl Store {
     pub async fn commit_batch(&self, batch: &CommitBatch) -> Result<CommitOutcome> {
         for reading in &batch.readings {
             if reading.device_id.is_empty() {
-                return Err(StoreError::Invalid("reading with an empty device id".into()));
+                return Err(StoreError::Invalid(
+                    "reading with an empty device id".into(),
+                ));
             }
         }
         let touched = touched_devices(&batch.readings);
@@ -282,7 +284,12 @@ impl Store {
     /// Marks a device online or offline at `at` (the gateway's clock; an update older than
     /// the stored status is ignored). Going online also counts as being seen.
     /// [`StoreError::NotFound`] if the device does not exist.
-    pub async fn set_device_online(&self, id: &str, online: bool, at: OffsetDateTime) -> Result<()> {
+    pub async fn set_device_online(
+        &self,
+        id: &str,
+        online: bool,
+        at: OffsetDateTime,
+    ) -> Result<()> {
         let update = MergedStatus {
             at,
             online,
@@ -760,7 +767,11 @@ mod tests {
 
     #[test]
     fn kinds() {
-        for kind in [ReadingKind::BloodPressure, ReadingKind::Spo2, ReadingKind::Glucose] {
+        for kind in [
+            ReadingKind::BloodPressure,
+            ReadingKind::Spo2,
+            ReadingKind::Glucose,
+        ] {
             assert_eq!(ReadingKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(ReadingKind::from(DeviceKind::Spo2), ReadingKind::Spo2);

@@ -139,8 +139,7 @@ pub struct ApiToken {
 }
 
 const COT_COLUMNS: &str = "id, code, name, created_at";
-const PATIENT_COLUMNS: &str =
-    "id, cot_id, code, display_name, birth_year, conditions, created_at";
+const PATIENT_COLUMNS: &str = "id, cot_id, code, display_name, birth_year, conditions, created_at";
 const DEVICE_COLUMNS: &str = "id, patient_id, kind, model, created_at, revoked_at, last_seen_at, \
      online, battery_pct, firmware, rssi, status_at, last_seq";
 const TOKEN_COLUMNS: &str = "id, name, created_at, expires_at, revoked_at";
@@ -329,8 +328,7 @@ impl Store {
     /// does not.
     pub async fn add_device(&self, new: &NewDevice) -> Result<Device> {
         validate_device_id(&new.id)?;
-        if new.secret_hash.len() != 64 || !new.secret_hash.bytes().all(|b| b.is_ascii_hexdigit())
-        {
+        if new.secret_hash.len() != 64 || !new.secret_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(StoreError::Invalid(
                 "secret_hash must be a hex SHA-256 (64 hex digits), see credentials::hash_secret"
                     .into(),
@@ -659,7 +657,11 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for kind in [DeviceKind::BloodPressure, DeviceKind::Spo2, DeviceKind::Glucose] {
+        for kind in [
+            DeviceKind::BloodPressure,
+            DeviceKind::Spo2,
+            DeviceKind::Glucose,
+        ] {
             assert_eq!(DeviceKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(DeviceKind::parse("BP"), None);

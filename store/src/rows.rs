@@ -79,7 +79,9 @@ impl Columns for SqliteRow {
         from_ms(self.try_get(col)?)
     }
     fn ts_opt(&self, col: &str) -> Result<Option<OffsetDateTime>> {
-        self.try_get::<Option<i64>, _>(col)?.map(from_ms).transpose()
+        self.try_get::<Option<i64>, _>(col)?
+            .map(from_ms)
+            .transpose()
     }
 }
 

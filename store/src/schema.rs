@@ -192,7 +192,10 @@ mod tests {
                 date!(2025 - 04 - 01),
             ]
         );
-        assert_eq!(months_around(date!(2090 - 11 - 15))[5], date!(2091 - 02 - 01));
+        assert_eq!(
+            months_around(date!(2090 - 11 - 15))[5],
+            date!(2091 - 02 - 01)
+        );
     }
 
     #[test]

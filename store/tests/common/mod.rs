@@ -1,10 +1,10 @@
 //! Fixtures shared by the store's integration tests.
-#![allow(dead_code, unreachable_pub)]
+// Test support: unwrapping is the point, and each test binary uses a different subset.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use store::testing::TestDb;
 use store::{
-    Cot, Device, DeviceKind, NewDevice, NewPatient, NewReading, Patient, ReadingKind,
-    ReadingsLayout, Store, credentials,
+    Cot, Device, DeviceKind, NewDevice, NewPatient, NewReading, Patient, ReadingKind, Store,
+    credentials,
 };
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -64,7 +64,11 @@ pub async fn fixture(store: &Store, prefix: &str) -> Fixture {
         .await
         .unwrap();
     let mut devices = Vec::new();
-    for kind in [DeviceKind::BloodPressure, DeviceKind::Spo2, DeviceKind::Glucose] {
+    for kind in [
+        DeviceKind::BloodPressure,
+        DeviceKind::Spo2,
+        DeviceKind::Glucose,
+    ] {
         let device = store
             .add_device(&NewDevice {
                 id: format!("{prefix}-{}", kind.as_str()),

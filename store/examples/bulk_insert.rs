@@ -1,0 +1,154 @@
+//! Measures `Store::commit_batch` throughput on a fresh test database.
+//!
+//! ```text
+//! cargo run --release -p store --example bulk_insert -- [postgres|sqlite|timescale] [batch] [rows] [writers]
+//! ```
+//!
+//! Defaults: postgres, 1000 readings per batch, 200,000 readings, 1 writer. Readings come
+//! from 2,000 devices (blood pressure, SpO2, glucose) interleaved the way a gateway's batcher
+//! flushes them; batches are built before the clock starts. A second pass resends everything
+//! to time the all-duplicates path.
+
+use std::time::Instant;
+
+use store::testing::TestDb;
+use store::{
+    CommitBatch, DeviceKind, NewDevice, NewPatient, NewReading, ReadingKind, Store, credentials,
+};
+use time::{Duration, OffsetDateTime};
+
+const DEVICES: usize = 2_000;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let backend = args.next().unwrap_or_else(|| "postgres".into());
+    let batch_size: usize = args.next().map_or(Ok(1000), |a| a.parse())?;
+    let total: usize = args.next().map_or(Ok(200_000), |a| a.parse())?;
+    let writers: usize = args.next().map_or(Ok(1), |a| a.parse())?;
+
+    let db = match backend.as_str() {
+        "postgres" => TestDb::postgres().await,
+        "sqlite" => TestDb::sqlite().await,
+        "timescale" => TestDb::timescale().await,
+        other => return Err(format!("unknown backend {other}").into()),
+    };
+    let layout = db.store.readings_layout().await?;
+    println!("backend: {backend} ({layout}), batch {batch_size}, {total} readings, {writers} writer(s)");
+
+    let devices = provision(&db.store).await?;
+    let batches = build_batches(&devices, batch_size, total);
+
+    for pass in ["insert", "resend (all duplicates)"] {
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for w in 0..writers {
+            let store = db.store.clone();
+            let mine: Vec<CommitBatch> = batches.iter().skip(w).step_by(writers).cloned().collect();
+            handles.push(tokio::spawn(async move {
+                let (mut inserted, mut duplicates) = (0, 0);
+                for batch in &mine {
+                    let outcome = store.commit_batch(batch).await?;
+                    inserted += outcome.inserted;
+                    duplicates += outcome.duplicates;
+                }
+                Ok::<_, store::StoreError>((inserted, duplicates))
+            }));
+        }
+        let (mut inserted, mut duplicates) = (0, 0);
+        for handle in handles {
+            let (i, d) = handle.await??;
+            inserted += i;
+            duplicates += d;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{pass}: {inserted} inserted, {duplicates} duplicates in {secs:.2} s = {:.0} rows/s",
+            (inserted + duplicates) as f64 / secs
+        );
+    }
+    assert_eq!(db.store.count_readings(None).await?, total as i64);
+    Ok(())
+}
+
+async fn provision(store: &Store) -> Result<Vec<(String, i64, DeviceKind)>, store::StoreError> {
+    let cot = store.add_cot("BENCH", "Bench COT").await?;
+    let hash = credentials::hash_secret(&credentials::generate_secret());
+    let kinds = [DeviceKind::BloodPressure, DeviceKind::Spo2, DeviceKind::Glucose];
+    let mut devices = Vec::with_capacity(DEVICES);
+    for i in 0..DEVICES {
+        let patient_id = if i % 3 == 0 {
+            store
+                .add_patient(&NewPatient {
+                    cot_id: cot.id,
+                    code: format!("BENCH-{i}"),
+                    display_name: format!("Patient {i}"),
+                    birth_year: Some(1950),
+                    conditions: vec!["hypertension".into()],
+                })
+                .await?
+                .id
+        } else {
+            devices.last().map_or(0, |(_, p, _): &(String, i64, DeviceKind)| *p)
+        };
+        let kind = kinds[i % 3];
+        let id = format!("bench-{i:05}");
+        store
+            .add_device(&NewDevice {
+                id: id.clone(),
+                patient_id,
+                kind,
+                secret_hash: hash.clone(),
+                model: None,
+            })
+            .await?;
+        devices.push((id, patient_id, kind));
+    }
+    Ok(devices)
+}
+
+fn build_batches(
+    devices: &[(String, i64, DeviceKind)],
+    batch_size: usize,
+    total: usize,
+) -> Vec<CommitBatch> {
+    let now = OffsetDateTime::now_utc();
+    let readings: Vec<NewReading> = (0..total)
+        .map(|n| {
+            let (id, patient_id, kind) = &devices[n % devices.len()];
+            let seq = (n / devices.len()) as i64 + 1;
+            let kind = ReadingKind::from(*kind);
+            // Spread over the last ~3 weeks, all inside existing partitions.
+            let measured_at = now - Duration::minutes(((total - n) % 30_000) as i64);
+            let bp = kind == ReadingKind::BloodPressure;
+            NewReading {
+                device_id: id.clone(),
+                seq,
+                patient_id: *patient_id,
+                kind,
+                measured_at,
+                received_at: now,
+                clock_unset: false,
+                status: 0,
+                sensor: 0,
+                systolic: bp.then_some(128.0),
+                diastolic: bp.then_some(84.0),
+                mean_arterial: bp.then_some(98.7),
+                pulse: Some(71.0),
+                spo2: (kind == ReadingKind::Spo2).then_some(96.5),
+                perfusion_index: (kind == ReadingKind::Spo2).then_some(2.1),
+                glucose_mg_dl: (kind == ReadingKind::Glucose).then_some(112.0),
+                glucose_sample: (kind == ReadingKind::Glucose).then(|| "capillary".into()),
+                glucose_meal: None,
+                source_unit: None,
+            }
+        })
+        .collect();
+    readings
+        .chunks(batch_size)
+        .map(|chunk| CommitBatch {
+            readings: chunk.to_vec(),
+            ..Default::default()
+        })
+        .collect()
+}
