@@ -140,8 +140,8 @@ pub(crate) fn start(
 }
 
 /// Runs rumqttd's v4 listener on a free loopback port on its own thread and waits until it
-/// accepts connections. rumqttd binds the address itself, so a port is picked, released and
-/// handed over; if another process takes it in between, the bind fails and another is tried.
+/// listens. rumqttd binds the address itself, so a port is picked, released and handed over;
+/// if another process takes it in between, rumqttd's bind fails and another port is tried.
 fn spawn_listener<F>(make_server: F, connections: ConnectionSettings) -> Result<SocketAddr, GatewayError>
 where
     F: Fn(ServerSettings) -> Server<V4> + Clone + Send + 'static,
@@ -182,8 +182,14 @@ where
                 tracing::warn!(%addr, %why, "broker listener failed to start, trying another port");
                 break;
             }
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                return Ok(addr);
+            // Once the port is taken and rumqttd has not reported a failed bind, it is
+            // rumqttd's. (Probing with a connection would make rumqttd log errors.)
+            if StdListener::bind(addr).is_err() {
+                thread::sleep(Duration::from_millis(50));
+                if failed_rx.try_recv().is_err() {
+                    return Ok(addr);
+                }
+                break;
             }
             thread::sleep(Duration::from_millis(10));
         }

@@ -66,9 +66,10 @@ struct RunArgs {
     /// Also provision and run this many simulated patients with their home devices.
     #[arg(long, value_name = "PATIENTS")]
     demo: Option<usize>,
-    /// Simulated seconds per real second for the demo patients (1440 = a day per minute).
-    #[arg(long, default_value_t = 1440.0)]
-    demo_speed: f64,
+    /// Days of history the demo patients first catch up on (readings dated in the past,
+    /// sent in about a minute), before measuring in real time.
+    #[arg(long, default_value_t = 14)]
+    demo_days: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,7 +169,11 @@ fn main() -> anyhow::Result<()> {
 fn init_tracing(filter: &str, json: bool) -> anyhow::Result<()> {
     // rumqttd logs every loopback connection from the edge at info; keep it to warnings.
     let filter = EnvFilter::try_new(format!("rumqttd=warn,{filter}")).context("parse --log")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     if json { builder.json().init() } else { builder.init() }
     Ok(())
 }
@@ -239,7 +244,7 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
             store.clone(),
             config.data_dir.clone(),
             patients,
-            args.demo_speed,
+            args.demo_days,
             gateway.edge_addr,
             api_addr,
             cancel.clone(),
@@ -307,12 +312,12 @@ async fn demo(
     store: Store,
     data_dir: PathBuf,
     patients: usize,
-    speed: f64,
+    days: u32,
     edge: std::net::SocketAddr,
     api: std::net::SocketAddr,
     cancel: CancellationToken,
 ) {
-    if let Err(e) = demo_inner(store, data_dir, patients, speed, edge, api, cancel).await {
+    if let Err(e) = demo_inner(store, data_dir, patients, days, edge, api, cancel).await {
         tracing::error!(error = format!("{e:#}"), "demo stopped");
     }
 }
@@ -321,7 +326,7 @@ async fn demo_inner(
     store: Store,
     data_dir: PathBuf,
     patients: usize,
-    speed: f64,
+    days: u32,
     edge: std::net::SocketAddr,
     api: std::net::SocketAddr,
     cancel: CancellationToken,
@@ -350,10 +355,31 @@ async fn demo_inner(
     );
     // Devices keep their seq across runs, as real ones do across reboots.
     let floor = simulators::fleet::SeqFloor::beside(&fleet_path);
+    let catch_up = Duration::from_secs(60);
+    if days > 0 {
+        eprintln!("Catching up on {days} days of measurements in about a minute…");
+        let first_seq = floor.first_seq()?;
+        let opts = simulators::fleet::RunOptions {
+            speed: f64::from(days) * 86_400.0 / catch_up.as_secs_f64(),
+            duration: catch_up,
+            seed: 1,
+            first_seq,
+            backdate: true,
+            ..Default::default()
+        };
+        let report = simulators::fleet::run_fleet(&fleet, &edge.to_string(), opts, cancel.clone()).await?;
+        // No device used more seqs than the whole fleet generated.
+        floor.store(first_seq.saturating_add(u32::try_from(report.generated).unwrap_or(u32::MAX)).saturating_add(1))?;
+        tracing::info!(generated = report.generated, committed = report.committed, pending = report.pending, "demo history sent");
+    }
+    if cancel.is_cancelled() {
+        return Ok(());
+    }
+    eprintln!("Demo patients now measure in real time (a few spot checks a day each).");
     let opts = simulators::fleet::RunOptions {
-        speed,
+        speed: 1.0,
         duration: Duration::from_secs(365 * 24 * 3600),
-        seed: 1,
+        seed: 2,
         first_seq: floor.first_seq()?,
         ..Default::default()
     };

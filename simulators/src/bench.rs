@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::device::{self, DeviceHandle, DeviceSpec};
-use crate::fleet::{FleetFile, stop_all, totals};
+use crate::fleet::{FleetFile, drain_all, stop_all, totals};
 use crate::physiology::{Condition, Patient, hash_str, mix};
 use crate::schedule::now_ms;
 
@@ -62,7 +62,7 @@ impl Default for BenchOptions {
             seed: 1,
             first_seq: 1,
             connect_timeout: Duration::from_secs(30),
-            drain: Duration::from_secs(30),
+            drain: Duration::from_secs(15),
         }
     }
 }
@@ -170,11 +170,18 @@ impl fmt::Display for BenchReport {
         writeln!(
             f,
             "totals       {} generated, {} committed, {} rejected, {} pending, {} messages, {} resent",
-            self.generated, self.committed, self.rejected, self.pending, self.publishes, self.resent
+            self.generated,
+            self.committed,
+            self.rejected,
+            self.pending,
+            self.publishes,
+            self.resent
         )?;
         if let Some(g) = &self.gateway {
             let mib = |kib: Option<u64>| {
-                kib.map_or("n/a".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+                kib.map_or("n/a".to_owned(), |k| {
+                    format!("{:.1} MiB", k as f64 / 1024.0)
+                })
             };
             writeln!(
                 f,
@@ -237,15 +244,25 @@ pub async fn run_bench(
     info!(devices = wanted, broker, "connecting");
     let connect_deadline = Instant::now() + opts.connect_timeout;
     let mut connected = 0;
+    let mut first_failure = None;
     for handle in &handles {
         let left = connect_deadline.saturating_duration_since(Instant::now());
         tokio::select! {
             _ = cancel.cancelled() => break,
             result = handle.wait_connected(left) => match result {
                 Ok(()) => connected += 1,
-                Err(e) => warn!(error = %format!("{e:#}"), "device not connected"),
+                Err(e) => {
+                    first_failure.get_or_insert_with(|| format!("{e:#}"));
+                }
             },
         }
+    }
+    if let Some(error) = &first_failure {
+        warn!(
+            not_connected = wanted - connected,
+            first = %error,
+            "some devices did not connect; the bench goes on without them"
+        );
     }
     if connected == 0 || cancel.is_cancelled() {
         let last_error = handles.first().and_then(|h| h.stats().last_error);
@@ -289,13 +306,7 @@ pub async fn run_bench(
     while feeding.join_next().await.is_some() {}
 
     info!("draining");
-    let drain_deadline = Instant::now() + opts.drain;
-    for handle in &handles {
-        let left = drain_deadline.saturating_duration_since(Instant::now());
-        if let Err(e) = handle.wait_settled(left).await {
-            warn!(error = %format!("{e:#}"), "outbox not drained");
-        }
-    }
+    drain_all(&handles, opts.drain).await;
     let t = totals(&handles);
     devices_cancel.cancel();
     stop_all(handles).await;

@@ -30,8 +30,8 @@ use protocol::{Channel, DeviceId, MAX_BATCH, MAX_PAYLOAD, Measurement, Reading, 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rumqttc::{
-    AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    SubscribeFilter, SubscribeReasonCode,
+    AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, SubscribeFilter,
+    SubscribeReasonCode,
 };
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
@@ -289,7 +289,7 @@ impl DeviceHandle {
             "device {}: {} readings still unsettled after {} (last error: {})",
             self.id(),
             st.outbox.len(),
-            humantime::format_duration(timeout),
+            humantime::format_duration(round_ms(timeout)),
             st.last_error.as_deref().unwrap_or("none"),
         ))
     }
@@ -306,7 +306,7 @@ impl DeviceHandle {
         Err(anyhow!(
             "device {}: not connected after {} ({} connections so far, last error: {})",
             self.id(),
-            humantime::format_duration(timeout),
+            humantime::format_duration(round_ms(timeout)),
             st.connects,
             st.last_error.as_deref().unwrap_or("none"),
         ))
@@ -359,6 +359,10 @@ impl DeviceHandle {
             }
         }
     }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Uplink settings, validated.
@@ -902,9 +906,10 @@ async fn uplink_task(shared: Arc<Shared>, topics: Arc<Topics>, client: AsyncClie
     let mut buf = vec![0u8; MAX_PAYLOAD];
     let battery = 55 + (hash_str(&shared.id) % 46) as u8;
     loop {
-        let (actions, next) = shared
-            .lock()
-            .plan(&limits, Instant::now(), &mut setup_epoch, &mut buf);
+        let (actions, next) =
+            shared
+                .lock()
+                .plan(&limits, Instant::now(), &mut setup_epoch, &mut buf);
         if !actions.is_empty() {
             shared.notify_changed();
         }
@@ -1139,7 +1144,10 @@ mod tests {
         rt.block_on(async {
             for (id, broker) in [("a/b", "127.0.0.1:1"), ("ok", "no-port"), ("ok", "h:99999")] {
                 let d = spawn(DeviceSpec::new(id, "s", broker), CancellationToken::new());
-                let err = d.wait_connected(Duration::from_millis(20)).await.unwrap_err();
+                let err = d
+                    .wait_connected(Duration::from_millis(20))
+                    .await
+                    .unwrap_err();
                 assert!(d.stats().last_error.is_some(), "{id} {broker}: {err}");
                 d.stop().await;
             }

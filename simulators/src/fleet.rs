@@ -24,7 +24,7 @@ use store::{DeviceKind, NewDevice, NewPatient, Store, StoreError};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::device::{self, DeviceHandle, DeviceSpec, DeviceStats};
 use crate::physiology::{Condition, Patient, hash_str, mix};
@@ -80,7 +80,8 @@ impl FleetFile {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading fleet file {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing fleet file {}", path.display()))
+        serde_json::from_str(&text)
+            .with_context(|| format!("parsing fleet file {}", path.display()))
     }
 
     /// Writes the fleet file (readable by its owner only where the platform allows: it holds
@@ -260,12 +261,26 @@ fn device_kinds(conditions: &[Condition], rng: &mut StdRng) -> Vec<DeviceKind> {
 
 fn display_name(rng: &mut StdRng) -> String {
     const FIRST: [&str; 16] = [
-        "Giulia", "Marco", "Anna", "Luca", "Maria", "Giuseppe", "Francesca", "Antonio", "Rosa",
-        "Giovanni", "Lucia", "Paolo", "Teresa", "Franco", "Carla", "Sergio",
+        "Giulia",
+        "Marco",
+        "Anna",
+        "Luca",
+        "Maria",
+        "Giuseppe",
+        "Francesca",
+        "Antonio",
+        "Rosa",
+        "Giovanni",
+        "Lucia",
+        "Paolo",
+        "Teresa",
+        "Franco",
+        "Carla",
+        "Sergio",
     ];
     const LAST: [&str; 16] = [
-        "Rossi", "Bianchi", "Colombo", "Ferrari", "Esposito", "Romano", "Ricci", "Marino",
-        "Greco", "Bruno", "Gallo", "Conti", "Costa", "Mancini", "Lombardi", "Moretti",
+        "Rossi", "Bianchi", "Colombo", "Ferrari", "Esposito", "Romano", "Ricci", "Marino", "Greco",
+        "Bruno", "Gallo", "Conti", "Costa", "Mancini", "Lombardi", "Moretti",
     ];
     let first = FIRST.get(rng.gen_range(0..FIRST.len())).unwrap_or(&"Anna");
     let last = LAST.get(rng.gen_range(0..LAST.len())).unwrap_or(&"Rossi");
@@ -380,11 +395,7 @@ impl fmt::Display for FleetReport {
             "devices    {} ({} connected)",
             self.devices, self.connected
         )?;
-        writeln!(
-            f,
-            "simulated  {days:.2} days in {:.1} s",
-            self.elapsed_secs
-        )?;
+        writeln!(f, "simulated  {days:.2} days in {:.1} s", self.elapsed_secs)?;
         writeln!(f, "generated  {}", self.generated)?;
         writeln!(f, "committed  {}", self.committed)?;
         writeln!(f, "rejected   {}", self.rejected)?;
@@ -460,7 +471,12 @@ pub async fn run_fleet(
         ));
         handles.push(handle);
     }
-    info!(devices = handles.len(), broker, speed = opts.speed, "fleet running");
+    info!(
+        devices = handles.len(),
+        broker,
+        speed = opts.speed,
+        "fleet running"
+    );
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_committed = 0u64;
@@ -499,13 +515,7 @@ pub async fn run_fleet(
             humantime::format_duration(drain)
         ));
     }
-    let deadline = Instant::now() + drain;
-    for handle in &handles {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if let Err(e) = handle.wait_settled(left).await {
-            warn!(error = %format!("{e:#}"), "outbox not drained");
-        }
-    }
+    drain_all(&handles, drain).await;
 
     let mut report = FleetReport {
         simulated_from_ms: clock.start_ms(),
@@ -543,6 +553,31 @@ async fn feed(
         let sample = patient.measure(kind, at_ms, slot.meal);
         handle.record(sample, at_ms);
         cursor = at_ms;
+    }
+}
+
+/// Waits up to `timeout` in all for every outbox to settle; logs what is left.
+pub(crate) async fn drain_all(handles: &[DeviceHandle], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for handle in handles {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = handle.wait_settled(left).await {
+            debug!(error = %format!("{e:#}"), "outbox not drained");
+        }
+    }
+    let unsettled: Vec<(String, usize)> = handles
+        .iter()
+        .map(|h| (h.id().to_owned(), h.stats().pending))
+        .filter(|(_, pending)| *pending > 0)
+        .collect();
+    if let Some((first, _)) = unsettled.first() {
+        warn!(
+            devices = unsettled.len(),
+            readings = unsettled.iter().map(|(_, n)| n).sum::<usize>(),
+            first = %first,
+            waited = %humantime::format_duration(timeout),
+            "outboxes not drained: the gateway did not acknowledge everything"
+        );
     }
 }
 
@@ -648,7 +683,10 @@ mod tests {
             let conditions = condition_mix(&mut rng);
             assert!(!conditions.is_empty());
             let kinds = device_kinds(&conditions, &mut rng);
-            assert!((1..=3).contains(&kinds.len()), "{conditions:?} -> {kinds:?}");
+            assert!(
+                (1..=3).contains(&kinds.len()),
+                "{conditions:?} -> {kinds:?}"
+            );
             let has = |c| conditions.contains(&c);
             assert_eq!(
                 kinds.contains(&DeviceKind::Glucose),

@@ -123,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(AroundProgress(progress.clone()))
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let cancel = CancellationToken::new();
@@ -226,6 +227,9 @@ async fn main() -> anyhow::Result<()> {
                 );
             } else {
                 print!("{report}");
+            }
+            if report.committed_in_window == 0 {
+                bail!("the gateway acknowledged nothing during the measured window");
             }
         }
     }

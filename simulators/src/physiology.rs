@@ -279,9 +279,9 @@ impl Patient {
             .clamp(40.0, 600.0);
         let value = match self.glucose_unit {
             GlucoseUnit::MgDl => mg_dl.round(),
-            GlucoseUnit::MmolL => (mg_dl / f64::from(protocol::reading::MG_DL_PER_MMOL_L) * 10.0)
-                .round()
-                / 10.0,
+            GlucoseUnit::MmolL => {
+                (mg_dl / f64::from(protocol::reading::MG_DL_PER_MMOL_L) * 10.0).round() / 10.0
+            }
         };
         Sample::plain(Measurement::Glucose(Glucose {
             value: value as f32,
@@ -391,8 +391,9 @@ mod tests {
             for seed in 0..40 {
                 let mut p = Patient::new(seed, conditions);
                 for i in 0..25 {
-                    if let Measurement::BloodPressure(bp) =
-                        p.measure(Kind::BloodPressure, T0 + i * DAY_MS, None).measurement
+                    if let Measurement::BloodPressure(bp) = p
+                        .measure(Kind::BloodPressure, T0 + i * DAY_MS, None)
+                        .measurement
                     {
                         total += f64::from(bp.systolic);
                         n += 1.0;

@@ -218,7 +218,10 @@ mod tests {
         for (t, slot) in s.between(midnight, midnight + 20 * DAY_MS) {
             let local_min = (t - midnight).rem_euclid(DAY_MS) / 60_000;
             let nominal = i64::from(slot.minute_of_day);
-            assert!((local_min - nominal).abs() <= JITTER_MIN, "{local_min} vs {nominal}");
+            assert!(
+                (local_min - nominal).abs() <= JITTER_MIN,
+                "{local_min} vs {nominal}"
+            );
         }
         let again = Schedule::new(Kind::BloodPressure, &[], 5);
         assert_eq!(s.next_after(T0), again.next_after(T0));

@@ -13,11 +13,7 @@ pub(crate) struct SeqSet {
 impl SeqSet {
     /// Adds `seq`; returns whether it was new.
     pub(crate) fn insert(&mut self, seq: u32) -> bool {
-        let before = self
-            .ranges
-            .range(..=seq)
-            .next_back()
-            .map(|(&s, &e)| (s, e));
+        let before = self.ranges.range(..=seq).next_back().map(|(&s, &e)| (s, e));
         if let Some((_, end)) = before
             && end >= seq
         {
@@ -72,9 +68,6 @@ mod tests {
         assert!(!set.insert(u32::MAX));
         assert_eq!(set.len(), 9);
         assert_eq!(set.ranges.len(), 4, "{:?}", set.ranges);
-        assert_eq!(
-            set.to_vec(),
-            [0, 1, 2, 5, 6, 7, 9, u32::MAX - 1, u32::MAX]
-        );
+        assert_eq!(set.to_vec(), [0, 1, 2, 5, 6, 7, 9, u32::MAX - 1, u32::MAX]);
     }
 }

@@ -20,7 +20,7 @@ fn prefix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
+        .expect("clock after 1970")
         .subsec_nanos();
     format!(
         "t{}x{}x{}",
@@ -34,7 +34,9 @@ fn prefix() -> String {
 async fn provision_enrolls_patients_with_fitting_devices() {
     let db = TestDb::sqlite().await;
     let prefix = prefix();
-    let fleet = provision(&db.store, "COT-TEST", 30, 5, &prefix).await.unwrap();
+    let fleet = provision(&db.store, "COT-TEST", 30, 5, &prefix)
+        .await
+        .unwrap();
 
     let cot = db.store.cot_by_code("COT-TEST").await.unwrap().unwrap();
     let patients = db.store.list_patients(Some(cot.id)).await.unwrap();
@@ -42,10 +44,20 @@ async fn provision_enrolls_patients_with_fitting_devices() {
     let mut per_patient: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for d in &fleet.devices {
         DeviceId::parse(&d.id).unwrap();
-        assert!(d.id.starts_with(&format!("{prefix}-{}-", d.kind)), "{}", d.id);
-        per_patient.entry(&d.patient_code).or_default().push(&d.kind);
+        assert!(
+            d.id.starts_with(&format!("{prefix}-{}-", d.kind)),
+            "{}",
+            d.id
+        );
+        per_patient
+            .entry(&d.patient_code)
+            .or_default()
+            .push(&d.kind);
         let auth = db.store.device_auth(&d.id).await.unwrap().unwrap();
-        assert!(store::credentials::verify_secret(&d.secret, &auth.secret_hash));
+        assert!(store::credentials::verify_secret(
+            &d.secret,
+            &auth.secret_hash
+        ));
         let stored = db.store.get_device(&d.id).await.unwrap().unwrap();
         assert_eq!(stored.kind.as_str(), d.kind);
         let has = |c: &str| d.conditions.iter().any(|x| x == c);
@@ -60,7 +72,9 @@ async fn provision_enrolls_patients_with_fitting_devices() {
     assert!(per_patient.values().all(|k| (1..=3).contains(&k.len())));
 
     // Same seed, same fleet shape; same prefix again is a conflict.
-    let err = provision(&db.store, "COT-TEST", 1, 5, &prefix).await.unwrap_err();
+    let err = provision(&db.store, "COT-TEST", 1, 5, &prefix)
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("already exists"), "{err:#}");
     // The COT is reused with a new prefix.
     let other = provision(&db.store, "COT-TEST", 2, 5, &format!("{prefix}b"))
@@ -79,7 +93,7 @@ async fn provision_enrolls_patients_with_fitting_devices() {
 
 fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(unique_id("fleetfile"));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).expect("creating a temporary folder");
     dir
 }
 
@@ -87,7 +101,7 @@ async fn small_fleet(patients: usize) -> FleetFile {
     let db = TestDb::sqlite().await;
     provision(&db.store, "COT-RUN", patients, 9, &prefix())
         .await
-        .unwrap()
+        .expect("provisioning a small fleet")
 }
 
 #[tokio::test]

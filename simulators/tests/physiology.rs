@@ -134,8 +134,14 @@ fn glucose_is_higher_for_diabetics_and_some_meters_use_mmol() {
     };
     let diabetic = fasting_mg_dl(&[Condition::Diabetes]);
     let other = fasting_mg_dl(&[Condition::Hypertension]);
-    assert!((120.0..=160.0).contains(&diabetic), "diabetic fasting {diabetic}");
-    assert!((85.0..=105.0).contains(&other), "non-diabetic fasting {other}");
+    assert!(
+        (120.0..=160.0).contains(&diabetic),
+        "diabetic fasting {diabetic}"
+    );
+    assert!(
+        (85.0..=105.0).contains(&other),
+        "non-diabetic fasting {other}"
+    );
 
     let units: Vec<GlucoseUnit> = (0..100)
         .map(|seed| Patient::new(seed, &[Condition::Diabetes]).glucose_unit())

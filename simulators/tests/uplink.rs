@@ -39,7 +39,10 @@ async fn outbox_drains_when_the_gateway_acks() {
     let device = start(DeviceSpec::new(&id, "secret", MOSQUITTO));
     device.wait_connected(SECS(5)).await.unwrap();
 
-    let (_, status) = gateway.next_status(SECS(5)).await.expect("status after connecting");
+    let (_, status) = gateway
+        .next_status(SECS(5))
+        .await
+        .expect("status after connecting");
     let status = protocol::status::Status::decode(status.as_bytes()).unwrap();
     assert!(status.online);
     assert_eq!(status.fw, Some("sim-0.1"));
@@ -117,7 +120,10 @@ async fn unacked_readings_are_resent_after_resend_after() {
     assert_eq!(again.seqs(), [1, 2, 3, 4, 5]);
     let gap = again.at - first.at;
     assert!(gap >= Duration::from_millis(350), "resent after {gap:?}");
-    assert_eq!(again.readings, first.readings, "a resend carries the same readings");
+    assert_eq!(
+        again.readings, first.readings,
+        "a resend carries the same readings"
+    );
 
     // Acking only part of it leaves the rest to be resent, alone.
     gateway.ack(&id, &[(1, 3)], &[]).await;
@@ -309,7 +315,10 @@ async fn refused_connections_back_off_instead_of_spinning() {
     assert!(!stats.connected);
     let error = stats.last_error.unwrap();
     assert!(error.contains("refused"), "{error}");
-    let err = device.wait_connected(Duration::from_millis(10)).await.unwrap_err();
+    let err = device
+        .wait_connected(Duration::from_millis(10))
+        .await
+        .unwrap_err();
     assert!(format!("{err}").contains("refused"), "{err}");
     device.stop().await;
     server.abort();

@@ -1,7 +1,7 @@
 //! A fake gateway on the real Mosquitto broker (127.0.0.1:1883): it subscribes to the
 //! readings and status topics of the devices under test, decodes batches with `protocol`,
 //! and publishes acks at QoS 0 like the real gateway, automatically or when told.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -96,7 +96,9 @@ impl FakeGateway {
                                     .unwrap_or_else(|e| panic!("undecodable batch: {e}"));
                                 let readings: Vec<Reading> = batch
                                     .iter()
-                                    .map(|item| item.unwrap_or_else(|e| panic!("bad reading {e:?}")))
+                                    .map(|item| {
+                                        item.unwrap_or_else(|e| panic!("bad reading {e:?}"))
+                                    })
                                     .collect();
                                 if auto_flag.load(Ordering::Relaxed) {
                                     let mut seqs: Vec<u32> =
