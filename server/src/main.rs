@@ -239,25 +239,28 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
     tracing::info!(%api_addr, edge = %gateway.edge_addr, "sentinella running");
     let api = tokio::spawn(server::serve(listener, state, cancel.clone()));
 
-    let demo = match args.demo {
-        Some(patients) => Some(tokio::spawn(demo_progress(gateway.metrics.clone(), cancel.clone()))).and(Some(tokio::spawn(demo(
+    // The demo devices stop first, so the gateway does not log them being cut off.
+    let demo_cancel = CancellationToken::new();
+    let demo = args.demo.map(|patients| {
+        tokio::spawn(demo_progress(gateway.metrics.clone(), demo_cancel.clone()));
+        tokio::spawn(demo(
             store.clone(),
             config.data_dir.clone(),
             patients,
             args.demo_days,
             gateway.edge_addr,
             api_addr,
-            cancel.clone(),
-        )))),
-        None => None,
-    };
+            demo_cancel.clone(),
+        ))
+    });
 
     shutdown_signal().await;
     tracing::info!("shutting down: flushing in-flight batches and acks");
-    cancel.cancel();
+    demo_cancel.cancel();
     if let Some(demo) = demo {
         let _ = demo.await;
     }
+    cancel.cancel();
     api.await.context("API task")?.context("API server")?;
     gateway.join().await;
     store.close().await;

@@ -807,15 +807,15 @@ async fn poll_task(
             }
             Ok(_) => {}
             Err(e) => {
-                let stable = {
+                let (was_connected, stable) = {
                     let mut st = shared.lock();
                     let stable = st
                         .connected_at
                         .is_some_and(|at| at.elapsed() >= STABLE_CONNECTION);
-                    st.connected = false;
+                    let was_connected = std::mem::replace(&mut st.connected, false);
                     st.connected_at = None;
                     st.last_error = Some(e.to_string());
-                    stable
+                    (was_connected, stable)
                 };
                 shared.notify_changed();
                 if stable {
@@ -823,10 +823,12 @@ async fn poll_task(
                 }
                 let delay = backoff.next();
                 failures_in_a_row += 1;
-                if failures_in_a_row == 1 {
-                    warn!(device = %id, error = %e, retry_in = ?delay, "connection failed");
+                // A lost connection is news; failed attempts are in the stats (last_error) and,
+                // for a fleet of thousands against a gateway that is down, would flood the log.
+                if was_connected {
+                    warn!(device = %id, error = %e, retry_in = ?delay, "connection lost");
                 } else {
-                    debug!(device = %id, error = %e, retry_in = ?delay, "connection failed again");
+                    debug!(device = %id, error = %e, attempt = failures_in_a_row, retry_in = ?delay, "connection failed");
                 }
                 tokio::select! {
                     _ = shared.cancel.cancelled() => break,

@@ -37,6 +37,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("backend: {backend} ({layout}), batch {batch_size}, {total} readings, {writers} writer(s)");
 
     let devices = provision(&db.store).await?;
+    if let Ok(sql) = std::env::var("BENCH_SQL") {
+        let pool = sqlx::PgPool::connect(db.url()).await?;
+        sqlx::raw_sql(&sql).execute(&pool).await?;
+    }
     let batches = build_batches(&devices, batch_size, total);
 
     for pass in ["insert", "resend (all duplicates)"] {
