@@ -23,14 +23,16 @@ use bytes::Bytes;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{Packet, Publish};
-use rumqttd::{ConnectionSettings, Notification, Router, RouterConfig, SegmentConfig, Server, ServerSettings};
+use rumqttd::{
+    ConnectionSettings, Notification, Router, RouterConfig, SegmentConfig, Server, ServerSettings,
+};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::GatewayError;
 use crate::config::GatewayConfig;
 use crate::telemetry::Metrics;
-use crate::GatewayError;
 
 /// A publish taken off the broker, waiting for the batcher.
 #[derive(Debug)]
@@ -102,7 +104,10 @@ pub(crate) fn start(
         .clean_session(true)
         .build()
         .map_err(|e| GatewayError::Broker(format!("ingest link: {e}")))?;
-    for filter in [protocol::topic::READINGS_FILTER, protocol::topic::STATUS_FILTER] {
+    for filter in [
+        protocol::topic::READINGS_FILTER,
+        protocol::topic::STATUS_FILTER,
+    ] {
         link_tx
             .subscribe(filter)
             .map_err(|e| GatewayError::Broker(format!("subscribe {filter}: {e}")))?;
@@ -136,13 +141,21 @@ pub(crate) fn start(
         .spawn(move || outbound_loop(link_tx, outbound_rx, runtime))
         .map_err(|e| GatewayError::Broker(format!("outbound thread: {e}")))?;
 
-    Ok(BrokerHandle { addr, username: INTERNAL_USER.to_owned(), password, outbound: outbound_tx })
+    Ok(BrokerHandle {
+        addr,
+        username: INTERNAL_USER.to_owned(),
+        password,
+        outbound: outbound_tx,
+    })
 }
 
 /// Runs rumqttd's v4 listener on a free loopback port on its own thread and waits until it
 /// listens. rumqttd binds the address itself, so a port is picked, released and handed over;
 /// if another process takes it in between, rumqttd's bind fails and another port is tried.
-fn spawn_listener<F>(make_server: F, connections: ConnectionSettings) -> Result<SocketAddr, GatewayError>
+fn spawn_listener<F>(
+    make_server: F,
+    connections: ConnectionSettings,
+) -> Result<SocketAddr, GatewayError>
 where
     F: Fn(ServerSettings) -> Server<V4> + Clone + Send + 'static,
 {
@@ -164,7 +177,10 @@ where
         thread::Builder::new()
             .name("broker-listener".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = failed_tx.send(e.to_string());
@@ -194,7 +210,9 @@ where
             thread::sleep(Duration::from_millis(10));
         }
     }
-    Err(GatewayError::Broker("could not start the internal broker listener".into()))
+    Err(GatewayError::Broker(
+        "could not start the internal broker listener".into(),
+    ))
 }
 
 fn inbound_loop(
@@ -207,7 +225,8 @@ fn inbound_loop(
         if cancel.is_cancelled() {
             break;
         }
-        let notification = match link_rx.recv_deadline(Instant::now() + Duration::from_millis(200)) {
+        let notification = match link_rx.recv_deadline(Instant::now() + Duration::from_millis(200))
+        {
             Ok(Some(n)) => n,
             Ok(None) => continue,
             Err(rumqttd::local::LinkError::RecvTimeout(_)) => continue,
@@ -242,11 +261,17 @@ fn inbound_loop(
     tracing::debug!("broker inbound thread stopped");
 }
 
-fn outbound_loop(mut link_tx: LinkTx, mut rx: mpsc::Receiver<Outbound>, runtime: tokio::runtime::Handle) {
+fn outbound_loop(
+    mut link_tx: LinkTx,
+    mut rx: mpsc::Receiver<Outbound>,
+    runtime: tokio::runtime::Handle,
+) {
     while let Some(msg) = rx.blocking_recv() {
         let result = if msg.retain {
             let publish = Publish::new(Bytes::from(msg.topic), Bytes::from(msg.payload), true);
-            runtime.block_on(link_tx.send(Packet::Publish(publish, None))).map(|_| ())
+            runtime
+                .block_on(link_tx.send(Packet::Publish(publish, None)))
+                .map(|_| ())
         } else {
             link_tx.publish(msg.topic, msg.payload).map(|_| ())
         };

@@ -98,7 +98,9 @@ pub(crate) async fn serve(
             let _permit = permit;
             Metrics::add(&ctx.metrics.edge_connections_open, 1);
             let outcome = connection(stream, peer, &ctx, &cancel).await;
-            ctx.metrics.edge_connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.metrics
+                .edge_connections_open
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             match outcome {
                 Ok(()) => {}
                 Err(EdgeError::Refused(why)) => {
@@ -123,9 +125,12 @@ async fn connection(
 ) -> Result<(), EdgeError> {
     let mut buf = BytesMut::with_capacity(4096);
     let max = ctx.config.max_packet_size;
-    let first = tokio::time::timeout(ctx.config.connect_timeout, read_packet(&mut client, &mut buf, max))
-        .await
-        .map_err(|_| EdgeError::ConnectTimeout)??;
+    let first = tokio::time::timeout(
+        ctx.config.connect_timeout,
+        read_packet(&mut client, &mut buf, max),
+    )
+    .await
+    .map_err(|_| EdgeError::ConnectTimeout)??;
     let Some(Packet::Connect(connect, _, will, _, login)) = first else {
         return Err(EdgeError::NotConnect);
     };
@@ -134,7 +139,10 @@ async fn connection(
         Ok(id) => id,
         Err((code, why)) => {
             let mut out = BytesMut::new();
-            let connack = ConnAck { session_present: false, code };
+            let connack = ConnAck {
+                session_present: false,
+                code,
+            };
             let _ = V4.write(Packet::ConnAck(connack, None), &mut out);
             let _ = client.write_all(&out).await;
             let _ = client.shutdown().await;
@@ -150,9 +158,16 @@ async fn connection(
 
     let mut broker = TcpStream::connect(ctx.broker.addr).await?;
     let _ = broker.set_nodelay(true);
-    let login = Login { username: ctx.broker.username.clone(), password: ctx.broker.password.clone() };
+    let login = Login {
+        username: ctx.broker.username.clone(),
+        password: ctx.broker.password.clone(),
+    };
     let mut out = BytesMut::new();
-    V4.write(Packet::Connect(connect, None, will, None, Some(login)), &mut out).map_err(EdgeError::Mqtt)?;
+    V4.write(
+        Packet::Connect(connect, None, will, None, Some(login)),
+        &mut out,
+    )
+    .map_err(EdgeError::Mqtt)?;
     broker.write_all(&out).await?;
     let _ = ctx.inbound.send(presence(&device_id, true)).await;
 
@@ -203,19 +218,31 @@ async fn authorize(
     ctx: &EdgeContext,
 ) -> Result<String, (ConnectReturnCode, &'static str)> {
     let Ok(device) = DeviceId::parse(client_id) else {
-        return Err((ConnectReturnCode::ClientIdentifierNotValid, "client id is not a device id"));
+        return Err((
+            ConnectReturnCode::ClientIdentifierNotValid,
+            "client id is not a device id",
+        ));
     };
     let Some(login) = login else {
-        return Err((ConnectReturnCode::BadUserNamePassword, "no username/password"));
+        return Err((
+            ConnectReturnCode::BadUserNamePassword,
+            "no username/password",
+        ));
     };
     if login.username != client_id {
-        return Err((ConnectReturnCode::BadUserNamePassword, "username differs from client id"));
+        return Err((
+            ConnectReturnCode::BadUserNamePassword,
+            "username differs from client id",
+        ));
     }
     let entry = match ctx.registry.lookup(client_id).await {
         Ok(entry) => entry,
         Err(e) => {
             tracing::error!(error = %e, "device registry unavailable");
-            return Err((ConnectReturnCode::ServiceUnavailable, "registry unavailable"));
+            return Err((
+                ConnectReturnCode::ServiceUnavailable,
+                "registry unavailable",
+            ));
         }
     };
     let Some(entry) = entry else {
@@ -233,7 +260,10 @@ async fn authorize(
             .and_then(|t| Topic::parse(t).ok())
             .is_some_and(|t| t.device == device && t.channel == Channel::Status);
         if !own {
-            return Err((ConnectReturnCode::NotAuthorized, "will outside the device's status topic"));
+            return Err((
+                ConnectReturnCode::NotAuthorized,
+                "will outside the device's status topic",
+            ));
         }
     }
     Ok(client_id.to_owned())
@@ -255,7 +285,9 @@ async fn check_packet(
                     &String::from_utf8_lossy(&publish.topic),
                     Some(device.as_str()),
                     "edge.publish_outside_own_topics",
-                    format!("device {device} may publish only on its own readings and status topics"),
+                    format!(
+                        "device {device} may publish only on its own readings and status topics"
+                    ),
                     &publish.payload,
                 );
                 let _ = inbound.send(Inbound::Refused(entry)).await;
@@ -264,7 +296,11 @@ async fn check_packet(
             Ok(())
         }
         Packet::Subscribe(subscribe, _) => {
-            if let Some(bad) = subscribe.filters.iter().find(|f| !filter_within_device(&f.path, device)) {
+            if let Some(bad) = subscribe
+                .filters
+                .iter()
+                .find(|f| !filter_within_device(&f.path, device))
+            {
                 let entry = refusal(
                     &bad.path,
                     Some(device.as_str()),
@@ -311,7 +347,11 @@ async fn read_packet<R: AsyncReadExt + Unpin>(
         }
         buf.reserve(4096);
         if stream.read_buf(buf).await? == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err(EdgeError::Violation("truncated packet")) };
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(EdgeError::Violation("truncated packet"))
+            };
         }
     }
 }
@@ -329,7 +369,11 @@ fn config_message(device: DeviceId<'_>) -> Outbound {
 }
 
 fn presence(device_id: &str, online: bool) -> Inbound {
-    Inbound::Presence { device_id: device_id.to_owned(), online, at: OffsetDateTime::now_utc() }
+    Inbound::Presence {
+        device_id: device_id.to_owned(),
+        online,
+        at: OffsetDateTime::now_utc(),
+    }
 }
 
 /// A quarantine record for something the edge refused.

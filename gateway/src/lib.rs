@@ -77,7 +77,11 @@ impl Gateway {
 /// Starts the gateway: checks the store, starts the broker with its ingest link subscribed,
 /// then the pipeline, and only then the edge, so no device publish can arrive before
 /// something is listening for it. Everything stops when `cancel` fires.
-pub async fn start(config: GatewayConfig, store: Store, cancel: CancellationToken) -> Result<Gateway, GatewayError> {
+pub async fn start(
+    config: GatewayConfig,
+    store: Store,
+    cancel: CancellationToken,
+) -> Result<Gateway, GatewayError> {
     store.health_check().await?;
     let metrics = Arc::new(Metrics::default());
     metrics.store_ok.store(true, Ordering::Relaxed);
@@ -105,8 +109,14 @@ pub async fn start(config: GatewayConfig, store: Store, cancel: CancellationToke
 
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
-    let edge_addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+        .map_err(|source| GatewayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let edge_addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let ctx = Arc::new(edge::EdgeContext {
         config,
         broker: broker.clone(),
@@ -116,7 +126,12 @@ pub async fn start(config: GatewayConfig, store: Store, cancel: CancellationToke
     });
     tracker.spawn(edge::serve(listener, ctx, cancel.clone(), tracker.clone()));
     tracing::info!(%edge_addr, broker = %broker.addr, "gateway listening for devices");
-    Ok(Gateway { edge_addr, broker_addr: broker.addr, metrics, tracker })
+    Ok(Gateway {
+        edge_addr,
+        broker_addr: broker.addr,
+        metrics,
+        tracker,
+    })
 }
 
 /// Periodic store chores: readiness probe every few seconds, partitions every few hours.

@@ -21,11 +21,18 @@ pub(crate) struct Registry {
 impl Registry {
     /// A registry reading through to `store`.
     pub(crate) fn new(store: Store, ttl: Duration) -> Self {
-        Registry { store, ttl, entries: Mutex::new(HashMap::new()) }
+        Registry {
+            store,
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The device's registry entry, `None` if it is not provisioned.
-    pub(crate) async fn lookup(&self, device_id: &str) -> Result<Option<DeviceAuth>, store::StoreError> {
+    pub(crate) async fn lookup(
+        &self,
+        device_id: &str,
+    ) -> Result<Option<DeviceAuth>, store::StoreError> {
         if let Some(hit) = self.cached(device_id) {
             return Ok(hit);
         }

@@ -81,7 +81,10 @@ impl<'a> DeviceConfig<'a> {
     /// A config carrying only the gateway's time, with an empty schedule (the device keeps
     /// its own).
     pub fn with_time(time_ms: i64) -> Self {
-        DeviceConfig { time_ms, schedule: heapless::Vec::new() }
+        DeviceConfig {
+            time_ms,
+            schedule: heapless::Vec::new(),
+        }
     }
 
     /// Decodes a config payload.

@@ -38,7 +38,9 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
     }
 }
 
@@ -56,7 +58,8 @@ impl Default for Config {
 impl Config {
     /// Reads `path` (TOML) over the defaults.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))
     }
 
@@ -64,10 +67,14 @@ impl Config {
     /// (the database URL and data dir come through the command line's `env` fallbacks).
     pub fn apply_env(&mut self) -> anyhow::Result<()> {
         if let Ok(v) = std::env::var("SENTINELLA_API_LISTEN") {
-            self.api.listen = v.parse().context("SENTINELLA_API_LISTEN must be host:port")?;
+            self.api.listen = v
+                .parse()
+                .context("SENTINELLA_API_LISTEN must be host:port")?;
         }
         if let Ok(v) = std::env::var("SENTINELLA_EDGE_LISTEN") {
-            self.gateway.listen = v.parse().context("SENTINELLA_EDGE_LISTEN must be host:port")?;
+            self.gateway.listen = v
+                .parse()
+                .context("SENTINELLA_EDGE_LISTEN must be host:port")?;
         }
         Ok(())
     }
@@ -76,7 +83,10 @@ impl Config {
     pub fn store_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite:{}", self.data_dir.join("sentinella.sqlite").display()),
+            None => format!(
+                "sqlite:{}",
+                self.data_dir.join("sentinella.sqlite").display()
+            ),
         }
     }
 }
@@ -91,8 +101,14 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(parsed.api.listen, defaults.api.listen);
         assert_eq!(parsed.gateway.listen, defaults.gateway.listen);
-        assert_eq!(parsed.gateway.batch_max_rows, defaults.gateway.batch_max_rows);
-        assert_eq!(parsed.gateway.batch_max_delay, defaults.gateway.batch_max_delay);
+        assert_eq!(
+            parsed.gateway.batch_max_rows,
+            defaults.gateway.batch_max_rows
+        );
+        assert_eq!(
+            parsed.gateway.batch_max_delay,
+            defaults.gateway.batch_max_delay
+        );
         assert_eq!(parsed.data_dir, defaults.data_dir);
     }
 

@@ -19,7 +19,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Serves the API on `listener` until `cancel`, then finishes in-flight requests.
-pub async fn serve(listener: TcpListener, state: http::AppState, cancel: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: http::AppState,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     let app = http::app(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
 }

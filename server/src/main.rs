@@ -17,13 +17,22 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "sentinella", version, about = "Telemonitoring gateway for territorial healthcare")]
+#[command(
+    name = "sentinella",
+    version,
+    about = "Telemonitoring gateway for territorial healthcare"
+)]
 struct Cli {
     /// Configuration file (TOML); see `sentinella config sample`.
     #[arg(long, global = true, env = "SENTINELLA_CONFIG")]
     config: Option<PathBuf>,
     /// Store URL: postgres://… or sqlite:PATH (default: SQLite under the data directory).
-    #[arg(long, global = true, env = "SENTINELLA_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "SENTINELLA_DATABASE_URL",
+        hide_env_values = true
+    )]
     database_url: Option<String>,
     /// Data directory for the embedded SQLite store and the demo fleet.
     #[arg(long, global = true, env = "SENTINELLA_DATA_DIR")]
@@ -162,7 +171,10 @@ enum ConfigCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_json)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start tokio")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start tokio")?;
     runtime.block_on(dispatch(cli))
 }
 
@@ -174,7 +186,11 @@ fn init_tracing(filter: &str, json: bool) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if json { builder.json().init() } else { builder.init() }
+    if json {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
     Ok(())
 }
 
@@ -229,7 +245,11 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
     let ready_metrics = metrics.clone();
     let state = AppState {
         store: store.clone(),
-        ready: Arc::new(move || ready_metrics.store_ok.load(std::sync::atomic::Ordering::Relaxed)),
+        ready: Arc::new(move || {
+            ready_metrics
+                .store_ok
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }),
         metrics: Arc::new(move || metrics.render_prometheus()),
     };
     let listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -342,11 +362,18 @@ async fn demo_inner(
         let fleet = simulators::fleet::provision(&store, "COT-DEMO", patients, 1, "demo")
             .await
             .context("provision the demo fleet")?;
-        std::fs::write(&fleet_path, serde_json::to_vec_pretty(&fleet)?).context("write demo fleet")?;
+        std::fs::write(&fleet_path, serde_json::to_vec_pretty(&fleet)?)
+            .context("write demo fleet")?;
         fleet
     };
     let (token, hash) = auth::new_token();
-    store.add_api_token("demo", &hash, Some(OffsetDateTime::now_utc() + time::Duration::days(1))).await?;
+    store
+        .add_api_token(
+            "demo",
+            &hash,
+            Some(OffsetDateTime::now_utc() + time::Duration::days(1)),
+        )
+        .await?;
     eprintln!(
         "\nDemo: {} simulated devices of {patients} patients publish to the edge on {edge}.\n\
          Try (the token is valid for 24 h):\n\
@@ -370,10 +397,20 @@ async fn demo_inner(
             backdate: true,
             ..Default::default()
         };
-        let report = simulators::fleet::run_fleet(&fleet, &edge.to_string(), opts, cancel.clone()).await?;
+        let report =
+            simulators::fleet::run_fleet(&fleet, &edge.to_string(), opts, cancel.clone()).await?;
         // No device used more seqs than the whole fleet generated.
-        floor.store(first_seq.saturating_add(u32::try_from(report.generated).unwrap_or(u32::MAX)).saturating_add(1))?;
-        tracing::info!(generated = report.generated, committed = report.committed, pending = report.pending, "demo history sent");
+        floor.store(
+            first_seq
+                .saturating_add(u32::try_from(report.generated).unwrap_or(u32::MAX))
+                .saturating_add(1),
+        )?;
+        tracing::info!(
+            generated = report.generated,
+            committed = report.committed,
+            pending = report.pending,
+            "demo history sent"
+        );
     }
     if cancel.is_cancelled() {
         return Ok(());
@@ -408,15 +445,37 @@ async fn cot(store: &Store, cmd: CotCommand) -> anyhow::Result<()> {
 
 async fn patient(store: &Store, cmd: PatientCommand) -> anyhow::Result<()> {
     match cmd {
-        PatientCommand::Add { cot, code, name, birth_year, conditions } => {
-            let cot = store.cot_by_code(&cot).await?.with_context(|| format!("no COT with code {cot}"))?;
-            let new = NewPatient { cot_id: cot.id, code, display_name: name, birth_year, conditions };
+        PatientCommand::Add {
+            cot,
+            code,
+            name,
+            birth_year,
+            conditions,
+        } => {
+            let cot = store
+                .cot_by_code(&cot)
+                .await?
+                .with_context(|| format!("no COT with code {cot}"))?;
+            let new = NewPatient {
+                cot_id: cot.id,
+                code,
+                display_name: name,
+                birth_year,
+                conditions,
+            };
             let p = store.add_patient(&new).await.context("add patient")?;
             println!("patient {} added (id {}) to {}", p.code, p.id, cot.code);
         }
         PatientCommand::List => {
             for p in store.list_patients(None).await? {
-                println!("{}\t{}\t{}\tcot {}\t{}", p.id, p.code, p.display_name, p.cot_id, p.conditions.join(","));
+                println!(
+                    "{}\t{}\t{}\tcot {}\t{}",
+                    p.id,
+                    p.code,
+                    p.display_name,
+                    p.cot_id,
+                    p.conditions.join(",")
+                );
             }
         }
     }
@@ -425,11 +484,27 @@ async fn patient(store: &Store, cmd: PatientCommand) -> anyhow::Result<()> {
 
 async fn device(store: &Store, cmd: DeviceCommand) -> anyhow::Result<()> {
     match cmd {
-        DeviceCommand::Add { patient, kind, id, model, json } => {
-            let Some(kind) = DeviceKind::parse(&kind) else { bail!("--kind must be bp, spo2 or glucose") };
-            let patient =
-                store.patient_by_code(&patient).await?.with_context(|| format!("no patient with code {patient}"))?;
-            let id = id.unwrap_or_else(|| format!("{}-{}", kind.as_str(), hex::encode(rand::random::<[u8; 4]>())));
+        DeviceCommand::Add {
+            patient,
+            kind,
+            id,
+            model,
+            json,
+        } => {
+            let Some(kind) = DeviceKind::parse(&kind) else {
+                bail!("--kind must be bp, spo2 or glucose")
+            };
+            let patient = store
+                .patient_by_code(&patient)
+                .await?
+                .with_context(|| format!("no patient with code {patient}"))?;
+            let id = id.unwrap_or_else(|| {
+                format!(
+                    "{}-{}",
+                    kind.as_str(),
+                    hex::encode(rand::random::<[u8; 4]>())
+                )
+            });
             protocol::DeviceId::parse(&id).map_err(|e| anyhow::anyhow!("device id {id:?}: {e}"))?;
             let secret = store::credentials::generate_secret();
             let new = NewDevice {
@@ -441,9 +516,16 @@ async fn device(store: &Store, cmd: DeviceCommand) -> anyhow::Result<()> {
             };
             store.add_device(&new).await.context("add device")?;
             if json {
-                println!("{}", serde_json::json!({"id": id, "secret": secret, "patient": patient.code, "kind": kind.as_str()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"id": id, "secret": secret, "patient": patient.code, "kind": kind.as_str()})
+                );
             } else {
-                println!("device {id} provisioned for patient {} ({})", patient.code, kind.as_str());
+                println!(
+                    "device {id} provisioned for patient {} ({})",
+                    patient.code,
+                    kind.as_str()
+                );
                 println!("  MQTT client id / username: {id}");
                 println!("  MQTT password (shown only now): {secret}");
                 println!("  readings topic: sentinella/v1/devices/{id}/readings");
@@ -451,13 +533,24 @@ async fn device(store: &Store, cmd: DeviceCommand) -> anyhow::Result<()> {
             }
         }
         DeviceCommand::Revoke { id } => {
-            store.revoke_device(&id, OffsetDateTime::now_utc()).await.context("revoke device")?;
+            store
+                .revoke_device(&id, OffsetDateTime::now_utc())
+                .await
+                .context("revoke device")?;
             println!("device {id} revoked");
         }
         DeviceCommand::List => {
             for d in store.list_devices(None).await? {
-                let seen = d.last_seen_at.map(|t| t.to_string()).unwrap_or_else(|| "never".into());
-                println!("{}\t{}\tpatient {}\tlast seen {seen}", d.id, d.kind.as_str(), d.patient_id);
+                let seen = d
+                    .last_seen_at
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "never".into());
+                println!(
+                    "{}\t{}\tpatient {}\tlast seen {seen}",
+                    d.id,
+                    d.kind.as_str(),
+                    d.patient_id
+                );
             }
         }
     }
@@ -472,7 +565,10 @@ async fn token(store: &Store, cmd: TokenCommand) -> anyhow::Result<()> {
                 .map(|d| time::Duration::try_from(d).map(|d| OffsetDateTime::now_utc() + d))
                 .transpose()
                 .context("--expires-in is too long")?;
-            store.add_api_token(&name, &hash, expires_at).await.context("create token")?;
+            store
+                .add_api_token(&name, &hash, expires_at)
+                .await
+                .context("create token")?;
             println!("{token}");
             eprintln!("token for {name:?} created; it is shown only now");
         }

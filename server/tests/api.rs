@@ -1,4 +1,5 @@
 //! The API through its router (no sockets): authentication, error shape, queries, audit.
+#![allow(clippy::unwrap_used)]
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -43,7 +44,11 @@ async fn fixture() -> Fixture {
     let mut batch = CommitBatch::default();
     let base = datetime!(2026-11-01 08:00 UTC);
     for i in 0..10i64 {
-        let kind = if i % 2 == 0 { ReadingKind::Spo2 } else { ReadingKind::BloodPressure };
+        let kind = if i % 2 == 0 {
+            ReadingKind::Spo2
+        } else {
+            ReadingKind::BloodPressure
+        };
         batch.readings.push(NewReading {
             device_id: "ox-1".into(),
             seq: i,
@@ -68,8 +73,15 @@ async fn fixture() -> Fixture {
     }
     store.commit_batch(&batch).await.unwrap();
     let (token, hash) = auth::new_token();
-    store.add_api_token("nurse-console", &hash, None).await.unwrap();
-    Fixture { db, token, patient_id: patient.id }
+    store
+        .add_api_token("nurse-console", &hash, None)
+        .await
+        .unwrap();
+    Fixture {
+        db,
+        token,
+        patient_id: patient.id,
+    }
 }
 
 async fn get(f: &Fixture, uri: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {
@@ -77,7 +89,10 @@ async fn get(f: &Fixture, uri: &str, token: Option<&str>) -> (StatusCode, serde_
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let resp = app(AppState::new(f.db.store.clone())).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+    let resp = app(AppState::new(f.db.store.clone()))
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let status = resp.status();
     assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
@@ -90,7 +105,11 @@ async fn every_api_route_needs_a_valid_token() {
     let f = fixture().await;
     let (expired, hash) = auth::new_token();
     f.db.store
-        .add_api_token("old", &hash, Some(OffsetDateTime::now_utc() - time::Duration::hours(1)))
+        .add_api_token(
+            "old",
+            &hash,
+            Some(OffsetDateTime::now_utc() - time::Duration::hours(1)),
+        )
         .await
         .unwrap();
     let routes = [
@@ -128,15 +147,36 @@ async fn readings_by_range_and_kind() {
     let (status, body) = get(&f, &base, Some(&f.token)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["count"], 10);
-    let seqs: Vec<i64> = body["readings"].as_array().unwrap().iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    let seqs: Vec<i64> = body["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, (0..10).collect::<Vec<_>>());
 
     let (_, body) = get(&f, &format!("{base}?kind=spo2"), Some(&f.token)).await;
     assert_eq!(body["count"], 5);
-    assert!(body["readings"].as_array().unwrap().iter().all(|r| r["kind"] == "spo2"));
+    assert!(
+        body["readings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["kind"] == "spo2")
+    );
 
-    let (_, body) = get(&f, &format!("{base}?from=2026-11-01T10:00:00Z&to=2026-11-01T13:00:00Z"), Some(&f.token)).await;
-    let seqs: Vec<i64> = body["readings"].as_array().unwrap().iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    let (_, body) = get(
+        &f,
+        &format!("{base}?from=2026-11-01T10:00:00Z&to=2026-11-01T13:00:00Z"),
+        Some(&f.token),
+    )
+    .await;
+    let seqs: Vec<i64> = body["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, vec![2, 3, 4]);
 
     let (_, body) = get(&f, &format!("{base}?limit=3"), Some(&f.token)).await;
@@ -152,7 +192,10 @@ async fn readings_by_range_and_kind() {
         let (status, body) = get(&f, &format!("{base}{query}"), Some(&f.token)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
         assert_eq!(body["error"]["code"], "bad_request");
-        assert!(body["error"]["message"].as_str().unwrap().contains(what), "{query}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(what),
+            "{query}: {body}"
+        );
     }
     let (status, body) = get(&f, "/api/v1/patients/999/readings", Some(&f.token)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -167,10 +210,18 @@ async fn readings_by_range_and_kind() {
 #[tokio::test]
 async fn patient_and_device_views() {
     let f = fixture().await;
-    let (_, body) = get(&f, &format!("/api/v1/patients/{}", f.patient_id), Some(&f.token)).await;
+    let (_, body) = get(
+        &f,
+        &format!("/api/v1/patients/{}", f.patient_id),
+        Some(&f.token),
+    )
+    .await;
     assert_eq!(body["display_name"], "Maria Rossi");
     assert_eq!(body["devices"][0]["id"], "ox-1");
-    assert!(body["devices"][0].get("secret_hash").is_none(), "secret hash exposed: {body}");
+    assert!(
+        body["devices"][0].get("secret_hash").is_none(),
+        "secret hash exposed: {body}"
+    );
     let (_, body) = get(&f, "/api/v1/devices/ox-1", Some(&f.token)).await;
     assert_eq!(body["last_seq"], 9);
     assert!(body["last_seen_at"].is_string(), "{body}");
@@ -182,14 +233,29 @@ async fn patient_and_device_views() {
 async fn reads_of_patient_data_are_audited() {
     let f = fixture().await;
     let before = f.db.store.list_audit(1000).await.unwrap().len();
-    get(&f, &format!("/api/v1/patients/{}/readings?kind=spo2", f.patient_id), Some(&f.token)).await;
+    get(
+        &f,
+        &format!("/api/v1/patients/{}/readings?kind=spo2", f.patient_id),
+        Some(&f.token),
+    )
+    .await;
     let audit = f.db.store.list_audit(1000).await.unwrap();
     assert_eq!(audit.len(), before + 1);
     let entry = &audit[0];
     assert_eq!(entry.actor, "token:nurse-console");
     assert_eq!(entry.action, "readings.read");
-    assert!(entry.target.starts_with(&format!("patient:{}", f.patient_id)), "{entry:?}");
+    assert!(
+        entry
+            .target
+            .starts_with(&format!("patient:{}", f.patient_id)),
+        "{entry:?}"
+    );
     // A refused request reads nothing and audits nothing.
-    get(&f, &format!("/api/v1/patients/{}/readings", f.patient_id), None).await;
+    get(
+        &f,
+        &format!("/api/v1/patients/{}/readings", f.patient_id),
+        None,
+    )
+    .await;
     assert_eq!(f.db.store.list_audit(1000).await.unwrap().len(), before + 1);
 }

@@ -206,7 +206,8 @@ const PG_TOUCH_DEVICES: &str = "\
 UPDATE devices d
 SET last_seen_at = GREATEST(d.last_seen_at, t.seen), last_seq = GREATEST(d.last_seq, t.seq)
 FROM unnest($1::text[], $2::timestamptz[], $3::int8[]) AS t(device_id, seen, seq)
-WHERE d.id = t.device_id";
+WHERE d.id = t.device_id
+RETURNING d.id";
 
 const PG_APPLY_STATUSES: &str = "\
 UPDATE devices d
@@ -560,6 +561,9 @@ async fn pg_insert_readings(conn: &mut PgConnection, readings: &[NewReading]) ->
     Ok(u64::try_from(inserted).unwrap_or(0))
 }
 
+/// Moves last_seen_at and last_seq of the batch's devices, and checks that they all exist:
+/// reading_keys has no foreign key (see migrations/postgres/0002_readings.sql), so this is
+/// what keeps readings of unknown devices out. The caller rolls back on error.
 async fn pg_touch_devices(
     conn: &mut PgConnection,
     touched: &BTreeMap<&str, (OffsetDateTime, i64)>,
@@ -570,12 +574,23 @@ async fn pg_touch_devices(
     let ids: Vec<&str> = touched.keys().copied().collect();
     let seen: Vec<OffsetDateTime> = touched.values().map(|(seen, _)| *seen).collect();
     let seqs: Vec<i64> = touched.values().map(|(_, seq)| *seq).collect();
-    sqlx::query(PG_TOUCH_DEVICES)
+    let updated: Vec<String> = sqlx::query_scalar(PG_TOUCH_DEVICES)
         .bind(ids)
         .bind(seen)
         .bind(seqs)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
+    if updated.len() < touched.len() {
+        let updated: std::collections::HashSet<&str> = updated.iter().map(String::as_str).collect();
+        let missing = touched
+            .keys()
+            .find(|id| !updated.contains(**id))
+            .copied()
+            .unwrap_or_default();
+        return Err(StoreError::NotFound {
+            what: what("device", format_args!("{missing:?} (of a reading in the batch)")),
+        });
+    }
     Ok(())
 }
 

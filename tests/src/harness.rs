@@ -72,7 +72,11 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A name unique within this test process.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Logs to the test output when `RUST_LOG` is set.
@@ -90,19 +94,30 @@ impl Stack {
     }
 
     /// Starts the stack after `tweak` adjusts the gateway configuration.
-    pub async fn start_with(db: Db, tweak: impl FnOnce(&mut GatewayConfig)) -> anyhow::Result<Stack> {
+    pub async fn start_with(
+        db: Db,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> anyhow::Result<Stack> {
         init_logging();
         let db = db.create().await;
         Stack::start_on(db, tweak).await
     }
 
     /// Starts the stack on an existing database (e.g. to restart over the same data).
-    pub async fn start_on(db: TestDb, tweak: impl FnOnce(&mut GatewayConfig)) -> anyhow::Result<Stack> {
-        let mut config = GatewayConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Default::default() };
+    pub async fn start_on(
+        db: TestDb,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> anyhow::Result<Stack> {
+        let mut config = GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Default::default()
+        };
         tweak(&mut config);
         let cancel = CancellationToken::new();
         let store = db.store.clone();
-        let gateway = gateway::start(config, store.clone(), cancel.clone()).await.context("start gateway")?;
+        let gateway = gateway::start(config, store.clone(), cancel.clone())
+            .await
+            .context("start gateway")?;
         let metrics = gateway.metrics.clone();
         let m = metrics.clone();
         let state = AppState {
@@ -167,7 +182,11 @@ impl Stack {
             model: Some("e2e".into()),
         };
         self.store().add_device(&new).await?;
-        Ok(DeviceCreds { id, secret, patient_id })
+        Ok(DeviceCreds {
+            id,
+            secret,
+            patient_id,
+        })
     }
 
     /// GET on the API with the test token; returns status and JSON body.
@@ -176,7 +195,11 @@ impl Stack {
     }
 
     /// GET on the API with the given token (or none).
-    pub async fn get_with(&self, path: &str, token: Option<&str>) -> anyhow::Result<(u16, serde_json::Value)> {
+    pub async fn get_with(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
         let mut req = self.http.get(format!("http://{}{path}", self.api));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -189,7 +212,12 @@ impl Stack {
     }
 
     /// Waits until the store holds `n` readings of `device_id` (or fails after `timeout`).
-    pub async fn wait_readings(&self, device_id: &str, n: i64, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_readings(
+        &self,
+        device_id: &str,
+        n: i64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let have = self.store().count_readings(Some(device_id)).await?;
@@ -204,7 +232,11 @@ impl Stack {
     }
 
     /// Waits until the quarantine holds at least `n` entries.
-    pub async fn wait_quarantine(&self, n: i64, timeout: Duration) -> anyhow::Result<Vec<store::QuarantineEntry>> {
+    pub async fn wait_quarantine(
+        &self,
+        n: i64,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<store::QuarantineEntry>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let have = self.store().count_quarantine().await?;
@@ -267,7 +299,12 @@ impl RawDevice {
                 }
             }
         });
-        RawDevice { client, inbox, events, task }
+        RawDevice {
+            client,
+            inbox,
+            events,
+            task,
+        }
     }
 
     /// Waits for the CONNACK (Ok) or the connection error.
@@ -281,7 +318,9 @@ impl RawDevice {
 
     /// Publishes at QoS 1.
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> anyhow::Result<()> {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await?;
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await?;
         Ok(())
     }
 
@@ -293,7 +332,10 @@ impl RawDevice {
 
     /// The next publish received within `timeout`, if any.
     pub async fn next_message(&mut self, timeout: Duration) -> Option<(String, Vec<u8>)> {
-        tokio::time::timeout(timeout, self.inbox.recv()).await.ok().flatten()
+        tokio::time::timeout(timeout, self.inbox.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Stops the client.

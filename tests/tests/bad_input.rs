@@ -48,12 +48,25 @@ async fn bad_input_is_quarantined(db: Db) -> anyhow::Result<()> {
     }
     let entries = stack.wait_quarantine(whole.len() as i64, WAIT).await?;
     for (reason, _) in &whole {
-        assert!(entries.iter().any(|e| &e.reason == reason), "no quarantine entry with reason {reason}: {entries:#?}");
+        assert!(
+            entries.iter().any(|e| &e.reason == reason),
+            "no quarantine entry with reason {reason}: {entries:#?}"
+        );
     }
-    assert!(entries.iter().all(|e| e.device_id.as_deref() == Some(creds.id.as_str())));
-    let big = entries.iter().find(|e| e.reason == "payload.too_large").expect("too large entry");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.device_id.as_deref() == Some(creds.id.as_str()))
+    );
+    let big = entries
+        .iter()
+        .find(|e| e.reason == "payload.too_large")
+        .expect("too large entry");
     assert_eq!(big.payload_size, (protocol::MAX_PAYLOAD + 100) as i64);
-    assert!(acks(&mut dev, Duration::from_millis(500)).await.is_empty(), "a broken message was acked");
+    assert!(
+        acks(&mut dev, Duration::from_millis(500)).await.is_empty(),
+        "a broken message was acked"
+    );
 
     // Well-formed readings with bad content: quarantined per reading and reported as rejected,
     // never as committed; the good reading in the same batch is stored.
@@ -68,9 +81,16 @@ async fn bad_input_is_quarantined(db: Db) -> anyhow::Result<()> {
     dev.publish(&readings, batch).await?;
     stack.wait_readings(&creds.id, 1, WAIT).await?;
     let entries = stack.wait_quarantine(whole.len() as i64 + 4, WAIT).await?;
-    for (seq, reason) in [(10, "reading.unknown_kind"), (11, "reading.unknown_unit"), (12, "reading.implausible"), (13, "reading.implausible")] {
+    for (seq, reason) in [
+        (10, "reading.unknown_kind"),
+        (11, "reading.unknown_unit"),
+        (12, "reading.implausible"),
+        (13, "reading.implausible"),
+    ] {
         assert!(
-            entries.iter().any(|e| e.seq == Some(seq) && e.reason == reason),
+            entries
+                .iter()
+                .any(|e| e.seq == Some(seq) && e.reason == reason),
             "seq {seq} not quarantined as {reason}: {entries:#?}"
         );
     }
@@ -78,11 +98,22 @@ async fn bad_input_is_quarantined(db: Db) -> anyhow::Result<()> {
     assert!(!got.is_empty(), "no ack for the mixed batch");
     for ack in &got {
         for seq in 10..=13 {
-            assert!(!ack.committed.iter().any(|r| r.contains(seq)), "seq {seq} acked as committed: {ack:?}");
+            assert!(
+                !ack.committed.iter().any(|r| r.contains(seq)),
+                "seq {seq} acked as committed: {ack:?}"
+            );
         }
     }
-    assert!(got.iter().any(|a| a.committed.iter().any(|r| r.contains(14))), "good seq 14 not acked: {got:?}");
-    assert!(got.iter().any(|a| (10..=13).all(|s| a.rejected.iter().any(|r| r.contains(s)))), "rejections not reported: {got:?}");
+    assert!(
+        got.iter()
+            .any(|a| a.committed.iter().any(|r| r.contains(14))),
+        "good seq 14 not acked: {got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|a| (10..=13).all(|s| a.rejected.iter().any(|r| r.contains(s)))),
+        "rejections not reported: {got:?}"
+    );
     assert_eq!(stack.store().stored_seqs(&creds.id).await?, vec![14]);
 
     // The gateway still works after all that.
@@ -97,7 +128,10 @@ async fn bad_input_is_quarantined(db: Db) -> anyhow::Result<()> {
     let before = stack.store().count_quarantine().await?;
     dev.publish(&readings, vec![b' '; 300 * 1024]).await?;
     let entries = stack.wait_quarantine(before + 1, WAIT).await?;
-    assert!(entries.iter().any(|e| e.reason == "mqtt.packet_too_large"), "{entries:#?}");
+    assert!(
+        entries.iter().any(|e| e.reason == "mqtt.packet_too_large"),
+        "{entries:#?}"
+    );
     dev.close();
 
     assert_eq!(stack.store().stored_seqs(&creds.id).await?, vec![14, 15]);

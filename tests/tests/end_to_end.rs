@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use e2e::harness::{Db, Stack, now_ms};
-use protocol::{BloodPressure, Glucose, GlucoseUnit, MealContext, Measurement, PressureUnit, SampleType, Spo2};
+use protocol::{
+    BloodPressure, Glucose, GlucoseUnit, MealContext, Measurement, PressureUnit, SampleType, Spo2,
+};
 use simulators::device::{DeviceHandle, DeviceSpec, spawn};
 use store::DeviceKind;
 use tokio_util::sync::CancellationToken;
@@ -33,8 +35,16 @@ fn measurement(kind: DeviceKind, i: u32) -> Measurement {
         }),
         DeviceKind::Glucose => Measurement::Glucose(Glucose {
             // Alternate units: the store keeps mg/dL.
-            value: if i % 2 == 0 { 90.0 + f } else { 5.0 + f / 10.0 },
-            unit: if i % 2 == 0 { GlucoseUnit::MgDl } else { GlucoseUnit::MmolL },
+            value: if i.is_multiple_of(2) {
+                90.0 + f
+            } else {
+                5.0 + f / 10.0
+            },
+            unit: if i.is_multiple_of(2) {
+                GlucoseUnit::MgDl
+            } else {
+                GlucoseUnit::MmolL
+            },
             sample: SampleType::CapillaryPlasma,
             meal: Some(MealContext::Fasting),
         }),
@@ -45,9 +55,16 @@ fn measurement(kind: DeviceKind, i: u32) -> Measurement {
 fn expected_fields(m: &Measurement) -> Vec<(&'static str, f32)> {
     match m {
         Measurement::BloodPressure(bp) => {
-            vec![("systolic", bp.systolic), ("diastolic", bp.diastolic), ("pulse", bp.pulse.unwrap_or_default())]
+            vec![
+                ("systolic", bp.systolic),
+                ("diastolic", bp.diastolic),
+                ("pulse", bp.pulse.unwrap_or_default()),
+            ]
         }
-        Measurement::Spo2(ox) => vec![("spo2", ox.percent), ("pulse", ox.pulse.unwrap_or_default())],
+        Measurement::Spo2(ox) => vec![
+            ("spo2", ox.percent),
+            ("pulse", ox.pulse.unwrap_or_default()),
+        ],
         Measurement::Glucose(g) => vec![("glucose_mg_dl", g.mg_dl())],
     }
 }
@@ -58,7 +75,11 @@ async fn devices_to_api(db: Db) -> anyhow::Result<()> {
     let mut devices: Vec<(DeviceHandle, DeviceKind, i64)> = Vec::new();
     for _ in 0..PATIENTS {
         let patient = stack.patient(&["hypertension", "copd", "diabetes"]).await?;
-        for kind in [DeviceKind::BloodPressure, DeviceKind::Spo2, DeviceKind::Glucose] {
+        for kind in [
+            DeviceKind::BloodPressure,
+            DeviceKind::Spo2,
+            DeviceKind::Glucose,
+        ] {
             let creds = stack.device(patient.id, kind).await?;
             let mut spec = DeviceSpec::new(&creds.id, &creds.secret, stack.edge.to_string());
             spec.max_batch = 16;
@@ -83,29 +104,52 @@ async fn devices_to_api(db: Db) -> anyhow::Result<()> {
     for (dev, _, _) in &devices {
         dev.wait_settled(SETTLE).await?;
         let stats = dev.stats();
-        assert_eq!(stats.committed, u64::from(PER_DEVICE), "{}: {stats:?}", dev.id());
+        assert_eq!(
+            stats.committed,
+            u64::from(PER_DEVICE),
+            "{}: {stats:?}",
+            dev.id()
+        );
         assert_eq!(stats.rejected, 0, "{}: {stats:?}", dev.id());
         assert_eq!(dev.committed().len(), PER_DEVICE as usize);
     }
 
     // The API returns exactly what was sent, per patient, in canonical units.
     let mut seen = 0;
-    for patient in devices.iter().map(|d| d.2).collect::<std::collections::BTreeSet<_>>() {
-        let (status, body) = stack.get(&format!("/api/v1/patients/{patient}/readings?limit=10000")).await?;
+    for patient in devices
+        .iter()
+        .map(|d| d.2)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let (status, body) = stack
+            .get(&format!("/api/v1/patients/{patient}/readings?limit=10000"))
+            .await?;
         assert_eq!(status, 200, "{body}");
         let readings = body["readings"].as_array().expect("readings array");
         assert_eq!(readings.len(), 3 * PER_DEVICE as usize, "patient {patient}");
         for r in readings {
-            let key = (r["device_id"].as_str().unwrap_or_default().to_owned(), r["seq"].as_u64().unwrap_or(0) as u32);
-            let (owner, m) = expected.get(&key).unwrap_or_else(|| panic!("unexpected reading {r}"));
+            let key = (
+                r["device_id"].as_str().unwrap_or_default().to_owned(),
+                r["seq"].as_u64().unwrap_or(0) as u32,
+            );
+            let (owner, m) = expected
+                .get(&key)
+                .unwrap_or_else(|| panic!("unexpected reading {r}"));
             assert_eq!(*owner, patient);
             for (field, want) in expected_fields(m) {
                 let got = r[field].as_f64().unwrap_or(f64::NAN) as f32;
-                assert!((got - want).abs() < 0.01, "{key:?} {field}: got {got}, want {want}");
+                assert!(
+                    (got - want).abs() < 0.01,
+                    "{key:?} {field}: got {got}, want {want}"
+                );
             }
             seen += 1;
         }
-        let (_, body) = stack.get(&format!("/api/v1/patients/{patient}/readings?kind=spo2&limit=10000")).await?;
+        let (_, body) = stack
+            .get(&format!(
+                "/api/v1/patients/{patient}/readings?kind=spo2&limit=10000"
+            ))
+            .await?;
         assert_eq!(body["count"], PER_DEVICE);
     }
     assert_eq!(seen, expected.len());
@@ -124,15 +168,25 @@ async fn devices_to_api(db: Db) -> anyhow::Result<()> {
         dev.wait_settled(SETTLE).await?;
     }
     let deadline = tokio::time::Instant::now() + SETTLE;
-    while gateway::Metrics::get(&stack.metrics.readings_duplicate_total) < dup_before + 3 * u64::from(PER_DEVICE)
+    while gateway::Metrics::get(&stack.metrics.readings_duplicate_total)
+        < dup_before + 3 * u64::from(PER_DEVICE)
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(gateway::Metrics::get(&stack.metrics.readings_duplicate_total), dup_before + 3 * u64::from(PER_DEVICE));
+    assert_eq!(
+        gateway::Metrics::get(&stack.metrics.readings_duplicate_total),
+        dup_before + 3 * u64::from(PER_DEVICE)
+    );
     assert_eq!(stack.store().count_readings(None).await?, total);
     for (dev, _, _) in &devices {
-        let stored: Vec<u32> = stack.store().stored_seqs(dev.id()).await?.into_iter().map(|s| s as u32).collect();
+        let stored: Vec<u32> = stack
+            .store()
+            .stored_seqs(dev.id())
+            .await?
+            .into_iter()
+            .map(|s| s as u32)
+            .collect();
         assert_eq!(stored, dev.committed(), "{}", dev.id());
     }
 
@@ -140,7 +194,12 @@ async fn devices_to_api(db: Db) -> anyhow::Result<()> {
     let (_, body) = stack.get("/api/v1/devices").await?;
     let listed = body["devices"].as_array().expect("devices");
     assert_eq!(listed.len(), devices.len());
-    assert!(listed.iter().all(|d| d["last_seen_at"].is_string() && d["online"] == true), "{body}");
+    assert!(
+        listed
+            .iter()
+            .all(|d| d["last_seen_at"].is_string() && d["online"] == true),
+        "{body}"
+    );
 
     for (dev, _, _) in devices {
         dev.stop().await;
@@ -173,10 +232,16 @@ async fn restart_keeps_everything_once() -> anyhow::Result<()> {
     let patient = stack.patient(&["hypertension"]).await?;
     let creds = stack.device(patient.id, DeviceKind::BloodPressure).await?;
     let cancel = CancellationToken::new();
-    let dev = spawn(DeviceSpec::new(&creds.id, &creds.secret, stack.edge.to_string()), cancel.clone());
+    let dev = spawn(
+        DeviceSpec::new(&creds.id, &creds.secret, stack.edge.to_string()),
+        cancel.clone(),
+    );
     dev.wait_connected(Duration::from_secs(20)).await?;
     for i in 0..100 {
-        dev.measure(measurement(DeviceKind::BloodPressure, i), now_ms() - 1000 * i64::from(100 - i));
+        dev.measure(
+            measurement(DeviceKind::BloodPressure, i),
+            now_ms() - 1000 * i64::from(100 - i),
+        );
     }
     dev.wait_settled(SETTLE).await?;
     // A real device keeps its seq counter across reboots; so does this one.

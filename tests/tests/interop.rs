@@ -19,7 +19,20 @@ async fn run(program: &str, args: &[&str]) -> anyhow::Result<Output> {
 }
 
 fn conn_args<'a>(stack_port: &'a str, id: &'a str, secret: &'a str) -> Vec<&'a str> {
-    vec!["-h", "127.0.0.1", "-p", stack_port, "-i", id, "-u", id, "-P", secret, "-V", "mqttv311"]
+    vec![
+        "-h",
+        "127.0.0.1",
+        "-p",
+        stack_port,
+        "-i",
+        id,
+        "-u",
+        id,
+        "-P",
+        secret,
+        "-V",
+        "mqttv311",
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,16 +43,24 @@ async fn mosquitto_clients_against_the_edge() -> anyhow::Result<()> {
     let other = stack.device(patient.id, DeviceKind::Spo2).await?;
     let port = stack.edge.port().to_string();
     let t = now_ms();
-    let reading = format!(r#"{{"v":1,"readings":[{{"seq":1,"ts":{t},"kind":"bp","sys":152,"dia":94,"pulse":77,"unit":"mmHg"}}]}}"#);
+    let reading = format!(
+        r#"{{"v":1,"readings":[{{"seq":1,"ts":{t},"kind":"bp","sys":152,"dia":94,"pulse":77,"unit":"mmHg"}}]}}"#
+    );
 
     // A device publishes its reading with its own credentials: stored, with its values.
     let mut args = conn_args(&port, &me.id, &me.secret);
     let own_topic = topic(&me.id, "readings");
     args.extend(["-q", "1", "-t", &own_topic, "-m", &reading]);
     let out = run("mosquitto_pub", &args).await?;
-    assert!(out.status.success(), "mosquitto_pub failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stack.wait_readings(&me.id, 1, WAIT).await?;
-    let (status, body) = stack.get(&format!("/api/v1/patients/{}/readings", patient.id)).await?;
+    let (status, body) = stack
+        .get(&format!("/api/v1/patients/{}/readings", patient.id))
+        .await?;
     assert_eq!(status, 200);
     assert_eq!(body["readings"][0]["systolic"], 152.0);
     assert_eq!(body["readings"][0]["diastolic"], 94.0);
@@ -51,7 +72,10 @@ async fn mosquitto_clients_against_the_edge() -> anyhow::Result<()> {
     let out = run("mosquitto_pub", &args).await?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
-    assert!(err.contains("refused") || err.contains("bad user"), "unexpected stderr: {err}");
+    assert!(
+        err.contains("refused") || err.contains("bad user"),
+        "unexpected stderr: {err}"
+    );
 
     // Unknown device: refused too.
     let mut args = conn_args(&port, "nobody-42", "whatever");
@@ -68,25 +92,48 @@ async fn mosquitto_clients_against_the_edge() -> anyhow::Result<()> {
     args.extend(["-q", "1", "-t", &other_topic, "-m", &spoof]);
     let _ = run("mosquitto_pub", &args).await?;
     let entries = stack.wait_quarantine(1, WAIT).await?;
-    assert!(entries.iter().any(|e| e.reason == "edge.publish_outside_own_topics" && e.topic == other_topic), "{entries:#?}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.reason == "edge.publish_outside_own_topics" && e.topic == other_topic),
+        "{entries:#?}"
+    );
 
     // Publishing to its own ack topic (the gateway's) is refused as well.
     let mut args = conn_args(&port, &me.id, &me.secret);
     let ack_topic = topic(&me.id, "ack");
-    args.extend(["-q", "1", "-t", &ack_topic, "-m", r#"{"committed":[[1,1000]]}"#]);
+    args.extend([
+        "-q",
+        "1",
+        "-t",
+        &ack_topic,
+        "-m",
+        r#"{"committed":[[1,1000]]}"#,
+    ]);
     let _ = run("mosquitto_pub", &args).await?;
     stack.wait_quarantine(2, WAIT).await?;
 
     // Subscribing to everything, or to another device's topics, is refused.
-    for filter in ["#", "sentinella/#", &topic(&other.id, "ack"), "sentinella/v1/devices/+/readings"] {
+    for filter in [
+        "#",
+        "sentinella/#",
+        &topic(&other.id, "ack"),
+        "sentinella/v1/devices/+/readings",
+    ] {
         let before = stack.store().count_quarantine().await?;
         let mut args = conn_args(&port, &me.id, &me.secret);
         args.extend(["-t", filter, "-C", "1", "-W", "2"]);
         let out = run("mosquitto_sub", &args).await?;
-        assert!(out.stdout.is_empty(), "{filter}: received {:?}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.stdout.is_empty(),
+            "{filter}: received {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let entries = stack.wait_quarantine(before + 1, WAIT).await?;
         assert!(
-            entries.iter().any(|e| e.reason == "edge.subscribe_outside_own_topics" && e.topic == filter),
+            entries
+                .iter()
+                .any(|e| e.reason == "edge.subscribe_outside_own_topics" && e.topic == filter),
             "{filter}: {entries:#?}"
         );
     }
@@ -96,9 +143,18 @@ async fn mosquitto_clients_against_the_edge() -> anyhow::Result<()> {
     let config_topic = topic(&me.id, "config");
     args.extend(["-t", &config_topic, "-C", "1", "-W", "5"]);
     let out = run("mosquitto_sub", &args).await?;
-    assert!(out.status.success(), "mosquitto_sub on own config: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mosquitto_sub on own config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    assert!(config["time_ms"].as_i64().is_some_and(|ms| (ms - now_ms()).abs() < 60_000), "{config}");
+    assert!(
+        config["time_ms"]
+            .as_i64()
+            .is_some_and(|ms| (ms - now_ms()).abs() < 60_000),
+        "{config}"
+    );
 
     // Nothing from the refused attempts reached the store.
     assert_eq!(stack.store().stored_seqs(&me.id).await?, vec![1]);

@@ -82,8 +82,14 @@ impl Batcher {
 
     async fn add(&self, batch: &mut PendingBatch, msg: Inbound) {
         match msg {
-            Inbound::Publish { topic, payload, received_at } => {
-                self.metrics.queue_depth.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            Inbound::Publish {
+                topic,
+                payload,
+                received_at,
+            } => {
+                self.metrics
+                    .queue_depth
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 Metrics::add(&self.metrics.messages_received_total, 1);
                 self.add_publish(batch, &topic, &payload, received_at).await;
             }
@@ -91,7 +97,11 @@ impl Batcher {
                 Metrics::add(&self.metrics.quarantined_total, 1);
                 batch.commit.quarantine.push(entry);
             }
-            Inbound::Presence { device_id, online, at } => {
+            Inbound::Presence {
+                device_id,
+                online,
+                at,
+            } => {
                 // Presence only flips `online`; absent fields keep their stored values.
                 batch.commit.statuses.push(store::DeviceStatusUpdate {
                     device_id,
@@ -105,12 +115,26 @@ impl Batcher {
         }
     }
 
-    async fn add_publish(&self, batch: &mut PendingBatch, topic: &Bytes, payload: &[u8], at: OffsetDateTime) {
+    async fn add_publish(
+        &self,
+        batch: &mut PendingBatch,
+        topic: &Bytes,
+        payload: &[u8],
+        at: OffsetDateTime,
+    ) {
         let topic_str = String::from_utf8_lossy(topic);
         let parsed = match Topic::parse(&topic_str) {
             Ok(t) => t,
             Err(e) => {
-                let q = decode::quarantine(&topic_str, None, None, e.code(), e.to_string(), payload, at);
+                let q = decode::quarantine(
+                    &topic_str,
+                    None,
+                    None,
+                    e.code(),
+                    e.to_string(),
+                    payload,
+                    at,
+                );
                 return self.quarantine(batch, q);
             }
         };
@@ -136,7 +160,12 @@ impl Batcher {
                 return;
             }
         };
-        let src = Source { topic: &topic_str, device_id, patient_id: entry.patient_id, received_at: at };
+        let src = Source {
+            topic: &topic_str,
+            device_id,
+            patient_id: entry.patient_id,
+            received_at: at,
+        };
         match parsed.channel {
             Channel::Readings => match decode::readings(src, payload) {
                 Ok(decoded) => {
@@ -156,11 +185,11 @@ impl Batcher {
                         batch.commit.quarantine.push(q);
                     }
                 }
-                Err(q) => self.quarantine(batch, q),
+                Err(q) => self.quarantine(batch, *q),
             },
             Channel::Status => match decode::status(src, payload) {
                 Ok(update) => batch.commit.statuses.push(update),
-                Err(q) => self.quarantine(batch, q),
+                Err(q) => self.quarantine(batch, *q),
             },
             // The edge lets no device publish here; anything arriving is from elsewhere.
             Channel::Ack | Channel::Config => {}

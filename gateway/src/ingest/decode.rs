@@ -23,11 +23,25 @@ pub(crate) struct Source<'a> {
 }
 
 /// Decodes a readings payload. A structurally broken message is one quarantine record.
-pub(crate) fn readings(src: Source<'_>, payload: &[u8]) -> Result<DecodedReadings, NewQuarantine> {
+pub(crate) fn readings(
+    src: Source<'_>,
+    payload: &[u8],
+) -> Result<DecodedReadings, Box<NewQuarantine>> {
     let batch = protocol::decode_batch(payload).map_err(|e| {
-        quarantine(src.topic, Some(src.device_id), None, e.code(), e.to_string(), payload, src.received_at)
+        Box::new(quarantine(
+            src.topic,
+            Some(src.device_id),
+            None,
+            e.code(),
+            e.to_string(),
+            payload,
+            src.received_at,
+        ))
     })?;
-    let mut out = DecodedReadings { accepted: Vec::with_capacity(batch.len()), rejected: Vec::new() };
+    let mut out = DecodedReadings {
+        accepted: Vec::with_capacity(batch.len()),
+        rejected: Vec::new(),
+    };
     for item in batch {
         match item {
             Ok(reading) => out.accepted.push(to_row(src, &reading)),
@@ -49,9 +63,20 @@ pub(crate) fn readings(src: Source<'_>, payload: &[u8]) -> Result<DecodedReading
 }
 
 /// Decodes a status payload.
-pub(crate) fn status(src: Source<'_>, payload: &[u8]) -> Result<DeviceStatusUpdate, NewQuarantine> {
+pub(crate) fn status(
+    src: Source<'_>,
+    payload: &[u8],
+) -> Result<DeviceStatusUpdate, Box<NewQuarantine>> {
     let status = Status::decode(payload).map_err(|e| {
-        quarantine(src.topic, Some(src.device_id), None, e.code(), e.to_string(), payload, src.received_at)
+        Box::new(quarantine(
+            src.topic,
+            Some(src.device_id),
+            None,
+            e.code(),
+            e.to_string(),
+            payload,
+            src.received_at,
+        ))
     })?;
     Ok(DeviceStatusUpdate {
         device_id: src.device_id.to_owned(),
@@ -72,7 +97,8 @@ pub(crate) fn to_row(src: Source<'_>, r: &Reading) -> NewReading {
     let measured_at = if r.clock_unset {
         src.received_at
     } else {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.ts_ms) * 1_000_000).unwrap_or(src.received_at)
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.ts_ms) * 1_000_000)
+            .unwrap_or(src.received_at)
     };
     let mut row = NewReading {
         device_id: src.device_id.to_owned(),
@@ -185,7 +211,10 @@ mod tests {
         for (payload, reason) in [
             (&b"{oops"[..], "payload.malformed"),
             (&b""[..], "payload.empty"),
-            (&b"{\"v\":9,\"readings\":[]}"[..], "payload.unsupported_version"),
+            (
+                &b"{\"v\":9,\"readings\":[]}"[..],
+                "payload.unsupported_version",
+            ),
         ] {
             let q = readings(src(), payload).unwrap_err();
             assert_eq!(q.reason, reason);

@@ -43,7 +43,10 @@ impl Writer {
                     Metrics::add(&m.readings_committed_total, outcome.inserted);
                     Metrics::add(&m.readings_duplicate_total, outcome.duplicates);
                     Metrics::add(&m.batches_committed_total, 1);
-                    Metrics::add(&m.batch_commit_micros_total, started.elapsed().as_micros() as u64);
+                    Metrics::add(
+                        &m.batch_commit_micros_total,
+                        started.elapsed().as_micros() as u64,
+                    );
                     tracing::debug!(
                         inserted = outcome.inserted,
                         duplicates = outcome.duplicates,
@@ -70,7 +73,11 @@ impl Writer {
         tracing::debug!("writer stopped");
     }
 
-    async fn commit(&self, batch: &CommitBatch, cancel: &CancellationToken) -> Result<store::CommitOutcome, CommitFailure> {
+    async fn commit(
+        &self,
+        batch: &CommitBatch,
+        cancel: &CancellationToken,
+    ) -> Result<store::CommitOutcome, CommitFailure> {
         let mut backoff = Duration::from_millis(50);
         let mut shutdown_since: Option<Instant> = None;
         loop {
@@ -147,7 +154,9 @@ impl Writer {
                                 acks.rejected.push(seq);
                             }
                         }
-                        Err(e) => tracing::error!(error = %e, device = %row.device_id, seq, "reading neither stored nor quarantined; not acked"),
+                        Err(e) => {
+                            tracing::error!(error = %e, device = %row.device_id, seq, "reading neither stored nor quarantined; not acked")
+                        }
                     }
                 }
             }
@@ -156,13 +165,22 @@ impl Writer {
 
     async fn send_acks(&self, acks: std::collections::BTreeMap<String, DeviceAcks>) {
         for (device_id, mut seqs) in acks {
-            let Ok(device) = DeviceId::parse(&device_id) else { continue };
+            let Ok(device) = DeviceId::parse(&device_id) else {
+                continue;
+            };
             seqs.committed.sort_unstable();
             seqs.rejected.sort_unstable();
-            Metrics::add(&self.metrics.readings_acked_total, seqs.committed.len() as u64);
+            Metrics::add(
+                &self.metrics.readings_acked_total,
+                seqs.committed.len() as u64,
+            );
             let topic = Topic::new(device, Channel::Ack).to_string();
             for payload in ack_payloads(&seqs) {
-                let msg = Outbound { topic: topic.clone(), payload, retain: false };
+                let msg = Outbound {
+                    topic: topic.clone(),
+                    payload,
+                    retain: false,
+                };
                 if self.outbound.send(msg).await.is_err() {
                     return;
                 }
@@ -183,12 +201,23 @@ pub(crate) fn ack_payloads(seqs: &DeviceAcks) -> Vec<Vec<u8>> {
     let committed: Vec<_> = ranges(seqs.committed.iter().copied()).collect();
     let rejected: Vec<_> = ranges(seqs.rejected.iter().copied()).collect();
     let mut out = Vec::new();
-    let chunks = committed.len().max(rejected.len()).div_ceil(MAX_ACK_RANGES).max(1);
+    let chunks = committed
+        .len()
+        .max(rejected.len())
+        .div_ceil(MAX_ACK_RANGES)
+        .max(1);
     for i in 0..chunks {
         let window = |v: &Vec<protocol::SeqRange>| {
-            v.iter().skip(i * MAX_ACK_RANGES).take(MAX_ACK_RANGES).copied().collect::<heapless::Vec<_, MAX_ACK_RANGES>>()
+            v.iter()
+                .skip(i * MAX_ACK_RANGES)
+                .take(MAX_ACK_RANGES)
+                .copied()
+                .collect::<heapless::Vec<_, MAX_ACK_RANGES>>()
         };
-        let ack = Ack { committed: window(&committed), rejected: window(&rejected) };
+        let ack = Ack {
+            committed: window(&committed),
+            rejected: window(&rejected),
+        };
         let mut buf = [0u8; 2048];
         if let Ok(n) = ack.encode(&mut buf) {
             out.push(buf[..n].to_vec());
@@ -203,7 +232,10 @@ mod tests {
 
     #[test]
     fn long_ack_lists_are_split() {
-        let seqs = DeviceAcks { committed: (0..200).map(|i| i * 2).collect(), rejected: vec![1, 3] };
+        let seqs = DeviceAcks {
+            committed: (0..200).map(|i| i * 2).collect(),
+            rejected: vec![1, 3],
+        };
         let payloads = ack_payloads(&seqs);
         assert_eq!(payloads.len(), 200usize.div_ceil(MAX_ACK_RANGES));
         let mut settled = 0;
@@ -214,6 +246,13 @@ mod tests {
         assert_eq!(settled, 200);
         let first = Ack::decode(&payloads[0]).unwrap();
         assert!(first.settles(1) && first.settles(3) && first.settles(0));
-        assert_eq!(ack_payloads(&DeviceAcks { committed: vec![5, 6, 7], rejected: vec![] }).len(), 1);
+        assert_eq!(
+            ack_payloads(&DeviceAcks {
+                committed: vec![5, 6, 7],
+                rejected: vec![]
+            })
+            .len(),
+            1
+        );
     }
 }

@@ -42,7 +42,10 @@ pub struct Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -53,7 +56,11 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| t.starts_with(TOKEN_PREFIX))
             .ok_or(ApiError::Unauthorized)?;
-        let record = state.store.api_token_by_hash(&hash_token(token)).await?.ok_or(ApiError::Unauthorized)?;
+        let record = state
+            .store
+            .api_token_by_hash(&hash_token(token))
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
         let now = OffsetDateTime::now_utc();
         if record.revoked_at.is_some() || record.expires_at.is_some_and(|e| e <= now) {
             return Err(ApiError::TokenRejected);
@@ -62,6 +69,9 @@ impl FromRequestParts<AppState> for Caller {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.to_string());
-        Ok(Caller { name: record.name, source })
+        Ok(Caller {
+            name: record.name,
+            source,
+        })
     }
 }

@@ -13,7 +13,9 @@ use super::auth::Caller;
 use super::error::{ApiError, rejection};
 
 pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/devices", get(list)).route("/devices/{id}", get(show))
+    Router::new()
+        .route("/devices", get(list))
+        .route("/devices/{id}", get(show))
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,7 +36,13 @@ async fn list(
 ) -> Result<Json<DeviceList>, ApiError> {
     let Query(query) = query.map_err(rejection)?;
     let devices = state.store.list_devices(query.patient).await?;
-    state.audit(&caller, "device.list", format!("devices patient={:?}", query.patient)).await?;
+    state
+        .audit(
+            &caller,
+            "device.list",
+            format!("devices patient={:?}", query.patient),
+        )
+        .await?;
     Ok(Json(DeviceList { devices }))
 }
 
@@ -43,7 +51,13 @@ async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<store::Device>, ApiError> {
-    let device = state.store.get_device(&id).await?.ok_or_else(|| ApiError::NotFound(format!("device {id}")))?;
-    state.audit(&caller, "device.read", format!("device:{id}")).await?;
+    let device = state
+        .store
+        .get_device(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("device {id}")))?;
+    state
+        .audit(&caller, "device.read", format!("device:{id}"))
+        .await?;
     Ok(Json(device))
 }

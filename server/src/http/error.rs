@@ -38,7 +38,9 @@ impl ApiError {
             ApiError::TokenRejected => (StatusCode::UNAUTHORIZED, "token_rejected"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Store(e) if e.is_transient() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Store(e) if e.is_transient() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -58,11 +60,16 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
+        let mut response = (
+            status,
+            Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response();
         if status == StatusCode::UNAUTHORIZED {
-            if let Ok(v) = "Bearer".parse() {
-                response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, v);
-            }
+            let challenge = axum::http::HeaderValue::from_static("Bearer");
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, challenge);
         }
         response
     }

@@ -20,10 +20,20 @@ pub(super) fn router() -> Router<AppState> {
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let store_ok = state.store.health_check().await.is_ok();
     let pipeline_ok = (state.ready)();
-    let status = if store_ok && pipeline_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": store_ok && pipeline_ok, "store": store_ok, "pipeline": pipeline_ok})))
+    let status = if store_ok && pipeline_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": store_ok && pipeline_ok, "store": store_ok, "pipeline": pipeline_ok})),
+    )
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], (state.metrics)())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        (state.metrics)(),
+    )
 }

@@ -40,14 +40,20 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 
 impl AppState {
     /// State with no extra readiness condition or metrics (the API alone).
     pub fn new(store: store::Store) -> Self {
-        AppState { store, ready: Arc::new(|| true), metrics: Arc::new(String::new) }
+        AppState {
+            store,
+            ready: Arc::new(|| true),
+            metrics: Arc::new(String::new),
+        }
     }
 
     /// Records an access in the audit log. A read that cannot be audited is not served.
@@ -92,7 +98,10 @@ pub fn app(state: AppState) -> Router {
             HeaderName::from_static("referrer-policy"),
             HeaderValue::from_static("no-referrer"),
         ))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -42,7 +42,13 @@ async fn list(
 ) -> Result<Json<PatientList>, ApiError> {
     let Query(query) = query.map_err(rejection)?;
     let patients = state.store.list_patients(query.cot).await?;
-    state.audit(&caller, "patient.list", format!("patients cot={:?}", query.cot)).await?;
+    state
+        .audit(
+            &caller,
+            "patient.list",
+            format!("patients cot={:?}", query.cot),
+        )
+        .await?;
     Ok(Json(PatientList { patients }))
 }
 
@@ -59,9 +65,15 @@ async fn show(
     id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<PatientDetail>, ApiError> {
     let Path(id) = id.map_err(rejection)?;
-    let patient = state.store.get_patient(id).await?.ok_or_else(|| ApiError::NotFound(format!("patient {id}")))?;
+    let patient = state
+        .store
+        .get_patient(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("patient {id}")))?;
     let devices = state.store.list_devices(Some(id)).await?;
-    state.audit(&caller, "patient.read", format!("patient:{id}")).await?;
+    state
+        .audit(&caller, "patient.read", format!("patient:{id}"))
+        .await?;
     Ok(Json(PatientDetail { patient, devices }))
 }
 
@@ -100,24 +112,53 @@ async fn readings(
     let Query(query) = query.map_err(rejection)?;
     let from = parse_time("from", query.from.as_deref())?;
     let to = parse_time("to", query.to.as_deref())?;
-    if let (Some(f), Some(t)) = (from, to) {
-        if f > t {
-            return Err(ApiError::BadRequest("from must not be after to".into()));
-        }
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
+    {
+        return Err(ApiError::BadRequest("from must not be after to".into()));
     }
     let kind = query
         .kind
         .as_deref()
-        .map(|k| store::ReadingKind::parse(k).ok_or_else(|| ApiError::BadRequest("kind must be bp, spo2 or glucose".into())))
+        .map(|k| {
+            store::ReadingKind::parse(k)
+                .ok_or_else(|| ApiError::BadRequest("kind must be bp, spo2 or glucose".into()))
+        })
         .transpose()?;
     let limit = query.limit.unwrap_or(1000);
     if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be between 1 and 10000".into()));
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 10000".into(),
+        ));
     }
-    state.store.get_patient(id).await?.ok_or_else(|| ApiError::NotFound(format!("patient {id}")))?;
-    let readings = state.store.readings(&store::ReadingQuery { patient_id: id, from, to, kind, limit }).await?;
     state
-        .audit(&caller, "readings.read", format!("patient:{id} kind={:?} from={:?} to={:?}", query.kind, query.from, query.to))
+        .store
+        .get_patient(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("patient {id}")))?;
+    let readings = state
+        .store
+        .readings(&store::ReadingQuery {
+            patient_id: id,
+            from,
+            to,
+            kind,
+            limit,
+        })
         .await?;
-    Ok(Json(ReadingList { patient_id: id, count: readings.len(), readings }))
+    state
+        .audit(
+            &caller,
+            "readings.read",
+            format!(
+                "patient:{id} kind={:?} from={:?} to={:?}",
+                query.kind, query.from, query.to
+            ),
+        )
+        .await?;
+    Ok(Json(ReadingList {
+        patient_id: id,
+        count: readings.len(),
+        readings,
+    }))
 }

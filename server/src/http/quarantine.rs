@@ -35,6 +35,8 @@ async fn list(
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let entries = state.store.list_quarantine(limit).await?;
     let total = state.store.count_quarantine().await?;
-    state.audit(&caller, "quarantine.list", "quarantine".into()).await?;
+    state
+        .audit(&caller, "quarantine.list", "quarantine".into())
+        .await?;
     Ok(Json(QuarantineList { total, entries }))
 }

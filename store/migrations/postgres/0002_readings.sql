@@ -10,9 +10,14 @@
 -- A unique index on a partitioned table or hypertable must include the partition column, so
 -- "one row per (device_id, seq)" is enforced by the small unpartitioned key table
 -- reading_keys instead; Store::commit_batch inserts a key and its reading in one statement.
+-- measured_at and received_at let an operator prune keys together with old readings.
+--
+-- No foreign key to devices: its per-row trigger cost a third of the bulk insert. Store::commit_batch
+-- (the only writer) checks instead that every device of a batch exists, through the UPDATE of
+-- the devices' last_seen_at/last_seq in the same transaction, and rolls back otherwise.
 
 CREATE TABLE reading_keys (
-    device_id    TEXT NOT NULL REFERENCES devices (id),
+    device_id    TEXT NOT NULL,
     seq          BIGINT NOT NULL,
     measured_at  TIMESTAMPTZ NOT NULL,
     received_at  TIMESTAMPTZ NOT NULL,
