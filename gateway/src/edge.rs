@@ -43,6 +43,9 @@ pub(crate) struct EdgeContext {
     pub(crate) registry: Arc<Registry>,
     pub(crate) inbound: mpsc::Sender<Inbound>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Fires once the pipeline has committed and acked everything after shutdown began;
+    /// connections stay open until then so devices receive their last acks.
+    pub(crate) close: CancellationToken,
 }
 
 /// Why a connection ended early.
@@ -177,22 +180,37 @@ async fn connection(
     let upstream = async {
         let mut out = BytesMut::with_capacity(4096);
         loop {
-            let Some(packet) = read_packet(&mut from_client, &mut buf, max).await? else {
-                return Ok::<(), EdgeError>(());
+            let read = tokio::select! {
+                biased;
+                // Shutdown: take nothing more from the device, but keep the connection open
+                // (downstream) until the pipeline has sent its last acks.
+                _ = cancel.cancelled() => {
+                    ctx.close.cancelled().await;
+                    return Ok::<(), EdgeError>(());
+                }
+                read = read_packet(&mut from_client, &mut buf, max) => read,
+            };
+            let Some(packet) = read? else {
+                return Ok(());
             };
             check_packet(&packet, device, &ctx.inbound).await?;
             if matches!(packet, Packet::Publish(..)) {
                 wait_for_room(ctx).await;
             }
+            let disconnect = matches!(packet, Packet::Disconnect(..));
             out.clear();
             V4.write(packet, &mut out).map_err(EdgeError::Mqtt)?;
             to_broker.write_all(&out).await?;
+            if disconnect {
+                // Let the broker close its side first (it then drops the will cleanly).
+                return Ok(std::future::pending::<()>().await);
+            }
         }
     };
     let result = tokio::select! {
         r = upstream => r,
         r = downstream => r.map(|_| ()).map_err(EdgeError::from),
-        _ = cancel.cancelled() => Ok(()),
+        _ = ctx.close.cancelled() => Ok(()),
     };
     let _ = ctx.inbound.send(presence(&device_id, false)).await;
     tracing::info!(device = %device_id, %peer, "device disconnected");

@@ -53,6 +53,9 @@ pub enum GatewayError {
     Store(#[from] store::StoreError),
 }
 
+/// How long device connections stay open after the last ack was handed to the broker.
+const ACK_DELIVERY_GRACE: Duration = Duration::from_millis(300);
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -104,7 +107,18 @@ pub async fn start(
         outbound: broker.outbound.clone(),
         metrics: metrics.clone(),
     };
-    tracker.spawn(writer.run(batch_rx, cancel.clone()));
+    // Device connections close only after the writer has committed and acked what was in
+    // flight at shutdown, plus a moment for the broker to deliver those acks.
+    let close = CancellationToken::new();
+    tracker.spawn({
+        let close = close.clone();
+        let cancel = cancel.clone();
+        async move {
+            writer.run(batch_rx, cancel).await;
+            tokio::time::sleep(ACK_DELIVERY_GRACE).await;
+            close.cancel();
+        }
+    });
     tracker.spawn(maintenance(store.clone(), metrics.clone(), cancel.clone()));
 
     let listener = TcpListener::bind(config.listen)
@@ -123,6 +137,7 @@ pub async fn start(
         registry,
         inbound: inbound_tx,
         metrics: metrics.clone(),
+        close,
     });
     tracker.spawn(edge::serve(listener, ctx, cancel.clone(), tracker.clone()));
     tracing::info!(%edge_addr, broker = %broker.addr, "gateway listening for devices");

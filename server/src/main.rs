@@ -179,8 +179,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_tracing(filter: &str, json: bool) -> anyhow::Result<()> {
-    // rumqttd logs every loopback connection from the edge at info; keep it to warnings.
-    let filter = EnvFilter::try_new(format!("rumqttd=warn,{filter}")).context("parse --log")?;
+    // rumqttd sits behind the edge, which logs every device connection itself. rumqttd's
+    // connection-level modules log each clean disconnect as an ERROR ("router-drop", "no-
+    // connection id … is already gone"), so they are silenced; the rest of rumqttd, including
+    // the commit-log warning when a slow consumer loses data, stays at warn.
+    let filter = EnvFilter::try_new(format!(
+        "rumqttd=warn,rumqttd::server=off,rumqttd::router::routing=off,{filter}"
+    ))
+    .context("parse --log")?;
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

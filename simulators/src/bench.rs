@@ -294,7 +294,6 @@ pub async fn run_bench(
         _ = sleep_until(started + opts.duration) => {}
     }
     let window = started.elapsed();
-    let committed_in_window = totals(&handles).committed - committed_before;
     let mut latencies = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
         .context("creating the latency histogram")?;
     for handle in &handles {
@@ -302,6 +301,8 @@ pub async fn run_bench(
             .add(handle.latencies())
             .map_err(|e| anyhow!("merging latencies: {e:?}"))?;
     }
+    // After the latencies, so every latency sample is also counted as committed here.
+    let committed_in_window = totals(&handles).committed - committed_before;
     feed_cancel.cancel();
     while feeding.join_next().await.is_some() {}
 

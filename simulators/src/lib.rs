@@ -11,9 +11,18 @@
 //! - [`schedule`]: daily measurement slots per kind and a compressed simulated clock.
 //! - [`device`]: one simulated device: rumqttc client, outbox, batches, acks, back-off.
 //! - [`fleet`]: fleet files, provisioning into the store, running a fleet on its schedule.
-//! - [`bench`]: the load generator (sustained committed readings/s, ack latency, gateway RSS).
+//! - [`bench`](mod@bench): the load generator (sustained committed readings/s, ack latency,
+//!   gateway RSS).
+//! - `src/main.rs`: the `sentinella-sim` binary (`provision`, `run`, `bench`).
 //!
 //! Start with [`device::spawn`]: everything else feeds devices.
+//!
+//! # Things to know
+//! - Seqs must never repeat against the same store, or the store dedupes new readings away as
+//!   duplicates: a device starts at [`DeviceSpec::first_seq`], and fleet runs take it from
+//!   [`fleet::SeqFloor`] (a file beside the fleet file) or the clock.
+//! - Without `backdate`, simulated time starts at the real now and runs ahead of it: at speed
+//!   1440, a one-minute run dates readings up to a day in the future.
 
 pub mod bench;
 pub mod device;

@@ -266,12 +266,18 @@ impl Store {
                 inserted
             }
             Db::Sqlite(pool) => {
+                let t0 = std::time::Instant::now();
                 let mut tx = connect::sqlite_write(pool).await?;
+                let t1 = t0.elapsed();
                 let inserted = sqlite_insert_readings(&mut tx, &batch.readings).await?;
+                let t2 = t0.elapsed();
                 quarantine::sqlite_insert(&mut tx, &batch.quarantine).await?;
                 sqlite_apply_statuses(&mut tx, &statuses).await?;
                 sqlite_touch_devices(&mut tx, &touched).await?;
+                let t3 = t0.elapsed();
                 tx.commit().await?;
+                let t4 = t0.elapsed();
+                if std::env::var("TIMING").is_ok() { eprintln!("begin {t1:?} insert {t2:?} touch {t3:?} commit {t4:?}"); }
                 inserted
             }
         };
