@@ -243,6 +243,12 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> {
+    // Each device costs the gateway three descriptors (device socket, edge-to-broker socket
+    // and rumqttd's end of it): take the hard limit rather than refuse devices at the soft one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(open_files = limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
     let cancel = CancellationToken::new();
     let gateway = gateway::start(config.gateway.clone(), store.clone(), cancel.clone())
         .await

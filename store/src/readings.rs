@@ -221,10 +221,17 @@ FROM unnest($1::text[], $2::timestamptz[], $3::bool[], $4::int2[], $5::text[], $
     AS s(device_id, at, online, battery, firmware, rssi)
 WHERE d.id = s.device_id AND (d.status_at IS NULL OR d.status_at <= s.at)";
 
-const SQLITE_TOUCH_DEVICE: &str = "\
+/// Followed by `VALUES (id, seen, seq), …` and [`SQLITE_TOUCH_DEVICES_END`]: one statement
+/// per chunk of devices, because one UPDATE per device cost more than the readings insert.
+const SQLITE_TOUCH_DEVICES_START: &str = "\
 UPDATE devices
-SET last_seen_at = max(coalesce(last_seen_at, $2), $2), last_seq = max(coalesce(last_seq, $3), $3)
-WHERE id = $1";
+SET last_seen_at = max(coalesce(devices.last_seen_at, v.column2), v.column2),
+    last_seq = max(coalesce(devices.last_seq, v.column3), v.column3)
+FROM (";
+const SQLITE_TOUCH_DEVICES_END: &str = ") AS v WHERE devices.id = v.column1";
+
+/// Devices per UPDATE on SQLite (3 parameters each).
+const SQLITE_DEVICES_PER_STATEMENT: usize = 500;
 
 const SQLITE_APPLY_STATUS: &str = "\
 UPDATE devices
@@ -266,18 +273,12 @@ impl Store {
                 inserted
             }
             Db::Sqlite(pool) => {
-                let t0 = std::time::Instant::now();
                 let mut tx = connect::sqlite_write(pool).await?;
-                let t1 = t0.elapsed();
                 let inserted = sqlite_insert_readings(&mut tx, &batch.readings).await?;
-                let t2 = t0.elapsed();
                 quarantine::sqlite_insert(&mut tx, &batch.quarantine).await?;
                 sqlite_apply_statuses(&mut tx, &statuses).await?;
                 sqlite_touch_devices(&mut tx, &touched).await?;
-                let t3 = t0.elapsed();
                 tx.commit().await?;
-                let t4 = t0.elapsed();
-                if std::env::var("TIMING").is_ok() { eprintln!("begin {t1:?} insert {t2:?} touch {t3:?} commit {t4:?}"); }
                 inserted
             }
         };
@@ -672,11 +673,20 @@ async fn sqlite_touch_devices(
     conn: &mut SqliteConnection,
     touched: &BTreeMap<&str, (OffsetDateTime, i64)>,
 ) -> Result<()> {
-    for (id, (seen, seq)) in touched {
-        sqlx::query(SQLITE_TOUCH_DEVICE)
-            .bind(*id)
-            .bind(to_ms(*seen))
-            .bind(*seq)
+    let touched: Vec<(&str, i64, i64)> = touched
+        .iter()
+        .map(|(id, (seen, seq))| (*id, to_ms(*seen), *seq))
+        .collect();
+    for chunk in touched.chunks(SQLITE_DEVICES_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(SQLITE_TOUCH_DEVICES_START);
+        query.push_values(chunk, |mut row, (id, seen, seq)| {
+            row.push_bind(*id).push_bind(*seen).push_bind(*seq);
+        });
+        query.push(SQLITE_TOUCH_DEVICES_END);
+        let persistent = chunk.len() == SQLITE_DEVICES_PER_STATEMENT;
+        query
+            .build()
+            .persistent(persistent)
             .execute(&mut *conn)
             .await?;
     }

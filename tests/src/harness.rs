@@ -108,13 +108,23 @@ impl Stack {
         db: TestDb,
         tweak: impl FnOnce(&mut GatewayConfig),
     ) -> anyhow::Result<Stack> {
+        let store = db.store.clone();
+        Stack::start_with_store(db, store, tweak).await
+    }
+
+    /// Starts the stack with the gateway and the API reaching the database through `store`
+    /// (e.g. through a [`crate::faults::FaultProxy`]); `db` stays the direct way in.
+    pub async fn start_with_store(
+        db: TestDb,
+        store: store::Store,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> anyhow::Result<Stack> {
         let mut config = GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Default::default()
         };
         tweak(&mut config);
         let cancel = CancellationToken::new();
-        let store = db.store.clone();
         let gateway = gateway::start(config, store.clone(), cancel.clone())
             .await
             .context("start gateway")?;

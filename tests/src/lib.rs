@@ -2,6 +2,7 @@
 //! ingest → store → API, on SQLite, PostgreSQL and TimescaleDB.
 //!
 //! [`harness`] starts the whole stack in-process on free ports against a fresh database;
-//! the scenarios live in `tests/`.
+//! [`faults`] cuts real services off on demand; the scenarios live in `tests/`.
 
+pub mod faults;
 pub mod harness;
