@@ -81,8 +81,11 @@ pub fn unique(prefix: &str) -> String {
 
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_logging() {
+    // rumqttd logs every clean disconnect as an ERROR; the gateway's own logs say the same.
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into());
+    let filter = format!("rumqttd::server=off,rumqttd::router::routing=off,{filter}");
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_test_writer()
         .try_init();
 }
