@@ -7,13 +7,18 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 macro_rules! metrics {
-    ($($(#[$doc:meta])* $name:ident,)+) => {
+    ($($name:ident: $help:literal,)+) => {
         /// Monotonic counters and gauges of the gateway.
         #[derive(Debug, Default)]
         pub struct Metrics {
-            $($(#[$doc])* pub $name: AtomicU64,)+
+            $(#[doc = $help] pub $name: AtomicU64,)+
             /// Whether the last store operation succeeded (readiness).
             pub store_ok: AtomicBool,
+            /// How long one batch commit took.
+            pub batch_commit_seconds: Histogram,
+            /// From a message's arrival off the broker to its ack being handed to the broker:
+            /// batching wait + commit (+ retries while the store is down).
+            pub ingest_latency_seconds: Histogram,
         }
 
         impl Metrics {
@@ -21,9 +26,7 @@ macro_rules! metrics {
             pub fn render_prometheus(&self) -> String {
                 let mut out = String::new();
                 $(
-                    let help = concat!($(stringify!($doc)),+);
-                    let help = help.trim_start_matches("doc = ").trim_matches('"').trim();
-                    let _ = writeln!(out, "# HELP sentinella_{} {}", stringify!($name), help);
+                    let _ = writeln!(out, "# HELP sentinella_{} {}", stringify!($name), $help);
                     let _ = writeln!(out, "# TYPE sentinella_{} {}", stringify!($name),
                         if stringify!($name).ends_with("_total") { "counter" } else { "gauge" });
                     let _ = writeln!(out, "sentinella_{} {}", stringify!($name), self.$name.load(Ordering::Relaxed));
@@ -31,6 +34,8 @@ macro_rules! metrics {
                 let _ = writeln!(out, "# HELP sentinella_store_up Whether the last store operation succeeded.");
                 let _ = writeln!(out, "# TYPE sentinella_store_up gauge");
                 let _ = writeln!(out, "sentinella_store_up {}", u8::from(self.store_ok.load(Ordering::Relaxed)));
+                self.batch_commit_seconds.render(&mut out, "sentinella_batch_commit_seconds", "Duration of one batch commit.");
+                self.ingest_latency_seconds.render(&mut out, "sentinella_ingest_latency_seconds", "From arrival off the broker to the commit ack.");
                 out
             }
         }
@@ -38,34 +43,19 @@ macro_rules! metrics {
 }
 
 metrics! {
-    /// Device connections accepted by the edge.
-    edge_connections_total,
-    /// Device connections refused (bad credentials, revoked, unknown device, limits).
-    edge_refused_total,
-    /// Device connections closed for a protocol or authorization violation.
-    edge_violations_total,
-    /// Device connections open now.
-    edge_connections_open,
-    /// Readings messages received from the broker link.
-    messages_received_total,
-    /// Readings received (inside those messages).
-    readings_received_total,
-    /// Readings newly stored.
-    readings_committed_total,
-    /// Readings received again that were already stored (resends).
-    readings_duplicate_total,
-    /// Messages or readings put in quarantine.
-    quarantined_total,
-    /// Readings acknowledged to devices as committed.
-    readings_acked_total,
-    /// Batches committed to the store.
-    batches_committed_total,
-    /// Sum of batch commit durations, microseconds.
-    batch_commit_micros_total,
-    /// Store commits that failed and were retried.
-    store_retries_total,
-    /// Messages waiting between the broker link and the batcher.
-    queue_depth,
+    edge_connections_total: "Device connections accepted by the edge.",
+    edge_refused_total: "Device connections refused (bad credentials, revoked, unknown device, limits).",
+    edge_violations_total: "Device connections closed for a protocol or authorization violation.",
+    edge_connections_open: "Device connections open now.",
+    messages_received_total: "Readings messages received from the broker link.",
+    readings_received_total: "Readings received (inside those messages).",
+    readings_committed_total: "Readings newly stored.",
+    readings_duplicate_total: "Readings received again that were already stored (resends).",
+    quarantined_total: "Messages or readings put in quarantine.",
+    readings_acked_total: "Readings acknowledged to devices as committed.",
+    batches_committed_total: "Batches committed to the store.",
+    store_retries_total: "Store commits that failed and were retried.",
+    queue_depth: "Messages waiting between the broker link and the batcher.",
 }
 
 impl Metrics {
@@ -77,5 +67,92 @@ impl Metrics {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the histogram buckets, seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+
+/// A Prometheus histogram with fixed buckets, lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn prometheus_text() {
+        let m = Metrics::default();
+        Metrics::add(&m.readings_committed_total, 5);
+        m.batch_commit_seconds.observe(Duration::from_millis(3));
+        m.batch_commit_seconds.observe(Duration::from_secs(9));
+        let text = m.render_prometheus();
+        assert!(
+            text.contains("sentinella_readings_committed_total 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE sentinella_readings_committed_total counter"));
+        assert!(text.contains("# TYPE sentinella_queue_depth gauge"));
+        assert!(
+            text.contains("sentinella_batch_commit_seconds_bucket{le=\"0.002\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sentinella_batch_commit_seconds_bucket{le=\"0.005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sentinella_batch_commit_seconds_bucket{le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("sentinella_batch_commit_seconds_count 2\n"));
+        assert!(
+            text.contains("# HELP sentinella_readings_committed_total Readings newly stored."),
+            "{text}"
+        );
     }
 }

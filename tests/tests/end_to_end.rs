@@ -190,6 +190,20 @@ async fn devices_to_api(db: Db) -> anyhow::Result<()> {
         assert_eq!(stored, dev.committed(), "{}", dev.id());
     }
 
+    // The operator sees the same numbers on /metrics.
+    let (status, metrics) = stack.get("/metrics").await?;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let committed = format!("sentinella_readings_committed_total {total}\n");
+    assert!(
+        metrics.contains(&committed),
+        "{committed:?} not in /metrics:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("sentinella_ingest_latency_seconds_count"),
+        "{metrics}"
+    );
+
     // Devices show up with last-seen and status.
     let (_, body) = stack.get("/api/v1/devices").await?;
     let listed = body["devices"].as_array().expect("devices");

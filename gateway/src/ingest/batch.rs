@@ -81,6 +81,7 @@ impl Batcher {
     }
 
     async fn add(&self, batch: &mut PendingBatch, msg: Inbound) {
+        batch.oldest.get_or_insert_with(std::time::Instant::now);
         match msg {
             Inbound::Publish {
                 topic,

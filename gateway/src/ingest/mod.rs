@@ -24,6 +24,8 @@ pub(crate) struct DeviceAcks {
 pub(crate) struct PendingBatch {
     pub(crate) commit: store::CommitBatch,
     pub(crate) acks: BTreeMap<String, DeviceAcks>,
+    /// When the batch's first message came off the broker.
+    pub(crate) oldest: Option<std::time::Instant>,
 }
 
 impl PendingBatch {

@@ -43,10 +43,7 @@ impl Writer {
                     Metrics::add(&m.readings_committed_total, outcome.inserted);
                     Metrics::add(&m.readings_duplicate_total, outcome.duplicates);
                     Metrics::add(&m.batches_committed_total, 1);
-                    Metrics::add(
-                        &m.batch_commit_micros_total,
-                        started.elapsed().as_micros() as u64,
-                    );
+                    m.batch_commit_seconds.observe(started.elapsed());
                     tracing::debug!(
                         inserted = outcome.inserted,
                         duplicates = outcome.duplicates,
@@ -68,7 +65,13 @@ impl Writer {
                     continue;
                 }
             }
+            let oldest = batch.oldest;
             self.send_acks(batch.acks).await;
+            if let Some(oldest) = oldest {
+                self.metrics
+                    .ingest_latency_seconds
+                    .observe(oldest.elapsed());
+            }
         }
         tracing::debug!("writer stopped");
     }
