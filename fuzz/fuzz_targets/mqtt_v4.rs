@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use rumqttd::protocol::{Protocol, v4::V4};
 
-/// The edge's packet size limit (`max` in edge.rs's `read_packet`).
+/// The edge's packet size limit: the default `max_packet_size` of gateway/src/config.rs.
 const MAX_PACKET: usize = 256 * 1024;
 
 fuzz_target!(|data: &[u8]| {

@@ -203,7 +203,7 @@ async fn connection(
             to_broker.write_all(&out).await?;
             if disconnect {
                 // Let the broker close its side first (it then drops the will cleanly).
-                return Ok(std::future::pending::<()>().await);
+                std::future::pending::<()>().await;
             }
         }
     };

@@ -264,18 +264,12 @@ impl Store {
         let statuses = merge_statuses(&batch.statuses);
         let inserted = match &self.db {
             Db::Postgres(pg) => {
-                let t0 = std::time::Instant::now();
                 let mut tx = pg.begin().await?;
-                let t1 = t0.elapsed();
                 let inserted = pg_insert_readings(&mut tx, &batch.readings).await?;
-                let t2 = t0.elapsed();
                 quarantine::pg_insert(&mut tx, &batch.quarantine).await?;
                 pg_apply_statuses(&mut tx, &statuses).await?;
                 pg_touch_devices(&mut tx, &touched).await?;
-                let t3 = t0.elapsed();
                 tx.commit().await?;
-                let t4 = t0.elapsed();
-                if std::env::var("TIMING").is_ok() { eprintln!("begin {t1:?} insert {t2:?} touch {t3:?} commit {t4:?}"); }
                 inserted
             }
             Db::Sqlite(pool) => {
