@@ -52,6 +52,8 @@ metrics! {
     readings_committed_total: "Readings newly stored.",
     readings_duplicate_total: "Readings received again that were already stored (resends).",
     quarantined_total: "Messages or readings put in quarantine.",
+    readings_late_total: "Readings received more than an hour after they were measured (offline backlog).",
+    readings_clock_implausible_total: "Readings whose device time is implausible (clock ahead, or more than a year behind).",
     readings_acked_total: "Readings acknowledged to devices as committed.",
     batches_committed_total: "Batches committed to the store.",
     store_retries_total: "Store commits that failed and were retried.",

@@ -176,6 +176,7 @@ impl Batcher {
                         (decoded.accepted.len() + decoded.rejected.len()) as u64,
                     );
                     for row in decoded.accepted {
+                        self.assess_clock(&row);
                         acks.committed.push(row.seq as u32);
                         batch.commit.readings.push(row);
                     }
@@ -194,6 +195,27 @@ impl Batcher {
             },
             // The edge lets no device publish here; anything arriving is from elsewhere.
             Channel::Ack | Channel::Config => {}
+        }
+    }
+
+    /// Counts late readings and implausible device clocks. The reading is stored either way,
+    /// with both times; readers derive the same verdict (`protocol::limits::ClockState`).
+    fn assess_clock(&self, row: &store::NewReading) {
+        let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+        let state = protocol::limits::ClockState::assess(
+            ms(row.measured_at),
+            ms(row.received_at),
+            row.clock_unset,
+        );
+        match state {
+            protocol::limits::ClockState::Late => {
+                Metrics::add(&self.metrics.readings_late_total, 1)
+            }
+            s if s.is_implausible() => {
+                Metrics::add(&self.metrics.readings_clock_implausible_total, 1);
+                tracing::info!(device = %row.device_id, seq = row.seq, clock = s.as_str(), measured_at = %row.measured_at, "implausible device clock");
+            }
+            _ => {}
         }
     }
 

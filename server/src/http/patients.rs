@@ -90,7 +90,32 @@ struct ReadingsQuery {
 struct ReadingList {
     patient_id: i64,
     count: usize,
-    readings: Vec<store::StoredReading>,
+    readings: Vec<ReadingOut>,
+}
+
+/// A stored reading plus what its device time says next to its receive time: `ok`, `late`
+/// (a backlog from a device that was offline), `ahead` or `behind` (the device clock is
+/// implausible), `unset` (the device had no clock; the receive time stands in).
+#[derive(Debug, Serialize)]
+struct ReadingOut {
+    #[serde(flatten)]
+    reading: store::StoredReading,
+    clock: &'static str,
+}
+
+impl From<store::StoredReading> for ReadingOut {
+    fn from(reading: store::StoredReading) -> Self {
+        let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+        let clock = protocol::limits::ClockState::assess(
+            ms(reading.measured_at),
+            ms(reading.received_at),
+            reading.clock_unset,
+        );
+        ReadingOut {
+            reading,
+            clock: clock.as_str(),
+        }
+    }
 }
 
 fn parse_time(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
@@ -156,6 +181,7 @@ async fn readings(
             ),
         )
         .await?;
+    let readings: Vec<ReadingOut> = readings.into_iter().map(ReadingOut::from).collect();
     Ok(Json(ReadingList {
         patient_id: id,
         count: readings.len(),
