@@ -120,7 +120,7 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
-    fn from_micros(h: &Histogram<u64>) -> Self {
+    pub(crate) fn from_micros(h: &Histogram<u64>) -> Self {
         let ms = |us: u64| us as f64 / 1_000.0;
         if h.is_empty() {
             return LatencySummary::default();

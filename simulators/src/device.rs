@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -148,6 +149,25 @@ pub struct DeviceStats {
 /// An invalid id or broker address does not panic: the device never connects and
 /// [`DeviceStats::last_error`] says why.
 pub fn spawn(spec: DeviceSpec, cancel: CancellationToken) -> DeviceHandle {
+    spawn_inner(spec, cancel, None)
+}
+
+/// Like [`spawn`], but the device does not open its first connection until `start`
+/// completes: until then it only measures, and its readings wait in the outbox, like a device
+/// that was out of coverage. [`DeviceHandle::stop`] (or `cancel`) before `start` completes
+/// stops it without it ever connecting.
+pub fn spawn_when(
+    spec: DeviceSpec,
+    cancel: CancellationToken,
+    start: impl Future<Output = ()> + Send + 'static,
+) -> DeviceHandle {
+    spawn_inner(spec, cancel, Some(Box::pin(start)))
+}
+
+/// What [`spawn_when`] waits for before connecting.
+type StartGate = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn spawn_inner(spec: DeviceSpec, cancel: CancellationToken, start: Option<StartGate>) -> DeviceHandle {
     let limits = Limits::new(&spec);
     let (changed, _) = watch::channel(0u64);
     let shared = Arc::new(Shared {
@@ -179,6 +199,7 @@ pub fn spawn(spec: DeviceSpec, cancel: CancellationToken) -> DeviceHandle {
         topics.clone(),
         client.clone(),
         eventloop,
+        start,
     ));
     let uplink = tokio::spawn(uplink_task(handle.shared.clone(), topics, client));
     handle.shared.tasks_lock().extend([poll, uplink]);
@@ -264,6 +285,11 @@ impl DeviceHandle {
     /// The device's counters.
     pub fn stats(&self) -> DeviceStats {
         self.shared.lock().stats()
+    }
+
+    /// The lowest seq still in the outbox (not yet settled by an ack), if any.
+    pub fn oldest_pending(&self) -> Option<u32> {
+        self.shared.lock().outbox.keys().next().copied()
     }
 
     /// Seqs the gateway reported committed, ascending.
@@ -762,7 +788,15 @@ async fn poll_task(
     topics: Arc<Topics>,
     client: AsyncClient,
     mut eventloop: EventLoop,
+    start: Option<StartGate>,
 ) {
+    if let Some(start) = start {
+        tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled() => return,
+            _ = start => {}
+        }
+    }
     let id = shared.id.clone();
     let mut backoff = Backoff::new(hash_str(&id));
     let mut failures_in_a_row = 0u32;

@@ -34,17 +34,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("unknown backend {other}").into()),
     };
     let layout = db.store.readings_layout().await?;
-    println!("backend: {backend} ({layout}), batch {batch_size}, {total} readings, {writers} writer(s)");
+    println!(
+        "backend: {backend} ({layout}), batch {batch_size}, {total} readings, {writers} writer(s)"
+    );
 
     let devices = provision(&db.store).await?;
-    if let Ok(sql) = std::env::var("BENCH_SQL") {
-        let pool = sqlx::PgPool::connect(db.url()).await?;
-        sqlx::raw_sql(&sql).execute(&pool).await?;
-    }
     let batches = build_batches(&devices, batch_size, total);
+    let monitor = match backend.as_str() {
+        "sqlite" => None,
+        _ => Some(sqlx::PgPool::connect(&db.url).await?),
+    };
 
     for pass in ["insert", "resend (all duplicates)"] {
         let started = Instant::now();
+        let cpu_before = cpu_seconds(monitor.as_ref()).await;
         let mut handles = Vec::new();
         for w in 0..writers {
             let store = db.store.clone();
@@ -66,10 +69,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             duplicates += d;
         }
         let secs = started.elapsed().as_secs_f64();
+        let rows = (inserted + duplicates) as f64;
         println!(
             "{pass}: {inserted} inserted, {duplicates} duplicates in {secs:.2} s = {:.0} rows/s",
-            (inserted + duplicates) as f64 / secs
+            rows / secs
         );
+        if let (Some((db0, us0)), Some((db1, us1))) =
+            (cpu_before, cpu_seconds(monitor.as_ref()).await)
+        {
+            // On a shared machine CPU time is a steadier measure of cost than wall time:
+            // rows per database CPU-second is what one uncontended core would sustain.
+            println!(
+                "  cpu: database {:.2} s, this process {:.2} s = {:.0} rows per database cpu-second",
+                db1 - db0,
+                us1 - us0,
+                rows / (db1 - db0)
+            );
+        }
     }
     assert_eq!(db.store.count_readings(None).await?, total as i64);
     Ok(())
@@ -78,7 +94,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn provision(store: &Store) -> Result<Vec<(String, i64, DeviceKind)>, store::StoreError> {
     let cot = store.add_cot("BENCH", "Bench COT").await?;
     let hash = credentials::hash_secret(&credentials::generate_secret());
-    let kinds = [DeviceKind::BloodPressure, DeviceKind::Spo2, DeviceKind::Glucose];
+    let kinds = [
+        DeviceKind::BloodPressure,
+        DeviceKind::Spo2,
+        DeviceKind::Glucose,
+    ];
     let mut devices = Vec::with_capacity(DEVICES);
     for i in 0..DEVICES {
         let patient_id = if i % 3 == 0 {
@@ -93,7 +113,9 @@ async fn provision(store: &Store) -> Result<Vec<(String, i64, DeviceKind)>, stor
                 .await?
                 .id
         } else {
-            devices.last().map_or(0, |(_, p, _): &(String, i64, DeviceKind)| *p)
+            devices
+                .last()
+                .map_or(0, |(_, p, _): &(String, i64, DeviceKind)| *p)
         };
         let kind = kinds[i % 3];
         let id = format!("bench-{i:05}");
@@ -155,4 +177,35 @@ fn build_batches(
             ..Default::default()
         })
         .collect()
+}
+
+/// CPU seconds used so far by the server processes working for this database (PostgreSQL
+/// backends and autovacuum of the test database, found through pg_stat_activity; PGlite's
+/// node process) and by this process, from /proc (Linux only). SQLite runs in this process.
+async fn cpu_seconds(monitor: Option<&sqlx::PgPool>) -> Option<(f64, f64)> {
+    let me = proc_cpu("self")?;
+    let mut server = 0.0;
+    if let Some(monitor) = monitor {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(monitor)
+        .await
+        .ok()?;
+        let pglite = std::env::var("TSDB_PID").ok();
+        for pid in pids.iter().map(i32::to_string).chain(pglite) {
+            server += proc_cpu(&pid).unwrap_or(0.0);
+        }
+    }
+    Some((server, me))
+}
+
+fn proc_cpu(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0) // USER_HZ
 }

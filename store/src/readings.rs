@@ -168,12 +168,15 @@ const SQLITE_ROWS_PER_STATEMENT: usize = 500;
 
 const MAX_LIMIT: i64 = 10_000;
 
-/// The PostgreSQL bulk insert: one statement, one round trip, for the whole batch.
-/// `input` dedupes the batch (the first occurrence of a (device_id, seq) wins), `fresh`
-/// claims the keys not stored yet, and only their readings go into the partitioned table.
+/// The PostgreSQL bulk write: one statement, one round trip, for all readings of a batch.
+/// `raw` unpacks the arrays; `input` dedupes them (the first occurrence of a
+/// (device_id, seq) wins); `fresh` claims the keys not stored yet, and only their readings go
+/// into the partitioned table (`stored`); `touched` moves each device's last_seen_at and
+/// last_seq. The counts let the caller check that every device exists: reading_keys has no
+/// foreign key (see migrations/postgres/0002_readings.sql).
 const PG_INSERT_READINGS: &str = "\
-WITH input AS (
-    SELECT DISTINCT ON (device_id, seq) *
+WITH raw AS (
+    SELECT *
     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[],
                 $6::timestamptz[], $7::bool[], $8::int4[], $9::int8[], $10::float4[],
                 $11::float4[], $12::float4[], $13::float4[], $14::float4[], $15::float4[],
@@ -182,7 +185,8 @@ WITH input AS (
                              clock_unset, status, sensor, systolic, diastolic, mean_arterial,
                              pulse, spo2, perfusion_index, glucose_mg_dl, glucose_sample,
                              glucose_meal, source_unit, ord)
-    ORDER BY device_id, seq, ord
+), input AS (
+    SELECT DISTINCT ON (device_id, seq) * FROM raw ORDER BY device_id, seq, ord
 ), fresh AS (
     INSERT INTO reading_keys (device_id, seq, measured_at, received_at)
     SELECT device_id, seq, measured_at, received_at FROM input
@@ -199,15 +203,29 @@ WITH input AS (
            i.glucose_meal, i.source_unit
     FROM input i JOIN fresh f USING (device_id, seq)
     RETURNING 1
+), seen AS (
+    SELECT device_id, max(received_at) AS received_at, max(seq) AS seq
+    FROM raw GROUP BY device_id
+    -- Concurrent batches then lock shared devices in the same order.
+    ORDER BY device_id
+), touched AS (
+    UPDATE devices d
+    SET last_seen_at = GREATEST(d.last_seen_at, s.received_at),
+        last_seq = GREATEST(d.last_seq, s.seq)
+    FROM seen s
+    WHERE d.id = s.device_id
+    RETURNING 1
 )
-SELECT count(*) FROM stored";
+SELECT (SELECT count(*) FROM stored) AS inserted,
+       (SELECT count(*) FROM touched) AS touched,
+       (SELECT count(*) FROM seen) AS devices";
 
-const PG_TOUCH_DEVICES: &str = "\
-UPDATE devices d
-SET last_seen_at = GREATEST(d.last_seen_at, t.seen), last_seq = GREATEST(d.last_seq, t.seq)
-FROM unnest($1::text[], $2::timestamptz[], $3::int8[]) AS t(device_id, seen, seq)
-WHERE d.id = t.device_id
-RETURNING d.id";
+/// After a failed [`PG_INSERT_READINGS`] check: the first device of the batch that does
+/// not exist.
+const PG_MISSING_DEVICE: &str = "\
+SELECT b.id FROM unnest($1::text[]) AS b(id)
+WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = b.id)
+ORDER BY b.id LIMIT 1";
 
 const PG_APPLY_STATUSES: &str = "\
 UPDATE devices d
@@ -260,7 +278,6 @@ impl Store {
                 ));
             }
         }
-        let touched = touched_devices(&batch.readings);
         let statuses = merge_statuses(&batch.statuses);
         let inserted = match &self.db {
             Db::Postgres(pg) => {
@@ -268,7 +285,6 @@ impl Store {
                 let inserted = pg_insert_readings(&mut tx, &batch.readings).await?;
                 quarantine::pg_insert(&mut tx, &batch.quarantine).await?;
                 pg_apply_statuses(&mut tx, &statuses).await?;
-                pg_touch_devices(&mut tx, &touched).await?;
                 tx.commit().await?;
                 inserted
             }
@@ -277,7 +293,7 @@ impl Store {
                 let inserted = sqlite_insert_readings(&mut tx, &batch.readings).await?;
                 quarantine::sqlite_insert(&mut tx, &batch.quarantine).await?;
                 sqlite_apply_statuses(&mut tx, &statuses).await?;
-                sqlite_touch_devices(&mut tx, &touched).await?;
+                sqlite_touch_devices(&mut tx, &touched_devices(&batch.readings)).await?;
                 tx.commit().await?;
                 inserted
             }
@@ -444,8 +460,7 @@ impl Store {
     }
 }
 
-/// Per device with readings in the batch: latest received_at and highest seq. A BTreeMap, so
-/// devices are updated in id order and concurrent batches lock rows in the same order.
+/// Per device with readings in the batch (SQLite): latest received_at and highest seq.
 fn touched_devices(readings: &[NewReading]) -> BTreeMap<&str, (OffsetDateTime, i64)> {
     let mut touched: BTreeMap<&str, (OffsetDateTime, i64)> = BTreeMap::new();
     for r in readings {
@@ -542,7 +557,7 @@ async fn pg_insert_readings(conn: &mut PgConnection, readings: &[NewReading]) ->
         glucose_meal.push(r.glucose_meal.as_deref());
         source_unit.push(r.source_unit.as_deref());
     }
-    let inserted: i64 = sqlx::query_scalar(PG_INSERT_READINGS)
+    let (inserted, touched, devices): (i64, i64, i64) = sqlx::query_as(PG_INSERT_READINGS)
         .bind(device_id)
         .bind(seq)
         .bind(patient_id)
@@ -563,42 +578,15 @@ async fn pg_insert_readings(conn: &mut PgConnection, readings: &[NewReading]) ->
         .bind(glucose_meal)
         .bind(source_unit)
         .fetch_one(&mut *conn)
-        .await
-        .map_err(missing_device)?;
-    Ok(u64::try_from(inserted).unwrap_or(0))
-}
-
-/// Moves last_seen_at and last_seq of the batch's devices, and checks that they all exist:
-/// reading_keys has no foreign key (see migrations/postgres/0002_readings.sql), so this is
-/// what keeps readings of unknown devices out. The caller rolls back on error.
-async fn pg_touch_devices(
-    conn: &mut PgConnection,
-    touched: &BTreeMap<&str, (OffsetDateTime, i64)>,
-) -> Result<()> {
-    if touched.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<&str> = touched.keys().copied().collect();
-    let seen: Vec<OffsetDateTime> = touched.values().map(|(seen, _)| *seen).collect();
-    let seqs: Vec<i64> = touched.values().map(|(_, seq)| *seq).collect();
-    let updated: Vec<String> = sqlx::query_scalar(PG_TOUCH_DEVICES)
-        .bind(ids)
-        .bind(seen)
-        .bind(seqs)
-        .fetch_all(&mut *conn)
         .await?;
-    if updated.len() < touched.len() {
-        let updated: std::collections::HashSet<&str> = updated.iter().map(String::as_str).collect();
-        let missing = touched
-            .keys()
-            .find(|id| !updated.contains(**id))
-            .copied()
-            .unwrap_or_default();
-        return Err(StoreError::NotFound {
-            what: what("device", format_args!("{missing:?} (of a reading in the batch)")),
-        });
+    if touched < devices {
+        let missing: Option<String> = sqlx::query_scalar(PG_MISSING_DEVICE)
+            .bind(device_id_list(readings))
+            .fetch_optional(&mut *conn)
+            .await?;
+        return Err(missing_device(missing.as_deref().unwrap_or_default()));
     }
-    Ok(())
+    Ok(u64::try_from(inserted).unwrap_or(0))
 }
 
 async fn pg_apply_statuses(
@@ -662,9 +650,16 @@ async fn sqlite_insert_readings(
             .build()
             .persistent(persistent)
             .execute(&mut *conn)
-            .await
-            .map_err(missing_device)?;
-        inserted += done.rows_affected();
+            .await;
+        match done {
+            Ok(done) => inserted += done.rows_affected(),
+            Err(sqlx::Error::Database(db))
+                if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation =>
+            {
+                return Err(sqlite_missing_device(conn, chunk).await);
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
     Ok(inserted)
 }
@@ -711,13 +706,34 @@ async fn sqlite_apply_statuses(
     Ok(())
 }
 
-/// A reading for an unprovisioned device violates the foreign key on its device id.
-fn missing_device(error: sqlx::Error) -> StoreError {
-    StoreError::on_constraint(
-        error,
-        || "reading".to_owned(),
-        || "device of a reading in the batch".to_owned(),
-    )
+fn device_id_list(readings: &[NewReading]) -> Vec<&str> {
+    readings.iter().map(|r| r.device_id.as_str()).collect()
+}
+
+/// On SQLite a reading of an unknown device violates the foreign key on readings.device_id;
+/// this names the device, like the PostgreSQL path does.
+async fn sqlite_missing_device(conn: &mut SqliteConnection, chunk: &[NewReading]) -> StoreError {
+    let mut ids: Vec<&str> = chunk.iter().map(|r| r.device_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        let exists = sqlx::query("SELECT 1 FROM devices WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await;
+        match exists {
+            Ok(Some(_)) => {}
+            Ok(None) => return missing_device(id),
+            Err(error) => return error.into(),
+        }
+    }
+    missing_device("")
+}
+
+fn missing_device(id: &str) -> StoreError {
+    StoreError::NotFound {
+        what: what("device", format_args!("{id:?} (of a reading in the batch)")),
+    }
 }
 
 fn reading_from_row(row: &impl Columns) -> Result<StoredReading> {

@@ -17,6 +17,7 @@ on_all_backends!(
     failed_batch_commits_nothing,
     quarantine_and_status,
     audit_log,
+    concurrent_writers,
 );
 
 async fn commit_is_idempotent(db: TestDb, _layout: ReadingsLayout) {
@@ -293,7 +294,10 @@ async fn failed_batch_commits_nothing(db: TestDb, _layout: ReadingsLayout) {
         }],
     };
     let error = store.commit_batch(&batch).await.unwrap_err();
-    assert!(matches!(error, StoreError::NotFound { .. }), "{error:?}");
+    match &error {
+        StoreError::NotFound { what } => assert!(what.contains("\"ghost\""), "{what}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
     assert!(!error.is_transient());
     assert_eq!(store.count_readings(None).await.unwrap(), 0);
     assert_eq!(store.count_quarantine().await.unwrap(), 0);
@@ -500,6 +504,59 @@ async fn audit_log(db: TestDb, _layout: ReadingsLayout) {
         entries[0].at
     );
     assert_eq!(store.list_audit(2).await.unwrap().len(), 2);
+}
+
+/// Several writers commit overlapping batches at once (shared devices, resends of each
+/// other's readings): every reading is stored exactly once. Transient errors (a deadlock,
+/// a busy SQLite) are retried, as the gateway does.
+async fn concurrent_writers(db: TestDb, _layout: ReadingsLayout) {
+    let f = fixture(&db.store, "conc").await;
+    let devices = [f.bp.clone(), f.spo2.clone(), f.glucose.clone()];
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let store = db.store.clone();
+            let devices = devices.clone();
+            tokio::spawn(async move {
+                let mut retries = 0;
+                for round in 0..10i64 {
+                    // Each writer owns seqs writer*1000 + ..., and resends writer 0's.
+                    let mut readings = Vec::new();
+                    for device in &devices {
+                        for k in 0..5 {
+                            let seq = writer * 1000 + round * 10 + k;
+                            readings.push(reading(device, seq, T0 + Duration::seconds(seq)));
+                            readings.push(reading(device, round * 10 + k, T0));
+                        }
+                    }
+                    let batch = CommitBatch {
+                        readings,
+                        ..Default::default()
+                    };
+                    loop {
+                        match store.commit_batch(&batch).await {
+                            Ok(_) => break,
+                            Err(e) if e.is_transient() => retries += 1,
+                            Err(e) => panic!("writer {writer}: {e}"),
+                        }
+                    }
+                }
+                retries
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for device in &devices {
+        let mut expected: Vec<i64> = (0..4)
+            .flat_map(|w| (0..100).filter(|s| s % 10 < 5).map(move |s| w * 1000 + s))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(db.store.stored_seqs(&device.id).await.unwrap(), expected);
+        let stored = db.store.get_device(&device.id).await.unwrap().unwrap();
+        assert_eq!(stored.last_seq, Some(3094));
+    }
+    assert_eq!(db.store.count_readings(None).await.unwrap(), 3 * 4 * 50);
 }
 
 fn quarantined(device: &str, payload: Vec<u8>) -> NewQuarantine {
