@@ -4,7 +4,7 @@
 #   - mosquitto-clients (mosquitto_pub/mosquitto_sub), the independent MQTT peer of the
 #     interoperability tests;
 #   - TimescaleDB 2.23 on PGlite (scripts/tsdb, from the npm registry), for the hypertable path.
-# Then: formatting, clippy with warnings as errors, the protocol crate built without std, and
+# Then: formatting, clippy with warnings as errors, the protocol and firmware core crates built without std, and
 # `cargo test` over the whole workspace. No test is skipped: a missing service fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,8 +44,11 @@ cargo fmt --all -- --check
 log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-log "protocol without std (the firmware's view)"
+log "without std (what the firmware builds on)"
 cargo build -p protocol --no-default-features --locked
+cargo build -p firmware-core --no-default-features --locked
+cargo build -p max30102 -p meter-uart --no-default-features --locked
+cargo build -p max30102 -p meter-uart --no-default-features --features protocol --locked
 
 log "tests"
 cargo test --workspace --locked -- --test-threads="${SENTINELLA_TEST_THREADS:-4}"

@@ -16,13 +16,9 @@ const MAX_PACKET: usize = 256 * 1024;
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
-    loop {
-        match V4.read_mut(&mut buf, MAX_PACKET) {
-            Ok(packet) => {
-                let mut out = BytesMut::new();
-                let _ = V4.write(packet, &mut out);
-            }
-            Err(_) => break,
-        }
+    // Same as `loop { match V4.read_mut(..) { Ok(p) => write, Err(_) => break } }`.
+    while let Ok(packet) = V4.read_mut(&mut buf, MAX_PACKET) {
+        let mut out = BytesMut::new();
+        let _ = V4.write(packet, &mut out);
     }
 });

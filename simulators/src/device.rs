@@ -167,7 +167,11 @@ pub fn spawn_when(
 /// What [`spawn_when`] waits for before connecting.
 type StartGate = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-fn spawn_inner(spec: DeviceSpec, cancel: CancellationToken, start: Option<StartGate>) -> DeviceHandle {
+fn spawn_inner(
+    spec: DeviceSpec,
+    cancel: CancellationToken,
+    start: Option<StartGate>,
+) -> DeviceHandle {
     let limits = Limits::new(&spec);
     let (changed, _) = watch::channel(0u64);
     let shared = Arc::new(Shared {
@@ -290,6 +294,11 @@ impl DeviceHandle {
     /// The lowest seq still in the outbox (not yet settled by an ack), if any.
     pub fn oldest_pending(&self) -> Option<u32> {
         self.shared.lock().outbox.keys().next().copied()
+    }
+
+    /// Seqs still in the outbox (not yet settled by an ack), ascending.
+    pub fn pending_seqs(&self) -> Vec<u32> {
+        self.shared.lock().outbox.keys().copied().collect()
     }
 
     /// Seqs the gateway reported committed, ascending.

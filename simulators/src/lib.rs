@@ -13,7 +13,11 @@
 //! - [`fleet`]: fleet files, provisioning into the store, running a fleet on its schedule.
 //! - [`bench`](mod@bench): the load generator (sustained committed readings/s, ack latency,
 //!   gateway RSS).
-//! - `src/main.rs`: the `sentinella-sim` binary (`provision`, `run`, `bench`).
+//! - [`chaos`]: reliability runs: a steady load while a script hurts the gateway, then every
+//!   generated seq checked against the store ([`verify`]); [`storm`]: many devices with a
+//!   backlog connecting at once; [`observe`]: `/proc` sampling, `/readyz`, fault times.
+//! - `src/main.rs`: the `sentinella-sim` binary (`provision`, `run`, `bench`, `chaos`,
+//!   `storm`).
 //!
 //! Start with [`device::spawn`]: everything else feeds devices.
 //!
@@ -25,10 +29,14 @@
 //!   1440, a one-minute run dates readings up to a day in the future.
 
 pub mod bench;
+pub mod chaos;
 pub mod device;
 pub mod fleet;
+pub mod observe;
 pub mod physiology;
 pub mod schedule;
+pub mod storm;
+pub mod verify;
 
 mod seqset;
 

@@ -1,5 +1,6 @@
-//! `sentinella-sim`: provision a simulated fleet, run it on its schedule, or load-test the
-//! gateway with it.
+//! `sentinella-sim`: provision a simulated fleet, run it on its schedule, load-test the
+//! gateway with it, or check that nothing is lost or stored twice while the gateway is hurt
+//! (`chaos`, `storm`; see `scripts/chaos.sh`).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -9,7 +10,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use simulators::bench::{BenchOptions, run_bench};
+use simulators::chaos::{ChaosOptions, run_chaos};
 use simulators::fleet::{FleetFile, RunOptions, SeqFloor, provision, run_fleet};
+use simulators::observe::GatewayPid;
+use simulators::storm::{StormOptions, run_storm};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -101,6 +105,103 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Reliability run: a steady load for a while (a script injects a fault meanwhile), then
+    /// every generated seq checked against the store. Exits non-zero if a reading was lost,
+    /// stored twice, or left pending.
+    Chaos {
+        /// The fleet file written by `provision`.
+        #[arg(long)]
+        fleet: PathBuf,
+        /// The gateway's device edge, `host:port`.
+        #[arg(long, default_value = "127.0.0.1:1884")]
+        broker: String,
+        /// The store the gateway writes to (read directly at the end).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// How many of the fleet's devices to use (default: all).
+        #[arg(long)]
+        devices: Option<usize>,
+        /// Every device measures once per interval.
+        #[arg(long, default_value = "1s", conflicts_with = "rate")]
+        interval: humantime::Duration,
+        /// Or: total readings/s over the fleet (sets the interval).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// How long readings are generated.
+        #[arg(long, default_value = "120s")]
+        duration: humantime::Duration,
+        /// Longest wait for the outboxes to drain afterwards.
+        #[arg(long, default_value = "120s")]
+        drain: humantime::Duration,
+        /// Longest wait for every device to connect before generation starts.
+        #[arg(long, default_value = "60s")]
+        connect_timeout: humantime::Duration,
+        /// The gateway's pid, to sample its memory and CPU.
+        #[arg(long)]
+        gateway_pid: Option<u32>,
+        /// A file holding the gateway's pid, read at every sample (follows restarts).
+        #[arg(long)]
+        gateway_pid_file: Option<PathBuf>,
+        /// The fault file (`start=<unix ms>`, then `end=<unix ms>`), to measure recovery.
+        #[arg(long)]
+        fault_file: Option<PathBuf>,
+        /// The gateway's API, `host:port`, to probe `/readyz` each second.
+        #[arg(long)]
+        api: Option<String>,
+        /// Seed for the generated values.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the report as JSON (timeline included).
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Reconnection storm: devices each hold a backlog, then all connect at once; reports how
+    /// long until every backlog is committed and acked. Exits non-zero on loss, duplicates or
+    /// readings left pending.
+    Storm {
+        /// The fleet file written by `provision`.
+        #[arg(long)]
+        fleet: PathBuf,
+        /// The gateway's device edge, `host:port`.
+        #[arg(long, default_value = "127.0.0.1:1884")]
+        broker: String,
+        /// The store the gateway writes to (read directly at the end).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// How many of the fleet's devices to use.
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Readings each device holds before it connects.
+        #[arg(long, default_value_t = 20)]
+        backlog: usize,
+        /// Let the connections go over this long (0s: all at the same instant).
+        #[arg(long, default_value = "0s")]
+        spread: humantime::Duration,
+        /// Longest wait for every backlog to be acked.
+        #[arg(long, default_value = "300s")]
+        timeout: humantime::Duration,
+        /// The gateway's pid, to sample its memory and CPU.
+        #[arg(long)]
+        gateway_pid: Option<u32>,
+        /// A file holding the gateway's pid, read at every sample.
+        #[arg(long)]
+        gateway_pid_file: Option<PathBuf>,
+        /// The gateway's API, `host:port`, to probe `/readyz` each second.
+        #[arg(long)]
+        api: Option<String>,
+        /// Seed for the generated values.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the report as JSON (timeline included).
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -232,6 +333,110 @@ async fn main() -> anyhow::Result<()> {
                 bail!("the gateway acknowledged nothing during the measured window");
             }
         }
+        Command::Chaos {
+            fleet,
+            broker,
+            database_url,
+            devices,
+            interval,
+            rate,
+            duration,
+            drain,
+            connect_timeout,
+            gateway_pid,
+            gateway_pid_file,
+            fault_file,
+            api,
+            seed,
+            json,
+            out,
+        } => {
+            let file = FleetFile::load(&fleet)?;
+            let floor = SeqFloor::beside(&fleet);
+            let count = devices.unwrap_or(file.devices.len());
+            let interval = match rate {
+                Some(rate) if rate > 0.0 && rate.is_finite() => {
+                    Duration::from_secs_f64(count as f64 / rate)
+                }
+                Some(rate) => bail!("--rate must be a positive number of readings/s, not {rate}"),
+                None => interval.into(),
+            };
+            let opts = ChaosOptions {
+                devices,
+                interval,
+                duration: duration.into(),
+                drain: drain.into(),
+                connect_timeout: connect_timeout.into(),
+                gateway: GatewayPid::from_args(gateway_pid, gateway_pid_file),
+                fault_file,
+                api,
+                database_url,
+                seed,
+                first_seq: floor.first_seq()?,
+                ..ChaosOptions::default()
+            };
+            let report = run_chaos(&file, &broker, &opts, cancel).await?;
+            floor.store(report.next_seq)?;
+            emit(&report, json, out.as_deref())?;
+            if !report.ok() {
+                bail!("chaos run failed: {}", report.failures.join("; "));
+            }
+        }
+        Command::Storm {
+            fleet,
+            broker,
+            database_url,
+            devices,
+            backlog,
+            spread,
+            timeout,
+            gateway_pid,
+            gateway_pid_file,
+            api,
+            seed,
+            json,
+            out,
+        } => {
+            let file = FleetFile::load(&fleet)?;
+            let floor = SeqFloor::beside(&fleet);
+            let opts = StormOptions {
+                devices: Some(devices),
+                backlog,
+                spread: spread.into(),
+                timeout: timeout.into(),
+                gateway: GatewayPid::from_args(gateway_pid, gateway_pid_file),
+                api,
+                database_url,
+                seed,
+                first_seq: floor.first_seq()?,
+                ..StormOptions::default()
+            };
+            let report = run_storm(&file, &broker, &opts, cancel).await?;
+            floor.store(report.next_seq)?;
+            emit(&report, json, out.as_deref())?;
+            if !report.ok() {
+                bail!("storm failed: {}", report.failures.join("; "));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints a report as text or JSON; also writes the JSON to `out` if given.
+fn emit<R: serde::Serialize + std::fmt::Display>(
+    report: &R,
+    json: bool,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report).context("serializing the report")?;
+    if let Some(out) = out {
+        std::fs::write(out, format!("{text}\n"))
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    if json {
+        println!("{text}");
+    } else {
+        print!("{report}");
     }
     Ok(())
 }

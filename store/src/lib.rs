@@ -10,22 +10,27 @@
 //!
 //! # Layout
 //!
-//! - [`error`](StoreError): the error type, with [`StoreError::is_transient`] for retry
-//!   decisions.
-//! - `connect` (private): URLs, pools and the per-transaction `search_path` scoping used to
-//!   isolate tests in a schema.
-//! - `schema` (private): migrations, readings layout detection, monthly partitions,
-//!   health check. SQL lives in `migrations/postgres` and `migrations/sqlite`.
-//! - `registry` (private): COTs, patients, devices, API tokens.
-//! - `readings` (private): the ingest batch ([`Store::commit_batch`]: readings, quarantine
-//!   and device status in one transaction) and reading queries.
-//! - `quarantine`, `audit` (private): rejected device input, and who did what.
-//! - [`credentials`]: device secrets (generate, hash, verify).
-//! - [`testing`]: fresh migrated databases for tests of this and other crates.
+//! Modules are private unless noted; their types are re-exported here.
+//!
+//! - `error`: [`StoreError`], with [`StoreError::is_transient`] for retry decisions.
+//! - `connect`: URLs, pools, and the per-transaction `search_path` scoping that isolates
+//!   tests in a schema.
+//! - `schema`: [`Store::migrate`], readings layout detection, monthly partitions, health
+//!   check. The SQL itself lives in `migrations/postgres` and `migrations/sqlite`.
+//! - `registry`: COTs, patients, devices, API tokens.
+//! - `readings`: the ingest batch ([`Store::commit_batch`]: readings, quarantine and device
+//!   status in one transaction) and reading queries.
+//! - `quarantine`, `audit`: rejected device input; who did what.
+//! - `rows`: column access shared by both backends, millisecond timestamps for SQLite.
+//! - [`credentials`] (public): device secrets (generate, hash, verify).
+//! - [`testing`] (public): fresh migrated databases for tests of this and other crates.
+//! - `examples/bulk_insert.rs`: measures [`Store::commit_batch`] throughput.
 //!
 //! # Backends
 //!
-//! - **PostgreSQL** with TimescaleDB: readings is a hypertable (7-day chunks).
+//! - **PostgreSQL** with TimescaleDB: readings is a hypertable (7-day chunks, compression
+//!   settings segmented by device; compression and retention *policies* are left to the
+//!   operator, as they need TimescaleDB's background jobs).
 //! - **PostgreSQL** without it: readings is range-partitioned by month on `measured_at`, with a
 //!   DEFAULT partition for skewed device clocks; [`Store::ensure_partitions`] keeps partitions
 //!   ahead of time. On both PostgreSQL layouts a small unpartitioned table `reading_keys`

@@ -169,14 +169,14 @@ const SQLITE_ROWS_PER_STATEMENT: usize = 500;
 const MAX_LIMIT: i64 = 10_000;
 
 /// The PostgreSQL bulk write: one statement, one round trip, for all readings of a batch.
-/// `raw` unpacks the arrays; `input` dedupes them (the first occurrence of a
-/// (device_id, seq) wins); `fresh` claims the keys not stored yet, and only their readings go
-/// into the partitioned table (`stored`); `touched` moves each device's last_seen_at and
-/// last_seq. The counts let the caller check that every device exists: reading_keys has no
-/// foreign key (see migrations/postgres/0002_readings.sql).
+/// `input` unpacks the arrays and dedupes them (the first occurrence of a (device_id, seq)
+/// wins), sorted bytewise (cheaper than under a linguistic collation); `fresh` claims the
+/// keys not stored yet, and only their readings go into the partitioned table; `touched`
+/// moves each device's last_seen_at and last_seq. The counts let the caller check that every
+/// device exists: reading_keys has no foreign key (see migrations/postgres/0002_readings.sql).
 const PG_INSERT_READINGS: &str = "\
-WITH raw AS (
-    SELECT *
+WITH input AS (
+    SELECT DISTINCT ON (device_id COLLATE \"C\", seq) *
     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::timestamptz[],
                 $6::timestamptz[], $7::bool[], $8::int4[], $9::int8[], $10::float4[],
                 $11::float4[], $12::float4[], $13::float4[], $14::float4[], $15::float4[],
@@ -185,8 +185,7 @@ WITH raw AS (
                              clock_unset, status, sensor, systolic, diastolic, mean_arterial,
                              pulse, spo2, perfusion_index, glucose_mg_dl, glucose_sample,
                              glucose_meal, source_unit, ord)
-), input AS (
-    SELECT DISTINCT ON (device_id, seq) * FROM raw ORDER BY device_id, seq, ord
+    ORDER BY device_id COLLATE \"C\", seq, ord
 ), fresh AS (
     INSERT INTO reading_keys (device_id, seq, measured_at, received_at)
     SELECT device_id, seq, measured_at, received_at FROM input
@@ -202,12 +201,11 @@ WITH raw AS (
            i.pulse, i.spo2, i.perfusion_index, i.glucose_mg_dl, i.glucose_sample,
            i.glucose_meal, i.source_unit
     FROM input i JOIN fresh f USING (device_id, seq)
-    RETURNING 1
 ), seen AS (
     SELECT device_id, max(received_at) AS received_at, max(seq) AS seq
-    FROM raw GROUP BY device_id
+    FROM input GROUP BY device_id
     -- Concurrent batches then lock shared devices in the same order.
-    ORDER BY device_id
+    ORDER BY device_id COLLATE \"C\"
 ), touched AS (
     UPDATE devices d
     SET last_seen_at = GREATEST(d.last_seen_at, s.received_at),
@@ -216,7 +214,7 @@ WITH raw AS (
     WHERE d.id = s.device_id
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM stored) AS inserted,
+SELECT (SELECT count(*) FROM fresh) AS inserted,
        (SELECT count(*) FROM touched) AS touched,
        (SELECT count(*) FROM seen) AS devices";
 
@@ -268,8 +266,14 @@ impl Store {
     /// reading device's `last_seen_at` (latest `received_at`) and `last_seq` (highest seq).
     /// If anything fails, nothing is written.
     ///
-    /// Readings must belong to provisioned devices (a foreign key checks it). Status updates
-    /// for unknown devices are ignored.
+    /// A reading of a device that is not provisioned fails the whole batch with
+    /// [`StoreError::NotFound`] naming the device; the reading's `patient_id` is stored as
+    /// given (the gateway takes it from the registry). Status updates for unknown devices
+    /// are ignored. Concurrent batches are safe; should two of them deadlock on PostgreSQL,
+    /// one fails with an error for which [`StoreError::is_transient`] is true, to retry.
+    ///
+    /// On PostgreSQL the readings go in with one statement (see `PG_INSERT_READINGS`); on
+    /// SQLite with multi-row inserts of 500 rows, in one `BEGIN IMMEDIATE` transaction.
     pub async fn commit_batch(&self, batch: &CommitBatch) -> Result<CommitOutcome> {
         for reading in &batch.readings {
             if reading.device_id.is_empty() {
@@ -355,7 +359,7 @@ impl Store {
         }
     }
 
-    /// A patient's readings, ordered by `measured_at`, then device id, then seq.
+    /// A patient's readings, ordered by `measured_at`, then device id (bytewise), then seq.
     pub async fn readings(&self, q: &ReadingQuery) -> Result<Vec<StoredReading>> {
         let limit = q.limit.clamp(1, MAX_LIMIT);
         let kind = q.kind.map(ReadingKind::as_str);
@@ -374,8 +378,9 @@ impl Store {
                 if let Some(kind) = kind {
                     query.push(" AND kind = ").push_bind(kind);
                 }
+                // Bytewise device order, as on SQLite, whatever the database's collation.
                 query
-                    .push(" ORDER BY measured_at, device_id, seq LIMIT ")
+                    .push(" ORDER BY measured_at, device_id COLLATE \"C\", seq LIMIT ")
                     .push_bind(limit);
                 let mut c = pg.conn().await?;
                 let rows = query.build().fetch_all(&mut *c).await?;

@@ -44,7 +44,8 @@ const TSDB_MISSING: &str =
 const NAME_PREFIX: &str = "sentinella_test_";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
-static CLEANED: AtomicBool = AtomicBool::new(false);
+static CLEANED_DATABASES: AtomicBool = AtomicBool::new(false);
+static CLEANED_SCHEMAS: AtomicBool = AtomicBool::new(false);
 
 impl TestDb {
     /// A fresh SQLite file in a temporary folder, migrated.
@@ -75,7 +76,7 @@ impl TestDb {
                  SENTINELLA_TEST_PG (or DATABASE_URL) at a server where we may create databases"
             )
         });
-        if !CLEANED.swap(true, Ordering::SeqCst) && is_local(&base) {
+        if !CLEANED_DATABASES.swap(true, Ordering::SeqCst) && is_local(&base) {
             drop_stale_databases(&mut admin).await;
         }
         let name = unique_name();
@@ -111,7 +112,7 @@ impl TestDb {
             .unwrap_or_else(|e| {
                 panic!("TimescaleDB is unreachable at {server} (TSDB_DATABASE_URL): {e}")
             });
-        if !CLEANED.swap(true, Ordering::SeqCst) {
+        if !CLEANED_SCHEMAS.swap(true, Ordering::SeqCst) {
             drop_stale_schemas(&pool).await;
         }
         let schema = unique_name();
