@@ -62,6 +62,7 @@ impl Store {
                 pool,
                 search_path: search_path.map(Arc::from),
             }),
+            alert_feed: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 }
@@ -93,6 +94,7 @@ async fn connect_sqlite(url: &str) -> Result<Store> {
         .await?;
     Ok(Store {
         db: Db::Sqlite(pool),
+        alert_feed: Arc::new(tokio::sync::watch::Sender::new(0)),
     })
 }
 

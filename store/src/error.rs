@@ -31,6 +31,10 @@ pub enum StoreError {
     /// The caller passed a value the store does not accept (e.g. a malformed device id).
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// The operation does not apply to the row's current state, e.g. acknowledging an
+    /// alert that is already resolved.
+    #[error("{0}")]
+    InvalidTransition(String),
 }
 
 /// `Result` with [`StoreError`] as the default error.
@@ -55,7 +59,8 @@ impl StoreError {
             | StoreError::Conflict { .. }
             | StoreError::NotFound { .. }
             | StoreError::InvalidUrl(_)
-            | StoreError::Invalid(_) => false,
+            | StoreError::Invalid(_)
+            | StoreError::InvalidTransition(_) => false,
         }
     }
 
@@ -110,6 +115,8 @@ fn pg_code_is_transient(code: &str) -> bool {
             | "57P02" // crash_shutdown
             | "57P03" // cannot_connect_now
             | "53300" // too_many_connections
+            | "53100" // disk_full: space can be freed; the batch waits, it is not refused
+            | "53200" // out_of_memory
             | "40001" // serialization_failure
             | "40P01" // deadlock_detected
         )
@@ -119,8 +126,17 @@ fn pg_code_is_transient(code: &str) -> bool {
 fn sqlite_code_is_transient(code: &str) -> bool {
     const SQLITE_BUSY: i32 = 5;
     const SQLITE_LOCKED: i32 = 6;
-    code.parse::<i32>()
-        .is_ok_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+    const SQLITE_NOMEM: i32 = 7;
+    const SQLITE_IOERR: i32 = 10;
+    const SQLITE_FULL: i32 = 13;
+    // A full disk or a failing write is the operator's to fix; until then the batch waits
+    // (and devices keep their readings) instead of being refused as bad input.
+    code.parse::<i32>().is_ok_and(|code| {
+        matches!(
+            code & 0xff,
+            SQLITE_BUSY | SQLITE_LOCKED | SQLITE_NOMEM | SQLITE_IOERR | SQLITE_FULL
+        )
+    })
 }
 
 /// Describes a key for [`StoreError::Conflict`] and [`StoreError::NotFound`] messages.
@@ -134,7 +150,9 @@ mod tests {
 
     #[test]
     fn pg_codes() {
-        for code in ["57P01", "57P03", "08006", "08001", "40P01", "40001"] {
+        for code in [
+            "57P01", "57P03", "08006", "08001", "40P01", "40001", "53100",
+        ] {
             assert!(pg_code_is_transient(code), "{code}");
         }
         for code in ["23505", "23503", "22P02", "42P01", "XX000"] {
@@ -144,7 +162,7 @@ mod tests {
 
     #[test]
     fn sqlite_codes() {
-        for code in ["5", "6", "261", "517", "262"] {
+        for code in ["5", "6", "261", "517", "262", "13", "10", "266"] {
             assert!(sqlite_code_is_transient(code), "{code}");
         }
         for code in ["19", "2067", "1555", "1", "x"] {

@@ -39,7 +39,9 @@
 //! - **SQLite**: one file, WAL; timestamps are stored as unix milliseconds, so they come back
 //!   truncated to the millisecond (PostgreSQL keeps microseconds).
 
+mod alerts;
 mod audit;
+mod careplans;
 mod connect;
 pub mod credentials;
 mod error;
@@ -48,9 +50,15 @@ mod readings;
 mod registry;
 mod rows;
 mod schema;
+mod sql;
 pub mod testing;
 
+pub use alerts::{
+    Alert, AlertEvent, AlertQuery, AlertReading, OutboxEntry, Severity, Trigger, TriggerOutcome,
+    Workflow,
+};
 pub use audit::{AuditEntry, NewAudit};
+pub use careplans::{CarePlanRow, NewCarePlan};
 pub use error::{Result, StoreError};
 pub use quarantine::{NewQuarantine, QuarantineEntry};
 pub use readings::{
@@ -67,6 +75,8 @@ use sqlx::SqlitePool;
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Db,
+    /// The id of the newest alert event this process wrote: the live stream's wake-up.
+    alert_feed: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 /// Which database a [`Store`] talks to.

@@ -11,6 +11,7 @@ use crate::error::what;
 use crate::quarantine::{self, NewQuarantine};
 use crate::registry::DeviceKind;
 use crate::rows::{Columns, to_ms};
+use crate::sql::Tx;
 use crate::{Db, Result, Store, StoreError, connect};
 
 /// What a reading measures. Serialized as `"bp"`, `"spo2"`, `"glucose"`, like
@@ -147,15 +148,61 @@ pub struct CommitBatch {
     pub readings: Vec<NewReading>,
     pub quarantine: Vec<NewQuarantine>,
     pub statuses: Vec<DeviceStatusUpdate>,
+    /// Also record the batch in the alert engine's outbox (in the same transaction), so a
+    /// crash between this commit and the evaluation of its readings loses no evaluation.
+    pub outbox: bool,
 }
 
 /// What [`Store::commit_batch`] did with the readings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CommitOutcome {
     /// Readings stored now.
     pub inserted: u64,
     /// Readings whose (device_id, seq) was already stored, or repeated within the batch.
     pub duplicates: u64,
+    /// Per reading of the batch, in order: whether it was stored now (the first of a
+    /// repeated key within the batch counts, later ones do not).
+    pub fresh: Vec<bool>,
+    /// The outbox entry written for the batch (with `outbox` and at least one new reading).
+    pub outbox_id: Option<i64>,
+}
+
+/// Marks, per reading, whether its key is among those stored now (first occurrence only).
+fn fresh_flags(readings: &[NewReading], keys: FreshKeys) -> Vec<bool> {
+    let mut keys: std::collections::HashSet<(String, i64)> = keys.into_iter().collect();
+    readings
+        .iter()
+        .map(|r| keys.remove(&(r.device_id.clone(), r.seq)))
+        .collect()
+}
+
+/// Writes the outbox row of a batch (if asked for and something was stored).
+async fn write_outbox(tx: &mut Tx, batch: &CommitBatch, fresh: &FreshKeys) -> Result<Option<i64>> {
+    if !batch.outbox || fresh.is_empty() {
+        return Ok(None);
+    }
+    let keys: std::collections::HashSet<(&str, i64)> =
+        fresh.iter().map(|(d, s)| (d.as_str(), *s)).collect();
+    let stored = batch
+        .readings
+        .iter()
+        .filter(|r| keys.contains(&(r.device_id.as_str(), r.seq)));
+    let mut min = None::<OffsetDateTime>;
+    let mut max = None::<OffsetDateTime>;
+    let mut patients = std::collections::BTreeSet::new();
+    for r in stored {
+        min = Some(min.map_or(r.received_at, |m| m.min(r.received_at)));
+        max = Some(max.map_or(r.received_at, |m| m.max(r.received_at)));
+        patients.insert(r.patient_id);
+    }
+    let (Some(min), Some(max)) = (min, max) else {
+        return Ok(None);
+    };
+    let list: Vec<String> = patients.iter().map(i64::to_string).collect();
+    let count = i64::try_from(fresh.len()).unwrap_or(i64::MAX);
+    Ok(Some(
+        crate::alerts::insert_outbox(tx, min, max, count, &list.join(",")).await?,
+    ))
 }
 
 const READING_COLUMNS: &str = "device_id, seq, patient_id, kind, measured_at, received_at, \
@@ -216,7 +263,9 @@ WITH input AS (
 )
 SELECT (SELECT count(*) FROM fresh) AS inserted,
        (SELECT count(*) FROM touched) AS touched,
-       (SELECT count(*) FROM seen) AS devices";
+       (SELECT count(*) FROM seen) AS devices,
+       (SELECT array_agg(device_id) FROM fresh) AS fresh_devices,
+       (SELECT array_agg(seq) FROM fresh) AS fresh_seqs";
 
 /// After a failed [`PG_INSERT_READINGS`] check: the first device of the batch that does
 /// not exist.
@@ -283,29 +332,40 @@ impl Store {
             }
         }
         let statuses = merge_statuses(&batch.statuses);
-        let inserted = match &self.db {
+        let (fresh_keys, outbox_id) = match &self.db {
             Db::Postgres(pg) => {
-                let mut tx = pg.begin().await?;
-                let inserted = pg_insert_readings(&mut tx, &batch.readings).await?;
-                quarantine::pg_insert(&mut tx, &batch.quarantine).await?;
-                pg_apply_statuses(&mut tx, &statuses).await?;
+                let mut tx = Tx::Pg(pg.begin().await?);
+                let Tx::Pg(conn) = &mut tx else {
+                    unreachable!("a PostgreSQL transaction")
+                };
+                let fresh = pg_insert_readings(conn, &batch.readings).await?;
+                quarantine::pg_insert(conn, &batch.quarantine).await?;
+                pg_apply_statuses(conn, &statuses).await?;
+                let outbox = write_outbox(&mut tx, batch, &fresh).await?;
                 tx.commit().await?;
-                inserted
+                (fresh, outbox)
             }
             Db::Sqlite(pool) => {
-                let mut tx = connect::sqlite_write(pool).await?;
-                let inserted = sqlite_insert_readings(&mut tx, &batch.readings).await?;
-                quarantine::sqlite_insert(&mut tx, &batch.quarantine).await?;
-                sqlite_apply_statuses(&mut tx, &statuses).await?;
-                sqlite_touch_devices(&mut tx, &touched_devices(&batch.readings)).await?;
+                let mut tx = Tx::Sqlite(connect::sqlite_write(pool).await?);
+                let Tx::Sqlite(conn) = &mut tx else {
+                    unreachable!("an SQLite transaction")
+                };
+                let fresh = sqlite_insert_readings(conn, &batch.readings).await?;
+                quarantine::sqlite_insert(conn, &batch.quarantine).await?;
+                sqlite_apply_statuses(conn, &statuses).await?;
+                sqlite_touch_devices(conn, &touched_devices(&batch.readings)).await?;
+                let outbox = write_outbox(&mut tx, batch, &fresh).await?;
                 tx.commit().await?;
-                inserted
+                (fresh, outbox)
             }
         };
+        let inserted = u64::try_from(fresh_keys.len()).unwrap_or(u64::MAX);
         let total = u64::try_from(batch.readings.len()).unwrap_or(u64::MAX);
         Ok(CommitOutcome {
             inserted,
             duplicates: total.saturating_sub(inserted),
+            fresh: fresh_flags(&batch.readings, fresh_keys),
+            outbox_id,
         })
     }
 
@@ -517,9 +577,12 @@ fn merge_statuses(updates: &[DeviceStatusUpdate]) -> BTreeMap<&str, MergedStatus
     merged
 }
 
-async fn pg_insert_readings(conn: &mut PgConnection, readings: &[NewReading]) -> Result<u64> {
+/// Keys of the readings a batch stored now (not duplicates).
+type FreshKeys = Vec<(String, i64)>;
+
+async fn pg_insert_readings(conn: &mut PgConnection, readings: &[NewReading]) -> Result<FreshKeys> {
     if readings.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let n = readings.len();
     let mut device_id = Vec::with_capacity(n);
@@ -562,7 +625,14 @@ async fn pg_insert_readings(conn: &mut PgConnection, readings: &[NewReading]) ->
         glucose_meal.push(r.glucose_meal.as_deref());
         source_unit.push(r.source_unit.as_deref());
     }
-    let (inserted, touched, devices): (i64, i64, i64) = sqlx::query_as(PG_INSERT_READINGS)
+    #[allow(clippy::type_complexity)]
+    let (_, touched, devices, fresh_devices, fresh_seqs): (
+        i64,
+        i64,
+        i64,
+        Option<Vec<String>>,
+        Option<Vec<i64>>,
+    ) = sqlx::query_as(PG_INSERT_READINGS)
         .bind(device_id)
         .bind(seq)
         .bind(patient_id)
@@ -591,7 +661,11 @@ async fn pg_insert_readings(conn: &mut PgConnection, readings: &[NewReading]) ->
             .await?;
         return Err(missing_device(missing.as_deref().unwrap_or_default()));
     }
-    Ok(u64::try_from(inserted).unwrap_or(0))
+    Ok(fresh_devices
+        .unwrap_or_default()
+        .into_iter()
+        .zip(fresh_seqs.unwrap_or_default())
+        .collect())
 }
 
 async fn pg_apply_statuses(
@@ -622,8 +696,8 @@ async fn pg_apply_statuses(
 async fn sqlite_insert_readings(
     conn: &mut SqliteConnection,
     readings: &[NewReading],
-) -> Result<u64> {
-    let mut inserted = 0;
+) -> Result<FreshKeys> {
+    let mut fresh = Vec::new();
     for chunk in readings.chunks(SQLITE_ROWS_PER_STATEMENT) {
         let mut query =
             QueryBuilder::<Sqlite>::new(format!("INSERT INTO readings ({READING_COLUMNS}) "));
@@ -648,16 +722,21 @@ async fn sqlite_insert_readings(
                 .push_bind(&r.glucose_meal)
                 .push_bind(&r.source_unit);
         });
-        query.push(" ON CONFLICT (device_id, seq) DO NOTHING");
+        query.push(" ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq");
         // Full chunks share one statement text worth caching; a tail's is one-off.
         let persistent = chunk.len() == SQLITE_ROWS_PER_STATEMENT;
         let done = query
             .build()
             .persistent(persistent)
-            .execute(&mut *conn)
+            .fetch_all(&mut *conn)
             .await;
         match done {
-            Ok(done) => inserted += done.rows_affected(),
+            Ok(rows) => {
+                for row in rows {
+                    use sqlx::Row;
+                    fresh.push((row.try_get("device_id")?, row.try_get("seq")?));
+                }
+            }
             Err(sqlx::Error::Database(db))
                 if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation =>
             {
@@ -666,7 +745,7 @@ async fn sqlite_insert_readings(
             Err(error) => return Err(error.into()),
         }
     }
-    Ok(inserted)
+    Ok(fresh)
 }
 
 async fn sqlite_touch_devices(

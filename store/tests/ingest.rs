@@ -34,7 +34,9 @@ async fn commit_is_idempotent(db: TestDb, _layout: ReadingsLayout) {
         first,
         CommitOutcome {
             inserted: 100,
-            duplicates: 0
+            duplicates: 0,
+            fresh: vec![true; 100],
+            outbox_id: None,
         }
     );
     assert_eq!(store.count_readings(Some(&f.bp.id)).await.unwrap(), 100);
@@ -45,7 +47,9 @@ async fn commit_is_idempotent(db: TestDb, _layout: ReadingsLayout) {
         again,
         CommitOutcome {
             inserted: 0,
-            duplicates: 100
+            duplicates: 100,
+            fresh: vec![false; 100],
+            outbox_id: None,
         }
     );
     assert_eq!(store.count_readings(None).await.unwrap(), 100);
@@ -72,7 +76,9 @@ async fn commit_is_idempotent(db: TestDb, _layout: ReadingsLayout) {
         outcome,
         CommitOutcome {
             inserted: 3,
-            duplicates: 3
+            duplicates: 3,
+            fresh: vec![false, true, false, true, true, false],
+            outbox_id: None,
         }
     );
     assert_eq!(store.count_readings(None).await.unwrap(), 103);
@@ -282,6 +288,7 @@ async fn failed_batch_commits_nothing(db: TestDb, _layout: ReadingsLayout) {
     let mut ghost = reading(&f.bp, 1, T0);
     ghost.device_id = "ghost".into();
     let batch = CommitBatch {
+        outbox: false,
         readings: vec![reading(&f.bp, 1, T0), ghost],
         quarantine: vec![quarantined("atomic-bp", b"{}".to_vec())],
         statuses: vec![DeviceStatusUpdate {
@@ -330,6 +337,7 @@ async fn quarantine_and_status(db: TestDb, _layout: ReadingsLayout) {
     let mut long_text = vec![b'x'; 600];
     long_text[0] = 0xff; // not UTF-8
     let batch = CommitBatch {
+        outbox: false,
         readings: vec![late, early],
         quarantine: vec![
             quarantined("status-bp", b"{\"seq\":".to_vec()),

@@ -1,0 +1,349 @@
+//! Care plans, alerts (trigger, clear, workflow), the event feed and the engine outbox.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{T0, fixture, reading};
+use store::testing::TestDb;
+use store::{
+    AlertQuery, AlertReading, CommitBatch, NewCarePlan, ReadingsLayout, Severity, StoreError,
+    Trigger, TriggerOutcome, Workflow,
+};
+use time::Duration;
+
+on_all_backends!(care_plan_versions, alert_lifecycle, outbox_and_fresh);
+
+async fn care_plan_versions(db: TestDb, _layout: ReadingsLayout) {
+    let store = &db.store;
+    let f = fixture(store, "cp").await;
+    assert!(
+        store
+            .current_care_plan(f.patient.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let new = |plan: &str, reason: &str| NewCarePlan {
+        patient_id: f.patient.id,
+        template: Some("hypertension".into()),
+        plan: plan.into(),
+        author: "dr.rossi".into(),
+        reason: reason.into(),
+    };
+    let v1 = store
+        .add_care_plan(&new("{\"a\":1}", "enrolment"))
+        .await
+        .unwrap();
+    let v2 = store
+        .add_care_plan(&new("{\"a\":2}", "titration"))
+        .await
+        .unwrap();
+    assert_eq!((v1.version, v2.version), (1, 2));
+    let current = store
+        .current_care_plan(f.patient.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((current.version, current.plan.as_str()), (2, "{\"a\":2}"));
+    let old = store
+        .care_plan_version(f.patient.id, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (old.plan.as_str(), old.reason.as_str()),
+        ("{\"a\":1}", "enrolment")
+    );
+    let all = store.list_care_plans(f.patient.id).await.unwrap();
+    assert_eq!(
+        all.iter().map(|p| p.version).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    assert_eq!(
+        store.care_plan_versions().await.unwrap(),
+        vec![(f.patient.id, 2)]
+    );
+    assert!(matches!(
+        store.add_care_plan(&new("{}", " ")).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut other = new("{}", "x");
+    other.patient_id = 999_999;
+    assert!(matches!(
+        store.add_care_plan(&other).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+fn trigger(patient_id: i64, severity: Severity, value: f64, seqs: &[i64]) -> Trigger {
+    Trigger {
+        patient_id,
+        rule_id: "bp-high".into(),
+        rule_kind: "threshold".into(),
+        title: "Systolic high".into(),
+        severity,
+        plan_version: Some(1),
+        metric: Some("systolic".into()),
+        unit: Some("mmHg".into()),
+        value: Some(value),
+        higher_is_worse: true,
+        readings: seqs
+            .iter()
+            .map(|&seq| AlertReading {
+                device_id: "al-bp".into(),
+                seq,
+                measured_at: T0 + Duration::minutes(seq),
+                value: Some(value),
+            })
+            .collect(),
+        at: T0 + Duration::hours(1),
+        due_at: Some(T0 + Duration::hours(3)),
+        detail: None,
+    }
+}
+
+async fn alert_lifecycle(db: TestDb, _layout: ReadingsLayout) {
+    let store = &db.store;
+    let f = fixture(store, "al").await;
+    let mut feed = store.alert_feed();
+    let p = f.patient.id;
+
+    let opened = store
+        .trigger_alert(&trigger(p, Severity::High, 165.0, &[1, 2]))
+        .await
+        .unwrap();
+    let TriggerOutcome::Opened { alert_id } = opened else {
+        panic!("expected a new alert, got {opened:?}");
+    };
+    assert!(feed.has_changed().unwrap());
+    // The same readings again (a re-evaluation after a restart) change nothing.
+    assert_eq!(
+        store
+            .trigger_alert(&trigger(p, Severity::High, 165.0, &[2]))
+            .await
+            .unwrap(),
+        TriggerOutcome::Unchanged { alert_id }
+    );
+    // A worse reading raises the severity in place.
+    assert_eq!(
+        store
+            .trigger_alert(&trigger(p, Severity::Critical, 190.0, &[3]))
+            .await
+            .unwrap(),
+        TriggerOutcome::Updated {
+            alert_id,
+            severity_raised: true,
+            reactivated: false
+        }
+    );
+    let a = store.get_alert(alert_id).await.unwrap().unwrap();
+    assert_eq!(
+        (a.severity, a.count, a.worst_value, a.last_value),
+        (Severity::Critical, 3, Some(190.0), Some(190.0))
+    );
+    assert_eq!(a.condition, "active");
+    assert_eq!(store.alert_readings(alert_id).await.unwrap().len(), 3);
+
+    // Workflow: acknowledge, not twice; clear the condition; resolve; nothing after.
+    let at = T0 + Duration::hours(2);
+    let (a, ev) = store
+        .acknowledge_alert(alert_id, "nurse.bianchi", at)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.workflow, ev.kind.as_str()),
+        (Workflow::Acknowledged, "acknowledged")
+    );
+    assert!(matches!(
+        store.acknowledge_alert(alert_id, "nurse.bianchi", at).await,
+        Err(StoreError::InvalidTransition(_))
+    ));
+    store
+        .assign_alert(alert_id, "nurse.bianchi", Some("nurse.verdi"), at)
+        .await
+        .unwrap();
+    store
+        .comment_alert(alert_id, "nurse.verdi", "called, no answer", at)
+        .await
+        .unwrap();
+    // An older reading cannot clear it; a newer one does.
+    assert_eq!(
+        store
+            .clear_alert(p, "bp-high", at, Some(T0), None)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .clear_alert(p, "bp-high", at, Some(T0 + Duration::minutes(30)), None)
+            .await
+            .unwrap(),
+        Some(alert_id)
+    );
+    let a = store.get_alert(alert_id).await.unwrap().unwrap();
+    assert_eq!(
+        (a.condition.as_str(), a.workflow),
+        ("cleared", Workflow::Acknowledged)
+    );
+    assert_eq!(a.assignee.as_deref(), Some("nurse.verdi"));
+    let (a, _) = store
+        .resolve_alert(alert_id, "nurse.verdi", "called_patient", Some("ok"), at)
+        .await
+        .unwrap();
+    assert_eq!(
+        (a.workflow, a.outcome.as_deref()),
+        (Workflow::Resolved, Some("called_patient"))
+    );
+    for result in [
+        store.acknowledge_alert(alert_id, "x", at).await,
+        store
+            .resolve_alert(alert_id, "x", "reading_error", None, at)
+            .await,
+        store.assign_alert(alert_id, "x", None, at).await,
+    ] {
+        assert!(
+            matches!(result, Err(StoreError::InvalidTransition(_))),
+            "{result:?}"
+        );
+    }
+    assert!(matches!(
+        store.acknowledge_alert(123_456, "x", at).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let kinds: Vec<String> = store
+        .alert_events(alert_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "opened",
+            "severity_raised",
+            "acknowledged",
+            "assigned",
+            "commented",
+            "cleared",
+            "resolved"
+        ]
+    );
+
+    // Resolved: the next trigger opens a new alert, which escalates when overdue.
+    let next = store
+        .trigger_alert(&trigger(p, Severity::High, 170.0, &[10]))
+        .await
+        .unwrap();
+    let TriggerOutcome::Opened { alert_id: second } = next else {
+        panic!("expected a new alert, got {next:?}");
+    };
+    assert_ne!(second, alert_id);
+    let due = T0 + Duration::hours(3);
+    assert!(
+        store
+            .overdue_alerts(due - Duration::seconds(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let overdue = store.overdue_alerts(due, 10).await.unwrap();
+    assert_eq!(
+        overdue.iter().map(|a| a.id).collect::<Vec<_>>(),
+        vec![second]
+    );
+    let ev = store
+        .escalate_alert(second, due, due + Duration::hours(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.kind, "escalated");
+    assert!(
+        store
+            .escalate_alert(second, due, due)
+            .await
+            .unwrap()
+            .is_none(),
+        "not due again yet"
+    );
+
+    // Listing: filters and triage order.
+    let open = store
+        .list_alerts(&AlertQuery {
+            workflow: vec![Workflow::New, Workflow::Acknowledged],
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(open.iter().map(|a| a.id).collect::<Vec<_>>(), vec![second]);
+    let none = store
+        .list_alerts(&AlertQuery {
+            cot_ids: Some(vec![f.cot.id + 1000]),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let all = store
+        .list_alerts(&AlertQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|a| a.id).collect::<Vec<_>>(),
+        vec![alert_id, second],
+        "critical first"
+    );
+
+    // The feed: every event in id order, resumable from any id.
+    let events = store
+        .alert_events_after(0, Some(&[f.cot.id]), 100)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 9);
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    let tail = store
+        .alert_events_after(events[4].id, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(tail.len(), 4);
+    assert_eq!(store.last_alert_event_id().await.unwrap(), events[8].id);
+    assert_eq!(*feed.borrow_and_update(), events[8].id);
+}
+
+async fn outbox_and_fresh(db: TestDb, _layout: ReadingsLayout) {
+    let store = &db.store;
+    let f = fixture(store, "ob").await;
+    let batch = CommitBatch {
+        readings: vec![
+            reading(&f.bp, 1, T0),
+            reading(&f.bp, 2, T0 + Duration::minutes(1)),
+        ],
+        outbox: true,
+        ..Default::default()
+    };
+    let first = store.commit_batch(&batch).await.unwrap();
+    assert_eq!(first.fresh, vec![true, true]);
+    let id = first.outbox_id.expect("an outbox entry");
+    // All duplicates: no outbox entry.
+    let again = store.commit_batch(&batch).await.unwrap();
+    assert_eq!((again.fresh, again.outbox_id), (vec![false, false], None));
+    let pending = store.pending_outbox().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, id);
+    assert_eq!(pending[0].patients, vec![f.patient.id]);
+    assert_eq!(pending[0].min_received_at, T0 + Duration::seconds(5));
+    assert_eq!(pending[0].max_received_at, T0 + Duration::seconds(65));
+    store.finish_outbox(&[id]).await.unwrap();
+    assert!(store.pending_outbox().await.unwrap().is_empty());
+    let last = store.last_measured(T0 - Duration::days(1)).await.unwrap();
+    assert_eq!(
+        last,
+        vec![(f.patient.id, "bp".to_owned(), T0 + Duration::minutes(1))]
+    );
+}
