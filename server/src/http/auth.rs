@@ -39,6 +39,25 @@ pub struct Caller {
     pub source: Option<String>,
 }
 
+impl Caller {
+    /// How the caller is recorded as the actor of audit entries and alert events.
+    pub fn actor(&self) -> String {
+        format!("token:{}", self.name)
+    }
+
+    /// The COTs whose patients the caller may see: `None` means all. Every query of patient
+    /// data passes this through to the store, so per-COT scoping (the identity work) only
+    /// has to change this function. Today every valid token sees every COT.
+    pub fn cot_scope(&self) -> Option<Vec<i64>> {
+        None
+    }
+
+    /// Whether a row of COT `cot_id` is visible to the caller.
+    pub fn sees_cot(&self, cot_id: i64) -> bool {
+        self.cot_scope().is_none_or(|cots| cots.contains(&cot_id))
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 

@@ -26,9 +26,50 @@ pub enum ApiError {
     /// A query parameter or body is invalid.
     #[error("{0}")]
     BadRequest(String),
+    /// A body that parsed but does not hold up (400), with every problem found, e.g. an
+    /// invalid care plan. The JSON carries them in `error.problems`.
+    #[error("{message}")]
+    Invalid {
+        /// The stable machine code.
+        code: &'static str,
+        /// A summary.
+        message: String,
+        /// Each problem, for a human.
+        problems: Vec<String>,
+    },
+    /// The request conflicts with the resource's current state (409), e.g. acknowledging a
+    /// resolved alert (`invalid_transition`) or taking a key that exists (`conflict`).
+    #[error("{message}")]
+    Conflict {
+        /// The stable machine code.
+        code: &'static str,
+        /// What conflicted, for a human.
+        message: String,
+    },
     /// The store is unavailable or failed.
     #[error("store error")]
-    Store(#[from] store::StoreError),
+    Store(store::StoreError),
+}
+
+/// Store errors that describe the request rather than a failure keep their meaning: a missing
+/// row is 404, a refused input 400, a refused state change or a taken key 409. Everything else
+/// is a store failure (503 when transient, else 500) whose detail stays in the log.
+impl From<store::StoreError> for ApiError {
+    fn from(e: store::StoreError) -> Self {
+        match e {
+            store::StoreError::NotFound { what } => ApiError::NotFound(what),
+            store::StoreError::Invalid(message) => ApiError::BadRequest(message),
+            store::StoreError::InvalidTransition(message) => ApiError::Conflict {
+                code: "invalid_transition",
+                message,
+            },
+            store::StoreError::Conflict { what } => ApiError::Conflict {
+                code: "conflict",
+                message: format!("{what} already exists"),
+            },
+            other => ApiError::Store(other),
+        }
+    }
 }
 
 impl ApiError {
@@ -38,6 +79,8 @@ impl ApiError {
             ApiError::TokenRejected => (StatusCode::UNAUTHORIZED, "token_rejected"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, *code),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, *code),
             ApiError::Store(e) if e.is_transient() => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
@@ -60,11 +103,11 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response();
+        let mut error = json!({"code": code, "message": message});
+        if let ApiError::Invalid { problems, .. } = &self {
+            error["problems"] = json!(problems);
+        }
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             let challenge = axum::http::HeaderValue::from_static("Bearer");
             response

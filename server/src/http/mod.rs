@@ -8,6 +8,8 @@
 pub mod auth;
 pub mod error;
 
+mod alert_stream;
+mod alerts;
 mod devices;
 mod health;
 mod patients;
@@ -63,13 +65,24 @@ impl AppState {
         action: &str,
         target: String,
     ) -> Result<(), error::ApiError> {
+        self.audit_detail(caller, action, target, None).await
+    }
+
+    /// [`AppState::audit`] with a detail (JSON text), e.g. what a change asked for.
+    pub(crate) async fn audit_detail(
+        &self,
+        caller: &auth::Caller,
+        action: &str,
+        target: String,
+        detail: Option<String>,
+    ) -> Result<(), error::ApiError> {
         self.store
             .record_audit(&store::NewAudit {
-                actor: format!("token:{}", caller.name),
+                actor: caller.actor(),
                 action: action.to_owned(),
                 target,
                 source: caller.source.clone(),
-                detail: None,
+                detail,
             })
             .await?;
         Ok(())
@@ -82,6 +95,7 @@ pub fn app(state: AppState) -> Router {
         .merge(patients::router())
         .merge(devices::router())
         .merge(quarantine::router())
+        .merge(alerts::router())
         .fallback(|| async { error::ApiError::NotFound("route".into()) });
     Router::new()
         .nest("/api/v1", api)

@@ -97,7 +97,7 @@ struct ReadingList {
 /// (a backlog from a device that was offline), `ahead` or `behind` (the device clock is
 /// implausible), `unset` (the device had no clock; the receive time stands in).
 #[derive(Debug, Serialize)]
-struct ReadingOut {
+pub(super) struct ReadingOut {
     #[serde(flatten)]
     reading: store::StoredReading,
     clock: &'static str,
