@@ -12,6 +12,7 @@
 //!
 //! Start at [`start`]: it wires the stages together in the order the data flows.
 
+pub mod alerts;
 pub mod config;
 pub mod telemetry;
 

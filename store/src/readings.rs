@@ -419,6 +419,32 @@ impl Store {
         }
     }
 
+    /// A patient's readings received in `[from, to]` (inclusive), in measurement order: what
+    /// the alert engine re-evaluates from its outbox after a restart.
+    pub async fn readings_received_between(
+        &self,
+        patient_id: i64,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<StoredReading>> {
+        let sql = format!(
+            "SELECT {READING_COLUMNS} FROM readings WHERE patient_id = $1 \
+             AND received_at >= $2 AND received_at <= $3 ORDER BY measured_at, seq"
+        );
+        self.read(
+            &sql,
+            &[
+                crate::sql::Val::I64(patient_id),
+                crate::sql::Val::Ts(from),
+                crate::sql::Val::Ts(to),
+            ],
+        )
+        .await?
+        .iter()
+        .map(reading_from_row)
+        .collect()
+    }
+
     /// A patient's readings, ordered by `measured_at`, then device id (bytewise), then seq.
     pub async fn readings(&self, q: &ReadingQuery) -> Result<Vec<StoredReading>> {
         let limit = q.limit.clamp(1, MAX_LIMIT);
