@@ -189,7 +189,13 @@ async fn stream_live_and_resume(db: TestDb) {
     let missed = resumed.take(5).await;
     assert_eq!(
         kinds(&missed),
-        vec!["commented", "assigned", "severity_raised", "opened", "resolved"]
+        vec![
+            "commented",
+            "assigned",
+            "severity_raised",
+            "opened",
+            "resolved"
+        ]
     );
     let ids: Vec<i64> = missed.iter().map(|e| e.id).collect();
     let expected: Vec<i64> = (last_seen + 1..=last_seen + 5).collect();

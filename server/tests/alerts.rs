@@ -35,7 +35,11 @@ async fn alert_workflow(db: TestDb) {
     let store = &f.db.store;
     // Opened in this order; the queue orders by severity, escalation, then age.
     let a = open(&f, &trigger(f.p1, "bp-high", Severity::High, 10, &[3, 4])).await;
-    let b = open(&f, &trigger(f.p1, "bp-very-high", Severity::Critical, 11, &[5])).await;
+    let b = open(
+        &f,
+        &trigger(f.p1, "bp-very-high", Severity::Critical, 11, &[5]),
+    )
+    .await;
     let c = open(&f, &trigger(f.p2, "bp-high", Severity::Medium, 12, &[])).await;
     let d = open(&f, &trigger(f.p2, "no-reading", Severity::Low, 13, &[])).await;
     let e = open(&f, &trigger(f.p2, "bp-high-2", Severity::High, 14, &[])).await;
@@ -79,7 +83,13 @@ async fn alert_workflow(db: TestDb) {
         assert_eq!(ids(&body), expected, "{query}");
     }
     store
-        .clear_alert(f.p2, "no-reading", T0 + time::Duration::hours(1), None, None)
+        .clear_alert(
+            f.p2,
+            "no-reading",
+            T0 + time::Duration::hours(1),
+            None,
+            None,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -325,7 +335,11 @@ async fn unknown_alerts_missing_tokens_and_outcomes() {
         ("POST", "/ack", Some(json!({}))),
         ("POST", "/assign", Some(json!({"assignee": "x"}))),
         ("POST", "/comments", Some(json!({"text": "x"}))),
-        ("POST", "/resolve", Some(json!({"outcome": "called_patient"}))),
+        (
+            "POST",
+            "/resolve",
+            Some(json!({"outcome": "called_patient"})),
+        ),
     ] {
         let token = f.token.clone();
         let uri = format!("/api/v1/alerts/999999{path}");

@@ -71,9 +71,9 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     if text.is_empty() {
         return Ok(None);
     }
-    text.parse::<i64>()
-        .map(Some)
-        .map_err(|_| ApiError::BadRequest(format!("Last-Event-ID must be an event id; got {text:?}")))
+    text.parse::<i64>().map(Some).map_err(|_| {
+        ApiError::BadRequest(format!("Last-Event-ID must be an event id; got {text:?}"))
+    })
 }
 
 pub(crate) async fn stream(

@@ -10,6 +10,7 @@ pub mod error;
 
 mod alert_stream;
 mod alerts;
+mod careplans;
 mod devices;
 mod health;
 mod patients;
@@ -96,6 +97,7 @@ pub fn app(state: AppState) -> Router {
         .merge(devices::router())
         .merge(quarantine::router())
         .merge(alerts::router())
+        .merge(careplans::router())
         .fallback(|| async { error::ApiError::NotFound("route".into()) });
     Router::new()
         .nest("/api/v1", api)

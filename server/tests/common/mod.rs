@@ -6,8 +6,8 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use server::http::{AppState, app, auth};
 use serde_json::Value;
+use server::http::{AppState, app, auth};
 use store::testing::TestDb;
 use store::{
     AlertReading, CommitBatch, DeviceKind, NewDevice, NewPatient, NewReading, ReadingKind,
@@ -94,7 +94,13 @@ pub async fn fixture(db: TestDb) -> Fixture {
 }
 
 /// A trigger of `rule` for `patient` at `T0 + minutes`, linking readings `seqs` of `bp-1`.
-pub fn trigger(patient: i64, rule: &str, severity: Severity, minutes: i64, seqs: &[i64]) -> Trigger {
+pub fn trigger(
+    patient: i64,
+    rule: &str,
+    severity: Severity,
+    minutes: i64,
+    seqs: &[i64],
+) -> Trigger {
     let at = T0 + time::Duration::minutes(minutes);
     Trigger {
         patient_id: patient,

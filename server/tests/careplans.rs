@@ -1,0 +1,255 @@
+//! The care-plan API through the router: create from a template (with overrides), edit as a
+//! new version with author and reason, old versions readable, invalid plans refused with
+//! every problem, audit. On SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{TOKEN_NAME, fixture};
+use serde_json::{Value, json};
+use store::testing::TestDb;
+
+#[tokio::test]
+async fn care_plan_versions_sqlite() {
+    care_plan_versions(TestDb::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn care_plan_versions_postgres() {
+    care_plan_versions(TestDb::postgres().await).await;
+}
+
+fn rule<'a>(plan: &'a Value, id: &str) -> Option<&'a Value> {
+    plan["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+}
+
+async fn care_plan_versions(db: TestDb) {
+    let f = fixture(db).await;
+    let p = f.p1;
+    let base = format!("/api/v1/patients/{p}/care-plan");
+    let actor = format!("token:{TOKEN_NAME}");
+
+    let (status, body) = f.get(&base).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no plan yet: {body}");
+    assert_eq!(
+        body["error"]["message"],
+        format!("care plan of patient {p} not found")
+    );
+    let (status, body) = f.get(&format!("{base}/versions")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["versions"], json!([]));
+
+    // Version 1 from a template, with a rule retitled and one dropped.
+    let audit_before = f.db.store.list_audit(10_000).await.unwrap().len();
+    let (status, v1) = f
+        .post(
+            &base,
+            json!({
+                "template": "hypertension",
+                "reason": "enrolment",
+                "overrides": {"rules": {"bp-high": {"title": "Pressione alta"}, "bp-low": null}},
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v1}");
+    assert_eq!(v1["version"], 1);
+    assert_eq!(v1["template"], "hypertension");
+    assert_eq!(v1["author"], actor);
+    assert_eq!(v1["reason"], "enrolment");
+    assert_eq!(
+        rule(&v1["plan"], "bp-high").unwrap()["title"],
+        "Pressione alta"
+    );
+    assert!(rule(&v1["plan"], "bp-low").is_none());
+    assert_eq!(v1["plan"]["schedule"][0]["kind"], "bp");
+
+    // Version 2: the whole plan edited (a lower critical threshold).
+    let mut plan = v1["plan"].clone();
+    let bp_high = plan["rules"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|r| r["id"] == "bp-high")
+        .unwrap();
+    bp_high["bands"][0]["any"][0]["at_least"] = json!(170);
+    let (status, v2) = f
+        .post(
+            &base,
+            json!({"plan": plan, "reason": "target lowered after cardiology review"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v2}");
+    assert_eq!(v2["version"], 2);
+    assert_eq!(v2["template"], Value::Null);
+    assert_eq!(v2["reason"], "target lowered after cardiology review");
+    assert_eq!(
+        rule(&v2["plan"], "bp-high").unwrap()["bands"][0]["any"][0]["at_least"],
+        170.0
+    );
+
+    // Current is version 2; version 1 is still readable, unchanged.
+    let (status, current) = f.get(&base).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(current["version"], 2);
+    assert_eq!(current["plan"], v2["plan"]);
+    let (status, old) = f.get(&format!("{base}/versions/1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(old["plan"], v1["plan"]);
+    assert_eq!(old["reason"], "enrolment");
+    let (_, list) = f.get(&format!("{base}/versions")).await;
+    let versions: Vec<(i64, &str, &str)> = list["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            assert!(v.get("plan").is_none(), "the list leaves plans out: {v}");
+            (
+                v["version"].as_i64().unwrap(),
+                v["author"].as_str().unwrap(),
+                v["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        vec![
+            (2, actor.as_str(), "target lowered after cardiology review"),
+            (1, actor.as_str(), "enrolment")
+        ]
+    );
+    let (status, _) = f.get(&format!("{base}/versions/3")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Invalid plans: 400 with every problem, and nothing stored.
+    let mut bad = v2["plan"].clone();
+    bad["rules"][0]["id"] = json!("device-x");
+    bad["schedule"][0]["every_hours"] = json!(0);
+    let (status, body) = f.post(&base, json!({"plan": bad, "reason": "typo"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_care_plan");
+    let problems: Vec<&str> = body["error"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        problems.iter().any(|p| p.contains("reserved")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("every_hours")),
+        "{problems:?}"
+    );
+    for (request, needle) in [
+        (
+            json!({"plan": {"rules": [{"id": "x"}]}, "reason": "r"}),
+            "care plan:",
+        ),
+        (
+            json!({"plan": {"rules": []}, "nope": 1, "reason": "r"}),
+            "nope",
+        ),
+        (
+            json!({"template": "asthma", "reason": "r"}),
+            "hypertension, copd",
+        ),
+        (json!({"template": "copd", "reason": "  "}), "reason"),
+        (json!({"template": "copd"}), "reason"),
+        (json!({"reason": "r"}), "template"),
+        (
+            json!({"template": "copd", "plan": {"rules": []}, "reason": "r"}),
+            "not both",
+        ),
+        (
+            json!({"template": "copd", "reason": "r", "overrides": {"rules": {"bp-high": null}}}),
+            "no rule \"bp-high\"",
+        ),
+        (
+            json!({"template": "copd", "reason": "r", "overrides": {"schedule": [{"kind": "spo2", "every_hours": -1}]}}),
+            "every_hours",
+        ),
+    ] {
+        let (status, body) = f.post(&base, request.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{request}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{request}: {message}");
+    }
+    let (_, current) = f.get(&base).await;
+    assert_eq!(current["version"], 2, "refused plans store nothing");
+
+    // Unknown patients; no token.
+    let (status, _) = f
+        .post(
+            "/api/v1/patients/999999/care-plan",
+            json!({"template": "copd", "reason": "r"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for uri in [
+        "/api/v1/patients/999999/care-plan",
+        "/api/v1/patients/999999/care-plan/versions",
+        "/api/v1/patients/999999/care-plan/versions/1",
+    ] {
+        assert_eq!(f.get(uri).await.0, StatusCode::NOT_FOUND, "{uri}");
+    }
+    for uri in [
+        base.clone(),
+        format!("{base}/versions"),
+        format!("{base}/versions/1"),
+    ] {
+        assert_eq!(
+            f.call("GET", &uri, None, None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let (status, _) = f
+        .call(
+            "POST",
+            &base,
+            Some(json!({"template": "copd", "reason": "r"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Audited: each creation (with its reason) and each read.
+    let audit = f.audit_since(audit_before).await;
+    let creates: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "careplan.create")
+        .collect();
+    assert_eq!(creates.len(), 2, "{audit:?}");
+    assert!(creates.iter().all(|e| e.actor == actor));
+    assert_eq!(creates[0].target, format!("patient:{p} care-plan"));
+    let detail: Value = serde_json::from_str(creates[1].detail.as_deref().unwrap()).unwrap();
+    assert_eq!(detail["reason"], "target lowered after cardiology review");
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert!(actions.contains(&"careplan.read"), "{actions:?}");
+    assert!(actions.contains(&"careplan.versions"), "{actions:?}");
+
+    // The templates, each valid as it is.
+    let (status, body) = f.get("/api/v1/care-plan-templates").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = body["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["hypertension", "copd", "diabetes", "general"]);
+    for t in body["templates"].as_array().unwrap() {
+        let (status, created) = f
+            .post(
+                &format!("/api/v1/patients/{}/care-plan", f.p2),
+                json!({"plan": t["plan"], "reason": format!("try {}", t["name"])}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{}: {created}", t["name"]);
+    }
+}
