@@ -36,6 +36,8 @@ struct SseEvent {
 struct SseClient {
     response: reqwest::Response,
     buffer: String,
+    /// Comment-only blocks seen (keep-alives).
+    comments: usize,
 }
 
 impl SseClient {
@@ -60,6 +62,7 @@ impl SseClient {
         SseClient {
             response,
             buffer: String::new(),
+            comments: 0,
         }
     }
 
@@ -71,6 +74,9 @@ impl SseClient {
                 let block: String = self.buffer.drain(..end + 2).collect();
                 if let Some(event) = parse(&block) {
                     return Some(event);
+                }
+                if block.starts_with(':') {
+                    self.comments += 1;
                 }
             }
             let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
@@ -253,5 +259,26 @@ async fn stream_live_and_resume(db: TestDb) {
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 400, "{query} {header:?}");
     }
+    cancel.cancel();
+}
+
+/// An idle stream gets keep-alive comments every 15 s and outlives the API's 30 s request
+/// timeout (which bounds the time to the response head, not the body).
+#[tokio::test]
+async fn idle_stream_is_kept_alive_past_the_request_timeout() {
+    let f = fixture(TestDb::sqlite().await).await;
+    let (base, cancel) = serve(&f).await;
+    let connected = tokio::time::Instant::now();
+    let mut client = SseClient::connect(&base, &f.token, "", None).await;
+    assert!(client.next(Duration::from_secs(31)).await.is_none());
+    assert!(
+        client.comments >= 2,
+        "keep-alives in 31 s: {}",
+        client.comments
+    );
+    assert!(connected.elapsed() > Duration::from_secs(30));
+    let a = open(&f, &trigger(f.p1, "late", Severity::Medium, 1, &[])).await;
+    let event = client.take(1).await;
+    assert_eq!(event[0].data["alert_id"], a);
     cancel.cancel();
 }
