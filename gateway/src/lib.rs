@@ -66,6 +66,8 @@ pub struct Gateway {
     pub broker_addr: SocketAddr,
     /// Counters of every stage.
     pub metrics: Arc<Metrics>,
+    /// Counters of the alert engine (zero when it is disabled).
+    pub alert_metrics: Arc<alerts::EngineMetrics>,
     tracker: TaskTracker,
 }
 
@@ -86,6 +88,16 @@ pub async fn start(
     store: Store,
     cancel: CancellationToken,
 ) -> Result<Gateway, GatewayError> {
+    start_with_clock(config, store, cancel, alerts::system_clock()).await
+}
+
+/// [`start`] with the alert engine on `clock` (tests run scenarios on a fast clock).
+pub async fn start_with_clock(
+    config: GatewayConfig,
+    store: Store,
+    cancel: CancellationToken,
+    clock: alerts::Clock,
+) -> Result<Gateway, GatewayError> {
     store.health_check().await?;
     let metrics = Arc::new(Metrics::default());
     metrics.store_ok.store(true, Ordering::Relaxed);
@@ -103,10 +115,26 @@ pub async fn start(
         max_delay: config.batch_max_delay,
     };
     tracker.spawn(batcher.run(inbound_rx, batch_tx, cancel.clone()));
+    let alert_metrics = Arc::new(alerts::EngineMetrics::default());
+    let engine = if config.alerts.enabled {
+        let (tx, rx) = mpsc::channel(64);
+        let engine = alerts::Engine::new(
+            store.clone(),
+            config.alerts.clone(),
+            clock,
+            alert_metrics.clone(),
+        );
+        // The engine stops when the writer, its only sender, is gone: after the last batch.
+        tracker.spawn(engine.run(rx, cancel.clone()));
+        Some(tx)
+    } else {
+        None
+    };
     let writer = ingest::writer::Writer {
         store: store.clone(),
         outbound: broker.outbound.clone(),
         metrics: metrics.clone(),
+        engine,
     };
     // Device connections close only after the writer has committed and acked what was in
     // flight at shutdown, plus a moment for the broker to deliver those acks.
@@ -146,6 +174,7 @@ pub async fn start(
         edge_addr,
         broker_addr: broker.addr,
         metrics,
+        alert_metrics,
         tracker,
     })
 }

@@ -112,6 +112,8 @@ pub enum DecodeError {
 impl DecodeError {
     fn json(e: serde_json_core::de::Error) -> Self {
         use serde_json_core::de::Error as E;
+        // Also what serde-json-core reports for an extra tuple element (`[1,2,3]` for a
+        // pair): it cannot be told apart from text after the document (fuzz note O1).
         if e == E::TrailingCharacters {
             return DecodeError::TrailingData;
         }

@@ -39,10 +39,12 @@ impl<'a> Status<'a> {
             return Err(DecodeError::Json("battery must be 0-100"));
         }
         if let Some(fw) = status.fw {
-            let printable = fw.bytes().all(|b| b.is_ascii_graphic());
+            // No `\`: the decoder cannot undo JSON escapes without an allocator, so an escape
+            // would be stored as its raw text (fuzz finding F1).
+            let printable = fw.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
             if fw.is_empty() || fw.len() > MAX_FW_LEN || !printable {
                 return Err(DecodeError::Json(
-                    "fw must be 1-32 printable ASCII characters",
+                    "fw must be 1-32 printable ASCII characters, without '\\'",
                 ));
             }
         }
@@ -87,10 +89,21 @@ impl<'a> DeviceConfig<'a> {
         }
     }
 
-    /// Decodes a config payload.
+    /// Decodes a config payload. Every schedule kind must be a known measurement kind
+    /// (which also refuses escapes and control characters, fuzz findings F1 and F2).
     pub fn decode(payload: &'a [u8]) -> Result<Self, DecodeError> {
         check_size(payload)?;
-        from_slice_exact(payload)
+        let config: DeviceConfig<'a> = from_slice_exact(payload)?;
+        if config
+            .schedule
+            .iter()
+            .any(|e| crate::reading::Kind::parse(e.kind).is_none())
+        {
+            return Err(DecodeError::Json(
+                "schedule kind must be bp, spo2 or glucose",
+            ));
+        }
+        Ok(config)
     }
 
     /// Encodes into `buf`, returning the length written.
@@ -102,6 +115,24 @@ impl<'a> DeviceConfig<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_kinds_are_checked() {
+        let ok = br#"{"time_ms":0,"schedule":[{"kind":"bp","every_s":43200}]}"#;
+        assert_eq!(DeviceConfig::decode(ok).map(|c| c.schedule.len()), Ok(1));
+        // Fuzz findings F1 (escape) and F2 (raw control character).
+        for bad in [
+            &br#"{"time_ms":0,"schedule":[{"kind":"\\","every_s":0}]}"#[..],
+            b"{\"time_ms\":0,\"schedule\":[{\"kind\":\"\x01\",\"every_s\":0}]}",
+            br#"{"time_ms":0,"schedule":[{"kind":"weight","every_s":0}]}"#,
+        ] {
+            assert!(
+                DeviceConfig::decode(bad).is_err(),
+                "{:?}",
+                core::str::from_utf8(bad)
+            );
+        }
+    }
 
     #[test]
     fn status_table() {
@@ -117,6 +148,10 @@ mod tests {
         check(r#"{"online":true,"battery":-1}"#, false);
         check(r#"{"online":true,"fw":""}"#, false);
         check(r#"{"online":true,"fw":"a b"}"#, false);
+        // Fuzz finding F1: escapes would be kept as raw text, so they are refused.
+        check(r#"{"online":true,"fw":"\\"}"#, false);
+        check(r#"{"online":true,"fw":"\u5"}"#, false);
+        check(r#"{"online":true,"fw":"1.4\"2"}"#, false);
         check(r#"{"battery":50}"#, false);
         check(r#"{"online":true,"cpu":3}"#, false);
     }

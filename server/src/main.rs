@@ -254,6 +254,7 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
         .await
         .context("start the gateway")?;
     let metrics = gateway.metrics.clone();
+    let alert_metrics = gateway.alert_metrics.clone();
     let ready_metrics = metrics.clone();
     let state = AppState {
         store: store.clone(),
@@ -262,7 +263,11 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
                 .store_ok
                 .load(std::sync::atomic::Ordering::Relaxed)
         }),
-        metrics: Arc::new(move || metrics.render_prometheus()),
+        metrics: Arc::new(move || {
+            let mut out = metrics.render_prometheus();
+            alert_metrics.render_prometheus(&mut out);
+            out
+        }),
     };
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

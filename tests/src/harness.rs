@@ -122,13 +122,23 @@ impl Stack {
         store: store::Store,
         tweak: impl FnOnce(&mut GatewayConfig),
     ) -> anyhow::Result<Stack> {
+        Stack::start_clocked(db, store, gateway::alerts::system_clock(), tweak).await
+    }
+
+    /// Starts the stack with the alert engine on `clock` (scenarios in compressed time).
+    pub async fn start_clocked(
+        db: TestDb,
+        store: store::Store,
+        clock: gateway::alerts::Clock,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> anyhow::Result<Stack> {
         let mut config = GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Default::default()
         };
         tweak(&mut config);
         let cancel = CancellationToken::new();
-        let gateway = gateway::start(config, store.clone(), cancel.clone())
+        let gateway = gateway::start_with_clock(config, store.clone(), cancel.clone(), clock)
             .await
             .context("start gateway")?;
         let metrics = gateway.metrics.clone();

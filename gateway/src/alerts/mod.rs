@@ -1,4 +1,15 @@
 //! The alert engine: care plans turn committed readings into alerts.
 //!
 //! - [`plan`]: the care-plan schema, its validation and the clinical templates.
+//! - [`rules`]: pure evaluation of one reading against a plan and the patient's recent
+//!   readings (threshold bands with persistence and hysteresis, trends against a baseline,
+//!   context suppression).
+//! - [`engine`]: the task that feeds committed batches through the rules, runs the
+//!   time-driven rules, and writes alerts to the store; see its docs for restarts and late
+//!   readings.
+
+pub mod engine;
 pub mod plan;
+pub mod rules;
+
+pub use engine::{AlertsConfig, Clock, Committed, Engine, EngineMetrics, system_clock};

@@ -30,6 +30,8 @@ pub(crate) struct Writer {
     pub(crate) store: Store,
     pub(crate) outbound: mpsc::Sender<Outbound>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The alert engine, fed with every batch's newly stored readings after its commit.
+    pub(crate) engine: Option<mpsc::Sender<crate::alerts::Committed>>,
 }
 
 impl Writer {
@@ -37,8 +39,10 @@ impl Writer {
     pub(crate) async fn run(self, mut rx: mpsc::Receiver<PendingBatch>, cancel: CancellationToken) {
         while let Some(mut batch) = rx.recv().await {
             let started = Instant::now();
+            batch.commit.outbox = self.engine.is_some();
             match self.commit(&batch.commit, &cancel).await {
                 Ok(outcome) => {
+                    self.to_engine(&batch.commit.readings, &outcome).await;
                     let m = &self.metrics;
                     Metrics::add(&m.readings_committed_total, outcome.inserted);
                     Metrics::add(&m.readings_duplicate_total, outcome.duplicates);
@@ -130,8 +134,11 @@ impl Writer {
         }
         for row in commit.readings {
             let one = single(&|b| b.readings.push(row.clone()));
+            let mut one = one;
+            one.outbox = self.engine.is_some();
             match self.store.commit_batch(&one).await {
                 Ok(outcome) => {
+                    self.to_engine(&one.readings, &outcome).await;
                     Metrics::add(&self.metrics.readings_committed_total, outcome.inserted);
                     Metrics::add(&self.metrics.readings_duplicate_total, outcome.duplicates);
                 }
@@ -163,6 +170,32 @@ impl Writer {
                     }
                 }
             }
+        }
+    }
+
+    /// Hands the readings stored now to the alert engine. Waiting here when the engine
+    /// lags is backpressure like any other stage (its outbox entry already guarantees the
+    /// readings get evaluated, even after a crash).
+    async fn to_engine(&self, readings: &[store::NewReading], outcome: &store::CommitOutcome) {
+        let Some(engine) = &self.engine else {
+            return;
+        };
+        let fresh: Vec<store::NewReading> = readings
+            .iter()
+            .zip(&outcome.fresh)
+            .filter(|(_, fresh)| **fresh)
+            .map(|(r, _)| r.clone())
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let committed = crate::alerts::Committed {
+            readings: fresh,
+            outbox_id: outcome.outbox_id,
+            committed: Instant::now(),
+        };
+        if engine.send(committed).await.is_err() {
+            tracing::warn!("alert engine stopped; readings stay in its outbox for the next start");
         }
     }
 

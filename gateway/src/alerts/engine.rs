@@ -1,0 +1,974 @@
+//! The engine task: evaluates every committed batch per patient in measurement order, and
+//! runs the time-driven rules (adherence, escalation, device health) from a timer.
+//!
+//! # State and restarts
+//! Nothing the engine decides lives only in memory. Alerts, their condition and workflow are
+//! in the store; the per-patient reading windows are a cache rebuilt from the readings table;
+//! the care plans are read from the store (and re-read when their version changes). Each
+//! committed batch leaves an outbox row in its own commit transaction; the engine deletes it
+//! once the batch is evaluated. At start-up, the engine re-evaluates the readings of every
+//! outbox row left by a crash. Re-evaluating a reading is harmless: a trigger whose readings
+//! are already linked to the alert changes nothing (`Store::trigger_alert`), so a restart
+//! neither loses nor duplicates alerts.
+//!
+//! # Late readings
+//! A reading delivered more than `late_after` (default 6 h) after it was measured (a backlog
+//! from a device that was offline, or a replay) is stored and joins the window (baselines,
+//! persistence of later readings) but raises no current alert and clears none: it describes a
+//! moment that has passed. If it would have fallen in a band of medium severity or worse, the
+//! patient gets one low-severity `late-review` alert listing such readings, so a nurse looks
+//! at them without treating them as an emergency. A reading whose device clock is unset or
+//! implausible is dated at its receive time, evaluated as current, and raises the device's
+//! `clock` alert.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use protocol::limits::ClockState;
+use store::{
+    AlertReading, NewReading, ReadingKind, ReadingQuery, Severity, Store, StoreError, Trigger,
+    TriggerOutcome,
+};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{self, CarePlan, Check};
+use super::rules::{self, Effect, Obs, Quality};
+use crate::telemetry::Histogram;
+
+/// The engine's clock (a fixed or fast clock in tests).
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(OffsetDateTime::now_utc)
+}
+
+/// The `[gateway.alerts]` table.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Run the alert engine in this process.
+    pub enabled: bool,
+    /// How often time-driven rules run (adherence, escalation, device health).
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// Response time per severity: an alert not acknowledged within it escalates.
+    #[serde(with = "humantime_serde")]
+    pub critical: Duration,
+    #[serde(with = "humantime_serde")]
+    pub high: Duration,
+    #[serde(with = "humantime_serde")]
+    pub medium: Duration,
+    #[serde(with = "humantime_serde")]
+    pub low: Duration,
+    /// A reading delivered later than this after its measurement raises no current alert.
+    #[serde(with = "humantime_serde")]
+    pub late_after: Duration,
+    /// Patients whose reading windows are cached; beyond it the least recently used are
+    /// dropped (and reloaded from the store when they measure again).
+    pub max_cached_patients: usize,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            enabled: true,
+            tick: Duration::from_secs(30),
+            critical: Duration::from_secs(15 * 60),
+            high: Duration::from_secs(2 * 3600),
+            medium: Duration::from_secs(8 * 3600),
+            low: Duration::from_secs(24 * 3600),
+            late_after: Duration::from_secs(6 * 3600),
+            max_cached_patients: 50_000,
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// How long an alert of `severity` may wait for acknowledgement (`None`: never escalates).
+    pub fn response(&self, severity: Severity) -> Option<Duration> {
+        match severity {
+            Severity::Critical => Some(self.critical),
+            Severity::High => Some(self.high),
+            Severity::Medium => Some(self.medium),
+            Severity::Low => Some(self.low),
+            Severity::Info => None,
+        }
+    }
+}
+
+/// A batch the writer committed: the readings stored now (duplicates left out).
+#[derive(Debug)]
+pub struct Committed {
+    pub readings: Vec<NewReading>,
+    /// Its outbox entry, deleted once evaluated.
+    pub outbox_id: Option<i64>,
+    /// When the commit finished (for the commit → alert latency).
+    pub committed: std::time::Instant,
+}
+
+/// Counters of the engine, rendered on `/metrics`.
+#[derive(Debug, Default)]
+pub struct EngineMetrics {
+    pub readings_evaluated: AtomicU64,
+    pub readings_late: AtomicU64,
+    pub readings_suppressed: AtomicU64,
+    pub alerts_opened: AtomicU64,
+    pub alerts_updated: AtomicU64,
+    pub alerts_cleared: AtomicU64,
+    pub alerts_escalated: AtomicU64,
+    pub errors: AtomicU64,
+    /// From a batch's commit to its alert events being written.
+    pub commit_to_alert_seconds: Histogram,
+}
+
+impl EngineMetrics {
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        for (name, help, v) in [
+            (
+                "alert_readings_evaluated_total",
+                "Readings evaluated by the alert engine.",
+                &self.readings_evaluated,
+            ),
+            (
+                "alert_readings_late_total",
+                "Readings evaluated as late (no current alert).",
+                &self.readings_late,
+            ),
+            (
+                "alert_readings_suppressed_total",
+                "Readings excluded from clinical rules (invalid, test, demo, control solution).",
+                &self.readings_suppressed,
+            ),
+            ("alerts_opened_total", "Alerts opened.", &self.alerts_opened),
+            (
+                "alerts_updated_total",
+                "Open alerts updated (count, severity, reactivation).",
+                &self.alerts_updated,
+            ),
+            (
+                "alerts_cleared_total",
+                "Alert conditions cleared.",
+                &self.alerts_cleared,
+            ),
+            (
+                "alerts_escalated_total",
+                "Alerts escalated for lack of acknowledgement.",
+                &self.alerts_escalated,
+            ),
+            (
+                "alert_engine_errors_total",
+                "Store errors met by the alert engine.",
+                &self.errors,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP sentinella_{name} {help}");
+            let _ = writeln!(out, "# TYPE sentinella_{name} counter");
+            let _ = writeln!(out, "sentinella_{name} {}", v.load(Ordering::Relaxed));
+        }
+        self.commit_to_alert_seconds.render(
+            out,
+            "sentinella_commit_to_alert_seconds",
+            "From a batch's commit to the alert engine having written its events.",
+        );
+    }
+}
+
+/// A patient's plan as the engine uses it.
+#[derive(Debug)]
+struct LoadedPlan {
+    plan: CarePlan,
+    /// `None`: no stored plan, the template for the patient's conditions applies.
+    version: Option<i64>,
+}
+
+#[derive(Debug)]
+struct PatientState {
+    plan: Arc<LoadedPlan>,
+    /// Recent readings of every kind.
+    window: Vec<Obs>,
+    /// Rules whose condition is active in the store (so a reading back in range clears).
+    active: HashSet<String>,
+    touched: u64,
+}
+
+/// How much history a window keeps (the longest baseline plus margin).
+const WINDOW: time::Duration = time::Duration::days(15);
+
+/// The alert engine.
+pub struct Engine {
+    store: Store,
+    config: AlertsConfig,
+    clock: Clock,
+    metrics: Arc<EngineMetrics>,
+    patients: HashMap<i64, PatientState>,
+    /// Latest measurement per (patient, kind), for adherence.
+    last_measured: HashMap<(i64, ReadingKind), OffsetDateTime>,
+    /// Time-driven conditions known active (not to re-trigger every tick).
+    timed_active: HashSet<(i64, String)>,
+    plans: HashMap<i64, Arc<LoadedPlan>>,
+    touch: u64,
+    done_outbox: Vec<i64>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("patients", &self.patients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        config: AlertsConfig,
+        clock: Clock,
+        metrics: Arc<EngineMetrics>,
+    ) -> Engine {
+        Engine {
+            store,
+            config,
+            clock,
+            metrics,
+            patients: HashMap::new(),
+            last_measured: HashMap::new(),
+            timed_active: HashSet::new(),
+            plans: HashMap::new(),
+            touch: 0,
+            done_outbox: Vec::new(),
+        }
+    }
+
+    /// Runs until `cancel` fires and the channel is drained: recovers the outbox first, then
+    /// evaluates batches as they come and runs the timers.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Committed>, cancel: CancellationToken) {
+        self.start_up(&cancel).await;
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                batch = rx.recv() => match batch {
+                    Some(batch) => self.on_batch(batch).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+        self.flush_outbox().await;
+        tracing::debug!("alert engine stopped");
+    }
+
+    async fn start_up(&mut self, cancel: &CancellationToken) {
+        let now = (self.clock)();
+        loop {
+            match self
+                .store
+                .last_measured(now - time::Duration::days(31))
+                .await
+            {
+                Ok(rows) => {
+                    for (patient, kind, at) in rows {
+                        if let Some(kind) = ReadingKind::parse(&kind) {
+                            self.last_measured.insert((patient, kind), at);
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if !self.wait_after(&e, cancel).await {
+                        return;
+                    }
+                }
+            }
+        }
+        loop {
+            match self.recover().await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(
+                            batches = n,
+                            "alert engine re-evaluated batches left by a stop"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if !self.wait_after(&e, cancel).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs a store error and waits a moment; false if shutting down.
+    async fn wait_after(&self, e: &StoreError, cancel: &CancellationToken) -> bool {
+        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "alert engine: store error; retrying");
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => true,
+        }
+    }
+
+    /// Re-evaluates the readings of every pending outbox entry; returns how many entries.
+    pub async fn recover(&mut self) -> Result<usize, StoreError> {
+        let pending = self.store.pending_outbox().await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        for entry in &pending {
+            for &patient in &entry.patients {
+                let stored = self
+                    .store
+                    .readings_received_between(
+                        patient,
+                        entry.min_received_at,
+                        entry.max_received_at,
+                    )
+                    .await?;
+                let readings: Vec<NewReading> = stored.into_iter().map(to_new).collect();
+                self.evaluate_patient(patient, &readings).await?;
+            }
+        }
+        let ids: Vec<i64> = pending.iter().map(|e| e.id).collect();
+        self.store.finish_outbox(&ids).await?;
+        Ok(pending.len())
+    }
+
+    /// Evaluates one committed batch.
+    pub async fn on_batch(&mut self, batch: Committed) {
+        let mut by_patient: HashMap<i64, Vec<NewReading>> = HashMap::new();
+        for r in batch.readings {
+            by_patient.entry(r.patient_id).or_default().push(r);
+        }
+        let mut ok = true;
+        for (patient, readings) in by_patient {
+            if let Err(e) = self.evaluate_patient(patient, &readings).await {
+                ok = false;
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                // The outbox entry stays: a restart evaluates these readings again.
+                tracing::warn!(error = %e, patient, "alert engine: evaluation failed; kept for re-evaluation");
+                self.patients.remove(&patient);
+            }
+        }
+        self.metrics
+            .commit_to_alert_seconds
+            .observe(batch.committed.elapsed());
+        if ok && let Some(id) = batch.outbox_id {
+            self.done_outbox.push(id);
+            if self.done_outbox.len() >= 64 {
+                self.flush_outbox().await;
+            }
+        }
+    }
+
+    async fn flush_outbox(&mut self) {
+        if self.done_outbox.is_empty() {
+            return;
+        }
+        match self.store.finish_outbox(&self.done_outbox).await {
+            Ok(()) => self.done_outbox.clear(),
+            Err(e) => {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "alert engine: could not clear the outbox; will retry");
+            }
+        }
+    }
+
+    async fn load_plan(&mut self, patient: i64) -> Result<Arc<LoadedPlan>, StoreError> {
+        if let Some(p) = self.plans.get(&patient) {
+            return Ok(p.clone());
+        }
+        let loaded = match self.store.current_care_plan(patient).await? {
+            Some(row) => match CarePlan::from_json(&row.plan) {
+                Ok(plan) => LoadedPlan {
+                    plan: plan.normalized(),
+                    version: Some(row.version),
+                },
+                Err(e) => {
+                    tracing::error!(patient, version = row.version, error = %e, "stored care plan unreadable; using the general template");
+                    LoadedPlan {
+                        plan: plan::template("general").unwrap_or(CarePlan {
+                            schedule: Vec::new(),
+                            rules: Vec::new(),
+                        }),
+                        version: Some(row.version),
+                    }
+                }
+            },
+            None => {
+                let conditions = self
+                    .store
+                    .get_patient(patient)
+                    .await?
+                    .map(|p| p.conditions)
+                    .unwrap_or_default();
+                let name = plan::template_for_conditions(&conditions);
+                LoadedPlan {
+                    plan: plan::template(name).unwrap_or(CarePlan {
+                        schedule: Vec::new(),
+                        rules: Vec::new(),
+                    }),
+                    version: None,
+                }
+            }
+        };
+        let loaded = Arc::new(loaded);
+        self.plans.insert(patient, loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn load_patient(&mut self, patient: i64, from: OffsetDateTime) -> Result<(), StoreError> {
+        if self.patients.contains_key(&patient) {
+            return Ok(());
+        }
+        let plan = self.load_plan(patient).await?;
+        let stored = self
+            .store
+            .readings(&ReadingQuery {
+                patient_id: patient,
+                from: Some(from - WINDOW),
+                to: None,
+                kind: None,
+                limit: 10_000,
+            })
+            .await?;
+        let window = stored
+            .iter()
+            .map(|r| Obs::from_stored(r, clock_bad(r.measured_at, r.received_at, r.clock_unset)))
+            .collect();
+        let active = self
+            .store
+            .open_alerts(patient)
+            .await?
+            .into_iter()
+            .filter(|a| a.condition == "active")
+            .map(|a| a.rule_id)
+            .collect();
+        if self.patients.len() >= self.config.max_cached_patients {
+            self.evict();
+        }
+        self.patients.insert(
+            patient,
+            PatientState {
+                plan,
+                window,
+                active,
+                touched: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops the least recently used tenth of the cache.
+    fn evict(&mut self) {
+        let mut ages: Vec<(u64, i64)> = self
+            .patients
+            .iter()
+            .map(|(id, s)| (s.touched, *id))
+            .collect();
+        ages.sort_unstable();
+        for (_, id) in ages
+            .into_iter()
+            .take(self.config.max_cached_patients / 10 + 1)
+        {
+            self.patients.remove(&id);
+        }
+    }
+
+    /// Evaluates a patient's new readings in measurement order.
+    async fn evaluate_patient(
+        &mut self,
+        patient: i64,
+        readings: &[NewReading],
+    ) -> Result<(), StoreError> {
+        let now = (self.clock)();
+        let mut obs: Vec<Obs> = readings
+            .iter()
+            .map(|r| Obs::from_new(r, clock_bad(r.measured_at, r.received_at, r.clock_unset)))
+            .collect();
+        obs.sort_by(|a, b| a.at.cmp(&b.at).then(a.seq.cmp(&b.seq)));
+        let Some(first) = obs.first().map(|o| o.at) else {
+            return Ok(());
+        };
+        self.load_patient(patient, first).await?;
+        self.touch += 1;
+        let touch = self.touch;
+        let late_after =
+            time::Duration::try_from(self.config.late_after).unwrap_or(time::Duration::HOUR);
+        let mut late_review: Vec<(Obs, Severity)> = Vec::new();
+        let mut clock_devices: Vec<(String, i64, OffsetDateTime)> = Vec::new();
+        for o in obs {
+            self.metrics
+                .readings_evaluated
+                .fetch_add(1, Ordering::Relaxed);
+            let (plan, effects, late) = {
+                let Some(state) = self.patients.get_mut(&patient) else {
+                    return Ok(());
+                };
+                state.touched = touch;
+                if !state
+                    .window
+                    .iter()
+                    .any(|w| w.seq == o.seq && w.device_id == o.device_id)
+                {
+                    state.window.push(o.clone());
+                }
+                let newest = state.window.iter().map(|w| w.at).max().unwrap_or(o.at);
+                state.window.retain(|w| w.at >= newest - WINDOW);
+                let late = !o.clock_bad && o.received_at - o.at > late_after;
+                let effects = rules::evaluate(&state.plan.plan, &state.window, &o);
+                (state.plan.clone(), effects, late)
+            };
+            if o.quality == Quality::Excluded {
+                self.metrics
+                    .readings_suppressed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let key = (patient, o.kind);
+            if self.last_measured.get(&key).is_none_or(|t| *t < o.at) {
+                self.last_measured.insert(key, o.at);
+            }
+            if o.clock_bad && has_rule(&plan.plan, |c| matches!(c, Check::Clock { .. })) {
+                clock_devices.push((o.device_id.clone(), o.seq, o.at));
+            }
+            if late {
+                self.metrics.readings_late.fetch_add(1, Ordering::Relaxed);
+                for e in effects {
+                    if let Effect::Trigger { severity, .. } = e
+                        && severity >= Severity::Medium
+                    {
+                        late_review.push((o.clone(), severity));
+                        break;
+                    }
+                }
+                continue;
+            }
+            // A reading is news: adherence for its kind is satisfied.
+            for rule in &plan.plan.rules {
+                if let Check::Adherence { kind, .. } = &rule.check
+                    && *kind == o.kind
+                    && self.timed_active.remove(&(patient, rule.id.clone()))
+                {
+                    self.clear(patient, &rule.id, now, Some(o.at)).await?;
+                }
+            }
+            for effect in effects {
+                self.apply(patient, &plan, effect, now).await?;
+            }
+        }
+        for (device, seq, at) in clock_devices {
+            let severity = clock_severity(&plan_of(self, patient));
+            let t = Trigger {
+                patient_id: patient,
+                rule_id: format!("device-clock:{device}"),
+                rule_kind: "device".into(),
+                title: format!("Device {device}: clock not set or wrong"),
+                severity,
+                plan_version: plan_of(self, patient).version,
+                metric: None,
+                unit: None,
+                value: None,
+                higher_is_worse: true,
+                readings: vec![AlertReading {
+                    device_id: device,
+                    seq,
+                    measured_at: at,
+                    value: None,
+                }],
+                at: now,
+                due_at: self.due(severity, now),
+                detail: None,
+            };
+            self.record(self.store.trigger_alert(&t).await?);
+        }
+        if !late_review.is_empty() {
+            let plan = plan_of(self, patient);
+            let worst = late_review
+                .iter()
+                .map(|(_, s)| *s)
+                .max()
+                .unwrap_or(Severity::Medium);
+            let t = Trigger {
+                patient_id: patient,
+                rule_id: "late-review".into(),
+                rule_kind: "retrospective".into(),
+                title: "Late readings out of range: review".into(),
+                severity: Severity::Low,
+                plan_version: plan.version,
+                metric: None,
+                unit: None,
+                value: None,
+                higher_is_worse: true,
+                readings: late_review
+                    .iter()
+                    .map(|(o, _)| AlertReading {
+                        device_id: o.device_id.clone(),
+                        seq: o.seq,
+                        measured_at: o.at,
+                        value: None,
+                    })
+                    .collect(),
+                at: now,
+                due_at: self.due(Severity::Low, now),
+                detail: Some(serde_json::json!({ "worst_band": worst.as_str() }).to_string()),
+            };
+            self.record(self.store.trigger_alert(&t).await?);
+        }
+        Ok(())
+    }
+
+    fn due(&self, severity: Severity, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        self.config
+            .response(severity)
+            .and_then(|d| time::Duration::try_from(d).ok())
+            .map(|d| now + d)
+    }
+
+    fn record(&self, outcome: TriggerOutcome) {
+        match outcome {
+            TriggerOutcome::Opened { .. } => {
+                self.metrics.alerts_opened.fetch_add(1, Ordering::Relaxed);
+            }
+            TriggerOutcome::Updated { .. } => {
+                self.metrics.alerts_updated.fetch_add(1, Ordering::Relaxed);
+            }
+            TriggerOutcome::Unchanged { .. } => {}
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        patient: i64,
+        plan: &LoadedPlan,
+        effect: Effect,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        match effect {
+            Effect::Trigger {
+                rule_id,
+                rule_kind,
+                title,
+                severity,
+                metric,
+                value,
+                higher_is_worse,
+                readings,
+            } => {
+                let t = Trigger {
+                    patient_id: patient,
+                    rule_id: rule_id.clone(),
+                    rule_kind: rule_kind.into(),
+                    title,
+                    severity,
+                    plan_version: plan.version,
+                    metric: Some(metric.as_str().into()),
+                    unit: Some(metric.unit().into()),
+                    value,
+                    higher_is_worse,
+                    readings: readings
+                        .into_iter()
+                        .map(|(device_id, seq, measured_at, value)| AlertReading {
+                            device_id,
+                            seq,
+                            measured_at,
+                            value,
+                        })
+                        .collect(),
+                    at: now,
+                    due_at: self.due(severity, now),
+                    detail: None,
+                };
+                self.record(self.store.trigger_alert(&t).await?);
+                if let Some(state) = self.patients.get_mut(&patient) {
+                    state.active.insert(rule_id);
+                }
+            }
+            Effect::Clear { rule_id } => {
+                let active = self
+                    .patients
+                    .get(&patient)
+                    .is_some_and(|s| s.active.contains(&rule_id));
+                if active {
+                    self.clear(patient, &rule_id, now, None).await?;
+                    if let Some(state) = self.patients.get_mut(&patient) {
+                        state.active.remove(&rule_id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn clear(
+        &self,
+        patient: i64,
+        rule_id: &str,
+        now: OffsetDateTime,
+        measured: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        if self
+            .store
+            .clear_alert(patient, rule_id, now, measured, None)
+            .await?
+            .is_some()
+        {
+            self.metrics.alerts_cleared.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The time-driven rules.
+    pub async fn on_tick(&mut self) {
+        self.flush_outbox().await;
+        let now = (self.clock)();
+        if let Err(e) = self.refresh_plans().await {
+            self.note_error(&e);
+        }
+        if let Err(e) = self.escalate(now).await {
+            self.note_error(&e);
+        }
+        if let Err(e) = self.adherence(now).await {
+            self.note_error(&e);
+        }
+        if let Err(e) = self.devices(now).await {
+            self.note_error(&e);
+        }
+    }
+
+    fn note_error(&self, e: &StoreError) {
+        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "alert engine timer: store error; next tick retries");
+    }
+
+    /// Drops cached plans whose stored version changed, and loads plans of patients the
+    /// engine has not met yet (their adherence clocks run too).
+    async fn refresh_plans(&mut self) -> Result<(), StoreError> {
+        let versions = self.store.care_plan_versions().await?;
+        for (patient, version) in versions {
+            let stale = self
+                .plans
+                .get(&patient)
+                .is_none_or(|p| p.version != Some(version));
+            if stale {
+                self.plans.remove(&patient);
+                let plan = self.load_plan(patient).await?;
+                if let Some(state) = self.patients.get_mut(&patient) {
+                    state.plan = plan;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn escalate(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
+        for alert in self.store.overdue_alerts(now, 500).await? {
+            let Some(response) = self.config.response(alert.severity) else {
+                continue;
+            };
+            let next = now + time::Duration::try_from(response).unwrap_or(time::Duration::HOUR);
+            if self
+                .store
+                .escalate_alert(alert.id, now, next)
+                .await?
+                .is_some()
+            {
+                self.metrics
+                    .alerts_escalated
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    alert = alert.id,
+                    patient = alert.patient_id,
+                    severity = alert.severity.as_str(),
+                    "alert escalated: not acknowledged in time"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn adherence(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
+        let plans: Vec<(i64, Arc<LoadedPlan>)> =
+            self.plans.iter().map(|(p, l)| (*p, l.clone())).collect();
+        for (patient, loaded) in plans {
+            for rule in &loaded.plan.rules {
+                let Check::Adherence { kind, severity } = &rule.check else {
+                    continue;
+                };
+                let Some(expected) = loaded.plan.schedule.iter().find(|e| e.kind == *kind) else {
+                    continue;
+                };
+                let key = (patient, rule.id.clone());
+                if self.timed_active.contains(&key) {
+                    continue;
+                }
+                let limit = hours(expected.every_hours + expected.grace_hours);
+                let since = match self.last_measured.get(&(patient, *kind)) {
+                    Some(t) => *t,
+                    // Never measured: the clock starts when the engine met the plan.
+                    None => {
+                        self.last_measured.insert((patient, *kind), now);
+                        continue;
+                    }
+                };
+                if now - since > limit {
+                    let t = Trigger {
+                        patient_id: patient,
+                        rule_id: rule.id.clone(),
+                        rule_kind: "adherence".into(),
+                        title: rule.title.clone(),
+                        severity: *severity,
+                        plan_version: loaded.version,
+                        metric: None,
+                        unit: None,
+                        value: None,
+                        higher_is_worse: true,
+                        readings: Vec::new(),
+                        at: now,
+                        due_at: self.due(*severity, now),
+                        detail: Some(serde_json::json!({ "last_measured": since.unix_timestamp(), "expected_every_hours": expected.every_hours }).to_string()),
+                    };
+                    self.record(self.store.trigger_alert(&t).await?);
+                    self.timed_active.insert(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn devices(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
+        let devices = self.store.list_devices(None).await?;
+        for d in devices {
+            if d.revoked_at.is_some() {
+                continue;
+            }
+            let loaded = self.load_plan(d.patient_id).await?;
+            for rule in &loaded.plan.rules {
+                let (rule_id, firing, severity, clears) = match &rule.check {
+                    Check::DeviceOffline {
+                        after_hours,
+                        severity,
+                    } => {
+                        let seen = d.last_seen_at.unwrap_or(d.created_at);
+                        let limit = hours(*after_hours);
+                        (
+                            format!("device-offline:{}", d.id),
+                            now - seen > limit,
+                            *severity,
+                            now - seen <= limit,
+                        )
+                    }
+                    Check::LowBattery {
+                        below_pct,
+                        severity,
+                    } => {
+                        let low = d.battery_pct.is_some_and(|b| b < i16::from(*below_pct));
+                        let fine = d
+                            .battery_pct
+                            .is_some_and(|b| b >= i16::from(*below_pct) + 5);
+                        (format!("device-battery:{}", d.id), low, *severity, fine)
+                    }
+                    _ => continue,
+                };
+                let key = (d.patient_id, rule_id.clone());
+                if firing && !self.timed_active.contains(&key) {
+                    let t = Trigger {
+                        patient_id: d.patient_id,
+                        rule_id: rule_id.clone(),
+                        rule_kind: "device".into(),
+                        title: format!("{}: {}", rule.title, d.id),
+                        severity,
+                        plan_version: loaded.version,
+                        metric: None,
+                        unit: None,
+                        value: d.battery_pct.map(f64::from),
+                        higher_is_worse: false,
+                        readings: Vec::new(),
+                        at: now,
+                        due_at: self.due(severity, now),
+                        detail: None,
+                    };
+                    self.record(self.store.trigger_alert(&t).await?);
+                    self.timed_active.insert(key);
+                } else if clears && self.timed_active.remove(&key) {
+                    self.clear(d.patient_id, &rule_id, now, None).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn plan_of(engine: &Engine, patient: i64) -> Arc<LoadedPlan> {
+    engine
+        .patients
+        .get(&patient)
+        .map(|s| s.plan.clone())
+        .unwrap_or_else(|| {
+            Arc::new(LoadedPlan {
+                plan: CarePlan {
+                    schedule: Vec::new(),
+                    rules: Vec::new(),
+                },
+                version: None,
+            })
+        })
+}
+
+fn clock_severity(plan: &LoadedPlan) -> Severity {
+    plan.plan
+        .rules
+        .iter()
+        .find_map(|r| match r.check {
+            Check::Clock { severity } => Some(severity),
+            _ => None,
+        })
+        .unwrap_or(Severity::Low)
+}
+
+fn has_rule(plan: &CarePlan, f: impl Fn(&Check) -> bool) -> bool {
+    plan.rules.iter().any(|r| f(&r.check))
+}
+
+/// `h` hours, saturating (plans are validated, but a stored one is not trusted blindly).
+fn hours(h: f64) -> time::Duration {
+    time::Duration::checked_seconds_f64(h * 3600.0).unwrap_or(time::Duration::days(3650))
+}
+
+/// Whether the device time cannot stand for the measurement time.
+fn clock_bad(measured: OffsetDateTime, received: OffsetDateTime, unset: bool) -> bool {
+    let ms = |t: OffsetDateTime| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let state = ClockState::assess(ms(measured), ms(received), unset);
+    state.is_implausible() || state == ClockState::Unset
+}
+
+fn to_new(r: store::StoredReading) -> NewReading {
+    NewReading {
+        device_id: r.device_id,
+        seq: r.seq,
+        patient_id: r.patient_id,
+        kind: r.kind,
+        measured_at: r.measured_at,
+        received_at: r.received_at,
+        clock_unset: r.clock_unset,
+        status: r.status,
+        sensor: r.sensor,
+        systolic: r.systolic,
+        diastolic: r.diastolic,
+        mean_arterial: r.mean_arterial,
+        pulse: r.pulse,
+        spo2: r.spo2,
+        perfusion_index: r.perfusion_index,
+        glucose_mg_dl: r.glucose_mg_dl,
+        glucose_sample: r.glucose_sample,
+        glucose_meal: r.glucose_meal,
+        source_unit: r.source_unit,
+    }
+}

@@ -1,0 +1,582 @@
+//! Rule evaluation, pure: a reading, the patient's recent readings and a care plan in; what
+//! should happen to the patient's alerts out. No IO, no clock: the engine supplies both.
+
+use store::{NewReading, ReadingKind, Severity, StoredReading};
+use time::{Duration, OffsetDateTime};
+
+use protocol::reading::{MeasurementStatus, sensor};
+
+use super::plan::{Band, CarePlan, Check, Condition, Direction, Metric};
+
+/// Whether a reading may raise a clinical alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quality {
+    /// Patient data the device vouches for.
+    Good,
+    /// The device flagged it questionable (status or sensor bits): it may ask for a repeat
+    /// but raises no clinical alert and does not count towards persistence.
+    Questionable,
+    /// Never evaluated clinically: invalid, test or demo data, calibration, control solution.
+    Excluded,
+}
+
+/// The values of one reading, canonical units.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Values {
+    pub systolic: Option<f64>,
+    pub diastolic: Option<f64>,
+    pub mean_arterial: Option<f64>,
+    pub pulse: Option<f64>,
+    pub spo2: Option<f64>,
+    pub perfusion_index: Option<f64>,
+    pub glucose: Option<f64>,
+}
+
+impl Values {
+    pub fn get(&self, m: Metric) -> Option<f64> {
+        match m {
+            Metric::Systolic => self.systolic,
+            Metric::Diastolic => self.diastolic,
+            Metric::MeanArterial => self.mean_arterial,
+            Metric::Pulse => self.pulse,
+            Metric::Spo2 => self.spo2,
+            Metric::PerfusionIndex => self.perfusion_index,
+            Metric::Glucose => self.glucose,
+        }
+    }
+}
+
+/// One reading as the engine sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Obs {
+    pub device_id: String,
+    pub seq: i64,
+    pub kind: ReadingKind,
+    /// When it was measured, as far as we can tell: the device time, or the receive time
+    /// when the device clock is unset or implausible.
+    pub at: OffsetDateTime,
+    pub received_at: OffsetDateTime,
+    pub values: Values,
+    pub quality: Quality,
+    /// The device clock was unset or implausible.
+    pub clock_bad: bool,
+}
+
+fn f(v: Option<f32>) -> Option<f64> {
+    v.map(f64::from)
+}
+
+/// Sensor bits that make a reading questionable (movement, cuff fit, poor signal, …).
+const BP_QUESTIONABLE: u32 =
+    sensor::BP_BODY_MOVEMENT | sensor::BP_CUFF_TOO_LOOSE | sensor::BP_IMPROPER_POSITION;
+const PLX_QUESTIONABLE: u32 = sensor::PLX_SIGNAL_IRREGULARITY
+    | sensor::PLX_INADEQUATE_SIGNAL
+    | sensor::PLX_POOR_SIGNAL
+    | sensor::PLX_LOW_PERFUSION
+    | sensor::PLX_ERRATIC_SIGNAL
+    | sensor::PLX_NON_PULSATILE
+    | sensor::PLX_QUESTIONABLE_PULSE
+    | sensor::PLX_SENSOR_INTERFERENCE
+    | sensor::PLX_SENSOR_DISPLACED;
+const PLX_EXCLUDED: u32 = sensor::PLX_EQUIPMENT_MALFUNCTION
+    | sensor::PLX_SENSOR_UNCONNECTED
+    | sensor::PLX_UNKNOWN_SENSOR
+    | sensor::PLX_SENSOR_MALFUNCTION
+    | sensor::PLX_SENSOR_DISCONNECTED;
+const GLU_EXCLUDED: u32 = sensor::GLU_SENSOR_MALFUNCTION
+    | sensor::GLU_SAMPLE_SIZE_INSUFFICIENT
+    | sensor::GLU_STRIP_INSERTION_ERROR
+    | sensor::GLU_STRIP_TYPE_INCORRECT;
+
+/// How much a reading can be trusted clinically.
+pub fn quality(
+    kind: ReadingKind,
+    status: i32,
+    sensor_bits: i64,
+    glucose_sample: Option<&str>,
+) -> Quality {
+    let status = MeasurementStatus(u16::try_from(status & 0xFFFF).unwrap_or(0));
+    let bits = u32::try_from(sensor_bits & 0xFFFF_FFFF).unwrap_or(0);
+    if status.has(MeasurementStatus::INVALID)
+        || status.has(MeasurementStatus::TEST_DATA)
+        || status.has(MeasurementStatus::DEMO_DATA)
+        || status.has(MeasurementStatus::CALIBRATION_ONGOING)
+        || status.has(MeasurementStatus::NOT_AVAILABLE)
+        || status.has(MeasurementStatus::MSMT_ONGOING)
+        || glucose_sample == Some("control")
+    {
+        return Quality::Excluded;
+    }
+    let (questionable, excluded) = match kind {
+        ReadingKind::BloodPressure => (BP_QUESTIONABLE, 0),
+        ReadingKind::Spo2 => (PLX_QUESTIONABLE, PLX_EXCLUDED),
+        ReadingKind::Glucose => (0, GLU_EXCLUDED),
+    };
+    if bits & excluded != 0 {
+        Quality::Excluded
+    } else if status.has(MeasurementStatus::QUESTIONABLE) || bits & questionable != 0 {
+        Quality::Questionable
+    } else {
+        Quality::Good
+    }
+}
+
+impl Obs {
+    /// From a reading the gateway just committed; `clock_bad` from its clock assessment.
+    pub fn from_new(r: &NewReading, clock_bad: bool) -> Obs {
+        Obs {
+            device_id: r.device_id.clone(),
+            seq: r.seq,
+            kind: r.kind,
+            at: if clock_bad {
+                r.received_at
+            } else {
+                r.measured_at
+            },
+            received_at: r.received_at,
+            values: Values {
+                systolic: f(r.systolic),
+                diastolic: f(r.diastolic),
+                mean_arterial: f(r.mean_arterial),
+                pulse: f(r.pulse),
+                spo2: f(r.spo2),
+                perfusion_index: f(r.perfusion_index),
+                glucose: f(r.glucose_mg_dl),
+            },
+            quality: quality(r.kind, r.status, r.sensor, r.glucose_sample.as_deref()),
+            clock_bad,
+        }
+    }
+
+    /// From a stored reading.
+    pub fn from_stored(r: &StoredReading, clock_bad: bool) -> Obs {
+        Obs {
+            device_id: r.device_id.clone(),
+            seq: r.seq,
+            kind: r.kind,
+            at: if clock_bad {
+                r.received_at
+            } else {
+                r.measured_at
+            },
+            received_at: r.received_at,
+            values: Values {
+                systolic: f(r.systolic),
+                diastolic: f(r.diastolic),
+                mean_arterial: f(r.mean_arterial),
+                pulse: f(r.pulse),
+                spo2: f(r.spo2),
+                perfusion_index: f(r.perfusion_index),
+                glucose: f(r.glucose_mg_dl),
+            },
+            quality: quality(r.kind, r.status, r.sensor, r.glucose_sample.as_deref()),
+            clock_bad,
+        }
+    }
+
+    fn same(&self, other: &Obs) -> bool {
+        self.seq == other.seq && self.device_id == other.device_id
+    }
+}
+
+/// What evaluating one reading asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Open or update the (patient, rule) alert.
+    Trigger {
+        rule_id: String,
+        rule_kind: &'static str,
+        title: String,
+        severity: Severity,
+        metric: Metric,
+        value: Option<f64>,
+        higher_is_worse: bool,
+        /// The readings behind it (the run, oldest first) as (device, seq, at, value).
+        readings: Vec<(String, i64, OffsetDateTime, Option<f64>)>,
+    },
+    /// The rule's condition no longer holds.
+    Clear { rule_id: String },
+}
+
+/// The rule id of the "questionable reading, please repeat" request.
+pub const REPEAT_RULE: &str = "quality-repeat";
+
+/// Evaluates `current` (already in `window`, or not) against every reading rule of `plan`.
+/// `window` holds the patient's recent readings of every kind, in any order.
+pub fn evaluate(plan: &CarePlan, window: &[Obs], current: &Obs) -> Vec<Effect> {
+    let mut out = Vec::new();
+    if current.quality == Quality::Excluded {
+        return out;
+    }
+    for rule in &plan.rules {
+        match &rule.check {
+            Check::Threshold { bands, hysteresis } => {
+                let metrics: Vec<Metric> = bands
+                    .iter()
+                    .flat_map(|b| b.any.iter().map(|c| c.metric))
+                    .collect();
+                if !metrics.iter().any(|m| m.kinds().contains(&current.kind))
+                    || !metrics.iter().any(|m| current.values.get(*m).is_some())
+                {
+                    continue;
+                }
+                let mut ordered: Vec<&Band> = bands.iter().collect();
+                ordered.sort_by_key(|b| std::cmp::Reverse(b.severity));
+                if current.quality == Quality::Questionable {
+                    if ordered.iter().any(|b| band_holds(b, current)) {
+                        out.push(Effect::Trigger {
+                            rule_id: REPEAT_RULE.into(),
+                            rule_kind: "quality",
+                            title: "Questionable measurement: repeat requested".into(),
+                            severity: Severity::Low,
+                            metric: metrics[0],
+                            value: metrics.iter().find_map(|m| current.values.get(*m)),
+                            higher_is_worse: true,
+                            readings: vec![run_entry(current, metrics[0])],
+                        });
+                    }
+                    continue;
+                }
+                let history = eligible(window, current, |o| {
+                    metrics.iter().any(|m| m.kinds().contains(&o.kind))
+                });
+                let mut triggered = false;
+                for (i, band) in ordered.iter().enumerate() {
+                    let n = band.consecutive.max(1) as usize;
+                    if history.len() < n {
+                        continue;
+                    }
+                    let run = &history[history.len() - n..];
+                    let in_band = |o: &Obs| ordered[..=i].iter().any(|b| band_holds(b, o));
+                    let within = band
+                        .within_minutes
+                        .is_none_or(|w| current.at - run[0].at <= Duration::minutes(i64::from(w)));
+                    if within && run.iter().all(|o| in_band(o)) {
+                        let cond = band
+                            .any
+                            .iter()
+                            .find(|c| current.values.get(c.metric).is_some_and(|v| c.holds(v)))
+                            .or_else(|| band.any.first());
+                        let metric = cond.map_or(metrics[0], |c| c.metric);
+                        out.push(Effect::Trigger {
+                            rule_id: rule.id.clone(),
+                            rule_kind: "threshold",
+                            title: rule.title.clone(),
+                            severity: band.severity,
+                            metric,
+                            value: current.values.get(metric),
+                            higher_is_worse: cond.is_none_or(Condition::higher_is_worse),
+                            readings: run.iter().map(|o| run_entry(o, metric)).collect(),
+                        });
+                        triggered = true;
+                        break;
+                    }
+                }
+                if !triggered {
+                    let near = ordered.iter().any(|b| {
+                        b.any.iter().any(|c| {
+                            let h = hysteresis.unwrap_or_else(|| c.metric.hysteresis());
+                            current
+                                .values
+                                .get(c.metric)
+                                .is_some_and(|v| c.holds_widened(v, h))
+                        })
+                    });
+                    if !near {
+                        out.push(Effect::Clear {
+                            rule_id: rule.id.clone(),
+                        });
+                    }
+                }
+            }
+            Check::Trend {
+                metric,
+                direction,
+                delta,
+                baseline_days,
+                min_baseline,
+                severity,
+                consecutive,
+            } => {
+                if !metric.kinds().contains(&current.kind)
+                    || current.values.get(*metric).is_none()
+                    || current.quality != Quality::Good
+                {
+                    continue;
+                }
+                let history = eligible(window, current, |o| {
+                    metric.kinds().contains(&o.kind) && o.values.get(*metric).is_some()
+                });
+                let n = (*consecutive).max(1) as usize;
+                if history.len() < n {
+                    continue;
+                }
+                let run = &history[history.len() - n..];
+                let since = current.at - Duration::days(i64::from(*baseline_days));
+                let mut baseline: Vec<f64> = history[..history.len() - n]
+                    .iter()
+                    .filter(|o| o.at >= since)
+                    .filter_map(|o| o.values.get(*metric))
+                    .collect();
+                if baseline.len() < *min_baseline as usize {
+                    continue;
+                }
+                let median = median(&mut baseline);
+                let off = |v: f64| match direction {
+                    Direction::Drop => median - v,
+                    Direction::Rise => v - median,
+                };
+                let holds = |o: &Obs| o.values.get(*metric).is_some_and(|v| off(v) >= *delta);
+                if run.iter().all(|o| holds(o)) {
+                    out.push(Effect::Trigger {
+                        rule_id: rule.id.clone(),
+                        rule_kind: "trend",
+                        title: rule.title.clone(),
+                        severity: *severity,
+                        metric: *metric,
+                        value: current.values.get(*metric),
+                        higher_is_worse: *direction == Direction::Rise,
+                        readings: run.iter().map(|o| run_entry(o, *metric)).collect(),
+                    });
+                } else if current
+                    .values
+                    .get(*metric)
+                    .is_some_and(|v| off(v) < *delta - metric.hysteresis())
+                {
+                    out.push(Effect::Clear {
+                        rule_id: rule.id.clone(),
+                    });
+                }
+            }
+            Check::Adherence { .. }
+            | Check::DeviceOffline { .. }
+            | Check::LowBattery { .. }
+            | Check::Clock { .. } => {}
+        }
+    }
+    out
+}
+
+/// Whether a reading falls in a band (any condition holds).
+pub fn band_holds(band: &Band, o: &Obs) -> bool {
+    band.any.iter().any(|c| {
+        c.metric.kinds().contains(&o.kind) && o.values.get(c.metric).is_some_and(|v| c.holds(v))
+    })
+}
+
+/// The good readings up to and including `current` that `keep` accepts, oldest first
+/// (`current` last, counted once).
+fn eligible<'a>(window: &'a [Obs], current: &'a Obs, keep: impl Fn(&Obs) -> bool) -> Vec<&'a Obs> {
+    let mut out: Vec<&Obs> = window
+        .iter()
+        .filter(|o| o.quality == Quality::Good && !o.same(current) && o.at <= current.at && keep(o))
+        .collect();
+    out.sort_by(|a, b| a.at.cmp(&b.at).then(a.seq.cmp(&b.seq)));
+    out.push(current);
+    out
+}
+
+fn run_entry(o: &Obs, metric: Metric) -> (String, i64, OffsetDateTime, Option<f64>) {
+    (o.device_id.clone(), o.seq, o.at, o.values.get(metric))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::plan::template;
+    use super::*;
+    use time::macros::datetime;
+
+    const T0: OffsetDateTime = datetime!(2026-01-10 08:00 UTC);
+
+    fn obs(seq: i64, minutes: i64, kind: ReadingKind, values: Values) -> Obs {
+        Obs {
+            device_id: "d".into(),
+            seq,
+            kind,
+            at: T0 + Duration::minutes(minutes),
+            received_at: T0 + Duration::minutes(minutes),
+            values,
+            quality: Quality::Good,
+            clock_bad: false,
+        }
+    }
+
+    fn bp(seq: i64, minutes: i64, sys: f64, dia: f64) -> Obs {
+        obs(
+            seq,
+            minutes,
+            ReadingKind::BloodPressure,
+            Values {
+                systolic: Some(sys),
+                diastolic: Some(dia),
+                pulse: Some(70.0),
+                ..Values::default()
+            },
+        )
+    }
+
+    fn spo2(seq: i64, minutes: i64, v: f64) -> Obs {
+        obs(
+            seq,
+            minutes,
+            ReadingKind::Spo2,
+            Values {
+                spo2: Some(v),
+                pulse: Some(72.0),
+                ..Values::default()
+            },
+        )
+    }
+
+    fn triggers(effects: &[Effect]) -> Vec<(String, Severity)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Trigger {
+                    rule_id, severity, ..
+                } => Some((rule_id.clone(), *severity)),
+                Effect::Clear { .. } => None,
+            })
+            .collect()
+    }
+
+    fn clears(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Clear { rule_id } => Some(rule_id.clone()),
+                Effect::Trigger { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn crisis_is_high_then_critical_on_repeat() {
+        let plan = template("hypertension").unwrap();
+        let first = bp(1, 0, 192.0, 112.0);
+        assert_eq!(
+            triggers(&evaluate(&plan, &[], &first)),
+            [("bp-high".to_owned(), Severity::High)]
+        );
+        let second = bp(2, 5, 188.0, 108.0);
+        let window = vec![first.clone()];
+        let effects = evaluate(&plan, &window, &second);
+        assert_eq!(
+            triggers(&effects),
+            [("bp-high".to_owned(), Severity::Critical)]
+        );
+        let Effect::Trigger { readings, .. } = &effects[0] else {
+            panic!()
+        };
+        assert_eq!(readings.len(), 2);
+        // A repeat an hour later is no confirmation: high again.
+        let late = bp(3, 90, 185.0, 100.0);
+        assert_eq!(
+            triggers(&evaluate(&plan, std::slice::from_ref(&first), &late)),
+            [("bp-high".to_owned(), Severity::High)]
+        );
+    }
+
+    #[test]
+    fn copd_baseline_raises_nothing_and_persistence_needs_two() {
+        let plan = template("copd").unwrap();
+        let window: Vec<Obs> = (0..10).map(|i| spo2(i, i * 600, 89.0)).collect();
+        let at_baseline = spo2(10, 6000, 89.0);
+        assert!(triggers(&evaluate(&plan, &window, &at_baseline)).is_empty());
+        let mut w = window.clone();
+        w.push(at_baseline);
+        // One spurious low: nothing. Two in a row: an alert.
+        let low1 = spo2(11, 6010, 82.0);
+        assert!(triggers(&evaluate(&plan, &w, &low1)).is_empty());
+        w.push(low1);
+        let low2 = spo2(12, 6015, 83.0);
+        let t = triggers(&evaluate(&plan, &w, &low2));
+        assert!(
+            t.contains(&("spo2-low".to_owned(), Severity::Critical)),
+            "{t:?}"
+        );
+        // Back to baseline clears the condition.
+        w.push(low2);
+        let back = spo2(13, 6100, 90.0);
+        assert!(clears(&evaluate(&plan, &w, &back)).contains(&"spo2-low".to_owned()));
+    }
+
+    #[test]
+    fn hysteresis_keeps_the_condition_near_the_threshold() {
+        let plan = template("hypertension").unwrap();
+        let near = bp(5, 0, 177.0, 90.0); // within 5 mmHg of 180: neither trigger nor clear
+        let effects = evaluate(&plan, &[], &near);
+        assert!(!clears(&effects).contains(&"bp-high".to_owned()));
+        let far = bp(6, 0, 150.0, 90.0);
+        assert!(clears(&evaluate(&plan, &[], &far)).contains(&"bp-high".to_owned()));
+    }
+
+    #[test]
+    fn suppressed_readings_raise_nothing_or_ask_for_a_repeat() {
+        let plan = template("diabetes").unwrap();
+        let glucose = |seq, v, sample: &str, status| {
+            let mut o = obs(
+                seq,
+                0,
+                ReadingKind::Glucose,
+                Values {
+                    glucose: Some(v),
+                    ..Values::default()
+                },
+            );
+            o.quality = quality(ReadingKind::Glucose, status, 0, Some(sample));
+            o
+        };
+        assert!(evaluate(&plan, &[], &glucose(1, 40.0, "control", 0)).is_empty());
+        assert!(
+            evaluate(
+                &plan,
+                &[],
+                &glucose(2, 40.0, "capillary_whole_blood", 0x0800)
+            )
+            .is_empty()
+        );
+        let q = evaluate(
+            &plan,
+            &[],
+            &glucose(3, 40.0, "capillary_whole_blood", 0x4000),
+        );
+        assert_eq!(triggers(&q), [(REPEAT_RULE.to_owned(), Severity::Low)]);
+        let real = evaluate(&plan, &[], &glucose(4, 40.0, "capillary_whole_blood", 0));
+        assert_eq!(
+            triggers(&real),
+            [("glucose-low".to_owned(), Severity::Critical)]
+        );
+    }
+
+    #[test]
+    fn trend_against_baseline() {
+        let plan = template("copd").unwrap();
+        let window: Vec<Obs> = (0..8).map(|i| spo2(i, i * 24 * 60, 95.0)).collect();
+        let d1 = spo2(20, 8 * 24 * 60, 90.0);
+        assert!(
+            triggers(&evaluate(&plan, &window, &d1)).is_empty(),
+            "one reading is not a trend"
+        );
+        let mut w = window.clone();
+        w.push(d1);
+        let d2 = spo2(21, 8 * 24 * 60 + 60, 90.0);
+        assert!(
+            triggers(&evaluate(&plan, &w, &d2))
+                .contains(&("spo2-trend".to_owned(), Severity::Medium))
+        );
+    }
+}

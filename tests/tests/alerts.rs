@@ -1,0 +1,327 @@
+//! Golden clinical scenarios end to end: a device publishes through the edge and the broker,
+//! the gateway commits, the alert engine evaluates, and the alerts in the store are checked.
+//! Time-driven rules (adherence, escalation) run on a test clock the test moves forward.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use e2e::harness::{Db, RawDevice, Stack, now_ms, topic};
+use gateway::alerts::plan;
+use store::{
+    Alert, AlertQuery, DeviceKind, NewCarePlan, NewReading, ReadingKind, Severity, Workflow,
+};
+use time::OffsetDateTime;
+
+/// A clock the test moves by hand.
+#[derive(Clone)]
+struct TestClock(Arc<Mutex<OffsetDateTime>>);
+
+impl TestClock {
+    fn new() -> TestClock {
+        TestClock(Arc::new(Mutex::new(OffsetDateTime::now_utc())))
+    }
+    fn clock(&self) -> gateway::alerts::Clock {
+        let t = self.0.clone();
+        Arc::new(move || *t.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+    fn advance(&self, by: time::Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *t += by;
+    }
+}
+
+fn fast(config: &mut gateway::GatewayConfig) {
+    config.alerts.tick = Duration::from_millis(100);
+}
+
+const MIN: i64 = 60_000;
+
+fn bp(seq: u32, ts: i64, sys: u32, dia: u32) -> String {
+    format!(
+        r#"{{"seq":{seq},"ts":{ts},"kind":"bp","sys":{sys},"dia":{dia},"pulse":72,"unit":"mmHg"}}"#
+    )
+}
+
+fn spo2(seq: u32, ts: i64, v: u32) -> String {
+    format!(r#"{{"seq":{seq},"ts":{ts},"kind":"spo2","spo2":{v},"pulse":80}}"#)
+}
+
+fn batch(readings: &[String]) -> String {
+    format!(r#"{{"v":1,"readings":[{}]}}"#, readings.join(","))
+}
+
+async fn alerts_of(stack: &Stack, patient: i64) -> Vec<Alert> {
+    stack
+        .store()
+        .list_alerts(&AlertQuery {
+            patient_id: Some(patient),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_default()
+}
+
+/// Waits until `check` holds on the patient's alerts (or fails after 10 s).
+async fn wait_alerts(
+    stack: &Stack,
+    patient: i64,
+    what: &str,
+    check: impl Fn(&[Alert]) -> bool,
+) -> Vec<Alert> {
+    for _ in 0..200 {
+        let alerts = alerts_of(stack, patient).await;
+        if check(&alerts) {
+            return alerts;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: alerts are {:#?}", alerts_of(stack, patient).await);
+}
+
+struct Patient {
+    id: i64,
+    device: String,
+    dev: RawDevice,
+    readings: String,
+}
+
+async fn patient(stack: &Stack, conditions: &[&str], kind: DeviceKind) -> anyhow::Result<Patient> {
+    let p = stack.patient(conditions).await?;
+    let creds = stack.device(p.id, kind).await?;
+    let mut dev = RawDevice::connect(stack.edge, &creds.id, &creds.secret);
+    dev.connected().await.map_err(anyhow::Error::msg)?;
+    Ok(Patient {
+        id: p.id,
+        device: creds.id.clone(),
+        dev,
+        readings: topic(&creds.id, "readings"),
+    })
+}
+
+/// Lets the pipeline settle (commit, engine) before asserting that nothing happened.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(600)).await;
+}
+
+async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
+    let clock = TestClock::new();
+    let db = db.create().await;
+    let store = db.store.clone();
+    let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
+    let t = now_ms();
+
+    // Hypertensive crisis confirmed by a repeat: exactly one alert, critical.
+    let crisis = patient(&stack, &["hypertension"], DeviceKind::BloodPressure).await?;
+    crisis
+        .dev
+        .publish(&crisis.readings, batch(&[bp(1, t - 6 * MIN, 192, 112)]))
+        .await?;
+    wait_alerts(&stack, crisis.id, "first severe reading", |a| {
+        a.len() == 1 && a[0].severity == Severity::High
+    })
+    .await;
+    crisis
+        .dev
+        .publish(&crisis.readings, batch(&[bp(2, t - MIN, 188, 108)]))
+        .await?;
+    let alerts = wait_alerts(&stack, crisis.id, "confirmed crisis", |a| {
+        a.len() == 1 && a[0].severity == Severity::Critical
+    })
+    .await;
+    let alert = &alerts[0];
+    assert_eq!(
+        (alert.rule_id.as_str(), alert.count, alert.workflow),
+        ("bp-high", 2, Workflow::New)
+    );
+    assert_eq!(
+        alert.plan_version, None,
+        "no stored plan: the template for the conditions"
+    );
+    assert_eq!(stack.store().alert_readings(alert.id).await?.len(), 2);
+
+    // COPD patient at a baseline of 89 %: nothing under scale 2.
+    let copd = patient(&stack, &["copd"], DeviceKind::Spo2).await?;
+    let baseline: Vec<String> = (1..=8)
+        .map(|s| spo2(s, t - (20 - i64::from(s)) * 60 * MIN, 89))
+        .collect();
+    copd.dev.publish(&copd.readings, batch(&baseline)).await?;
+    settle().await;
+    stack
+        .wait_readings(&copd.device, 8, Duration::from_secs(10))
+        .await?;
+    settle().await;
+    assert!(alerts_of(&stack, copd.id).await.is_empty());
+
+    // One spurious low: nothing; a second consecutive one: an alert.
+    copd.dev
+        .publish(&copd.readings, batch(&[spo2(9, t - 10 * MIN, 82)]))
+        .await?;
+    stack
+        .wait_readings(&copd.device, 9, Duration::from_secs(10))
+        .await?;
+    settle().await;
+    assert!(
+        alerts_of(&stack, copd.id).await.is_empty(),
+        "a single low reading raised an alert"
+    );
+    copd.dev
+        .publish(&copd.readings, batch(&[spo2(10, t - 5 * MIN, 83)]))
+        .await?;
+    let alerts = wait_alerts(&stack, copd.id, "two consecutive lows", |a| {
+        a.iter()
+            .any(|x| x.rule_id == "spo2-low" && x.severity == Severity::Critical)
+    })
+    .await;
+    let low = alerts
+        .iter()
+        .find(|a| a.rule_id == "spo2-low")
+        .map(|a| a.id)
+        .unwrap_or(0);
+
+    // Back in range: the condition clears, the alert stays for the nurse.
+    copd.dev
+        .publish(&copd.readings, batch(&[spo2(11, t - MIN, 90)]))
+        .await?;
+    wait_alerts(&stack, copd.id, "cleared", |a| {
+        a.iter()
+            .any(|x| x.id == low && x.condition == "cleared" && x.workflow == Workflow::New)
+    })
+    .await;
+
+    // Unacknowledged past its response time (critical: 15 min): escalates.
+    clock.advance(time::Duration::minutes(16));
+    let alerts = wait_alerts(&stack, crisis.id, "escalation", |a| {
+        a[0].escalation_level == 1
+    })
+    .await;
+    let events = stack.store().alert_events(alerts[0].id).await?;
+    assert!(events.iter().any(|e| e.kind == "escalated"), "{events:?}");
+    // Acknowledged alerts do not escalate.
+    stack
+        .store()
+        .acknowledge_alert(alerts[0].id, "nurse", clock.clock()())
+        .await?;
+    clock.advance(time::Duration::hours(3));
+    settle().await;
+    let crisis_alert = alerts_of(&stack, crisis.id).await;
+    assert_eq!(
+        crisis_alert
+            .iter()
+            .find(|a| a.rule_id == "bp-high")
+            .map(|a| a.escalation_level),
+        Some(1)
+    );
+
+    // Missed measurements: a stored hypertension plan expects BP every 12 h (+4 h grace).
+    let quiet = stack.patient(&["hypertension"]).await?;
+    let template = plan::template("hypertension").unwrap_or_else(|| unreachable!());
+    stack
+        .store()
+        .add_care_plan(&NewCarePlan {
+            patient_id: quiet.id,
+            template: Some("hypertension".into()),
+            plan: serde_json::to_string(&template)?,
+            author: "dr.test".into(),
+            reason: "enrolment".into(),
+        })
+        .await?;
+    settle().await; // the engine meets the plan and starts its adherence clock
+    assert!(alerts_of(&stack, quiet.id).await.is_empty());
+    clock.advance(time::Duration::hours(17));
+    let alerts = wait_alerts(&stack, quiet.id, "adherence", |a| {
+        a.iter().any(|x| x.rule_id == "missed-bp")
+    })
+    .await;
+    assert_eq!(
+        alerts
+            .iter()
+            .find(|a| a.rule_id == "missed-bp")
+            .map(|a| a.plan_version),
+        Some(Some(1))
+    );
+
+    // A restart mid-scenario changes nothing: the same crisis reading resent, and a new
+    // one, update the same alert.
+    crisis.dev.close();
+    copd.dev.close();
+    let db = stack.stop().await;
+    let store = db.store.clone();
+    let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
+    // (20 h have passed on the engine's clock: the crisis patient has missed BP readings too.)
+    let bp_high = |a: &[Alert]| {
+        a.iter()
+            .filter(|x| x.rule_id == "bp-high")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let crisis_alerts = bp_high(&alerts_of(&stack, crisis.id).await);
+    assert_eq!(crisis_alerts.len(), 1);
+    let before = crisis_alerts[0].count;
+    let dev_id = stack.store().list_devices(Some(crisis.id)).await?[0]
+        .id
+        .clone();
+    // The device's secret is gone; re-evaluation after a restart goes through the outbox:
+    // a batch committed with an outbox entry but never evaluated (a crash in between).
+    let again = NewReading {
+        device_id: dev_id.clone(),
+        seq: 3,
+        patient_id: crisis.id,
+        kind: ReadingKind::BloodPressure,
+        measured_at: OffsetDateTime::now_utc(),
+        received_at: OffsetDateTime::now_utc(),
+        clock_unset: false,
+        status: 0,
+        sensor: 0,
+        systolic: Some(195.0),
+        diastolic: Some(100.0),
+        mean_arterial: None,
+        pulse: Some(80.0),
+        spo2: None,
+        perfusion_index: None,
+        glucose_mg_dl: None,
+        glucose_sample: None,
+        glucose_meal: None,
+        source_unit: None,
+    };
+    stack
+        .store()
+        .commit_batch(&store::CommitBatch {
+            readings: vec![again],
+            outbox: true,
+            ..Default::default()
+        })
+        .await?;
+    let db = stack.stop().await;
+    let store = db.store.clone();
+    let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
+    let after = wait_alerts(&stack, crisis.id, "outbox re-evaluation", |a| {
+        bp_high(a).first().is_some_and(|x| x.count > before)
+    })
+    .await;
+    let after = bp_high(&after);
+    assert_eq!(after.len(), 1, "still one alert for the crisis: {after:#?}");
+    assert_eq!(after[0].count, before + 1);
+    // Once evaluated, the outbox entry is gone.
+    let mut pending = stack.store().pending_outbox().await?;
+    for _ in 0..100 {
+        if pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pending = stack.store().pending_outbox().await?;
+    }
+    assert!(pending.is_empty(), "{pending:?}");
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clinical_scenarios_sqlite() -> anyhow::Result<()> {
+    clinical_scenarios(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clinical_scenarios_postgres() -> anyhow::Result<()> {
+    clinical_scenarios(Db::Postgres).await
+}
