@@ -141,6 +141,19 @@ impl Store {
             .collect()
     }
 
+    /// The current version of every patient's care plan (one query, for the engine's start).
+    pub async fn current_care_plans(&self) -> Result<Vec<CarePlanRow>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM care_plans c WHERE version = \
+             (SELECT MAX(version) FROM care_plans m WHERE m.patient_id = c.patient_id)"
+        );
+        self.read(&sql, &[])
+            .await?
+            .iter()
+            .map(plan_from_row)
+            .collect()
+    }
+
     /// `(patient_id, current version)` of every patient with a care plan: how the alert
     /// engine notices plan changes made by another process.
     pub async fn care_plan_versions(&self) -> Result<Vec<(i64, i64)>> {

@@ -212,6 +212,10 @@ pub struct Engine {
     /// Time-driven conditions known active (not to re-trigger every tick).
     timed_active: HashSet<(i64, String)>,
     plans: HashMap<i64, Arc<LoadedPlan>>,
+    /// Template plans shared by every patient without a stored plan.
+    templates: HashMap<&'static str, Arc<LoadedPlan>>,
+    /// Fires at shutdown: timers stop, the remaining batches are still evaluated.
+    stopping: CancellationToken,
     touch: u64,
     done_outbox: Vec<i64>,
 }
@@ -240,6 +244,8 @@ impl Engine {
             last_measured: HashMap::new(),
             timed_active: HashSet::new(),
             plans: HashMap::new(),
+            templates: HashMap::new(),
+            stopping: CancellationToken::new(),
             touch: 0,
             done_outbox: Vec::new(),
         }
@@ -248,8 +254,10 @@ impl Engine {
     /// Runs until `cancel` fires and the channel is drained: recovers the outbox first, then
     /// evaluates batches as they come and runs the timers.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Committed>, cancel: CancellationToken) {
+        self.stopping = cancel.clone();
         self.start_up(&cancel).await;
-        let mut tick = tokio::time::interval(self.config.tick);
+        let start = tokio::time::Instant::now() + self.config.tick;
+        let mut tick = tokio::time::interval_at(start, self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -257,7 +265,7 @@ impl Engine {
                     Some(batch) => self.on_batch(batch).await,
                     None => break,
                 },
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick(), if !cancel.is_cancelled() => self.on_tick().await,
             }
         }
         self.flush_outbox().await;
@@ -266,6 +274,16 @@ impl Engine {
 
     async fn start_up(&mut self, cancel: &CancellationToken) {
         let now = (self.clock)();
+        loop {
+            match self.load_all_plans().await {
+                Ok(()) => break,
+                Err(e) => {
+                    if !self.wait_after(&e, cancel).await {
+                        return;
+                    }
+                }
+            }
+        }
         loop {
             match self
                 .store
@@ -380,6 +398,38 @@ impl Engine {
                 tracing::warn!(error = %e, "alert engine: could not clear the outbox; will retry");
             }
         }
+    }
+
+    /// Every patient's plan in two queries: stored plans, and the shared template for the
+    /// conditions of everyone else.
+    async fn load_all_plans(&mut self) -> Result<(), StoreError> {
+        let stored: HashMap<i64, store::CarePlanRow> = self
+            .store
+            .current_care_plans()
+            .await?
+            .into_iter()
+            .map(|r| (r.patient_id, r))
+            .collect();
+        for p in self.store.list_patients(None).await? {
+            let loaded = match stored.get(&p.id) {
+                Some(row) => Arc::new(parse_stored(row)),
+                None => self.template_plan(plan::template_for_conditions(&p.conditions)),
+            };
+            self.plans.insert(p.id, loaded);
+        }
+        Ok(())
+    }
+
+    fn template_plan(&mut self, name: &'static str) -> Arc<LoadedPlan> {
+        self.templates
+            .entry(name)
+            .or_insert_with(|| {
+                Arc::new(LoadedPlan {
+                    plan: plan::template(name).unwrap_or_else(empty_plan).normalized(),
+                    version: None,
+                })
+            })
+            .clone()
     }
 
     async fn load_plan(&mut self, patient: i64) -> Result<Arc<LoadedPlan>, StoreError> {
@@ -770,6 +820,9 @@ impl Engine {
 
     async fn escalate(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
         for alert in self.store.overdue_alerts(now, 500).await? {
+            if self.stopping.is_cancelled() {
+                break;
+            }
             let Some(response) = self.config.response(alert.severity) else {
                 continue;
             };
@@ -798,6 +851,9 @@ impl Engine {
         let plans: Vec<(i64, Arc<LoadedPlan>)> =
             self.plans.iter().map(|(p, l)| (*p, l.clone())).collect();
         for (patient, loaded) in plans {
+            if self.stopping.is_cancelled() {
+                break;
+            }
             for rule in &loaded.plan.rules {
                 let Check::Adherence { kind, severity } = &rule.check else {
                     continue;
@@ -846,6 +902,9 @@ impl Engine {
     async fn devices(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
         let devices = self.store.list_devices(None).await?;
         for d in devices {
+            if self.stopping.is_cancelled() {
+                break;
+            }
             if d.revoked_at.is_some() {
                 continue;
             }
@@ -903,6 +962,30 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+fn empty_plan() -> CarePlan {
+    CarePlan {
+        schedule: Vec::new(),
+        rules: Vec::new(),
+    }
+}
+
+/// A stored plan, or (unreadable: logged) the general template under its version.
+fn parse_stored(row: &store::CarePlanRow) -> LoadedPlan {
+    match CarePlan::from_json(&row.plan) {
+        Ok(plan) => LoadedPlan {
+            plan: plan.normalized(),
+            version: Some(row.version),
+        },
+        Err(e) => {
+            tracing::error!(patient = row.patient_id, version = row.version, error = %e, "stored care plan unreadable; using the general template");
+            LoadedPlan {
+                plan: plan::template("general").unwrap_or_else(empty_plan),
+                version: Some(row.version),
+            }
+        }
     }
 }
 
