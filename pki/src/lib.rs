@@ -247,10 +247,14 @@ pub fn device_id_from_cert(der: &[u8]) -> Result<String, PkiError> {
         .subject_alternative_name()
         .map_err(|_| PkiError::NotDevice("malformed subject alternative names"))?
         .ok_or(PkiError::NotDevice("no subject alternative name"))?;
-    let mut ids = san.value.general_names.iter().filter_map(|name| match name {
-        GeneralName::URI(uri) => uri.strip_prefix(DEVICE_URI_PREFIX),
-        _ => None,
-    });
+    let mut ids = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => uri.strip_prefix(DEVICE_URI_PREFIX),
+            _ => None,
+        });
     let id = ids.next().ok_or(PkiError::NotDevice("no device URI"))?;
     if ids.next().is_some() {
         return Err(PkiError::NotDevice("more than one device URI"));
@@ -261,7 +265,9 @@ pub fn device_id_from_cert(der: &[u8]) -> Result<String, PkiError> {
         .and_then(|cn| cn.as_str().ok())
         .ok_or(PkiError::NotDevice("no common name"))?;
     if cns.next().is_some() || cn != id {
-        return Err(PkiError::NotDevice("common name differs from the device URI"));
+        return Err(PkiError::NotDevice(
+            "common name differs from the device URI",
+        ));
     }
     Ok(id.to_owned())
 }
@@ -363,12 +369,17 @@ mod tests {
     fn device_certificates_name_their_device() {
         let ca = DeviceCa::generate("test CA").unwrap();
         let issued = ca.issue_device("bp-0001").unwrap();
-        assert_eq!(device_id_from_cert(&der(&issued.cert_pem)).unwrap(), "bp-0001");
+        assert_eq!(
+            device_id_from_cert(&der(&issued.cert_pem)).unwrap(),
+            "bp-0001"
+        );
         assert_eq!(issued.sha256, fingerprint(&der(&issued.cert_pem)));
         assert_eq!(issued.serial.len(), 32);
         assert!(!format!("{issued:?}").contains("PRIVATE"));
         // The edge's own certificate is not a device.
-        let server = ca.issue_server(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let server = ca
+            .issue_server(&["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
         assert!(device_id_from_cert(&der(&server.cert_pem)).is_err());
         assert!(device_id_from_cert(b"garbage").is_err());
     }
@@ -385,14 +396,22 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(pki.join(CA_KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(pki.join(CA_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         // A certificate issued by the reloaded CA chains to the same CA certificate.
         let issued = again.issue_device("spo2-7").unwrap();
-        let paths = write_device_bundle(&dir.path().join("out"), "spo2-7", &issued, again.cert_pem())
-            .unwrap();
-        assert!(std::fs::read_to_string(&paths.key).unwrap().contains("PRIVATE KEY"));
+        let paths =
+            write_device_bundle(&dir.path().join("out"), "spo2-7", &issued, again.cert_pem())
+                .unwrap();
+        assert!(
+            std::fs::read_to_string(&paths.key)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
         std::fs::remove_file(pki.join(CA_CERT_FILE)).unwrap();
         assert!(DeviceCa::load_or_create(&pki).is_err());
     }
