@@ -228,9 +228,9 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), GatewayErro
     Ok((listener, bound))
 }
 
-/// Polls the store for revoked devices every `every`: forgets their cached registry entries
-/// (so a reconnect is refused at once, not after the cache TTL) and closes their live
-/// connections. Latency from `sentinella device revoke` to the close: at most `every` plus one
+/// Polls the store for revoked (or re-certified) devices every `every`: forgets their cached
+/// registry entries (so a reconnect, or a superseded certificate, is refused at once, not after
+/// the cache TTL) and closes the live connections of revoked ones. Latency from `sentinella device revoke` to the close: at most `every` plus one
 /// query.
 async fn revocations(
     store: Store,
@@ -248,10 +248,13 @@ async fn revocations(
             _ = tick.tick() => {}
         }
         let since = time::OffsetDateTime::now_utc() - REVOCATION_LOOKBACK;
-        match store.devices_revoked_since(since).await {
-            Ok(ids) => {
-                for id in ids {
+        match store.device_auth_changes_since(since).await {
+            Ok(changes) => {
+                for (id, revoked) in changes {
                     registry.invalidate(&id);
+                    if !revoked {
+                        continue;
+                    }
                     let closed = live.close_device(&id);
                     if closed > 0 {
                         Metrics::add(&metrics.edge_revoked_closed_total, closed as u64);

@@ -464,22 +464,23 @@ impl Store {
         Ok(())
     }
 
-    /// Ids of the devices revoked at or after `since` (by their `revoked_at`), for the edge's
-    /// revocation poll.
-    pub async fn devices_revoked_since(&self, since: OffsetDateTime) -> Result<Vec<String>> {
-        let sql = "SELECT id FROM devices WHERE revoked_at IS NOT NULL AND revoked_at >= $1 \
-                   ORDER BY id";
+    /// Devices revoked, or issued a certificate, at or after `since`, for the edge's
+    /// revocation poll; each with whether it is revoked.
+    pub async fn device_auth_changes_since(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(String, bool)>> {
+        let sql = "SELECT id, revoked_at IS NOT NULL AS revoked FROM devices \
+                   WHERE revoked_at >= $1 OR cert_issued_at >= $1 ORDER BY id";
         match &self.db {
             Db::Postgres(pg) => {
                 let mut c = pg.conn().await?;
-                let ids = sqlx::query_scalar(sql)
-                    .bind(since)
-                    .fetch_all(&mut *c)
-                    .await?;
+                let rows: Vec<(String, bool)> =
+                    sqlx::query_as(sql).bind(since).fetch_all(&mut *c).await?;
                 c.finish().await?;
-                Ok(ids)
+                Ok(rows)
             }
-            Db::Sqlite(pool) => Ok(sqlx::query_scalar(sql)
+            Db::Sqlite(pool) => Ok(sqlx::query_as(sql)
                 .bind(to_ms(since))
                 .fetch_all(pool)
                 .await?),
