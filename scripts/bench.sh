@@ -35,7 +35,7 @@ bench_one() {
   edge=$(free_port); api=$(free_port)
   echo "== $backend: $DEVICES devices, batch $BATCH, in flight $IN_FLIGHT, $DURATION" >&2
   $BIN/sentinella-sim provision --database-url "$url" --patients "$DEVICES" --prefix bench --out "$work/fleet.json" >&2
-  SENTINELLA_EDGE_LISTEN=127.0.0.1:$edge SENTINELLA_API_LISTEN=127.0.0.1:$api \
+  SENTINELLA_EDGE_LISTEN=127.0.0.1:$edge SENTINELLA_EDGE_TLS_LISTEN=127.0.0.1:0 SENTINELLA_API_LISTEN=127.0.0.1:$api \
     $BIN/sentinella --database-url "$url" --data-dir "$work" --log warn run &
   pid=$!
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$api/readyz" >/dev/null && break; sleep 0.1; done

@@ -143,7 +143,7 @@ drop_store() {
 # Starts the gateway on $EDGE/$API (the same ports every time), logging to the run's log.
 start_gateway() {
   echo "--- $(date -Is) start" >> "$OUT/$RUN.gateway.log"
-  SENTINELLA_EDGE_LISTEN=127.0.0.1:$EDGE SENTINELLA_API_LISTEN=127.0.0.1:$API \
+  SENTINELLA_EDGE_LISTEN=127.0.0.1:$EDGE SENTINELLA_EDGE_TLS_LISTEN=127.0.0.1:0 SENTINELLA_API_LISTEN=127.0.0.1:$API \
     $BIN/sentinella --database-url "$URL" --data-dir "$WORK" --log "$GATEWAY_LOG" run \
     >> "$OUT/$RUN.gateway.log" 2>&1 &
   GW=$!

@@ -1,6 +1,7 @@
 //! The gateway's typed configuration (the `[gateway]` table of the `sentinella` config file).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -9,10 +10,37 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
-    /// Where the edge accepts device MQTT connections (plain TCP, MQTT 3.1.1). Loopback by
-    /// default: plain TCP carries device secrets in clear, so open it beyond loopback only on a
-    /// trusted network (mutual TLS comes with the security work).
+    /// Where the edge accepts device MQTT connections over plain TCP (MQTT 3.1.1, client id =
+    /// username = device id, password = device secret). Plain TCP carries device secrets and
+    /// readings in clear: the gateway refuses to start with a non-loopback address here unless
+    /// `allow_plain_on_non_loopback` is set.
     pub listen: SocketAddr,
+    /// Lets the plain listener bind a non-loopback address (a trusted network only).
+    pub allow_plain_on_non_loopback: bool,
+    /// Where the edge accepts device MQTT connections over TLS with client certificates (the
+    /// production listener). The device's identity is its certificate's.
+    pub tls_listen: SocketAddr,
+    /// The edge's own server certificate chain (PEM). Absent: `sentinella run` issues one from
+    /// the device CA at every start, for `localhost`, `127.0.0.1`, `::1` and `tls_server_names`.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificates (PEM) device certificates must chain to. Absent: the device CA.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for the server certificate issued from the device CA.
+    pub tls_server_names: Vec<String>,
+    /// How long a new TLS connection may take to complete its handshake.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// Most connections held at once from one source IP on the TLS listener.
+    pub max_connections_per_ip: usize,
+    /// Most new connections accepted from one source IP per second on the TLS listener.
+    pub max_new_connections_per_ip_per_sec: u32,
+    /// How often the store is polled for revoked devices, whose live connections are then
+    /// closed (`sentinella device revoke` runs in another process). Worst-case latency from
+    /// the revocation to the close: this interval plus one store query.
+    #[serde(with = "humantime_serde")]
+    pub revocation_poll: Duration,
     /// Most device connections held at once; further ones are closed at accept.
     pub max_connections: usize,
     /// How long a new connection may take to send its MQTT CONNECT.
@@ -51,6 +79,16 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1884)),
+            allow_plain_on_non_loopback: false,
+            tls_listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_server_names: Vec::new(),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 256,
+            max_new_connections_per_ip_per_sec: 50,
+            revocation_poll: Duration::from_secs(2),
             max_connections: default_max_connections(),
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 256 * 1024,

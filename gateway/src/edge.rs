@@ -1,9 +1,17 @@
 //! The edge: where devices connect.
 //!
-//! Every device connection ends here first. The edge reads the MQTT CONNECT (with a timeout),
-//! checks the device against the registry (client id = username = device id, password = device
-//! secret), and only then opens a connection to the loopback broker, presenting the gateway's
-//! internal login instead of the device's. From then on it forwards every packet the device
+//! Every device connection ends here first, on one of two listeners that share one connection
+//! handler ([`connection`], generic over the byte stream):
+//! - **TLS** (production): the handshake (with a timeout, inside the connection's task) requires
+//!   a client certificate of the device CA; the device id is the certificate's
+//!   (`pki::device_id_from_cert`) and the CONNECT's client id must equal it; no password.
+//!   Per-source-IP limits (open connections, new connections per second) apply at accept.
+//! - **plain TCP** (loopback by default): client id = username = device id, password = device
+//!   secret.
+//!
+//! The edge reads the MQTT CONNECT (with a timeout), checks the device against the registry
+//! (unknown, revoked, wrong secret, superseded certificate), and only then opens a connection
+//! to the loopback broker, presenting the gateway's internal login instead of the device's. From then on it forwards every packet the device
 //! sends after checking it: PUBLISH only on the device's own `readings` or `status` topic,
 //! SUBSCRIBE only to filters inside `sentinella/v1/devices/{id}/`, a will only on its own status
 //! topic. A violation is quarantined (so nothing a device sent vanishes unrecorded) and closes
@@ -13,18 +21,24 @@
 //! Refused CONNECTs get a CONNACK with a return code (4: bad credentials, 5: not authorized,
 //! 3: server unavailable when the registry cannot be read), unlike rumqttd, which closes
 //! silently and makes clients retry in a tight loop.
+//!
+//! Every authorized connection is registered in [`LiveConnections`]; the gateway's revocation
+//! poll closes those of a device revoked in the store.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{ConnAck, ConnectReturnCode, Login, Packet, Protocol};
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,6 +48,7 @@ use crate::broker::{BrokerHandle, Inbound, Outbound};
 use crate::config::GatewayConfig;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
+use crate::tls::{IpLimits, IpRefusal};
 
 /// What every connection task needs.
 #[derive(Debug)]
@@ -46,6 +61,86 @@ pub(crate) struct EdgeContext {
     /// Fires once the pipeline has committed and acked everything after shutdown began;
     /// connections stay open until then so devices receive their last acks.
     pub(crate) close: CancellationToken,
+    /// Authorized connections by device, for closing them on revocation.
+    pub(crate) live: Arc<LiveConnections>,
+}
+
+/// How a listener's connections are carried and authenticated.
+#[derive(Clone)]
+pub(crate) enum Transport {
+    /// Plain TCP, username/password.
+    Plain,
+    /// TLS with a required client certificate, per-IP limits at accept.
+    Tls {
+        acceptor: TlsAcceptor,
+        limits: Arc<IpLimits>,
+    },
+}
+
+/// Who the transport says the peer is, before its CONNECT is read.
+#[derive(Debug)]
+enum Identity {
+    /// Nothing yet: the CONNECT's username/password decide.
+    Password,
+    /// A verified client certificate naming this device, with its fingerprint.
+    Certificate { device_id: String, sha256: String },
+}
+
+/// The devices' authorized connections, each with a token that closes it.
+#[derive(Debug, Default)]
+pub(crate) struct LiveConnections {
+    next: AtomicU64,
+    map: Mutex<HashMap<String, HashMap<u64, CancellationToken>>>,
+}
+
+/// A registered connection; deregisters on drop.
+#[derive(Debug)]
+struct LiveGuard {
+    live: Arc<LiveConnections>,
+    device: String,
+    id: u64,
+    token: CancellationToken,
+}
+
+impl LiveConnections {
+    fn register(self: &Arc<Self>, device: &str) -> LiveGuard {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(device.to_owned())
+            .or_default()
+            .insert(id, token.clone());
+        LiveGuard {
+            live: self.clone(),
+            device: device.to_owned(),
+            id,
+            token,
+        }
+    }
+
+    /// Closes every live connection of `device`; returns how many there were.
+    pub(crate) fn close_device(&self, device: &str) -> usize {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(conns) = map.get(device) else {
+            return 0;
+        };
+        for token in conns.values() {
+            token.cancel();
+        }
+        conns.len()
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let mut map = self.live.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(conns) = map.get_mut(&self.device) {
+            conns.remove(&self.id);
+            if conns.is_empty() {
+                map.remove(&self.device);
+            }
+        }
+    }
 }
 
 /// Why a connection ended early.
@@ -65,11 +160,20 @@ enum EdgeError {
     Violation(&'static str),
     #[error("packet of {0} bytes over the limit")]
     TooLarge(usize),
+    #[error("no TLS handshake within the timeout")]
+    HandshakeTimeout,
+    #[error("TLS handshake: {0}")]
+    Handshake(String),
+    #[error("device revoked while connected")]
+    Revoked,
+    #[error("gateway shutting down")]
+    ShuttingDown,
 }
 
 /// Accepts device connections until `cancel`.
 pub(crate) async fn serve(
     listener: TcpListener,
+    transport: Transport,
     ctx: Arc<EdgeContext>,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -88,6 +192,23 @@ pub(crate) async fn serve(
                 }
             },
         };
+        // Cheap checks only here: the TLS handshake and the CONNECT run in the task.
+        let ip_slot = match &transport {
+            Transport::Plain => None,
+            Transport::Tls { limits, .. } => match limits.admit(peer.ip()) {
+                Ok(slot) => Some(slot),
+                Err(why) => {
+                    let counter = match why {
+                        IpRefusal::Concurrency => &ctx.metrics.edge_ip_concurrency_refused_total,
+                        IpRefusal::Rate => &ctx.metrics.edge_ip_rate_refused_total,
+                    };
+                    Metrics::add(counter, 1);
+                    tracing::debug!(%peer, ?why, "edge per-IP limit reached, closing");
+                    drop(stream);
+                    continue;
+                }
+            },
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             Metrics::add(&ctx.metrics.edge_refused_total, 1);
             tracing::warn!(%peer, "edge connection limit reached, closing");
@@ -97,10 +218,19 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let cancel = cancel.clone();
+        let transport = transport.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let _ip_slot = ip_slot;
             Metrics::add(&ctx.metrics.edge_connections_open, 1);
-            let outcome = connection(stream, peer, &ctx, &cancel).await;
+            let outcome = match transport {
+                Transport::Plain => {
+                    connection(stream, peer, Identity::Password, &ctx, &cancel).await
+                }
+                Transport::Tls { acceptor, .. } => {
+                    tls_connection(acceptor, stream, peer, &ctx, &cancel).await
+                }
+            };
             ctx.metrics
                 .edge_connections_open
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -114,31 +244,83 @@ pub(crate) async fn serve(
                     Metrics::add(&ctx.metrics.edge_violations_total, 1);
                     tracing::warn!(%peer, why, "device connection closed for a violation");
                 }
+                Err(EdgeError::HandshakeTimeout) => {
+                    Metrics::add(&ctx.metrics.edge_tls_handshake_timeouts_total, 1);
+                    tracing::debug!(%peer, "TLS handshake timed out, closed");
+                }
+                Err(EdgeError::Handshake(why)) => {
+                    Metrics::add(&ctx.metrics.edge_tls_handshake_failures_total, 1);
+                    tracing::debug!(%peer, why, "TLS handshake failed");
+                }
+                Err(EdgeError::Revoked) => {
+                    tracing::info!(%peer, "device connection closed: device revoked");
+                }
                 Err(e) => tracing::debug!(%peer, error = %e, "device connection ended"),
             }
         });
     }
 }
 
-async fn connection(
-    mut client: TcpStream,
+/// The TLS handshake (bounded by `tls_handshake_timeout`, abandoned at shutdown), then the
+/// device identity from the verified client certificate, then the shared handler.
+async fn tls_connection(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
     peer: SocketAddr,
     ctx: &EdgeContext,
     cancel: &CancellationToken,
 ) -> Result<(), EdgeError> {
+    let handshake = tokio::time::timeout(ctx.config.tls_handshake_timeout, acceptor.accept(stream));
+    let tls = tokio::select! {
+        _ = cancel.cancelled() => return Err(EdgeError::ShuttingDown),
+        done = handshake => done
+            .map_err(|_| EdgeError::HandshakeTimeout)?
+            .map_err(|e| EdgeError::Handshake(e.to_string()))?,
+    };
+    let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
+        // The verifier requires a certificate; this is defence in depth.
+        return Err(EdgeError::Handshake("no client certificate".into()));
+    };
+    let sha256 = pki::fingerprint(leaf);
+    let device_id =
+        pki::device_id_from_cert(leaf).map_err(|e| EdgeError::Handshake(e.to_string()))?;
+    let identity = Identity::Certificate { device_id, sha256 };
+    connection(tls, peer, identity, ctx, cancel).await
+}
+
+/// One device connection over any byte stream: CONNECT, authorization, then forwarding.
+async fn connection<S>(
+    mut client: S,
+    peer: SocketAddr,
+    identity: Identity,
+    ctx: &EdgeContext,
+    cancel: &CancellationToken,
+) -> Result<(), EdgeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let mut buf = BytesMut::with_capacity(4096);
     let max = ctx.config.max_packet_size;
-    let first = tokio::time::timeout(
-        ctx.config.connect_timeout,
-        read_packet(&mut client, &mut buf, max),
-    )
-    .await
-    .map_err(|_| EdgeError::ConnectTimeout)??;
+    let first = tokio::select! {
+        _ = cancel.cancelled() => return Err(EdgeError::ShuttingDown),
+        first = tokio::time::timeout(
+            ctx.config.connect_timeout,
+            read_packet(&mut client, &mut buf, max),
+        ) => first.map_err(|_| EdgeError::ConnectTimeout)??,
+    };
     let Some(Packet::Connect(connect, _, will, _, login)) = first else {
         return Err(EdgeError::NotConnect);
     };
 
-    let device_id = match authorize(&connect.client_id, login.as_ref(), will.as_ref(), ctx).await {
+    let authorized = authorize(
+        &connect.client_id,
+        login.as_ref(),
+        will.as_ref(),
+        &identity,
+        ctx,
+    )
+    .await;
+    let device_id = match authorized {
         Ok(id) => id,
         Err((code, why)) => {
             let mut out = BytesMut::new();
@@ -153,8 +335,10 @@ async fn connection(
         }
     };
     let device = DeviceId::parse(&device_id).map_err(|_| EdgeError::Refused("bad device id"))?;
+    let live = ctx.live.register(&device_id);
     Metrics::add(&ctx.metrics.edge_connections_total, 1);
-    tracing::info!(device = %device_id, %peer, "device connected");
+    let tls = matches!(identity, Identity::Certificate { .. });
+    tracing::info!(device = %device_id, %peer, tls, "device connected");
 
     // The device's config is retained before the device can subscribe to it.
     let _ = ctx.broker.outbound.send(config_message(device)).await;
@@ -175,7 +359,7 @@ async fn connection(
     let _ = ctx.inbound.send(presence(&device_id, true)).await;
 
     let (mut from_broker, mut to_broker) = broker.into_split();
-    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_client, mut to_client) = tokio::io::split(client);
     let downstream = tokio::io::copy(&mut from_broker, &mut to_client);
     let upstream = async {
         let mut out = BytesMut::with_capacity(4096);
@@ -211,7 +395,9 @@ async fn connection(
         r = upstream => r,
         r = downstream => r.map(|_| ()).map_err(EdgeError::from),
         _ = ctx.close.cancelled() => Ok(()),
+        _ = live.token.cancelled() => Err(EdgeError::Revoked),
     };
+    drop(live);
     let _ = ctx.inbound.send(presence(&device_id, false)).await;
     tracing::info!(device = %device_id, %peer, "device disconnected");
     if let Err(EdgeError::TooLarge(size)) = &result {
@@ -229,10 +415,15 @@ async fn connection(
 }
 
 /// Checks a CONNECT; returns the device id or the CONNACK code to refuse with.
+///
+/// Over TLS the certificate is the credential: the client id must equal the certificate's
+/// device id (else 5), a username/password, if any, is ignored, and when the store recorded the
+/// device's certificate only that one is accepted (a re-issued certificate supersedes the old).
 async fn authorize(
     client_id: &str,
     login: Option<&Login>,
     will: Option<&rumqttd::protocol::LastWill>,
+    identity: &Identity,
     ctx: &EdgeContext,
 ) -> Result<String, (ConnectReturnCode, &'static str)> {
     let Ok(device) = DeviceId::parse(client_id) else {
@@ -241,18 +432,32 @@ async fn authorize(
             "client id is not a device id",
         ));
     };
-    let Some(login) = login else {
-        return Err((
-            ConnectReturnCode::BadUserNamePassword,
-            "no username/password",
-        ));
+    let password = match identity {
+        Identity::Certificate { device_id, .. } => {
+            if device_id != client_id {
+                return Err((
+                    ConnectReturnCode::NotAuthorized,
+                    "client id differs from the certificate's device",
+                ));
+            }
+            None
+        }
+        Identity::Password => {
+            let Some(login) = login else {
+                return Err((
+                    ConnectReturnCode::BadUserNamePassword,
+                    "no username/password",
+                ));
+            };
+            if login.username != client_id {
+                return Err((
+                    ConnectReturnCode::BadUserNamePassword,
+                    "username differs from client id",
+                ));
+            }
+            Some(login.password.as_str())
+        }
     };
-    if login.username != client_id {
-        return Err((
-            ConnectReturnCode::BadUserNamePassword,
-            "username differs from client id",
-        ));
-    }
     let entry = match ctx.registry.lookup(client_id).await {
         Ok(entry) => entry,
         Err(e) => {
@@ -264,10 +469,33 @@ async fn authorize(
         }
     };
     let Some(entry) = entry else {
-        return Err((ConnectReturnCode::BadUserNamePassword, "unknown device"));
+        let code = match identity {
+            Identity::Password => ConnectReturnCode::BadUserNamePassword,
+            Identity::Certificate { .. } => ConnectReturnCode::NotAuthorized,
+        };
+        return Err((code, "unknown device"));
     };
-    if !store::credentials::verify_secret(&login.password, &entry.secret_hash) {
-        return Err((ConnectReturnCode::BadUserNamePassword, "wrong secret"));
+    match (password, identity) {
+        (Some(password), _) => {
+            if !store::credentials::verify_secret(password, &entry.secret_hash) {
+                return Err((ConnectReturnCode::BadUserNamePassword, "wrong secret"));
+            }
+        }
+        (None, Identity::Certificate { sha256, .. }) => {
+            if entry
+                .cert_sha256
+                .as_ref()
+                .is_some_and(|known| known != sha256)
+            {
+                return Err((
+                    ConnectReturnCode::NotAuthorized,
+                    "certificate superseded by a newer one",
+                ));
+            }
+        }
+        (None, Identity::Password) => {
+            return Err((ConnectReturnCode::BadUserNamePassword, "no password"));
+        }
     }
     if entry.revoked {
         return Err((ConnectReturnCode::NotAuthorized, "device revoked"));

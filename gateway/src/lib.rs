@@ -3,8 +3,10 @@
 //!
 //! # Layout
 //! - [`config`]: [`GatewayConfig`], the `[gateway]` table of the config file.
-//! - `edge`: accepts device connections, authenticates them against the registry and keeps
-//!   each device inside its own topics before forwarding to the broker.
+//! - `edge`: accepts device connections (TLS with client certificates, and plain TCP with
+//!   passwords on loopback), authenticates them against the registry and keeps each device
+//!   inside its own topics before forwarding to the broker.
+//! - [`tls`]: the TLS listener's rustls configuration ([`EdgeTls`]) and per-IP limits.
 //! - `broker`: rumqttd on loopback, the ingest link and the threads bridging it to tokio.
 //! - `registry`: a short-lived cache of the devices table.
 //! - `ingest`: decode → batch → commit → ack.
@@ -15,6 +17,7 @@
 pub mod alerts;
 pub mod config;
 pub mod telemetry;
+pub mod tls;
 
 mod broker;
 mod edge;
@@ -34,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::GatewayConfig;
 pub use telemetry::Metrics;
+pub use tls::EdgeTls;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,12 @@ pub enum GatewayError {
         /// Why.
         source: std::io::Error,
     },
+    /// The configuration is unsafe or inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The TLS listener's certificates or keys are unusable.
+    #[error("edge TLS: {0}")]
+    Tls(String),
     /// The store failed its start-up health check.
     #[error("store health check: {0}")]
     Store(#[from] store::StoreError),
@@ -60,8 +70,10 @@ const ACK_DELIVERY_GRACE: Duration = Duration::from_millis(300);
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
-    /// Where devices connect (the bound address, useful with port 0).
+    /// Where devices connect over plain TCP (the bound address, useful with port 0).
     pub edge_addr: SocketAddr,
+    /// Where devices connect over mutual TLS, when the TLS listener runs.
+    pub tls_addr: Option<SocketAddr>,
     /// The loopback address of the embedded broker (internal; only the edge may log in).
     pub broker_addr: SocketAddr,
     /// Counters of every stage.
@@ -80,24 +92,51 @@ impl Gateway {
     }
 }
 
-/// Starts the gateway: checks the store, starts the broker with its ingest link subscribed,
-/// then the pipeline, and only then the edge, so no device publish can arrive before
-/// something is listening for it. Everything stops when `cancel` fires.
+/// How far back the revocation poll looks at `revoked_at`. It tolerates that much clock
+/// difference between the host that revokes (`sentinella device revoke`) and the gateway.
+const REVOCATION_LOOKBACK: time::Duration = time::Duration::minutes(10);
+
+/// Starts the gateway with the plain listener only; see [`start_with_tls`].
 pub async fn start(
     config: GatewayConfig,
     store: Store,
     cancel: CancellationToken,
 ) -> Result<Gateway, GatewayError> {
-    start_with_clock(config, store, cancel, alerts::system_clock()).await
+    start_with_tls(config, store, None, cancel).await
 }
 
-/// [`start`] with the alert engine on `clock` (tests run scenarios on a fast clock).
+/// [`start_with_clock`] on the system clock.
+pub async fn start_with_tls(
+    config: GatewayConfig,
+    store: Store,
+    tls: Option<EdgeTls>,
+    cancel: CancellationToken,
+) -> Result<Gateway, GatewayError> {
+    start_with_clock(config, store, tls, cancel, alerts::system_clock()).await
+}
+
+/// Starts the gateway: checks the store, starts the broker with its ingest link subscribed,
+/// then the pipeline, and only then the edge listeners (plain, and TLS on
+/// `config.tls_listen` when `tls` is given), so no device publish can arrive before something
+/// is listening for it. Everything stops when `cancel` fires.
+/// The alert engine runs on `clock` (tests run scenarios on a fast clock).
 pub async fn start_with_clock(
     config: GatewayConfig,
     store: Store,
+    tls: Option<EdgeTls>,
     cancel: CancellationToken,
     clock: alerts::Clock,
 ) -> Result<Gateway, GatewayError> {
+    if !config.listen.ip().is_loopback() && !config.allow_plain_on_non_loopback {
+        return Err(GatewayError::Config(format!(
+            "the plain (password, no TLS) device listener may bind only a loopback address, \
+             not {}: device secrets and readings would cross the network in clear. Devices \
+             should use the TLS listener (tls_listen); set allow_plain_on_non_loopback = true \
+             only on a trusted network",
+            config.listen
+        )));
+    }
+    let server_config = tls.as_ref().map(tls::server_config).transpose()?;
     store.health_check().await?;
     let metrics = Arc::new(Metrics::default());
     metrics.store_ok.store(true, Ordering::Relaxed);
@@ -150,16 +189,30 @@ pub async fn start_with_clock(
     });
     tracker.spawn(maintenance(store.clone(), metrics.clone(), cancel.clone()));
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| GatewayError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let edge_addr = listener.local_addr().map_err(|source| GatewayError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, edge_addr) = bind(config.listen).await?;
+    let tls_listener = match server_config {
+        Some(server_config) => {
+            let (listener, addr) = bind(config.tls_listen).await?;
+            let transport = edge::Transport::Tls {
+                acceptor: tokio_rustls::TlsAcceptor::from(server_config),
+                limits: tls::IpLimits::new(
+                    config.max_connections_per_ip,
+                    config.max_new_connections_per_ip_per_sec,
+                ),
+            };
+            Some((listener, addr, transport))
+        }
+        None => None,
+    };
+    let live = Arc::new(edge::LiveConnections::default());
+    tracker.spawn(revocations(
+        store.clone(),
+        registry.clone(),
+        live.clone(),
+        metrics.clone(),
+        config.revocation_poll,
+        cancel.clone(),
+    ));
     let ctx = Arc::new(edge::EdgeContext {
         config,
         broker: broker.clone(),
@@ -167,16 +220,83 @@ pub async fn start_with_clock(
         inbound: inbound_tx,
         metrics: metrics.clone(),
         close,
+        live,
     });
-    tracker.spawn(edge::serve(listener, ctx, cancel.clone(), tracker.clone()));
-    tracing::info!(%edge_addr, broker = %broker.addr, "gateway listening for devices");
+    let tls_addr = tls_listener.as_ref().map(|(_, addr, _)| *addr);
+    if let Some((listener, _, transport)) = tls_listener {
+        tracker.spawn(edge::serve(
+            listener,
+            transport,
+            ctx.clone(),
+            cancel.clone(),
+            tracker.clone(),
+        ));
+    }
+    tracker.spawn(edge::serve(
+        listener,
+        edge::Transport::Plain,
+        ctx,
+        cancel.clone(),
+        tracker.clone(),
+    ));
+    tracing::info!(plain = %edge_addr, tls = ?tls_addr, broker = %broker.addr, "gateway listening for devices");
     Ok(Gateway {
         edge_addr,
+        tls_addr,
         broker_addr: broker.addr,
         metrics,
         alert_metrics,
         tracker,
     })
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), GatewayError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| GatewayError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// Polls the store for revoked (or re-certified) devices every `every`: forgets their cached
+/// registry entries (so a reconnect, or a superseded certificate, is refused at once, not after
+/// the cache TTL) and closes the live connections of revoked ones. Latency from `sentinella device revoke` to the close: at most `every` plus one
+/// query.
+async fn revocations(
+    store: Store,
+    registry: Arc<registry::Registry>,
+    live: Arc<edge::LiveConnections>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let since = time::OffsetDateTime::now_utc() - REVOCATION_LOOKBACK;
+        match store.device_auth_changes_since(since).await {
+            Ok(changes) => {
+                for (id, revoked) in changes {
+                    registry.invalidate(&id);
+                    if !revoked {
+                        continue;
+                    }
+                    let closed = live.close_device(&id);
+                    if closed > 0 {
+                        Metrics::add(&metrics.edge_revoked_closed_total, closed as u64);
+                        tracing::info!(device = %id, connections = closed, "device revoked: closing its connections");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "revocation poll failed; will retry"),
+        }
+    }
 }
 
 /// Periodic store chores: readiness probe every few seconds, partitions every few hours.

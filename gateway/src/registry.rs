@@ -46,6 +46,12 @@ impl Registry {
         Ok(fresh)
     }
 
+    /// Forgets a device's cached entry, so its next lookup reads the store (e.g. revoked).
+    pub(crate) fn invalidate(&self, device_id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(device_id);
+    }
+
     fn cached(&self, device_id: &str) -> Option<Option<DeviceAuth>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let (entry, at) = entries.get(device_id)?;

@@ -22,6 +22,9 @@ pub struct Config {
     /// absent, SQLite at `{data_dir}/sentinella.sqlite`. A URL holding a password belongs in
     /// the `SENTINELLA_DATABASE_URL` environment variable, not in this file.
     pub database_url: Option<String>,
+    /// The device CA's directory (`ca.pem`, `ca.key`, created on first use, key mode 0600).
+    /// Absent: `{data_dir}/pki`.
+    pub pki_dir: Option<PathBuf>,
     /// The HTTP API.
     pub api: ApiConfig,
     /// The device side: edge, broker, ingest.
@@ -49,6 +52,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("data"),
             database_url: None,
+            pki_dir: None,
             api: ApiConfig::default(),
             gateway: GatewayConfig::default(),
         }
@@ -63,8 +67,9 @@ impl Config {
         toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))
     }
 
-    /// Applies the environment variables `SENTINELLA_API_LISTEN` and `SENTINELLA_EDGE_LISTEN`
-    /// (the database URL and data dir come through the command line's `env` fallbacks).
+    /// Applies the environment variables `SENTINELLA_API_LISTEN`, `SENTINELLA_EDGE_LISTEN` and
+    /// `SENTINELLA_EDGE_TLS_LISTEN` (the database URL and data dir come through the command
+    /// line's `env` fallbacks).
     pub fn apply_env(&mut self) -> anyhow::Result<()> {
         if let Ok(v) = std::env::var("SENTINELLA_API_LISTEN") {
             self.api.listen = v
@@ -76,7 +81,19 @@ impl Config {
                 .parse()
                 .context("SENTINELLA_EDGE_LISTEN must be host:port")?;
         }
+        if let Ok(v) = std::env::var("SENTINELLA_EDGE_TLS_LISTEN") {
+            self.gateway.tls_listen = v
+                .parse()
+                .context("SENTINELLA_EDGE_TLS_LISTEN must be host:port")?;
+        }
         Ok(())
+    }
+
+    /// The device CA's directory.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.pki_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("pki"))
     }
 
     /// The store URL to use.
@@ -110,6 +127,24 @@ mod tests {
             defaults.gateway.batch_max_delay
         );
         assert_eq!(parsed.data_dir, defaults.data_dir);
+        assert_eq!(parsed.gateway.tls_listen, defaults.gateway.tls_listen);
+        assert_eq!(
+            parsed.gateway.tls_handshake_timeout,
+            defaults.gateway.tls_handshake_timeout
+        );
+        assert_eq!(
+            parsed.gateway.max_connections_per_ip,
+            defaults.gateway.max_connections_per_ip
+        );
+        assert_eq!(
+            parsed.gateway.max_new_connections_per_ip_per_sec,
+            defaults.gateway.max_new_connections_per_ip_per_sec
+        );
+        assert_eq!(
+            parsed.gateway.revocation_poll,
+            defaults.gateway.revocation_poll
+        );
+        assert!(!parsed.gateway.allow_plain_on_non_loopback);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Thin on purpose: arguments → configuration → tracing → store, then one library call per
 //! subcommand. See `sentinella --help`.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,7 +123,9 @@ enum PatientCommand {
 
 #[derive(Debug, Subcommand)]
 enum DeviceCommand {
-    /// Provision a device for a patient and print its credentials (shown only once).
+    /// Provision a device for a patient: print its MQTT secret (shown only once, for the
+    /// loopback plain listener) and write its client certificate, key and the CA bundle for
+    /// the mutual-TLS listener.
     Add {
         /// The patient's code.
         #[arg(long)]
@@ -139,8 +142,25 @@ enum DeviceCommand {
         /// Print the credentials as JSON.
         #[arg(long)]
         json: bool,
+        /// Where to write the certificate (`{id}.crt`), key (`{id}.key`, mode 0600) and CA
+        /// bundle (`ca.crt`); default: a folder named after the device in the current
+        /// directory.
+        #[arg(long, value_name = "DIR")]
+        cert_out: Option<PathBuf>,
+        /// Issue no certificate (the device uses the plain listener only).
+        #[arg(long, conflicts_with = "cert_out")]
+        no_cert: bool,
     },
-    /// Revoke a device: it can no longer connect.
+    /// Issue a new client certificate to a device; the previous one stops working.
+    Cert {
+        /// Device id.
+        id: String,
+        /// Where to write the files; default: a folder named after the device.
+        #[arg(long, value_name = "DIR")]
+        cert_out: Option<PathBuf>,
+    },
+    /// Revoke a device: it can no longer connect, and its open connections are closed within
+    /// the gateway's `revocation_poll` interval (2 s by default).
     Revoke {
         /// Device id.
         id: String,
@@ -223,7 +243,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => Ok(()),
         Command::Cot(cmd) => cot(&store, cmd).await,
         Command::Patient(cmd) => patient(&store, cmd).await,
-        Command::Device(cmd) => device(&store, cmd).await,
+        Command::Device(cmd) => device(&store, &config, cmd).await,
         Command::Token(cmd) => token(&store, cmd).await,
         Command::Config(_) => Ok(()),
     }
@@ -249,10 +269,17 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
         Ok(limit) => tracing::info!(open_files = limit, "file descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
     }
+    let (tls, ca) = edge_tls(&config)?;
     let cancel = CancellationToken::new();
-    let gateway = gateway::start(config.gateway.clone(), store.clone(), cancel.clone())
-        .await
-        .context("start the gateway")?;
+    let gateway = gateway::start_with_tls(
+        config.gateway.clone(),
+        store.clone(),
+        Some(tls),
+        cancel.clone(),
+    )
+    .await
+    .context("start the gateway")?;
+    let tls_addr = gateway.tls_addr.context("TLS listener address")?;
     let metrics = gateway.metrics.clone();
     let alert_metrics = gateway.alert_metrics.clone();
     let ready_metrics = metrics.clone();
@@ -273,7 +300,7 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("bind the API on {}", config.api.listen))?;
     let api_addr = listener.local_addr().context("API address")?;
-    tracing::info!(%api_addr, edge = %gateway.edge_addr, "sentinella running");
+    tracing::info!(%api_addr, edge_tls = %tls_addr, edge_plain = %gateway.edge_addr, "sentinella running");
     let api = tokio::spawn(server::serve(listener, state, cancel.clone()));
 
     // The demo devices stop first, so the gateway does not log them being cut off.
@@ -285,7 +312,10 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
             config.data_dir.clone(),
             patients,
             args.demo_days,
-            gateway.edge_addr,
+            DemoEdge {
+                tls: dial_addr(tls_addr),
+                ca: ca.clone(),
+            },
             api_addr,
             demo_cancel.clone(),
         ))
@@ -303,6 +333,62 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The device CA (created on first use) and the edge's TLS material: the configured server
+/// certificate, or one issued now from the device CA.
+fn edge_tls(config: &Config) -> anyhow::Result<(gateway::EdgeTls, Arc<pki::DeviceCa>)> {
+    let dir = config.pki_dir();
+    let (ca, created) = pki::DeviceCa::load_or_create(&dir)
+        .with_context(|| format!("device CA in {}", dir.display()))?;
+    if created {
+        tracing::info!(dir = %dir.display(), "device CA created");
+    }
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
+    let g = &config.gateway;
+    let (cert_chain_pem, key_pem) = match (&g.tls_cert, &g.tls_key) {
+        (Some(cert), Some(key)) => (read(cert)?, read(key)?),
+        (None, None) => {
+            let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            let ip = g.tls_listen.ip();
+            if !ip.is_unspecified() && !ip.is_loopback() {
+                names.push(ip.to_string());
+            }
+            names.extend(g.tls_server_names.iter().cloned());
+            let server = ca
+                .issue_server(&names)
+                .context("issue the edge's server certificate")?;
+            (server.cert_pem, server.key_pem)
+        }
+        _ => bail!("[gateway] tls_cert and tls_key must be set together"),
+    };
+    let client_ca_pem = match &g.tls_client_ca {
+        Some(path) => read(path)?,
+        None => ca.cert_pem().to_owned(),
+    };
+    let tls = gateway::EdgeTls {
+        cert_chain_pem,
+        key_pem,
+        client_ca_pem,
+    };
+    Ok((tls, Arc::new(ca)))
+}
+
+/// Where a local client reaches a listener bound to `addr` (loopback for a wildcard address).
+fn dial_addr(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
+/// How the demo devices reach the edge.
+#[derive(Debug, Clone)]
+struct DemoEdge {
+    tls: SocketAddr,
+    ca: Arc<pki::DeviceCa>,
 }
 
 async fn shutdown_signal() {
@@ -353,7 +439,7 @@ async fn demo(
     data_dir: PathBuf,
     patients: usize,
     days: u32,
-    edge: std::net::SocketAddr,
+    edge: DemoEdge,
     api: std::net::SocketAddr,
     cancel: CancellationToken,
 ) {
@@ -367,22 +453,35 @@ async fn demo_inner(
     data_dir: PathBuf,
     patients: usize,
     days: u32,
-    edge: std::net::SocketAddr,
+    demo_edge: DemoEdge,
     api: std::net::SocketAddr,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let fleet_path = data_dir.join(format!("demo-fleet-{patients}.json"));
-    let fleet = if fleet_path.exists() {
-        let text = std::fs::read_to_string(&fleet_path).context("read demo fleet")?;
-        serde_json::from_str(&text).context("parse demo fleet")?
+    let mut fleet = if fleet_path.exists() {
+        simulators::fleet::FleetFile::load(&fleet_path).context("read demo fleet")?
     } else {
         let fleet = simulators::fleet::provision(&store, "COT-DEMO", patients, 1, "demo")
             .await
             .context("provision the demo fleet")?;
-        std::fs::write(&fleet_path, serde_json::to_vec_pretty(&fleet)?)
-            .context("write demo fleet")?;
+        fleet.save(&fleet_path).context("write demo fleet")?;
         fleet
     };
+    // The demo devices connect over mutual TLS: each gets a certificate from the device CA
+    // (again if the CA changed since the fleet was written). The fleet file, which then holds
+    // their private keys, is readable by its owner only.
+    for d in &mut fleet.devices {
+        if d.tls
+            .as_ref()
+            .is_some_and(|t| t.ca_pem != demo_edge.ca.cert_pem())
+        {
+            d.tls = None;
+        }
+    }
+    if simulators::fleet::issue_certs(&store, &demo_edge.ca, &mut fleet).await? > 0 {
+        fleet.save(&fleet_path).context("write demo fleet")?;
+    }
+    let edge = demo_edge.tls;
     let (token, hash) = auth::new_token();
     store
         .add_api_token(
@@ -392,7 +491,7 @@ async fn demo_inner(
         )
         .await?;
     eprintln!(
-        "\nDemo: {} simulated devices of {patients} patients publish to the edge on {edge}.\n\
+        "\nDemo: {} simulated devices of {patients} patients publish over mutual TLS to the edge on {edge}.\n\
          Try (the token is valid for 24 h):\n\
          \x20 curl -s -H 'Authorization: Bearer {token}' http://{api}/api/v1/patients\n\
          \x20 curl -s -H 'Authorization: Bearer {token}' 'http://{api}/api/v1/patients/1/readings?limit=5'\n\
@@ -499,7 +598,40 @@ async fn patient(store: &Store, cmd: PatientCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn device(store: &Store, cmd: DeviceCommand) -> anyhow::Result<()> {
+/// Issues device `id` a client certificate from the device CA, records its fingerprint (so
+/// only this certificate is accepted from now on) and writes the bundle into `out` (default
+/// `./{id}`).
+async fn issue_device_cert(
+    store: &Store,
+    config: &Config,
+    id: &str,
+    out: Option<PathBuf>,
+) -> anyhow::Result<pki::BundlePaths> {
+    let dir = config.pki_dir();
+    let (ca, created) = pki::DeviceCa::load_or_create(&dir)
+        .with_context(|| format!("device CA in {}", dir.display()))?;
+    if created {
+        eprintln!("device CA created in {}", dir.display());
+    }
+    let issued = ca
+        .issue_device(id)
+        .context("issue the device certificate")?;
+    let out = out.unwrap_or_else(|| PathBuf::from(id));
+    let paths = pki::write_device_bundle(&out, id, &issued, ca.cert_pem())
+        .context("write the device certificate")?;
+    store
+        .set_device_cert(
+            id,
+            &issued.serial,
+            &issued.sha256,
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .context("record the device certificate")?;
+    Ok(paths)
+}
+
+async fn device(store: &Store, config: &Config, cmd: DeviceCommand) -> anyhow::Result<()> {
     match cmd {
         DeviceCommand::Add {
             patient,
@@ -507,6 +639,8 @@ async fn device(store: &Store, cmd: DeviceCommand) -> anyhow::Result<()> {
             id,
             model,
             json,
+            cert_out,
+            no_cert,
         } => {
             let Some(kind) = DeviceKind::parse(&kind) else {
                 bail!("--kind must be bp, spo2 or glucose")
@@ -532,10 +666,18 @@ async fn device(store: &Store, cmd: DeviceCommand) -> anyhow::Result<()> {
                 model,
             };
             store.add_device(&new).await.context("add device")?;
+            let paths = if no_cert {
+                None
+            } else {
+                Some(issue_device_cert(store, config, &id, cert_out).await?)
+            };
             if json {
+                let cert = paths
+                    .as_ref()
+                    .map(|p| serde_json::json!({"cert": p.cert, "key": p.key, "ca": p.ca}));
                 println!(
                     "{}",
-                    serde_json::json!({"id": id, "secret": secret, "patient": patient.code, "kind": kind.as_str()})
+                    serde_json::json!({"id": id, "secret": secret, "patient": patient.code, "kind": kind.as_str(), "tls": cert})
                 );
             } else {
                 println!(
@@ -547,7 +689,18 @@ async fn device(store: &Store, cmd: DeviceCommand) -> anyhow::Result<()> {
                 println!("  MQTT password (shown only now): {secret}");
                 println!("  readings topic: sentinella/v1/devices/{id}/readings");
                 println!("  acks topic:     sentinella/v1/devices/{id}/ack");
+                if let Some(p) = &paths {
+                    print_bundle(p);
+                }
             }
+        }
+        DeviceCommand::Cert { id, cert_out } => {
+            if store.device_auth(&id).await?.is_none() {
+                bail!("no device {id}");
+            }
+            let paths = issue_device_cert(store, config, &id, cert_out).await?;
+            println!("device {id}: new certificate issued; the previous one no longer connects");
+            print_bundle(&paths);
         }
         DeviceCommand::Revoke { id } => {
             store
@@ -572,6 +725,13 @@ async fn device(store: &Store, cmd: DeviceCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_bundle(p: &pki::BundlePaths) {
+    println!("  mutual TLS (port 8883 by default; client id = device id, no password):");
+    println!("    certificate: {}", p.cert.display());
+    println!("    private key: {}", p.key.display());
+    println!("    CA bundle:   {}", p.ca.display());
 }
 
 async fn token(store: &Store, cmd: TokenCommand) -> anyhow::Result<()> {

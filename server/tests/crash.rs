@@ -46,6 +46,7 @@ impl Gateway {
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .env("SENTINELLA_EDGE_LISTEN", format!("127.0.0.1:{}", self.edge))
+            .env("SENTINELLA_EDGE_TLS_LISTEN", "127.0.0.1:0")
             .env("SENTINELLA_API_LISTEN", format!("127.0.0.1:{}", self.api))
             .stdout(Stdio::null())
             .spawn()

@@ -52,6 +52,10 @@ pub struct FleetDevice {
     pub patient_code: String,
     /// The patient's conditions (`hypertension`, `copd`, `diabetes`, `heart_failure`).
     pub conditions: Vec<String>,
+    /// Mutual-TLS credentials (certificate, key, CA), when issued: the device then connects
+    /// over TLS unless the run asks for plain connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<device::DeviceTls>,
 }
 
 impl FleetDevice {
@@ -191,6 +195,7 @@ pub async fn provision(
                 kind: kind.as_str().to_owned(),
                 patient_code: code.clone(),
                 conditions: names.clone(),
+                tls: None,
             });
         }
     }
@@ -287,6 +292,38 @@ fn display_name(rng: &mut StdRng) -> String {
     format!("{first} {last} (sim)")
 }
 
+/// Issues a client certificate from `ca` to every device of `fleet` that has none, records
+/// its fingerprint in the store (the edge then accepts only that certificate for the device)
+/// and keeps the credentials in the fleet. Returns how many were issued.
+pub async fn issue_certs(
+    store: &Store,
+    ca: &pki::DeviceCa,
+    fleet: &mut FleetFile,
+) -> anyhow::Result<usize> {
+    let mut issued = 0;
+    for d in fleet.devices.iter_mut().filter(|d| d.tls.is_none()) {
+        let cert = ca
+            .issue_device(&d.id)
+            .with_context(|| format!("issuing a certificate to {}", d.id))?;
+        store
+            .set_device_cert(
+                &d.id,
+                &cert.serial,
+                &cert.sha256,
+                time::OffsetDateTime::now_utc(),
+            )
+            .await
+            .with_context(|| format!("recording the certificate of {}", d.id))?;
+        d.tls = Some(device::DeviceTls {
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            ca_pem: ca.cert_pem().to_owned(),
+        });
+        issued += 1;
+    }
+    Ok(issued)
+}
+
 /// How [`run_fleet`] runs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -305,6 +342,8 @@ pub struct RunOptions {
     pub drain: Duration,
     /// A progress bar to keep up to date (generated / committed / pending, readings/s).
     pub progress: Option<ProgressBar>,
+    /// Connect with passwords over plain TCP even where the fleet has certificates.
+    pub plain: bool,
 }
 
 impl Default for RunOptions {
@@ -317,6 +356,7 @@ impl Default for RunOptions {
             backdate: false,
             drain: Duration::from_secs(30),
             progress: None,
+            plain: false,
         }
     }
 }
@@ -457,6 +497,9 @@ pub async fn run_fleet(
     for (d, (kind, conditions)) in devices {
         let mut spec = DeviceSpec::new(&d.id, &d.secret, broker);
         spec.first_seq = opts.first_seq;
+        if !opts.plain {
+            spec.tls = d.tls.clone();
+        }
         let handle = device::spawn(spec, devices_cancel.clone());
         let patient = Patient::new(d.patient_seed(opts.seed), &conditions);
         let schedule = Schedule::new(kind, &conditions, mix(d.patient_seed(opts.seed), 1));
@@ -710,6 +753,7 @@ mod tests {
                 kind: "bp".into(),
                 patient_code: "sim-P00001".into(),
                 conditions: vec!["hypertension".into()],
+                tls: None,
             }],
         };
         let text = serde_json::to_string(&fleet).unwrap();

@@ -48,15 +48,24 @@ enum Command {
         /// Where to write the fleet file (it holds the device secrets).
         #[arg(long)]
         out: PathBuf,
+        /// The device CA's directory (`ca.pem`, `ca.key`; `sentinella` keeps it in
+        /// `{data_dir}/pki`): issue every device a client certificate, kept in the fleet file,
+        /// so the fleet connects over mutual TLS.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
     },
     /// Connect every device of a fleet and measure on schedule in simulated time.
     Run {
         /// The fleet file written by `provision`.
         #[arg(long)]
         fleet: PathBuf,
-        /// The gateway's device edge, `host:port`.
+        /// The gateway's device edge, `host:port`: the TLS listener (e.g. 127.0.0.1:8883) for
+        /// a fleet with certificates, the plain one otherwise or with `--plain`.
         #[arg(long, default_value = "127.0.0.1:1884")]
         broker: String,
+        /// Connect with passwords over plain TCP even if the fleet has certificates.
+        #[arg(long)]
+        plain: bool,
         /// Simulated time per real time (1440: a day per minute).
         #[arg(long, default_value_t = 1440.0)]
         speed: f64,
@@ -238,12 +247,18 @@ async fn main() -> anyhow::Result<()> {
             seed,
             prefix,
             out,
+            ca_dir,
         } => {
             let store = store::Store::connect(&database_url)
                 .await
                 .context("connecting to the store")?;
             store.migrate().await.context("migrating the store")?;
-            let fleet = provision(&store, &cot, patients, seed, &prefix).await?;
+            let mut fleet = provision(&store, &cot, patients, seed, &prefix).await?;
+            if let Some(dir) = ca_dir {
+                let (ca, _) = pki::DeviceCa::load_or_create(&dir)
+                    .with_context(|| format!("device CA in {}", dir.display()))?;
+                simulators::fleet::issue_certs(&store, &ca, &mut fleet).await?;
+            }
             store.close().await;
             fleet.save(&out)?;
             let count = |kind: &str| fleet.devices.iter().filter(|d| d.kind == kind).count();
@@ -259,6 +274,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run {
             fleet,
             broker,
+            plain,
             speed,
             duration,
             seed,
@@ -276,6 +292,7 @@ async fn main() -> anyhow::Result<()> {
                 backdate,
                 drain: drain.into(),
                 progress: Some(progress.clone()),
+                plain,
             };
             let report = run_fleet(&file, &broker, opts, cancel).await;
             progress.finish_and_clear();

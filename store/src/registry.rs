@@ -123,6 +123,10 @@ pub struct DeviceAuth {
     /// [`crate::credentials::verify_secret`].
     pub secret_hash: String,
     pub revoked: bool,
+    /// Lowercase hex SHA-256 of the DER of the one client certificate the edge accepts for
+    /// this device over mutual TLS (the last one issued); `None` when none was recorded, in
+    /// which case any certificate of the device CA naming the device is accepted.
+    pub cert_sha256: Option<String>,
 }
 
 /// An API token for integrations; the token itself is never stored, only its hash.
@@ -376,7 +380,8 @@ impl Store {
 
     /// Credentials and revocation state of a device, for the edge; `None` if unknown.
     pub async fn device_auth(&self, id: &str) -> Result<Option<DeviceAuth>> {
-        let sql = "SELECT id, patient_id, secret_hash, revoked_at FROM devices WHERE id = $1";
+        let sql = "SELECT id, patient_id, secret_hash, revoked_at, cert_sha256 FROM devices \
+                   WHERE id = $1";
         match &self.db {
             Db::Postgres(pg) => {
                 let mut c = pg.conn().await?;
@@ -415,6 +420,71 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// Records the client certificate issued to a device (serial and SHA-256 of its DER, both
+    /// lowercase hex): from now on the edge accepts only this certificate for the device.
+    /// [`StoreError::NotFound`] if the device does not exist.
+    pub async fn set_device_cert(
+        &self,
+        id: &str,
+        serial: &str,
+        sha256: &str,
+        at: OffsetDateTime,
+    ) -> Result<()> {
+        let sql = "UPDATE devices SET cert_serial = $2, cert_sha256 = $3, cert_issued_at = $4 \
+                   WHERE id = $1";
+        let updated = match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let done = sqlx::query(sql)
+                    .bind(id)
+                    .bind(serial)
+                    .bind(sha256)
+                    .bind(at)
+                    .execute(&mut *c)
+                    .await?;
+                c.finish().await?;
+                done.rows_affected()
+            }
+            Db::Sqlite(pool) => sqlx::query(sql)
+                .bind(id)
+                .bind(serial)
+                .bind(sha256)
+                .bind(to_ms(at))
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        };
+        if updated == 0 {
+            return Err(StoreError::NotFound {
+                what: what("device", format_args!("{id:?}")),
+            });
+        }
+        Ok(())
+    }
+
+    /// Devices revoked, or issued a certificate, at or after `since`, for the edge's
+    /// revocation poll; each with whether it is revoked.
+    pub async fn device_auth_changes_since(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(String, bool)>> {
+        let sql = "SELECT id, revoked_at IS NOT NULL AS revoked FROM devices \
+                   WHERE revoked_at >= $1 OR cert_issued_at >= $1 ORDER BY id";
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let rows: Vec<(String, bool)> =
+                    sqlx::query_as(sql).bind(since).fetch_all(&mut *c).await?;
+                c.finish().await?;
+                Ok(rows)
+            }
+            Db::Sqlite(pool) => Ok(sqlx::query_as(sql)
+                .bind(to_ms(since))
+                .fetch_all(pool)
+                .await?),
+        }
     }
 
     /// Devices by id, all or those of one patient.
@@ -625,6 +695,7 @@ fn device_auth_from_row(row: &impl Columns) -> Result<DeviceAuth> {
         patient_id: row.bigint("patient_id")?,
         secret_hash: row.text("secret_hash")?,
         revoked: row.ts_opt("revoked_at")?.is_some(),
+        cert_sha256: row.text_opt("cert_sha256")?,
     })
 }
 

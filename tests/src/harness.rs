@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use gateway::{Gateway, GatewayConfig, Metrics};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use server::http::{AppState, auth};
+use simulators::device::DeviceTls;
 use store::testing::TestDb;
 use store::{DeviceKind, NewDevice, NewPatient, Patient};
 use tokio::sync::mpsc;
@@ -53,8 +54,12 @@ pub struct DeviceCreds {
 pub struct Stack {
     /// The database (kept alive for the test's duration).
     pub db: TestDb,
-    /// Where devices connect.
+    /// Where devices connect over plain TCP (password).
     pub edge: SocketAddr,
+    /// Where devices connect over mutual TLS (client certificate).
+    pub tls_edge: SocketAddr,
+    /// The device CA the TLS listener trusts and that signed its server certificate.
+    pub ca: Arc<pki::DeviceCa>,
     /// Where the API listens.
     pub api: SocketAddr,
     /// A valid API token.
@@ -134,13 +139,23 @@ impl Stack {
     ) -> anyhow::Result<Stack> {
         let mut config = GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Default::default()
         };
         tweak(&mut config);
+        let ca = Arc::new(pki::DeviceCa::generate("e2e device CA")?);
+        let server = ca.issue_server(&["localhost".into(), "127.0.0.1".into()])?;
+        let tls = gateway::EdgeTls {
+            cert_chain_pem: server.cert_pem,
+            key_pem: server.key_pem,
+            client_ca_pem: ca.cert_pem().to_owned(),
+        };
         let cancel = CancellationToken::new();
-        let gateway = gateway::start_with_clock(config, store.clone(), cancel.clone(), clock)
-            .await
-            .context("start gateway")?;
+        let gateway =
+            gateway::start_with_clock(config, store.clone(), Some(tls), cancel.clone(), clock)
+                .await
+                .context("start gateway")?;
+        let tls_edge = gateway.tls_addr.context("TLS listener")?;
         let metrics = gateway.metrics.clone();
         let m = metrics.clone();
         let state = AppState {
@@ -164,6 +179,8 @@ impl Stack {
         Ok(Stack {
             db,
             edge: gateway.edge_addr,
+            tls_edge,
+            ca,
             api,
             token,
             metrics,
@@ -209,6 +226,25 @@ impl Stack {
             id,
             secret,
             patient_id,
+        })
+    }
+
+    /// Issues `device_id` a client certificate from the stack's CA and records it in the store
+    /// (as `sentinella device add` does).
+    pub async fn device_tls(&self, device_id: &str) -> anyhow::Result<DeviceTls> {
+        let cert = self.ca.issue_device(device_id)?;
+        self.store()
+            .set_device_cert(
+                device_id,
+                &cert.serial,
+                &cert.sha256,
+                time::OffsetDateTime::now_utc(),
+            )
+            .await?;
+        Ok(DeviceTls {
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            ca_pem: self.ca.cert_pem().to_owned(),
         })
     }
 
@@ -300,6 +336,20 @@ impl RawDevice {
     pub fn connect(edge: SocketAddr, id: &str, password: &str) -> RawDevice {
         let mut opts = MqttOptions::new(id, edge.ip().to_string(), edge.port());
         opts.set_credentials(id, password);
+        RawDevice::start(opts)
+    }
+
+    /// Connects to the TLS listener `edge` with client id `id` and the certificate in `tls`
+    /// (no password).
+    pub fn connect_tls(edge: SocketAddr, id: &str, tls: &DeviceTls) -> anyhow::Result<RawDevice> {
+        let mut opts = MqttOptions::new(id, edge.ip().to_string(), edge.port());
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.client_config()?,
+        )));
+        Ok(RawDevice::start(opts))
+    }
+
+    fn start(mut opts: MqttOptions) -> RawDevice {
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (client, mut eventloop) = AsyncClient::new(opts, 64);
