@@ -250,10 +250,21 @@ pub async fn start_with_clock(
     })
 }
 
+/// Accept backlog of the device listeners: after a regional outage thousands of devices
+/// reconnect at once, and tokio's default (1024) overflows; the kernel caps it at somaxconn.
+const LISTEN_BACKLOG: u32 = 8192;
+
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), GatewayError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| GatewayError::Bind { addr, source })?;
+    let err = |source| GatewayError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    let listener = socket.listen(LISTEN_BACKLOG).map_err(err)?;
     let bound = listener
         .local_addr()
         .map_err(|source| GatewayError::Bind { addr, source })?;
