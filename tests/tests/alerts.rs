@@ -316,6 +316,70 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A backlog delivered days late (a device that was offline) raises no current alert, only a
+/// low-severity review of the out-of-range readings; a replay of it changes nothing.
+async fn late_backlog(db: Db) -> anyhow::Result<()> {
+    let clock = TestClock::new();
+    let db = db.create().await;
+    let store = db.store.clone();
+    let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
+    let t = now_ms();
+    let day = 24 * 60 * MIN;
+    let p = patient(&stack, &["hypertension"], DeviceKind::BloodPressure).await?;
+    let backlog = vec![
+        bp(1, t - 2 * day, 130, 80),
+        bp(2, t - 2 * day + 5 * MIN, 195, 115),
+        bp(3, t - 2 * day + 10 * MIN, 192, 112),
+        bp(4, t - 120 * MIN, 128, 79), // not late: keeps the adherence clock happy
+    ];
+    p.dev.publish(&p.readings, batch(&backlog)).await?;
+    let alerts = wait_alerts(&stack, p.id, "late review", |a| {
+        a.iter().any(|x| x.rule_id == "late-review")
+    })
+    .await;
+    assert!(
+        alerts.iter().all(|a| a.rule_id != "bp-high"),
+        "a replayed crisis raised a current alert: {alerts:#?}"
+    );
+    let review = alerts
+        .iter()
+        .find(|a| a.rule_id == "late-review")
+        .map(|a| (a.id, a.severity, a.count));
+    let Some((review_id, severity, count)) = review else {
+        unreachable!("checked above")
+    };
+    assert_eq!((severity, count), (Severity::Low, 2));
+    // The same backlog again (the device never got its ack): stored once, nothing new.
+    p.dev.publish(&p.readings, batch(&backlog)).await?;
+    settle().await;
+    let again = alerts_of(&stack, p.id).await;
+    assert_eq!(again.len(), alerts.len(), "{again:#?}");
+    assert_eq!(
+        again.iter().find(|a| a.id == review_id).map(|a| a.count),
+        Some(2)
+    );
+    // A current reading in the same range does raise the current alert.
+    p.dev
+        .publish(&p.readings, batch(&[bp(5, now_ms(), 196, 114)]))
+        .await?;
+    wait_alerts(&stack, p.id, "current crisis", |a| {
+        a.iter().any(|x| x.rule_id == "bp-high")
+    })
+    .await;
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_backlog_sqlite() -> anyhow::Result<()> {
+    late_backlog(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_backlog_postgres() -> anyhow::Result<()> {
+    late_backlog(Db::Postgres).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clinical_scenarios_sqlite() -> anyhow::Result<()> {
     clinical_scenarios(Db::Sqlite).await
