@@ -181,6 +181,12 @@ impl Patient {
         self.baseline
     }
 
+    /// Replaces the patient's personal means (a scenario that needs a given baseline, e.g. a
+    /// COPD patient sitting at 88-90 % SpO2).
+    pub fn set_baseline(&mut self, baseline: Baseline) {
+        self.baseline = baseline;
+    }
+
     /// The unit the patient's glucose meter declares.
     pub fn glucose_unit(&self) -> GlucoseUnit {
         self.glucose_unit
