@@ -226,12 +226,7 @@ fn reading(who: &mut Who, trigger: bool, rng: &mut StdRng) -> NewReading {
 
 /// Draws `n` readings, about `share` of them triggering; returns them and the triggering
 /// patients.
-fn draw(
-    who: &mut [Who],
-    n: usize,
-    share: f64,
-    rng: &mut StdRng,
-) -> (Vec<NewReading>, Vec<i64>) {
+fn draw(who: &mut [Who], n: usize, share: f64, rng: &mut StdRng) -> (Vec<NewReading>, Vec<i64>) {
     let mut readings = Vec::with_capacity(n);
     let mut triggers = Vec::new();
     for _ in 0..n {
@@ -442,7 +437,10 @@ async fn run_on(
     let _ = engine_task.await;
     cancel.cancel();
     let _ = reader.await;
-    let h = hist.lock().map(|h| h.clone()).unwrap_or_else(|e| e.into_inner().clone());
+    let h = hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
     let ms = |us: u64| (us as f64 / 100.0).round() / 10.0;
     Ok(LatencyReport {
         store: label,

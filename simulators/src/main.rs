@@ -551,7 +551,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// `sentinella-sim scenario`.
-fn scenario(list: bool, name: Option<&str>, days: u32, seed: u64, json: bool) -> anyhow::Result<()> {
+fn scenario(
+    list: bool,
+    name: Option<&str>,
+    days: u32,
+    seed: u64,
+    json: bool,
+) -> anyhow::Result<()> {
     use protocol::{Kind, Measurement};
     use rand::SeedableRng;
     use simulators::Condition;
@@ -634,8 +640,7 @@ fn scenario(list: bool, name: Option<&str>, days: u32, seed: u64, json: bool) ->
     let sc = sample(kind, &mut rng);
     let truth = sc.truth();
     patient.inject(sc.clone());
-    let (readings, statuses) =
-        patient.timeline(start, start + i64::from(days) * DAY_MS, &mut rng);
+    let (readings, statuses) = patient.timeline(start, start + i64::from(days) * DAY_MS, &mut rng);
     let when = |ms: i64| {
         simulators::alert_quality::at_ms(ms)
             .format(&time::format_description::well_known::Rfc3339)
@@ -673,7 +678,12 @@ fn scenario(list: bool, name: Option<&str>, days: u32, seed: u64, json: bool) ->
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("{} on a {} patient: {}", kind, condition, kind.description());
+        println!(
+            "{} on a {} patient: {}",
+            kind,
+            condition,
+            kind.description()
+        );
         println!(
             "ground truth: {}",
             serde_json::to_string(&truth).unwrap_or_default()
@@ -684,8 +694,16 @@ fn scenario(list: bool, name: Option<&str>, days: u32, seed: u64, json: bool) ->
                 r["measured"].as_str().unwrap_or(""),
                 r["delivered"].as_str().unwrap_or(""),
                 r["values"].as_str().unwrap_or(""),
-                if r["injected"].as_bool().unwrap_or(false) { "injected " } else { "" },
-                if r["repeat"].as_bool().unwrap_or(false) { "repeat" } else { "" },
+                if r["injected"].as_bool().unwrap_or(false) {
+                    "injected "
+                } else {
+                    ""
+                },
+                if r["repeat"].as_bool().unwrap_or(false) {
+                    "repeat"
+                } else {
+                    ""
+                },
             );
         }
         let low: Vec<String> = statuses

@@ -415,7 +415,9 @@ impl Scenario {
                 if frac > 0.0 {
                     let drop = (baseline.spo2 - self.level).max(0.0) * frac;
                     ox.percent = (f64::from(ox.percent) - drop).round().clamp(70.0, 100.0) as f32;
-                    ox.pulse = ox.pulse.map(|p| (f64::from(p) + 10.0 * frac).round() as f32);
+                    ox.pulse = ox
+                        .pulse
+                        .map(|p| (f64::from(p) + 10.0 * frac).round() as f32);
                 }
             }
             (ScenarioKind::SpuriousLowSpo2, Measurement::Spo2(ox)) if at_ms == self.start_ms => {
@@ -663,10 +665,7 @@ impl SimPatient {
                 .iter()
                 .find_map(|s| s.battery(at))
                 .unwrap_or(drained.clamp(20.0, 100.0).round() as u8);
-            statuses.push(TimedStatus {
-                at_ms: at,
-                battery,
-            });
+            statuses.push(TimedStatus { at_ms: at, battery });
         }
         (readings, statuses)
     }
