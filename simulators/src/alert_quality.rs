@@ -218,13 +218,7 @@ fn condition_of(rng: &mut StdRng) -> Condition {
 
 fn per_day(condition: Condition, rng: &mut StdRng) -> u32 {
     match condition {
-        Condition::Copd => {
-            if rng.gen_bool(0.5) {
-                1
-            } else {
-                2
-            }
-        }
+        Condition::Copd => [1, 2][rng.gen_range(0..2)],
         Condition::Diabetes => [1, 2, 4, 4][rng.gen_range(0..4)],
         _ => 2,
     }
@@ -415,7 +409,7 @@ pub fn new_reading(device_id: &str, patient_id: i64, seq: i64, r: &TimedReading)
 }
 
 enum Delivery {
-    Reading(NewReading),
+    Reading(Box<NewReading>),
     Status(usize, u8),
 }
 
@@ -516,7 +510,7 @@ async fn run_on(
         c.measured = readings.iter().map(|r| r.measured_ms).collect();
         for (seq, r) in readings.iter().enumerate() {
             let row = new_reading(&c.device_id, c.patient_id, seq as i64 + 1, r);
-            deliveries.push((r.delivered_ms, Delivery::Reading(row)));
+            deliveries.push((r.delivered_ms, Delivery::Reading(Box::new(row))));
         }
         for s in statuses {
             deliveries.push((s.at_ms, Delivery::Status(i, s.battery)));
@@ -553,7 +547,7 @@ async fn run_on(
         let mut statuses = Vec::new();
         while next < deliveries.len() && deliveries[next].0 <= t {
             match &deliveries[next].1 {
-                Delivery::Reading(r) => readings.push(r.clone()),
+                Delivery::Reading(r) => readings.push((**r).clone()),
                 Delivery::Status(i, battery) => statuses.push(DeviceStatusUpdate {
                     device_id: cohort[*i].device_id.clone(),
                     at: at_ms(deliveries[next].0),
@@ -1052,6 +1046,9 @@ pub async fn small_cohort(patients: usize, days: u32, seed: u64) -> anyhow::Resu
 /// - adherence for a kind measured more than once a day (BP every 12 h): grace of 14 h, so a
 ///   nurse task means a whole day without readings ("24 h → nurse task", clinical-defaults
 ///   §5.3), not one skipped measurement.
+/// - `spo2-low` high (COPD scale 2, ≤ 85 %): confirmed by the next reading within 36 h, not
+///   only by a repeat within 30 min, so a once-a-day patient who does not repeat is still
+///   escalated when the next day is as low (critical, ≤ 83 %, still wants the 30-min repeat).
 /// - device offline after 30 h instead of 24 h: a device that checks in once a day (at a
 ///   time that moves by up to an hour) is not "offline" for being 20 min late.
 pub fn tune(plan: &mut plan::CarePlan) {
@@ -1076,6 +1073,15 @@ pub fn tune(plan: &mut plan::CarePlan) {
                         .any(|c| c.metric == Metric::Spo2 && c.at_most == Some(87.0));
                 if bp_medium || spo2_medium {
                     band.consecutive = band.consecutive.max(3);
+                }
+                let spo2_high = rule.id == "spo2-low"
+                    && band.severity == Severity::High
+                    && band
+                        .any
+                        .iter()
+                        .any(|c| c.metric == Metric::Spo2 && c.at_most == Some(85.0));
+                if spo2_high {
+                    band.within_minutes = Some(36 * 60);
                 }
             }
         }

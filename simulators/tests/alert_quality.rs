@@ -18,6 +18,9 @@ async fn small_cohort_alerts_every_critical_event() -> anyhow::Result<()> {
         battery_rate: 0.05,
         spurious_rate: 0.4,
         control_rate: 0.3,
+        // A COPD baseline of 88-90 % still trips the scale-2 medium band now and then (a known
+        // template limit the benchmark reports); kept out so a spurious low is judged alone.
+        low_baseline_rate: 0.0,
         ..QualityOptions::default()
     })
     .await?;
@@ -29,9 +32,7 @@ async fn small_cohort_alerts_every_critical_event() -> anyhow::Result<()> {
         report.missed
     );
     assert_eq!(report.events_detected, report.events_injected, "{report}");
-    // A single spurious low and a control-solution check must raise nothing. (A COPD
-    // baseline of 88-90 % still trips the scale-2 medium band now and then: a known template
-    // limit, reported by the benchmark, not asserted here.)
+    // A single spurious low and a control-solution check must raise nothing.
     for name in ["spurious-low-spo2", "control-solution"] {
         let row = report
             .by_scenario
