@@ -11,6 +11,12 @@
 //! - [`schedule`]: daily measurement slots per kind and a compressed simulated clock.
 //! - [`device`]: one simulated device: rumqttc client, outbox, batches, acks, back-off.
 //! - [`fleet`]: fleet files, provisioning into the store, running a fleet on its schedule.
+//! - [`scenario`]: clinical scenarios injected into a patient's measurements (crisis,
+//!   desaturation, spurious lows, hypoglycaemia, missed measurements, silent devices, low
+//!   battery), each with its ground truth.
+//! - [`alert_quality`]: a cohort with injected events run through the real alert engine in
+//!   compressed time, scored against the ground truth; [`alert_latency`]: commit → alert event
+//!   latency at a given readings/s.
 //! - [`bench`](mod@bench): the load generator (sustained committed readings/s, ack latency,
 //!   gateway RSS).
 //! - [`chaos`]: reliability runs: a steady load while a script hurts the gateway, then every
@@ -28,12 +34,15 @@
 //! - Without `backdate`, simulated time starts at the real now and runs ahead of it: at speed
 //!   1440, a one-minute run dates readings up to a day in the future.
 
+pub mod alert_latency;
+pub mod alert_quality;
 pub mod bench;
 pub mod chaos;
 pub mod device;
 pub mod fleet;
 pub mod observe;
 pub mod physiology;
+pub mod scenario;
 pub mod schedule;
 pub mod storm;
 pub mod verify;

@@ -1,6 +1,7 @@
 //! `sentinella-sim`: provision a simulated fleet, run it on its schedule, load-test the
 //! gateway with it, or check that nothing is lost or stored twice while the gateway is hurt
-//! (`chaos`, `storm`; see `scripts/chaos.sh`).
+//! (`chaos`, `storm`; see `scripts/chaos.sh`); list and show the clinical scenarios
+//! (`scenario`), and benchmark the alert engine (`alert-quality`, `alert-latency`).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use simulators::alert_latency::{LatencyOptions, run_alert_latency};
+use simulators::alert_quality::{QualityOptions, run_alert_quality};
 use simulators::bench::{BenchOptions, run_bench};
 use simulators::chaos::{ChaosOptions, run_chaos};
 use simulators::fleet::{FleetFile, RunOptions, SeqFloor, provision, run_fleet};
@@ -206,6 +209,78 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Print the report as JSON (timeline included).
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The clinical scenarios and their ground truth: `--list`, or one scenario injected into
+    /// a simulated patient, its readings printed.
+    Scenario {
+        /// List every scenario with its ground truth.
+        #[arg(long)]
+        list: bool,
+        /// The scenario to show (see `--list`).
+        name: Option<String>,
+        /// Days to simulate (the scenario starts on day 8, or day 2 when shorter).
+        #[arg(long, default_value_t = 14)]
+        days: u32,
+        /// Seed for the patient.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Alert quality: a simulated cohort with injected clinical events through the real alert
+    /// engine and store in compressed time; detection rate, alerts per patient per month, PPV.
+    AlertQuality {
+        #[arg(long, default_value_t = 1_000)]
+        patients: usize,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// An empty store (`postgres://…`, `sqlite:…`); default: a temporary SQLite file.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Share of patients with a critical clinical event.
+        #[arg(long, default_value_t = 0.08)]
+        critical_rate: f64,
+        /// Chance that a patient skips a scheduled measurement.
+        #[arg(long, default_value_t = 0.03)]
+        skip_rate: f64,
+        /// Store the plans with the template changes this benchmark proposes (BENCHMARKS.md).
+        #[arg(long)]
+        tuned: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON report to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Alert latency: commit → alert event on the live stream at a given readings/s, through
+    /// the real engine task; then the engine's own throughput ceiling.
+    AlertLatency {
+        /// An empty store (`postgres://…`, `sqlite:…`); default: a temporary SQLite file.
+        #[arg(long)]
+        database_url: Option<String>,
+        #[arg(long, default_value_t = 5_000)]
+        patients: usize,
+        /// Readings per second offered.
+        #[arg(long, default_value_t = 5_000.0)]
+        rate: f64,
+        #[arg(long, default_value = "30s")]
+        duration: humantime::Duration,
+        /// Share of readings that trigger an alert.
+        #[arg(long, default_value_t = 0.01)]
+        trigger_share: f64,
+        /// Readings for the engine-ceiling phase (0: skip).
+        #[arg(long, default_value_t = 100_000)]
+        ceiling: usize,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
         /// Also write the JSON report to this file.
@@ -434,6 +509,227 @@ async fn main() -> anyhow::Result<()> {
             if !report.ok() {
                 bail!("storm failed: {}", report.failures.join("; "));
             }
+        }
+        Command::Scenario {
+            list,
+            name,
+            days,
+            seed,
+            json,
+        } => scenario(list, name.as_deref(), days, seed, json)?,
+        Command::AlertQuality {
+            patients,
+            days,
+            seed,
+            database_url,
+            critical_rate,
+            skip_rate,
+            tuned,
+            json,
+            out,
+        } => {
+            let mut opts = QualityOptions {
+                patients,
+                days,
+                seed,
+                database_url,
+                critical_rate,
+                tuned,
+                ..QualityOptions::default()
+            };
+            opts.habits.skip_rate = skip_rate;
+            let report = run_alert_quality(&opts).await?;
+            emit(&report, json, out.as_deref())?;
+        }
+        Command::AlertLatency {
+            database_url,
+            patients,
+            rate,
+            duration,
+            trigger_share,
+            ceiling,
+            json,
+            out,
+        } => {
+            let opts = LatencyOptions {
+                database_url,
+                patients,
+                rate,
+                duration: duration.into(),
+                trigger_share,
+                ceiling_readings: ceiling,
+                ..LatencyOptions::default()
+            };
+            let report = run_alert_latency(&opts).await?;
+            emit(&report, json, out.as_deref())?;
+        }
+    }
+    Ok(())
+}
+
+/// `sentinella-sim scenario`.
+fn scenario(
+    list: bool,
+    name: Option<&str>,
+    days: u32,
+    seed: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    use protocol::{Kind, Measurement};
+    use rand::SeedableRng;
+    use simulators::Condition;
+    use simulators::scenario::{DAY_MS, HOUR_MS, Scenario, ScenarioKind, SimPatient};
+    let start = 1_763_942_400_000; // a midnight UTC
+    let sample = |kind: ScenarioKind, rng: &mut rand::rngs::StdRng| {
+        let device = kind.device().unwrap_or(Kind::BloodPressure);
+        let day = if days >= 10 { 8 } else { 2 };
+        Scenario::new(kind, start + day * DAY_MS + 14 * HOUR_MS, device, rng)
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    if list || name.is_none() {
+        let rows: Vec<serde_json::Value> = ScenarioKind::ALL
+            .into_iter()
+            .map(|k| {
+                let truth = sample(k, &mut rng).truth();
+                serde_json::json!({
+                    "name": k.as_str(),
+                    "description": k.description(),
+                    "critical": k.critical(),
+                    "device": k.device().map(Kind::as_str),
+                    "expect": truth.expect,
+                    "min_severity": truth.min_severity,
+                    "related": truth.related,
+                    "forbid": truth.forbid,
+                    "window_hours": (truth.to_ms - truth.from_ms) as f64 / HOUR_MS as f64,
+                })
+            })
+            .collect();
+        if json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            for r in &rows {
+                let list = |k: &str| {
+                    r[k].as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default()
+                };
+                let truth = if list("expect").is_empty() {
+                    format!("must not raise: {}", list("forbid"))
+                } else {
+                    format!(
+                        "expects: {} >= {}{}",
+                        list("expect"),
+                        r["min_severity"].as_str().unwrap_or("-"),
+                        if list("related").is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (explains: {})", list("related"))
+                        }
+                    )
+                };
+                println!(
+                    "{:<26} {}\n{:<26} {} within {:.0} h of its start\n",
+                    r["name"].as_str().unwrap_or(""),
+                    r["description"].as_str().unwrap_or(""),
+                    "",
+                    truth,
+                    r["window_hours"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+        return Ok(());
+    }
+    let name = name.unwrap_or_default();
+    let Some(kind) = ScenarioKind::parse(name) else {
+        bail!("unknown scenario {name:?}; see `sentinella-sim scenario --list`");
+    };
+    let condition = match kind.device() {
+        Some(Kind::Spo2) => Condition::Copd,
+        Some(Kind::Glucose) => Condition::Diabetes,
+        _ => Condition::Hypertension,
+    };
+    let mut patient = SimPatient::new(seed, condition, 2, &mut rng);
+    let sc = sample(kind, &mut rng);
+    let truth = sc.truth();
+    patient.inject(sc.clone());
+    let (readings, statuses) = patient.timeline(start, start + i64::from(days) * DAY_MS, &mut rng);
+    let when = |ms: i64| {
+        simulators::alert_quality::at_ms(ms)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let rows: Vec<serde_json::Value> = readings
+        .iter()
+        .map(|r| {
+            let values = match r.sample.measurement {
+                Measurement::BloodPressure(bp) => format!("{}/{} mmHg", bp.systolic, bp.diastolic),
+                Measurement::Spo2(ox) => format!("{} %", ox.percent),
+                Measurement::Glucose(g) => format!(
+                    "{:.0} mg/dL{}",
+                    g.mg_dl(),
+                    if g.sample == protocol::SampleType::ControlSolution {
+                        " (control solution)"
+                    } else {
+                        ""
+                    }
+                ),
+            };
+            serde_json::json!({
+                "measured": when(r.measured_ms),
+                "delivered": when(r.delivered_ms),
+                "values": values,
+                "injected": r.injected,
+                "repeat": r.repeat,
+            })
+        })
+        .collect();
+    if json {
+        let out = serde_json::json!({
+            "scenario": sc, "truth": truth, "readings": rows,
+            "statuses": statuses.iter().map(|s| serde_json::json!({"at": when(s.at_ms), "battery": s.battery})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{} on a {} patient: {}",
+            kind,
+            condition,
+            kind.description()
+        );
+        println!(
+            "ground truth: {}",
+            serde_json::to_string(&truth).unwrap_or_default()
+        );
+        for r in &rows {
+            println!(
+                "{}  delivered {}  {:<16} {}{}",
+                r["measured"].as_str().unwrap_or(""),
+                r["delivered"].as_str().unwrap_or(""),
+                r["values"].as_str().unwrap_or(""),
+                if r["injected"].as_bool().unwrap_or(false) {
+                    "injected "
+                } else {
+                    ""
+                },
+                if r["repeat"].as_bool().unwrap_or(false) {
+                    "repeat"
+                } else {
+                    ""
+                },
+            );
+        }
+        let low: Vec<String> = statuses
+            .iter()
+            .filter(|s| s.battery < 20)
+            .map(|s| format!("{} {} %", when(s.at_ms), s.battery))
+            .collect();
+        if !low.is_empty() {
+            println!("low battery statuses: {}", low.join(", "));
         }
     }
     Ok(())

@@ -4,7 +4,7 @@
 //! readings. Values are rounded the way home devices display them and clamped to ranges the
 //! devices can measure, which lie inside `protocol::limits`, so every generated reading passes
 //! the gateway's plausibility checks. The clinical flavour follows the usual pictures:
-//! hypertensive patients sit around 145/88 mmHg, COPD patients around 89-93 % SpO2, diabetic
+//! hypertensive patients sit around 140/85 mmHg at home, COPD patients around 89-93 % SpO2, diabetic
 //! fasting glucose around 140 mg/dL.
 
 use std::f64::consts::PI;
@@ -128,8 +128,11 @@ impl Patient {
             has(Condition::HeartFailure),
         );
         let mut rng = StdRng::seed_from_u64(mix(seed, 0x5EED));
+        // Home values of treated patients: home BP runs below office BP (ESH: home ≥135/85
+        // corresponds to office ≥140/90), so a telemonitored hypertensive cohort centres
+        // near 140/85 rather than at office levels.
         let (sys, dia) = if hypertension {
-            (normal(&mut rng, 145.0, 7.0), normal(&mut rng, 88.0, 4.0))
+            (normal(&mut rng, 140.0, 8.0), normal(&mut rng, 85.0, 5.0))
         } else {
             (normal(&mut rng, 122.0, 7.0), normal(&mut rng, 76.0, 4.0))
         };
@@ -148,7 +151,7 @@ impl Patient {
             normal(&mut rng, 97.3, 0.4).clamp(96.3, 98.3)
         };
         let glucose_fasting = if diabetes {
-            normal(&mut rng, 140.0, 18.0).clamp(95.0, 220.0)
+            normal(&mut rng, 140.0, 18.0).clamp(100.0, 220.0)
         } else {
             normal(&mut rng, 95.0, 5.0)
         };
@@ -181,6 +184,12 @@ impl Patient {
         self.baseline
     }
 
+    /// Replaces the patient's personal means (a scenario that needs a given baseline, e.g. a
+    /// COPD patient sitting at 88-90 % SpO2).
+    pub fn set_baseline(&mut self, baseline: Baseline) {
+        self.baseline = baseline;
+    }
+
     /// The unit the patient's glucose meter declares.
     pub fn glucose_unit(&self) -> GlucoseUnit {
         self.glucose_unit
@@ -204,7 +213,8 @@ impl Patient {
         let surge = if (5..11).contains(&hour) { 4.0 } else { 0.0 };
         let rng = &mut self.rng;
         let sys = (b.systolic + day.systolic + surge + normal(rng, 0.0, 8.5)).clamp(75.0, 250.0);
-        let dia = (b.diastolic + day.diastolic + normal(rng, 0.0, 6.0)).clamp(40.0, 140.0);
+        // Home DBP varies less than SBP between readings (about 5 vs 8 mmHg over days).
+        let dia = (b.diastolic + day.diastolic + normal(rng, 0.0, 4.5)).clamp(40.0, 140.0);
         let sys = sys.round();
         let dia = dia.round().min(sys - 15.0);
         let map = (dia + (sys - dia) / 3.0).round();
@@ -270,13 +280,16 @@ impl Patient {
             Some(MealContext::Preprandial) => 8.0,
             Some(MealContext::Fasting) | None => 0.0,
         };
-        let (scale, sd) = if self.diabetes {
-            (1.0, 22.0)
+        let (scale, cv) = if self.diabetes {
+            (1.0, 0.13)
         } else {
-            (0.6, 8.0)
+            (0.6, 0.08)
         };
-        let mg_dl = (b.glucose_fasting + day.glucose + scale * after_food + normal(rng, 0.0, sd))
-            .clamp(40.0, 600.0);
+        // Spread proportional to the level (biological variation plus meter error, which
+        // ISO 15197 bounds at ±15 %), so a well-controlled patient does not dip into
+        // hypoglycaemia from noise alone.
+        let mean = b.glucose_fasting + day.glucose + scale * after_food;
+        let mg_dl = (mean + normal(rng, 0.0, cv * mean)).clamp(40.0, 600.0);
         let value = match self.glucose_unit {
             GlucoseUnit::MgDl => mg_dl.round(),
             GlucoseUnit::MmolL => {
@@ -328,7 +341,7 @@ impl Day {
             diastolic: 0.5 * systolic + normal(&mut rng, 0.0, 2.5),
             pulse: normal(&mut rng, 0.0, 3.0),
             spo2: normal(&mut rng, 0.0, 0.6),
-            glucose: normal(&mut rng, 0.0, 10.0),
+            glucose: normal(&mut rng, 0.0, 8.0),
         }
     }
 }

@@ -30,7 +30,8 @@ pub struct Slot {
     pub meal: Option<MealContext>,
 }
 
-const fn slot(hour: u32, minute: u32, meal: Option<MealContext>) -> Slot {
+/// The slot at `hour:minute` local time.
+pub const fn slot(hour: u32, minute: u32, meal: Option<MealContext>) -> Slot {
     Slot {
         minute_of_day: hour * 60 + minute,
         meal,
@@ -66,6 +67,11 @@ impl Schedule {
             slots: daily_slots(kind, conditions),
             seed,
         }
+    }
+
+    /// A schedule of the given daily `slots` (in time order); `seed` fixes the jitter.
+    pub fn with_slots(slots: Vec<Slot>, seed: u64) -> Self {
+        Schedule { slots, seed }
     }
 
     /// The daily slots.

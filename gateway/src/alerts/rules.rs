@@ -103,7 +103,8 @@ pub fn quality(
         || status.has(MeasurementStatus::CALIBRATION_ONGOING)
         || status.has(MeasurementStatus::NOT_AVAILABLE)
         || status.has(MeasurementStatus::MSMT_ONGOING)
-        || glucose_sample == Some("control")
+        // As stored by the ingest: the wire name of the sample type.
+        || glucose_sample == Some(protocol::SampleType::ControlSolution.as_str())
     {
         return Quality::Excluded;
     }
@@ -540,7 +541,8 @@ mod tests {
             o.quality = quality(ReadingKind::Glucose, status, 0, Some(sample));
             o
         };
-        assert!(evaluate(&plan, &[], &glucose(1, 40.0, "control", 0)).is_empty());
+        // The sample type as the ingest stores it (`SampleType::as_str`).
+        assert!(evaluate(&plan, &[], &glucose(1, 40.0, "control_solution", 0)).is_empty());
         assert!(
             evaluate(
                 &plan,
