@@ -213,7 +213,7 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
         Some(1)
     );
 
-    // Missed measurements: a stored hypertension plan expects BP every 12 h (+4 h grace).
+    // Missed measurements: a stored hypertension plan expects BP every 12 h (+14 h grace: a whole day without BP).
     let quiet = stack.patient(&["hypertension"]).await?;
     let template = plan::template("hypertension").unwrap_or_else(|| unreachable!());
     stack
@@ -228,7 +228,7 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
         .await?;
     settle().await; // the engine meets the plan and starts its adherence clock
     assert!(alerts_of(&stack, quiet.id).await.is_empty());
-    clock.advance(time::Duration::hours(17));
+    clock.advance(time::Duration::hours(27));
     let alerts = wait_alerts(&stack, quiet.id, "adherence", |a| {
         a.iter().any(|x| x.rule_id == "missed-bp")
     })
@@ -248,7 +248,7 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
     let db = stack.stop().await;
     let store = db.store.clone();
     let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
-    // (20 h have passed on the engine's clock: the crisis patient has missed BP readings too.)
+    // (30 h have passed on the engine's clock: the crisis patient has missed BP readings too.)
     let bp_high = |a: &[Alert]| {
         a.iter()
             .filter(|x| x.rule_id == "bp-high")

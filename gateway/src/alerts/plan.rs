@@ -448,7 +448,7 @@ pub fn template(name: &str) -> Option<CarePlan> {
     };
     rules.extend(device_rules());
     let schedule = match name {
-        "hypertension" => vec![expect(ReadingKind::BloodPressure, 12.0, 4.0)],
+        "hypertension" => vec![expect(ReadingKind::BloodPressure, 12.0, 14.0)],
         "copd" => vec![expect(ReadingKind::Spo2, 24.0, 6.0)],
         "diabetes" => vec![expect(ReadingKind::Glucose, 24.0, 6.0)],
         _ => Vec::new(),
@@ -537,12 +537,12 @@ fn bp_high() -> Rule {
                         ..cond(Metric::Diastolic)
                     },
                 ],
-                2,
+                3,
                 Some(3 * 24 * 60),
             ),
         ],
         "ESC/ESH grade 3 ≥180/≥110 (urgency; critical when confirmed by a repeat within 30 min, \
-         high on a single reading); grade 2 ≥160/≥100 on 2 consecutive readings → same-day \
+         high on a single reading); grade 2 ≥160/≥100 on 3 consecutive readings → same-day \
          review (clinical-defaults §5.1, §5.3)",
     )
 }
@@ -568,7 +568,7 @@ fn bp_low() -> Rule {
                     ..cond(Metric::Systolic)
                 }],
                 2,
-                Some(24 * 60),
+                Some(36 * 60),
             ),
         ],
         "NEWS2 systolic ≤90 scores 3; SBP <100 on 2 readings → review (clinical-defaults §5.1, §5.3)",
@@ -608,7 +608,7 @@ fn pulse_rule() -> Rule {
                     },
                 ],
                 2,
-                Some(24 * 60),
+                Some(36 * 60),
             ),
         ],
         "NEWS2 pulse ≤40 or ≥131 scores 3; 2 consecutive <50 or >110 → same-day review \
@@ -687,7 +687,7 @@ fn spo2_scale2() -> Rule {
                     ..cond(Metric::Spo2)
                 }],
                 2,
-                Some(30),
+                Some(36 * 60),
             ),
             band(
                 Severity::Medium,
@@ -695,8 +695,8 @@ fn spo2_scale2() -> Rule {
                     at_most: Some(87.0),
                     ..cond(Metric::Spo2)
                 }],
-                2,
-                Some(24 * 60),
+                3,
+                Some(36 * 60),
             ),
         ],
         "NEWS2 SpO2 scale 2 (target 88-92 %): ≤83 scores 3, 84-85 scores 2, 86-87 scores 1; \
@@ -776,7 +776,7 @@ fn glucose_high() -> Rule {
                     ..cond(Metric::Glucose)
                 }],
                 2,
-                Some(24 * 60),
+                Some(36 * 60),
             ),
         ],
         "ADA level 2 hyperglycaemia >250 mg/dL (13.9 mmol/L) on 2 readings; ≥350 urgent \
@@ -806,7 +806,7 @@ fn device_rules() -> Vec<Rule> {
             id: "offline".into(),
             title: "Device offline".into(),
             check: Check::DeviceOffline {
-                after_hours: 24.0,
+                after_hours: 30.0,
                 severity: Severity::Low,
             },
             source: Some("clinical-defaults §5.3 'Technical'".into()),

@@ -229,7 +229,8 @@ pub fn evaluate(plan: &CarePlan, window: &[Obs], current: &Obs) -> Vec<Effect> {
                             rule_id: REPEAT_RULE.into(),
                             rule_kind: "quality",
                             title: "Questionable measurement: repeat requested".into(),
-                            severity: Severity::Low,
+                            // Info: listed, never escalated (the alert-quality run found 43 of 44 unmatched).
+                            severity: Severity::Info,
                             metric: metrics[0],
                             value: metrics.iter().find_map(|m| current.values.get(*m)),
                             higher_is_worse: true,
@@ -556,7 +557,7 @@ mod tests {
             &[],
             &glucose(3, 40.0, "capillary_whole_blood", 0x4000),
         );
-        assert_eq!(triggers(&q), [(REPEAT_RULE.to_owned(), Severity::Low)]);
+        assert_eq!(triggers(&q), [(REPEAT_RULE.to_owned(), Severity::Info)]);
         let real = evaluate(&plan, &[], &glucose(4, 40.0, "capillary_whole_blood", 0));
         assert_eq!(
             triggers(&real),
