@@ -34,7 +34,13 @@ fi
 mosquitto_pub --help 2>&1 | head -n1 || true
 
 log "TimescaleDB on PGlite"
-eval "$(bash scripts/tsdb/start-tsdb.sh)"
+# A free port from 55433 up, so a server left running (a developer's) is not in the way.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+TSDB_PORT=${TSDB_PORT:-55433}
+while port_busy "$TSDB_PORT"; do TSDB_PORT=$((TSDB_PORT + 1)); done
+export TSDB_PORT
+tsdb_env=$(bash scripts/tsdb/start-tsdb.sh) || { echo "TimescaleDB on PGlite did not start" >&2; exit 1; }
+eval "$tsdb_env"
 trap 'kill "$TSDB_PID" 2>/dev/null || true' EXIT
 export TSDB_DATABASE_URL
 
@@ -51,5 +57,5 @@ cargo build -p max30102 -p meter-uart --no-default-features --locked
 cargo build -p max30102 -p meter-uart --no-default-features --features protocol --locked
 
 log "tests"
-cargo test --workspace --locked -- --test-threads="${SENTINELLA_TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${SENTINELLA_TEST_THREADS:-4}"
 log "all tests passed"
