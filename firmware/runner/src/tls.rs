@@ -200,3 +200,71 @@ fn warn_if_key_readable_by_others(path: &Path) {
 
 #[cfg(not(unix))]
 fn warn_if_key_readable_by_others(_path: &Path) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(dir: &Path, id: &str) -> anyhow::Result<(pki::DeviceCa, BundleFiles)> {
+        let ca = pki::DeviceCa::generate("test CA")?;
+        let cert = ca.issue_device(id)?;
+        pki::write_device_bundle(dir, id, &cert, ca.cert_pem())?;
+        Ok((ca, BundleFiles::in_dir(dir, id)))
+    }
+
+    #[test]
+    fn reads_the_bundle_device_add_writes_and_never_shows_the_key() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (_, files) = bundle(dir.path(), "spo2-0001")?;
+        assert_eq!(files.cert, dir.path().join("spo2-0001.crt"));
+        assert_eq!(files.key, dir.path().join("spo2-0001.key"));
+        assert_eq!(files.ca, dir.path().join("ca.crt"));
+        let mut tls = DeviceTls::from_files(&files)?;
+        assert!(tls.key_pem.contains("PRIVATE KEY"));
+        tls.server_name = Some("gateway.lan".into());
+        let shown = format!("{tls:?}");
+        assert!(
+            !shown.contains("PRIVATE") && shown.contains("gateway.lan"),
+            "{shown}"
+        );
+        tls.client_config("10.0.0.2")?;
+        tls.client_config("gateway.lan")?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_bundle_fails_early_without_quoting_the_key() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (_, files) = bundle(dir.path(), "bp-0001")?;
+        // Missing file: the error names it.
+        let missing = BundleFiles::in_dir(dir.path(), "bp-0002");
+        let e = format!(
+            "{:#}",
+            DeviceTls::from_files(&missing).err().context("missing")?
+        );
+        assert!(e.contains("bp-0002.crt"), "{e}");
+        // Another device's key: refused, and the message shows no key material.
+        let other = dir.path().join("other");
+        let (_, other_files) = bundle(&other, "bp-0001")?;
+        let mixed = BundleFiles {
+            key: other_files.key,
+            ..files
+        };
+        let e = format!(
+            "{:#}",
+            DeviceTls::from_files(&mixed).err().context("mixed")?
+        );
+        assert!(e.contains("do not match") && !e.contains("PRIVATE"), "{e}");
+        // Not a key at all.
+        std::fs::write(
+            &mixed.key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )?;
+        let e = format!(
+            "{:#}",
+            DeviceTls::from_files(&mixed).err().context("garbage")?
+        );
+        assert!(!e.contains("AAAA"), "{e}");
+        Ok(())
+    }
+}
