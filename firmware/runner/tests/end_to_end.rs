@@ -416,7 +416,13 @@ async fn refused_devices_back_off_and_keep_their_readings() -> anyhow::Result<()
         dir.path().join("alien.flash"),
     );
     let runner = firmware_runner::start(oximeter(c, 3), CancellationToken::new()).await?;
-    refused(runner, &store, &dev.id, 3).await?;
+    let s = refused(runner, &store, &dev.id, 3).await?;
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("AlertReceived(UnknownCA)")),
+        "{s:?}"
+    );
     assert!(Metrics::get(&gw.metrics.edge_tls_handshake_failures_total) > 0);
 
     // The right certificate, but the device expects a server name the gateway's certificate
