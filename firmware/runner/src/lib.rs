@@ -5,7 +5,8 @@
 //!   either real (`/dev/i2c-1`, `/dev/serial0`, through `linux-embedded-hal`) or simulated at
 //!   register level ([`sim`]);
 //! - the outbox in a flash-image file with power-safe writes ([`flash_file`]);
-//! - the uplink over MQTT with rumqttc ([`mqtt`]);
+//! - the uplink over MQTT with rumqttc ([`mqtt`]), with mutual TLS from the device certificate
+//!   bundle ([`tls`]) or, on a trusted network, username and password;
 //! - tokio's clock ([`clock`]).
 //!
 //! # Layout
@@ -39,8 +40,10 @@ pub mod hw;
 pub mod mqtt;
 pub mod sensors;
 pub mod sim;
+pub mod tls;
 
 pub use mqtt::Security;
+pub use tls::{BundleFiles, DeviceTls};
 
 /// Firmware version reported in the device status.
 pub const FIRMWARE: &str = concat!("runner-", env!("CARGO_PKG_VERSION"));
@@ -90,9 +93,11 @@ pub enum MeterSource {
 pub struct RunnerConfig {
     /// Device id, as provisioned (`sentinella device add`).
     pub device_id: String,
-    /// Device secret, as printed once by `sentinella device add`.
+    /// Device secret, as printed once by `sentinella device add` (plain mode only; empty with
+    /// mutual TLS).
     pub secret: String,
-    /// The gateway's device edge, `host:port`.
+    /// The gateway's device edge, `host` or `host:port` (default port: 8883 with mutual TLS,
+    /// 1884 plain; IPv6 as `[::1]:8883`).
     pub broker: String,
     /// Transport security.
     pub security: Security,
@@ -125,7 +130,16 @@ pub struct RunnerConfig {
 }
 
 impl RunnerConfig {
-    /// A device with the default settings and no sensors.
+    /// A device connecting with mutual TLS (the gateway's TLS listener), default settings, no
+    /// sensors.
+    pub fn mutual_tls(device_id: &str, tls: DeviceTls, broker: &str, flash_path: PathBuf) -> Self {
+        RunnerConfig {
+            security: Security::MutualTls(tls),
+            ..RunnerConfig::new(device_id, "", broker, flash_path)
+        }
+    }
+
+    /// A device connecting with its secret over plain TCP, default settings, no sensors.
     pub fn new(device_id: &str, secret: &str, broker: &str, flash_path: PathBuf) -> Self {
         RunnerConfig {
             device_id: device_id.to_owned(),
@@ -254,7 +268,7 @@ pub async fn run(config: RunnerConfig, cancel: CancellationToken) -> anyhow::Res
 /// Opens the flash image and the sensors, then starts the device loop on a task. Fails early
 /// on what a retry cannot fix (bad id or address, unreadable or locked image, missing bus).
 pub async fn start(config: RunnerConfig, cancel: CancellationToken) -> anyhow::Result<Runner> {
-    let (host, port) = split_broker(&config.broker)?;
+    let (host, port) = split_broker(&config.broker, config.security.default_port())?;
     let transport = mqtt::MqttTransport::new(mqtt::MqttSettings {
         host,
         port,
@@ -388,14 +402,32 @@ pub async fn start(config: RunnerConfig, cancel: CancellationToken) -> anyhow::R
     })
 }
 
-fn split_broker(broker: &str) -> anyhow::Result<(String, u16)> {
-    let (host, port) = broker
-        .rsplit_once(':')
-        .with_context(|| format!("broker {broker:?} must be host:port"))?;
-    let port = port
-        .parse()
-        .with_context(|| format!("broker port in {broker:?}"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; a bare IPv6 address takes the default port.
+fn split_broker(broker: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .with_context(|| format!("broker port in {broker:?}"))
+    };
+    let (host, port) = if let Some(rest) = broker.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .with_context(|| format!("broker {broker:?}: missing ']'"))?;
+        match after.strip_prefix(':') {
+            Some(p) => (host, port(p)?),
+            None if after.is_empty() => (host, default_port),
+            None => anyhow::bail!("broker {broker:?} must be host or host:port"),
+        }
+    } else {
+        match broker.split_once(':') {
+            Some((host, p)) if !p.contains(':') => (host, port(p)?),
+            // Several colons: a bare IPv6 address.
+            Some(_) => (broker, default_port),
+            None => (broker, default_port),
+        }
+    };
+    if host.is_empty() {
+        anyhow::bail!("broker {broker:?}: no host");
+    }
     Ok((host.to_owned(), port))
 }
 
@@ -510,5 +542,25 @@ impl Observer for Log {
                 s.last_error = Some(format!("flash: {error:?}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_broker;
+
+    #[test]
+    fn broker_addresses_take_the_mode_default_port() -> anyhow::Result<()> {
+        let ok = |b: &str| split_broker(b, 8883);
+        assert_eq!(ok("gateway.lan")?, ("gateway.lan".into(), 8883));
+        assert_eq!(ok("gateway.lan:1884")?, ("gateway.lan".into(), 1884));
+        assert_eq!(ok("10.0.0.2:8884")?, ("10.0.0.2".into(), 8884));
+        assert_eq!(ok("[::1]:9000")?, ("::1".into(), 9000));
+        assert_eq!(ok("[::1]")?, ("::1".into(), 8883));
+        assert_eq!(ok("fe80::1")?, ("fe80::1".into(), 8883));
+        for bad in ["", ":8883", "host:port", "[::1", "[::1]x", "host:70000"] {
+            assert!(split_broker(bad, 8883).is_err(), "{bad:?}");
+        }
+        Ok(())
     }
 }

@@ -1,8 +1,11 @@
 //! `sentinella-device`: the Sentinella device firmware on a Linux board.
 //!
 //! ```sh
-//! export SENTINELLA_DEVICE_SECRET='<printed by sentinella device add>'
-//! sentinella-device --id spo2-0001 --broker 127.0.0.1:1884 --oximeter sim
+//! # mutual TLS with the bundle `sentinella device add --cert-out spo2-0001` wrote
+//! sentinella-device --id spo2-0001 --broker gateway.lan --tls-dir spo2-0001 --oximeter sim
+//! # or username/password over plain TCP (trusted networks only)
+//! SENTINELLA_DEVICE_SECRET='<printed by device add>' \
+//!     sentinella-device --id spo2-0001 --plain --broker 127.0.0.1:1884 --oximeter sim
 //! ```
 //! See `firmware/README.md`.
 
@@ -11,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use firmware_runner::{MeterSource, OximeterSource, RunnerConfig};
+use firmware_runner::{BundleFiles, DeviceTls, MeterSource, OximeterSource, RunnerConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Sentinella device firmware on a Linux board (Raspberry Pi or any Linux host).
@@ -21,9 +24,30 @@ struct Args {
     /// Device id, as provisioned with `sentinella device add`.
     #[arg(long, env = "SENTINELLA_DEVICE_ID")]
     id: String,
-    /// The gateway's device edge, host:port.
-    #[arg(long, env = "SENTINELLA_BROKER", default_value = "127.0.0.1:1884")]
+    /// The gateway's device edge, `host` or `host:port` (default port 8883 with mutual TLS,
+    /// 1884 with `--plain`).
+    #[arg(long, env = "SENTINELLA_BROKER", default_value = "127.0.0.1")]
     broker: String,
+    /// Folder with the certificate bundle written by `sentinella device add --cert-out`:
+    /// `<id>.crt`, `<id>.key`, `ca.crt`. Default: `./<id>` (where `device add` writes it).
+    #[arg(long, env = "SENTINELLA_TLS_DIR", value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// The device certificate (default `<tls-dir>/<id>.crt`).
+    #[arg(long, env = "SENTINELLA_TLS_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The device's private key (default `<tls-dir>/<id>.key`; keep it mode 0600).
+    #[arg(long, env = "SENTINELLA_TLS_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// The CA the gateway's certificate must chain to (default `<tls-dir>/ca.crt`).
+    #[arg(long, env = "SENTINELLA_TLS_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// The name the gateway's certificate must carry (default: the host of `--broker`).
+    #[arg(long, env = "SENTINELLA_TLS_SERVER_NAME", value_name = "NAME")]
+    server_name: Option<String>,
+    /// Username/password over plain TCP instead of mutual TLS (the secret comes from
+    /// `SENTINELLA_DEVICE_SECRET`); secret and readings travel in clear: trusted networks only.
+    #[arg(long, conflicts_with_all = ["tls_dir", "cert", "key", "ca", "server_name"])]
+    plain: bool,
     /// Flash image file for the outbox (created if missing); default `<id>.flash`.
     #[arg(long, env = "SENTINELLA_FLASH")]
     flash: Option<PathBuf>,
@@ -79,15 +103,39 @@ async fn main() -> anyhow::Result<()> {
     } else {
         logs.init();
     }
-    // The secret only ever comes from the environment, never from a flag (shell history,
-    // process list) or a committed file.
-    let secret = std::env::var("SENTINELLA_DEVICE_SECRET")
-        .context("set SENTINELLA_DEVICE_SECRET to the secret printed by `sentinella device add`")?;
     let flash = args
         .flash
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.flash", args.id)));
-    let mut config = RunnerConfig::new(&args.id, &secret, &args.broker, flash);
+    let mut config = if args.plain {
+        // The secret only ever comes from the environment, never from a flag (shell history,
+        // process list) or a committed file.
+        let secret = std::env::var("SENTINELLA_DEVICE_SECRET").context(
+            "set SENTINELLA_DEVICE_SECRET to the secret printed by `sentinella device add`",
+        )?;
+        tracing::warn!("plain MQTT: the secret and the readings travel in clear");
+        RunnerConfig::new(&args.id, &secret, &args.broker, flash)
+    } else {
+        let dir = args
+            .tls_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&args.id));
+        let default = BundleFiles::in_dir(&dir, &args.id);
+        let files = BundleFiles {
+            cert: args.cert.clone().unwrap_or(default.cert),
+            key: args.key.clone().unwrap_or(default.key),
+            ca: args.ca.clone().unwrap_or(default.ca),
+        };
+        let mut tls = DeviceTls::from_files(&files)?;
+        tls.server_name = args.server_name.clone();
+        tracing::info!(
+            cert = %files.cert.display(),
+            ca = %files.ca.display(),
+            server_name = ?tls.server_name,
+            "mutual TLS with the device certificate"
+        );
+        RunnerConfig::mutual_tls(&args.id, tls, &args.broker, flash)
+    };
     config.flash_size = args.flash_kib * 1024;
     config.spot_check_every = args.every;
     config.spot_check_window_s = args.window;

@@ -8,11 +8,11 @@
 //! behind the core's back; here the core decides when to try again (back-off with jitter) and
 //! re-sends what was in flight, since a clean session forgets unacknowledged publishes.
 //!
-//! **Security.** [`Security::Plain`] is plain TCP, what the gateway's edge speaks today.
-//! Mutual TLS comes with the gateway's TLS listener: it is one more [`Security`] variant that
-//! sets `MqttOptions::set_transport(Transport::tls_with_config(..))` with the device's
-//! certificate and key (rumqttc's `use-rustls` feature) in [`MqttTransport::options`]; nothing
-//! else in the runner or the core changes.
+//! **Security.** [`Security::MutualTls`] (the default deployment) speaks TLS to the gateway's
+//! TLS listener (port 8883) with rustls and the ring provider, presenting the device
+//! certificate ([`crate::tls`]); the certificate is the identity, so no username or password
+//! is sent, and the client id is the device id the certificate names. [`Security::Plain`] is
+//! username/password over plain TCP, for the gateway's loopback or trusted-network listener.
 
 use std::time::Duration;
 
@@ -21,8 +21,10 @@ use firmware_core::transport::{Incoming as CoreIncoming, Transport};
 use protocol::{Channel, DeviceId, Topic};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Packet, QoS,
-    SubscribeFilter, SubscribeReasonCode,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
 };
+
+use crate::tls::DeviceTls;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -36,11 +38,23 @@ const INBOX: usize = 64;
 const DISCONNECT_GRACE: Duration = Duration::from_millis(500);
 
 /// How the session is protected.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Security {
-    /// Plain TCP (the gateway's edge today; keep it on a trusted network).
-    #[default]
+    /// Mutual TLS with the device certificate (the gateway's TLS listener; no password).
+    MutualTls(DeviceTls),
+    /// Username (the device id) and password (the device secret) over plain TCP: the secret
+    /// and the readings travel in clear; keep it to loopback or a trusted network.
     Plain,
+}
+
+impl Security {
+    /// The gateway's default port for this mode: 8883 (TLS) or 1884 (plain).
+    pub fn default_port(&self) -> u16 {
+        match self {
+            Security::MutualTls(_) => 8883,
+            Security::Plain => 1884,
+        }
+    }
 }
 
 /// Where and who.
@@ -52,7 +66,7 @@ pub struct MqttSettings {
     pub port: u16,
     /// Device id (client id, username, topic level).
     pub device_id: String,
-    /// Device secret (password).
+    /// Device secret (password; plain mode only).
     pub secret: String,
     /// Transport security.
     pub security: Security,
@@ -102,7 +116,18 @@ struct Topics {
 pub struct MqttTransport {
     settings: MqttSettings,
     topics: Topics,
+    tls: Option<TlsConfig>,
     session: Option<Session>,
+}
+
+/// The rustls configuration, built once; its `Debug` shows nothing of the key.
+#[derive(Clone)]
+struct TlsConfig(std::sync::Arc<rustls::ClientConfig>);
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig").finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -133,7 +158,7 @@ impl std::fmt::Debug for InboundMsg {
 }
 
 impl MqttTransport {
-    /// A transport for the device; validates the id.
+    /// A transport for the device; validates the id and, with TLS, the certificate bundle.
     pub fn new(settings: MqttSettings) -> anyhow::Result<Self> {
         let device = DeviceId::parse(&settings.device_id)
             .map_err(|e| anyhow::anyhow!("device id {:?}: {e}", settings.device_id))?;
@@ -144,19 +169,34 @@ impl MqttTransport {
             ack: topic(Channel::Ack),
             config: topic(Channel::Config),
         };
+        let tls = match &settings.security {
+            Security::MutualTls(tls) => Some(TlsConfig(tls.client_config(&settings.host)?)),
+            Security::Plain => None,
+        };
         Ok(MqttTransport {
             settings,
             topics,
+            tls,
             session: None,
         })
     }
 
-    /// The rumqttc options of a new session (the place where TLS will be configured).
+    /// The rumqttc options of a new session.
     fn options(&self) -> MqttOptions {
         let s = &self.settings;
         let mut options = MqttOptions::new(s.device_id.clone(), s.host.clone(), s.port);
+        match &self.tls {
+            // The certificate is the credential: no username or password on the wire.
+            Some(TlsConfig(config)) => {
+                options.set_transport(rumqttc::Transport::tls_with_config(
+                    TlsConfiguration::Rustls(config.clone()),
+                ));
+            }
+            None => {
+                options.set_credentials(s.device_id.clone(), s.secret.clone());
+            }
+        }
         options
-            .set_credentials(s.device_id.clone(), s.secret.clone())
             .set_keep_alive(KEEP_ALIVE)
             .set_clean_session(true)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET)
@@ -166,9 +206,6 @@ impl MqttTransport {
                 QoS::AtLeastOnce,
                 false,
             ));
-        match s.security {
-            Security::Plain => {}
-        }
         options
     }
 

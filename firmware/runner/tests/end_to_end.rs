@@ -1,19 +1,27 @@
 //! The runner with simulated sensors against a real gateway started in the test, on a fresh
-//! SQLite store.
+//! SQLite store, over **mutual TLS**: the gateway's TLS listener with a server certificate from
+//! a device CA made for the test, each device with the bundle `sentinella device add
+//! --cert-out` writes (`{id}.crt`, `{id}.key`, `ca.crt`, read back from files) and its
+//! certificate's fingerprint recorded in the store.
 //!
 //! The device must lose nothing and duplicate nothing across its own restart (same flash
 //! image, killed like a power cut) and a gateway restart (same store, same port): the seqs in
-//! the store are exactly the seqs the device generated.
+//! the store are exactly the seqs the device generated. Devices with a certificate of another
+//! CA, or expecting another server name, never connect and keep their readings. Plain
+//! username/password mode is checked once, on the loopback listener.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use firmware_core::uplink::UplinkConfig;
-use firmware_runner::{MeterSource, OximeterSource, Runner, RunnerConfig, Stats};
-use gateway::{Gateway, GatewayConfig};
+use firmware_runner::{
+    BundleFiles, DeviceTls, MeterSource, OximeterSource, Runner, RunnerConfig, Stats,
+};
+use gateway::{EdgeTls, Gateway, GatewayConfig, Metrics};
+use pki::DeviceCa;
 use store::testing::TestDb;
 use store::{DeviceKind, NewDevice, NewPatient, ReadingKind, ReadingQuery, Store};
 use tokio_util::sync::CancellationToken;
@@ -35,15 +43,34 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-async fn start_gateway(store: &Store, port: u16) -> anyhow::Result<(Gateway, CancellationToken)> {
+/// Starts a gateway with its TLS listener on `tls_port` (kept across restarts) and its plain
+/// listener on an ephemeral loopback port; the server certificate is issued from `ca` at every
+/// start, as `sentinella run` does.
+async fn start_gateway(
+    store: &Store,
+    ca: &DeviceCa,
+    tls_port: u16,
+) -> anyhow::Result<(Gateway, CancellationToken)> {
     let cancel = CancellationToken::new();
     let config = GatewayConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls_listen: SocketAddr::from(([127, 0, 0, 1], tls_port)),
         ..Default::default()
     };
-    let gateway = gateway::start(config, store.clone(), cancel.clone())
+    let server = ca.issue_server(&["localhost".into(), "127.0.0.1".into()])?;
+    let tls = EdgeTls {
+        cert_chain_pem: server.cert_pem,
+        key_pem: server.key_pem,
+        client_ca_pem: ca.cert_pem().to_owned(),
+    };
+    let gateway = gateway::start_with_tls(config, store.clone(), Some(tls), cancel.clone())
         .await
         .context("start gateway")?;
+    assert_eq!(
+        gateway.tls_addr.map(|a| a.port()),
+        Some(tls_port),
+        "TLS listener on the chosen port"
+    );
     Ok((gateway, cancel))
 }
 
@@ -56,9 +83,19 @@ struct Provisioned {
     id: String,
     secret: String,
     patient_id: i64,
+    tls: DeviceTls,
 }
 
-async fn provision(store: &Store, id: &str, kind: DeviceKind) -> anyhow::Result<Provisioned> {
+/// Provisions a device as `sentinella device add --cert-out DIR` does: a row with a secret, a
+/// certificate from `ca` whose fingerprint the store records, and the bundle written to `dir`,
+/// which the device then reads back.
+async fn provision(
+    store: &Store,
+    ca: &DeviceCa,
+    dir: &Path,
+    id: &str,
+    kind: DeviceKind,
+) -> anyhow::Result<Provisioned> {
     let cot = match store.cot_by_code("COT-FW").await? {
         Some(c) => c,
         None => store.add_cot("COT-FW", "COT firmware").await?,
@@ -82,10 +119,23 @@ async fn provision(store: &Store, id: &str, kind: DeviceKind) -> anyhow::Result<
             model: Some("firmware-runner".into()),
         })
         .await?;
+    let cert = ca.issue_device(id)?;
+    store
+        .set_device_cert(
+            id,
+            &cert.serial,
+            &cert.sha256,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?;
+    let bundle_dir = dir.join(id);
+    pki::write_device_bundle(&bundle_dir, id, &cert, ca.cert_pem())?;
+    let tls = DeviceTls::from_files(&BundleFiles::in_dir(&bundle_dir, id))?;
     Ok(Provisioned {
         id: id.to_owned(),
         secret,
         patient_id: patient.id,
+        tls,
     })
 }
 
@@ -99,13 +149,17 @@ fn uplink() -> UplinkConfig {
     }
 }
 
-fn oximeter_config(dev: &Provisioned, port: u16, flash: &Path, readings: u32) -> RunnerConfig {
-    let mut c = RunnerConfig::new(
+/// The device over mutual TLS to the gateway's TLS port.
+fn tls_config(dev: &Provisioned, tls_port: u16, flash: PathBuf) -> RunnerConfig {
+    RunnerConfig::mutual_tls(
         &dev.id,
-        &dev.secret,
-        &format!("127.0.0.1:{port}"),
-        flash.into(),
-    );
+        dev.tls.clone(),
+        &format!("127.0.0.1:{tls_port}"),
+        flash,
+    )
+}
+
+fn oximeter(mut c: RunnerConfig, readings: u32) -> RunnerConfig {
     c.oximeter = Some(OximeterSource::Sim);
     c.spot_check_every = Duration::from_millis(60);
     c.spot_check_window_s = 3;
@@ -143,20 +197,22 @@ async fn assert_store_matches(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oximeter_survives_its_own_power_cut_and_a_gateway_restart() -> anyhow::Result<()> {
+async fn oximeter_over_mutual_tls_survives_its_own_power_cut_and_a_gateway_restart()
+-> anyhow::Result<()> {
     init_logging();
     let db = TestDb::sqlite().await;
     let store = db.store.clone();
-    let dev = provision(&store, "spo2-fw-1", DeviceKind::Spo2).await?;
-    let port = free_port()?;
+    let ca = DeviceCa::generate("firmware e2e device CA")?;
     let dir = tempfile::tempdir()?;
+    let dev = provision(&store, &ca, dir.path(), "spo2-fw-1", DeviceKind::Spo2).await?;
+    let port = free_port()?;
     let flash = dir.path().join("spo2-fw-1.flash");
-    let (gw, gw_cancel) = start_gateway(&store, port).await?;
+    let (gw, gw_cancel) = start_gateway(&store, &ca, port).await?;
 
     // Run 1: measure and publish, then lose power right after the 8th reading is stored,
     // while the last ones are likely still unacked.
     let run1 = firmware_runner::start(
-        oximeter_config(&dev, port, &flash, 8),
+        oximeter(tls_config(&dev, port, flash.clone()), 8),
         CancellationToken::new(),
     )
     .await?;
@@ -171,7 +227,7 @@ async fn oximeter_survives_its_own_power_cut_and_a_gateway_restart() -> anyhow::
     // Run 2 on the same flash image: whatever was unacked is still there and goes out again;
     // new seqs continue above every seq of run 1.
     let run2 = firmware_runner::start(
-        oximeter_config(&dev, port, &flash, 14),
+        oximeter(tls_config(&dev, port, flash.clone()), 14),
         CancellationToken::new(),
     )
     .await?;
@@ -192,7 +248,7 @@ async fn oximeter_survives_its_own_power_cut_and_a_gateway_restart() -> anyhow::
         .await?;
     let during = run2.stats().stored.len();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let (gw, gw_cancel) = start_gateway(&store, port).await?;
+    let (gw, gw_cancel) = start_gateway(&store, &ca, port).await?;
     let s2 = all_acked(&run2, 14).await?;
     assert!(s2.connects >= 2, "reconnected to the new gateway: {s2:?}");
     assert!(
@@ -230,6 +286,10 @@ async fn oximeter_survives_its_own_power_cut_and_a_gateway_restart() -> anyhow::
         rows.iter().any(|r| !r.clock_unset),
         "readings after the clock was set"
     );
+    assert!(
+        Metrics::get(&gw.metrics.readings_committed_total) > 0,
+        "the restarted gateway stored readings"
+    );
 
     run2.stop().await?;
     stop_gateway(gw, gw_cancel).await;
@@ -241,33 +301,34 @@ async fn cuff_and_glucose_meter_readings_arrive_with_their_bits() -> anyhow::Res
     init_logging();
     let db = TestDb::sqlite().await;
     let store = db.store.clone();
+    let ca = DeviceCa::generate("firmware e2e device CA")?;
     let port = free_port()?;
-    let (gw, gw_cancel) = start_gateway(&store, port).await?;
+    let (gw, gw_cancel) = start_gateway(&store, &ca, port).await?;
     let dir = tempfile::tempdir()?;
 
-    for (id, kind, source) in [
+    for (id, kind, source, server_name) in [
         (
             "bp-fw-1",
             DeviceKind::BloodPressure,
             MeterSource::SimBloodPressure {
                 every: Duration::from_millis(40),
             },
+            None,
         ),
+        // Reached by IP address, the gateway's certificate checked for the name `localhost`
+        // (`--server-name`).
         (
             "glu-fw-1",
             DeviceKind::Glucose,
             MeterSource::SimGlucose {
                 every: Duration::from_millis(40),
             },
+            Some("localhost"),
         ),
     ] {
-        let dev = provision(&store, id, kind).await?;
-        let mut c = RunnerConfig::new(
-            &dev.id,
-            &dev.secret,
-            &format!("127.0.0.1:{port}"),
-            dir.path().join(format!("{id}.flash")),
-        );
+        let mut dev = provision(&store, &ca, dir.path(), id, kind).await?;
+        dev.tls.server_name = server_name.map(str::to_owned);
+        let mut c = tls_config(&dev, port, dir.path().join(format!("{id}.flash")));
         c.meter = Some(source);
         c.uplink = uplink();
         c.max_readings = Some(6);
@@ -316,39 +377,104 @@ async fn cuff_and_glucose_meter_readings_arrive_with_their_bits() -> anyhow::Res
     Ok(())
 }
 
+/// Waits until a device that cannot connect has stored `n` readings and failed to connect,
+/// then checks it kept them all and the store has none.
+async fn refused(runner: Runner, store: &Store, id: &str, n: usize) -> anyhow::Result<Stats> {
+    let s = runner
+        .wait_for("readings stored while refused", WAIT, |s| {
+            s.stored.len() >= n && s.last_error.is_some()
+        })
+        .await?;
+    assert_eq!(s.connects, 0, "{s:?}");
+    assert_eq!(s.pending(), n as u64, "nothing dropped");
+    assert_eq!(store.count_readings(Some(id)).await?, 0);
+    runner.stop().await?;
+    Ok(s)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_device_backs_off_and_keeps_its_readings() -> anyhow::Result<()> {
+async fn refused_devices_back_off_and_keep_their_readings() -> anyhow::Result<()> {
     init_logging();
     let db = TestDb::sqlite().await;
     let store = db.store.clone();
-    let dev = provision(&store, "spo2-fw-bad", DeviceKind::Spo2).await?;
+    let ca = DeviceCa::generate("firmware e2e device CA")?;
     let port = free_port()?;
-    let (gw, gw_cancel) = start_gateway(&store, port).await?;
+    let (gw, gw_cancel) = start_gateway(&store, &ca, port).await?;
     let dir = tempfile::tempdir()?;
-    let wrong = Provisioned {
-        secret: "not-the-secret".into(),
-        ..dev
-    };
-    let runner = firmware_runner::start(
-        oximeter_config(&wrong, port, &dir.path().join("bad.flash"), 3),
-        CancellationToken::new(),
-    )
-    .await?;
-    let s = runner
-        .wait_for("readings stored while refused", WAIT, |s| {
-            s.stored.len() >= 3 && s.last_error.is_some()
-        })
-        .await?;
-    assert_eq!(s.connects, 0);
+
+    // A certificate for the right id from another CA: the gateway fails the handshake.
+    let other_ca = DeviceCa::generate("someone else's CA")?;
+    let dev = provision(&store, &ca, dir.path(), "spo2-fw-alien", DeviceKind::Spo2).await?;
+    let alien_dir = dir.path().join("alien");
+    let alien = other_ca.issue_device(&dev.id)?;
+    pki::write_device_bundle(&alien_dir, &dev.id, &alien, ca.cert_pem())?;
+    let alien_tls = DeviceTls::from_files(&BundleFiles::in_dir(&alien_dir, &dev.id))?;
+    let c = RunnerConfig::mutual_tls(
+        &dev.id,
+        alien_tls,
+        &format!("127.0.0.1:{port}"),
+        dir.path().join("alien.flash"),
+    );
+    let runner = firmware_runner::start(oximeter(c, 3), CancellationToken::new()).await?;
+    let s = refused(runner, &store, &dev.id, 3).await?;
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("AlertReceived(UnknownCA)")),
+        "{s:?}"
+    );
+    assert!(Metrics::get(&gw.metrics.edge_tls_handshake_failures_total) > 0);
+
+    // The right certificate, but the device expects a server name the gateway's certificate
+    // does not carry: the device refuses the gateway.
+    let mut dev = provision(&store, &ca, dir.path(), "spo2-fw-name", DeviceKind::Spo2).await?;
+    dev.tls.server_name = Some("not-the-gateway.example".into());
+    let c = tls_config(&dev, port, dir.path().join("name.flash"));
+    let runner = firmware_runner::start(oximeter(c, 3), CancellationToken::new()).await?;
+    let s = refused(runner, &store, &dev.id, 3).await?;
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("NotValidForName")),
+        "{s:?}"
+    );
+
+    stop_gateway(gw, gw_cancel).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_password_mode_still_works_on_the_loopback_listener() -> anyhow::Result<()> {
+    init_logging();
+    let db = TestDb::sqlite().await;
+    let store = db.store.clone();
+    let ca = DeviceCa::generate("firmware e2e device CA")?;
+    let (gw, gw_cancel) = start_gateway(&store, &ca, free_port()?).await?;
+    let plain = gw.edge_addr.to_string();
+    let dir = tempfile::tempdir()?;
+
+    let dev = provision(&store, &ca, dir.path(), "spo2-fw-plain", DeviceKind::Spo2).await?;
+    let c = RunnerConfig::new(
+        &dev.id,
+        "not-the-secret",
+        &plain,
+        dir.path().join("bad.flash"),
+    );
+    let runner = firmware_runner::start(oximeter(c, 3), CancellationToken::new()).await?;
+    let s = refused(runner, &store, &dev.id, 3).await?;
     assert!(
         s.last_error
             .as_deref()
             .is_some_and(|e| e.contains("Refused")),
         "{s:?}"
     );
-    assert_eq!(s.pending(), 3, "nothing dropped");
-    assert_eq!(store.count_readings(Some(&wrong.id)).await?, 0);
+
+    let c = RunnerConfig::new(&dev.id, &dev.secret, &plain, dir.path().join("ok.flash"));
+    let runner = firmware_runner::start(oximeter(c, 3), CancellationToken::new()).await?;
+    let s = all_acked(&runner, 3).await?;
     runner.stop().await?;
+    assert_store_matches(&store, &dev.id, &s.stored.iter().copied().collect()).await?;
+
     stop_gateway(gw, gw_cancel).await;
     Ok(())
 }
