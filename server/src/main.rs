@@ -496,7 +496,11 @@ async fn demo_inner(
          \x20 curl -s -H 'Authorization: Bearer {token}' http://{api}/api/v1/patients\n\
          \x20 curl -s -H 'Authorization: Bearer {token}' 'http://{api}/api/v1/patients/1/readings?limit=5'\n\
          \x20 curl -s -H 'Authorization: Bearer {token}' http://{api}/api/v1/devices\n\
-         \x20 curl -s http://{api}/metrics\n",
+         \x20 curl -s -H 'Authorization: Bearer {token}' http://{api}/api/v1/alerts\n\
+         \x20 curl -sN -H 'Authorization: Bearer {token}' 'http://{api}/api/v1/alerts/stream?after=0'\n\
+         \x20 curl -s http://{api}/metrics\n\
+         (The 14-day history arrives late, so it raises no current alerts, only `late-review`\n\
+         \x20 ones; readings measured from now on are evaluated as current.)\n",
         fleet.devices.len()
     );
     // Devices keep their seq across runs, as real ones do across reboots.
