@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use protocol::limits::ClockState;
 use store::{
     AlertReading, NewReading, ReadingKind, ReadingQuery, Severity, Store, StoreError, Trigger,
     TriggerOutcome,
@@ -491,8 +490,8 @@ impl Engine {
             })
             .await?;
         let window = stored
-            .iter()
-            .map(|r| Obs::from_stored(r, clock_bad(r.measured_at, r.received_at, r.clock_unset)))
+            .into_iter()
+            .map(|r| Obs::from_new(&to_new(r)))
             .collect();
         let active = self
             .store
@@ -540,10 +539,7 @@ impl Engine {
         readings: &[NewReading],
     ) -> Result<(), StoreError> {
         let now = (self.clock)();
-        let mut obs: Vec<Obs> = readings
-            .iter()
-            .map(|r| Obs::from_new(r, clock_bad(r.measured_at, r.received_at, r.clock_unset)))
-            .collect();
+        let mut obs: Vec<Obs> = readings.iter().map(Obs::from_new).collect();
         obs.sort_by(|a, b| a.at.cmp(&b.at).then(a.seq.cmp(&b.seq)));
         let Some(first) = obs.first().map(|o| o.at) else {
             return Ok(());
@@ -1023,13 +1019,6 @@ fn has_rule(plan: &CarePlan, f: impl Fn(&Check) -> bool) -> bool {
 /// `h` hours, saturating (plans are validated, but a stored one is not trusted blindly).
 fn hours(h: f64) -> time::Duration {
     time::Duration::checked_seconds_f64(h * 3600.0).unwrap_or(time::Duration::days(3650))
-}
-
-/// Whether the device time cannot stand for the measurement time.
-fn clock_bad(measured: OffsetDateTime, received: OffsetDateTime, unset: bool) -> bool {
-    let ms = |t: OffsetDateTime| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-    let state = ClockState::assess(ms(measured), ms(received), unset);
-    state.is_implausible() || state == ClockState::Unset
 }
 
 fn to_new(r: store::StoredReading) -> NewReading {

@@ -1,9 +1,10 @@
 //! Rule evaluation, pure: a reading, the patient's recent readings and a care plan in; what
 //! should happen to the patient's alerts out. No IO, no clock: the engine supplies both.
 
-use store::{NewReading, ReadingKind, Severity, StoredReading};
+use store::{NewReading, ReadingKind, Severity};
 use time::{Duration, OffsetDateTime};
 
+use protocol::limits::ClockState;
 use protocol::reading::{MeasurementStatus, sensor};
 
 use super::plan::{Band, CarePlan, Check, Condition, Direction, Metric};
@@ -123,34 +124,9 @@ pub fn quality(
 }
 
 impl Obs {
-    /// From a reading the gateway just committed; `clock_bad` from its clock assessment.
-    pub fn from_new(r: &NewReading, clock_bad: bool) -> Obs {
-        Obs {
-            device_id: r.device_id.clone(),
-            seq: r.seq,
-            kind: r.kind,
-            at: if clock_bad {
-                r.received_at
-            } else {
-                r.measured_at
-            },
-            received_at: r.received_at,
-            values: Values {
-                systolic: f(r.systolic),
-                diastolic: f(r.diastolic),
-                mean_arterial: f(r.mean_arterial),
-                pulse: f(r.pulse),
-                spo2: f(r.spo2),
-                perfusion_index: f(r.perfusion_index),
-                glucose: f(r.glucose_mg_dl),
-            },
-            quality: quality(r.kind, r.status, r.sensor, r.glucose_sample.as_deref()),
-            clock_bad,
-        }
-    }
-
-    /// From a stored reading.
-    pub fn from_stored(r: &StoredReading, clock_bad: bool) -> Obs {
+    /// From a reading (just committed, or read back from the store).
+    pub fn from_new(r: &NewReading) -> Obs {
+        let clock_bad = clock_bad(r.measured_at, r.received_at, r.clock_unset);
         Obs {
             device_id: r.device_id.clone(),
             seq: r.seq,
@@ -376,6 +352,14 @@ fn eligible<'a>(window: &'a [Obs], current: &'a Obs, keep: impl Fn(&Obs) -> bool
     out.sort_by(|a, b| a.at.cmp(&b.at).then(a.seq.cmp(&b.seq)));
     out.push(current);
     out
+}
+
+/// Whether the device time cannot stand for the measurement time (unset or implausible, by
+/// the one shared rule, `ClockState::assess`).
+fn clock_bad(measured: OffsetDateTime, received: OffsetDateTime, unset: bool) -> bool {
+    let ms = |t: OffsetDateTime| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let state = ClockState::assess(ms(measured), ms(received), unset);
+    state.is_implausible() || state == ClockState::Unset
 }
 
 fn run_entry(o: &Obs, metric: Metric) -> (String, i64, OffsetDateTime, Option<f64>) {
