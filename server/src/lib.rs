@@ -4,6 +4,8 @@
 //! - [`config`]: the typed configuration file.
 //! - [`http`]: the API under `/api/v1` plus `/healthz`, `/readyz`, `/metrics`;
 //!   [`http::app`] builds the router from an [`http::AppState`].
+//! - [`console`]: the web console for COT staff (static files of our own, compiled in),
+//!   served at `/console/`.
 //! - `main.rs`: the `sentinella` binary: `run` (gateway + API in one process), `migrate`,
 //!   and the provisioning commands.
 //!
@@ -11,6 +13,7 @@
 //! wires a gateway's readiness and metrics into the API's state.
 
 pub mod config;
+pub mod console;
 pub mod http;
 
 use std::net::SocketAddr;

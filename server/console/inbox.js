@@ -1,0 +1,222 @@
+// The alert inbox: the unresolved queue, most urgent first, live from the stream, with the
+// nurse's actions on each alert (acknowledge, assign to me, comment, resolve with outcome).
+import { h, replace, id } from './dom.js';
+import { t, fmtTime, fmtNumber } from './i18n.js';
+import * as alerts from './alerts.js';
+import { currentUser, errorMessage, severityBadge, announce } from './ui.js';
+
+const EVENT_LIMIT = 6;
+
+export function inboxPage(root) {
+  const cards = new Map();
+  const list = h('ol', { class: 'alert-list', id: 'alert-list', 'aria-labelledby': 'inbox-title' });
+  const empty = h('p', { class: 'empty', id: 'inbox-empty', text: t('inbox_empty') });
+  const count = h('span', { class: 'count', id: 'inbox-count' });
+  replace(
+    root,
+    h('div', { class: 'page-head' }, h('h1', { id: 'inbox-title', text: t('inbox_title') }), count),
+    h('p', { class: 'muted', text: t('inbox_intro') }),
+    empty,
+    list,
+  );
+
+  function render() {
+    const queue = alerts.queue();
+    const seen = new Set();
+    queue.forEach((alert, index) => {
+      seen.add(alert.id);
+      let card = cards.get(alert.id);
+      if (!card) {
+        card = alertCard(alert);
+        cards.set(alert.id, card);
+      } else {
+        card.update(alert);
+      }
+      // Moving a node that holds focus would lose it: only move when out of place.
+      if (list.children[index] !== card.el) list.insertBefore(card.el, list.children[index] || null);
+    });
+    for (const [alertId, card] of cards) {
+      if (!seen.has(alertId)) {
+        card.el.remove();
+        cards.delete(alertId);
+      }
+    }
+    empty.hidden = queue.length > 0 || !alerts.isLoaded();
+    count.textContent = alerts.isLoaded() ? t('inbox_count', { n: queue.length }) : t('loading');
+  }
+
+  render();
+  return alerts.subscribe(() => render());
+}
+
+function valueText(alert) {
+  if (alert.last_value === null || alert.last_value === undefined) return null;
+  const unit = alert.unit ? ` ${alert.unit}` : '';
+  const metric = alert.metric ? `${t(`metric_${alert.metric}`)} ` : '';
+  let text = `${metric}${fmtNumber(alert.last_value, 1)}${unit}`;
+  if (alert.worst_value !== null && alert.worst_value !== alert.last_value) {
+    text += ` (${t('worst')} ${fmtNumber(alert.worst_value, 1)}${unit})`;
+  }
+  return text;
+}
+
+function eventText(e) {
+  const who = e.actor.replace(/^(token|user):/, '');
+  let what = t(`event_${e.kind}`);
+  if (e.kind === 'commented' && e.detail?.text) what += `: “${e.detail.text}”`;
+  if (e.kind === 'assigned') what += `: ${e.detail?.assignee ?? t('nobody')}`;
+  if (e.kind === 'resolved' && e.detail?.outcome) what += `: ${t(`outcome_${e.detail.outcome}`)}`;
+  return `${fmtTime(e.at)} · ${what} · ${who}`;
+}
+
+function alertCard(initial) {
+  let alert = initial;
+  const headingId = id('alert-title');
+  const el = h('li', { class: 'alert-card', dataset: { alertId: String(alert.id) }, 'aria-labelledby': headingId });
+  const info = h('div', { class: 'alert-info' });
+  const status = h('p', { class: 'action-status', role: 'status' });
+
+  const ack = h('button', { type: 'button', class: 'primary', 'data-action': 'ack' });
+  const take = h('button', { type: 'button', class: 'secondary', 'data-action': 'assign' });
+
+  const commentId = id('comment');
+  const commentText = h('textarea', { id: commentId, rows: 2, maxlength: 4000, required: true });
+  const commentForm = h(
+    'form',
+    { class: 'inline-form', 'data-action': 'comment' },
+    h('label', { for: commentId, text: t('comment_label') }),
+    commentText,
+    h('button', { type: 'submit', class: 'secondary', text: t('comment_submit') }),
+  );
+
+  const outcomeId = id('outcome');
+  const noteId = id('note');
+  const outcome = h('select', { id: outcomeId, required: true }, h('option', { value: '', text: t('outcome_choose') }));
+  alerts.loadOutcomes().then((names) => {
+    for (const name of names) outcome.append(h('option', { value: name, text: t(`outcome_${name}`) }));
+  }).catch(() => {});
+  const note = h('textarea', { id: noteId, rows: 2, maxlength: 4000 });
+  const resolveForm = h(
+    'form',
+    { class: 'inline-form', 'data-action': 'resolve' },
+    h('label', { for: outcomeId, text: t('outcome_label') }),
+    outcome,
+    h('label', { for: noteId, text: t('note_label') }),
+    note,
+    h('button', { type: 'submit', class: 'primary', text: t('resolve_submit') }),
+  );
+
+  const history = h('ol', { class: 'event-list' });
+  const historyDetails = h('details', { class: 'action-details' }, h('summary', { text: t('history') }), history);
+  historyDetails.addEventListener('toggle', () => {
+    if (historyDetails.open) alerts.reload(alert.id);
+  });
+  const actions = h(
+    'div',
+    { class: 'alert-actions' },
+    ack,
+    take,
+    h('details', { class: 'action-details' }, h('summary', { text: t('comment') }), commentForm),
+    h('details', { class: 'action-details', 'data-action': 'resolve-details' }, h('summary', { text: t('resolve') }), resolveForm),
+    historyDetails,
+  );
+  el.append(info, actions, status);
+
+  async function act(run, done) {
+    status.textContent = '';
+    status.classList.remove('error');
+    for (const b of el.querySelectorAll('button')) b.disabled = true;
+    try {
+      await run();
+      status.textContent = done;
+      announce(done);
+      return true;
+    } catch (e) {
+      status.textContent = errorMessage(e);
+      status.classList.add('error');
+      return false;
+    } finally {
+      for (const b of el.querySelectorAll('button')) b.disabled = false;
+      update(alert);
+    }
+  }
+
+  ack.addEventListener('click', () => act(() => alerts.acknowledge(alert.id), t('done_ack')));
+  take.addEventListener('click', () => {
+    const me = currentUser()?.username;
+    act(() => alerts.assign(alert.id, me), t('done_assign'));
+  });
+  commentForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    if (!commentText.value.trim()) {
+      status.textContent = t('comment_missing');
+      commentText.focus();
+      return;
+    }
+    if (await act(() => alerts.comment(alert.id, commentText.value.trim()), t('done_comment'))) {
+      commentText.value = '';
+    }
+  });
+  resolveForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    if (!outcome.value) {
+      status.textContent = t('outcome_missing');
+      status.classList.add('error');
+      outcome.focus();
+      return;
+    }
+    act(() => alerts.resolve(alert.id, outcome.value, note.value.trim()), t('done_resolve'));
+  });
+
+  function update(next) {
+    alert = next;
+    el.className = `alert-card sev-border-${alert.severity}`;
+    el.dataset.severity = alert.severity;
+    el.dataset.workflow = alert.workflow;
+    el.dataset.patientId = String(alert.patient_id);
+    const p = alerts.patient(alert.patient_id);
+    const patientName = p ? p.display_name : `#${alert.patient_id}`;
+    const value = valueText(alert);
+    const facts = [
+      h('dt', { text: t('patient') }),
+      h('dd', {}, h('a', { href: `#/patients/${alert.patient_id}`, class: 'patient-link', text: patientName }), p ? ` (${p.code})` : ''),
+      value && [h('dt', { text: t('value') }), h('dd', { text: value })],
+      h('dt', { text: t('opened') }),
+      h('dd', {}, h('time', { datetime: alert.opened_at, text: fmtTime(alert.opened_at) })),
+      h('dt', { text: t('readings_count') }),
+      h('dd', { text: String(alert.count) }),
+      h('dt', { text: t('condition') }),
+      h('dd', { text: t(`condition_${alert.condition}`) }),
+      h('dt', { text: t('assignee') }),
+      h('dd', { class: 'assignee', text: alert.assignee || t('nobody') }),
+      alert.due_at && [h('dt', { text: t('due') }), h('dd', {}, h('time', { datetime: alert.due_at, text: fmtTime(alert.due_at) }))],
+      alert.escalation_level > 0 && [h('dt', { text: t('escalation') }), h('dd', { text: String(alert.escalation_level) })],
+    ];
+    replace(
+      info,
+      h(
+        'div',
+        { class: 'alert-head' },
+        severityBadge(alert.severity),
+        h('h2', { id: headingId, class: 'alert-title', text: alert.title }),
+        h('span', { class: `workflow workflow-${alert.workflow}`, text: t(`workflow_${alert.workflow}`) }),
+      ),
+      h('dl', { class: 'facts' }, facts),
+    );
+    ack.textContent = t('acknowledge');
+    ack.hidden = alert.workflow !== 'new';
+    const me = currentUser()?.username;
+    take.textContent = t('assign_to_me');
+    take.hidden = Boolean(me && alert.assignee === me);
+    take.setAttribute('aria-label', `${t('assign_to_me')}: ${alert.title}, ${patientName}`);
+    ack.setAttribute('aria-label', `${t('acknowledge')}: ${alert.title}, ${patientName}`);
+    if (Array.isArray(alert.events)) {
+      replace(history, alert.events.slice(-EVENT_LIMIT).map((e) => h('li', { text: eventText(e) })));
+    } else {
+      replace(history, h('li', { class: 'muted', text: t('history_after_change') }));
+    }
+  }
+
+  update(alert);
+  return { el, update };
+}
