@@ -3,7 +3,9 @@
 #   - PostgreSQL on 127.0.0.1:5432 (started, or installed from Debian's packages, if absent);
 #   - mosquitto-clients (mosquitto_pub/mosquitto_sub), the independent MQTT peer of the
 #     interoperability tests;
-#   - TimescaleDB 2.23 on PGlite (scripts/tsdb, from the npm registry), for the hypertable path.
+#   - TimescaleDB 2.23 on PGlite (scripts/tsdb, from the npm registry), for the hypertable path;
+#   - Debian's chromium and playwright-core (npm ci in tests/browser), for the console's
+#     browser test.
 # Then: formatting, clippy with warnings as errors, the protocol and firmware core crates built without std, and
 # `cargo test` over the whole workspace. No test is skipped: a missing service fails the run.
 set -euo pipefail
@@ -32,6 +34,15 @@ if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto_sub >/dev/nul
   apt_install mosquitto-clients
 fi
 mosquitto_pub --help 2>&1 | head -n1 || true
+
+log "browser tests: Chromium and playwright-core"
+# The console's browser test (tests/tests/console.rs) drives Debian's Chromium with
+# playwright-core from the npm registry (pinned in tests/browser/package-lock.json; no browser
+# download). The test fails, never skips, when either is missing.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then apt_install nodejs npm; fi
+if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >&2)
+/usr/bin/chromium --version 2>/dev/null || true
 
 log "TimescaleDB on PGlite"
 # A free port from 55433 up, so a server left running (a developer's) is not in the way.

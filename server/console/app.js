@@ -135,8 +135,10 @@ function loginPage(root) {
       startSession();
       const next = sessionStorage.getItem('sentinella.after-login') || '#/inbox';
       sessionStorage.removeItem('sentinella.after-login');
-      location.hash = next === '#/login' ? '#/inbox' : next;
-      route();
+      const target = next === '#/login' ? '#/inbox' : next;
+      // Changing the fragment routes (hashchange); an unchanged one needs a direct call.
+      if (location.hash === target) route();
+      else location.hash = target;
     } catch (e) {
       if (e.status === 401) message.textContent = t('login_invalid');
       else if (e.status === 429) message.textContent = t('login_throttled');
@@ -161,8 +163,8 @@ function endSession() {
   setToken(null);
   setUser(null);
   renderShell();
-  location.hash = '#/login';
-  route();
+  if (location.hash === '#/login') route();
+  else location.hash = '#/login';
 }
 
 async function logout() {

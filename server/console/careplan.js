@@ -125,15 +125,50 @@ export function flatten(plan) {
   return out;
 }
 
+/** A whole rule or band that exists on one side only, described in one line. */
+function wholeUnit(path, plan, other) {
+  const parts = path.split('/');
+  const candidates = [];
+  if (parts[0] === 'rules' && parts.length > 2) candidates.push(parts.slice(0, 2));
+  if (parts[0] === 'rules' && parts[2] === 'bands' && parts.length > 4) candidates.push(parts.slice(0, 4));
+  if (parts[0] === 'rules' && parts[4] === 'any' && parts.length > 6) candidates.push(parts.slice(0, 6));
+  if (parts[0] === 'schedule' && parts.length > 2) candidates.push(parts.slice(0, 2));
+  for (const prefix of candidates) {
+    const p = prefix.join('/');
+    if (![...other.keys()].some((k) => k.startsWith(`${p}/`))) {
+      const rule = (plan.rules || []).find((r) => r.id === prefix[1]);
+      let text = prefix[0] === 'schedule' ? t(`kind_${prefix[1]}`) : rule?.title || prefix[1];
+      const band = prefix.length >= 4 ? (rule?.bands || []).find((bd) => bd.severity === prefix[3]) : null;
+      if (prefix.length === 4) text = (band?.any || []).map(conditionText).join(` ${t('or')} `);
+      if (prefix.length === 6) {
+        const c = (band?.any || [])[Number(prefix[5].split(':')[0])];
+        text = c ? conditionText(c) : prefix[5];
+      }
+      return { path: p, text };
+    }
+  }
+  return null;
+}
+
 export function diffPlans(before, after) {
   const a = flatten(before);
   const b = flatten(after);
   const changes = [];
+  const grouped = new Set();
+  const one = (path, v, side, plan, other, change) => {
+    const unit = wholeUnit(path, plan, other);
+    if (!unit) {
+      changes.push({ path, before: side === 'a' ? v : undefined, after: side === 'b' ? v : undefined, change });
+    } else if (!grouped.has(`${change}:${unit.path}`)) {
+      grouped.add(`${change}:${unit.path}`);
+      changes.push({ path: unit.path, before: side === 'a' ? unit.text : undefined, after: side === 'b' ? unit.text : undefined, change });
+    }
+  };
   for (const [path, v] of a) {
-    if (!b.has(path)) changes.push({ path, before: v, after: undefined, change: 'removed' });
+    if (!b.has(path)) one(path, v, 'a', before || {}, b, 'removed');
     else if (b.get(path) !== v) changes.push({ path, before: v, after: b.get(path), change: 'changed' });
   }
-  for (const [path, v] of b) if (!a.has(path)) changes.push({ path, before: undefined, after: v, change: 'added' });
+  for (const [path, v] of b) if (!a.has(path)) one(path, v, 'b', after || {}, a, 'added');
   return changes.sort((x, y) => x.path.localeCompare(y.path));
 }
 

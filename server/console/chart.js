@@ -7,7 +7,7 @@ import { SEVERITY_RANK } from './alerts.js';
 
 const W = 760;
 const H = 280;
-const M = { top: 16, right: 16, bottom: 34, left: 52 };
+const M = { top: 24, right: 16, bottom: 34, left: 52 };
 
 const HOUR = 3600e3;
 const DAY = 24 * HOUR;
@@ -149,7 +149,7 @@ export function lineChart({ title, unit, series, thresholds, from, to }) {
     grid,
     lines,
     plotted,
-    s('text', { class: 'axis-unit', x: 8, y: M.top + 2, 'text-anchor': 'start' }, unit),
+    s('text', { class: 'axis-unit', x: M.left - 6, y: M.top - 10, 'text-anchor': 'end' }, unit),
     !n && s('text', { class: 'chart-empty', x: W / 2, y: H / 2, 'text-anchor': 'middle' }, t('chart_empty')),
   );
   const legend = h(

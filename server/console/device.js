@@ -17,7 +17,7 @@ export function devicePage(root, deviceId) {
         [t('kind'), `${t(`kind_${d.kind}`)}${d.model ? ` · ${d.model}` : ''}`],
         [t('patient'), patient ? h('a', { href: `#/patients/${d.patient_id}`, text: `${patient.display_name} (${patient.code})` }) : `#${d.patient_id}`],
         [t('state'), d.revoked_at ? t('revoked_at', { at: fmtTime(d.revoked_at) }) : d.online ? t('online') : t('offline')],
-        [t('last_seen'), d.last_seen_at ? `${fmtTime(d.last_seen_at)} (${fmtAgo(d.last_seen_at)})` : t('never')],
+        [t('last_seen_title'), d.last_seen_at ? `${fmtTime(d.last_seen_at)} (${fmtAgo(d.last_seen_at)})` : t('never')],
         [t('battery'), battery],
         [t('firmware'), d.firmware || '—'],
         [t('signal'), d.rssi === null ? '—' : `${d.rssi} dBm`],

@@ -116,6 +116,7 @@ export default {
   online: 'online',
   offline: 'offline',
   last_seen: 'last seen',
+  last_seen_title: 'Last seen',
   battery: 'Battery',
   battery_low: 'low',
 
@@ -240,7 +241,7 @@ export default {
   diff_to: 'to',
   diff_show: 'Show the differences',
   diff_none: 'No differences.',
-  diff_caption: '{n} changes',
+  diff_caption: 'Changes: {n}',
   diff_what: 'What',
   diff_before: 'Before',
   diff_after: 'After',

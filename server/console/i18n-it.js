@@ -116,6 +116,7 @@ export default {
   online: 'in linea',
   offline: 'non in linea',
   last_seen: 'ultimo contatto',
+  last_seen_title: 'Ultimo contatto',
   battery: 'Batteria',
   battery_low: 'bassa',
 
@@ -240,7 +241,7 @@ export default {
   diff_to: 'a',
   diff_show: 'Mostra le differenze',
   diff_none: 'Nessuna differenza.',
-  diff_caption: '{n} modifiche',
+  diff_caption: 'Modifiche: {n}',
   diff_what: 'Cosa',
   diff_before: 'Prima',
   diff_after: 'Dopo',

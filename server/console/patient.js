@@ -136,7 +136,10 @@ function render(root, patient, isLive) {
       if (!isLive()) return;
       replace(
         charts,
-        CHARTS.map((c) => {
+        plan?.fromTemplate && h('p', { class: 'muted charts-note', text: t('thresholds_from_template', { template: plan.template }) }),
+        CHARTS.filter(
+          (c, i) => i === 0 || patient.devices.some((d) => d.kind === c.kind) || readings.some((r) => r.kind === c.kind),
+        ).map((c) => {
           const rows = readings.filter((r) => r.kind === c.kind);
           const series = c.series.map(([key, pick]) => ({
             key,
@@ -147,7 +150,6 @@ function render(root, patient, isLive) {
           }));
           return lineChart({ title: t(c.title), unit: c.unit, series, thresholds: thresholdsFor(plan?.plan, c.metrics), from, to });
         }),
-        plan?.fromTemplate && h('p', { class: 'muted', text: t('thresholds_from_template', { template: plan.template }) }),
       );
       charts.setAttribute('aria-busy', 'false');
       renderReadings(readingsBox, readings);

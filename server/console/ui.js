@@ -15,7 +15,7 @@ export function setCurrentUser(u) {
 
 /** A clear message for an API error: 403 (role), 404 (not found or another COT's), … */
 export function errorMessage(e) {
-  if (!(e instanceof ApiError)) return t('error_generic');
+  if (!(e instanceof ApiError) && typeof e?.status !== 'number') return t('error_generic');
   if (e.status === 403) return t('error_forbidden');
   if (e.status === 404) return t('error_not_found');
   if (e.status === 0) return t('error_network');

@@ -1,0 +1,210 @@
+//! The web console in a real browser: headless Chromium (Debian's `chromium`) driven by
+//! `tests/browser/console.test.mjs` (playwright-core from npm, installed by `npm ci` in
+//! `tests/browser`, which `scripts/test.sh` runs).
+//!
+//! The system runs in-process (gateway + API, SQLite); two COTs each get a patient with a
+//! blood-pressure cuff and a nurse. The script logs in as nurse A and prints
+//! `CONSOLE_TEST READY_FOR_ALERT` once the inbox is live; this side then publishes a
+//! hypertensive crisis from patient A's simulated cuff through the edge, and the script
+//! checks that the alert appears without a reload, acknowledges, assigns, comments and
+//! resolves it, and finds the care-plan threshold lines on the patient's chart; then nurse B
+//! must see none of it. Screenshots go to `target/browser-artifacts/` (or `$ARTIFACTS`).
+//!
+//! A missing `node`, `chromium` or `tests/browser/node_modules` fails the test with what to
+//! install; it is never skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use e2e::harness::{Db, RawDevice, Stack, now_ms, topic, unique};
+use store::{DeviceKind, NewPatient};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+/// The whole browser run, generous for a loaded 2-core machine.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// What the browser test needs on this machine, or an error saying how to get it.
+async fn prerequisites(root: &Path) -> anyhow::Result<PathBuf> {
+    let node = Command::new("node").arg("--version").output().await;
+    match node {
+        Ok(out) if out.status.success() => {}
+        _ => bail!(
+            "node is not installed: the console's browser test needs Node.js ≥ 20 \
+             (apt-get install -y nodejs npm); scripts/test.sh installs it"
+        ),
+    }
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if !chromium.exists() {
+        bail!(
+            "{} not found: the console's browser test runs Debian's Chromium \
+             (apt-get install -y chromium, as scripts/test.sh does) or set CHROMIUM",
+            chromium.display()
+        );
+    }
+    if !root
+        .join("tests/browser/node_modules/playwright-core")
+        .exists()
+    {
+        bail!(
+            "tests/browser/node_modules is missing: run `npm ci` in tests/browser \
+             (scripts/test.sh does)"
+        );
+    }
+    Ok(chromium)
+}
+
+fn bp(seq: u32, ts: i64, sys: u32, dia: u32, sensor: u32) -> String {
+    format!(
+        r#"{{"seq":{seq},"ts":{ts},"kind":"bp","sys":{sys},"dia":{dia},"pulse":74,"unit":"mmHg","sensor":{sensor}}}"#
+    )
+}
+
+fn batch(readings: &[String]) -> String {
+    format!(r#"{{"v":1,"readings":[{}]}}"#, readings.join(","))
+}
+
+/// A patient of COT `cot_id` with a connected blood-pressure cuff that has sent `history`
+/// normal readings over the last three days (one with a loose cuff) and a status report.
+struct Home {
+    patient: store::Patient,
+    cuff: RawDevice,
+    readings: String,
+    next_seq: u32,
+}
+
+async fn home(stack: &Stack, cot_id: i64, name: &str) -> anyhow::Result<Home> {
+    let patient = stack
+        .store()
+        .add_patient(&NewPatient {
+            cot_id,
+            code: unique("PAT-"),
+            display_name: name.to_owned(),
+            birth_year: Some(1948),
+            conditions: vec!["hypertension".into()],
+        })
+        .await?;
+    let creds = stack.device(patient.id, DeviceKind::BloodPressure).await?;
+    let mut cuff = RawDevice::connect(stack.edge, &creds.id, &creds.secret);
+    cuff.connected().await.map_err(anyhow::Error::msg)?;
+    cuff.publish(
+        &topic(&creds.id, "status"),
+        r#"{"online":true,"battery":76,"fw":"2.3.1","rssi":-61}"#,
+    )
+    .await?;
+    let now = now_ms();
+    let history: Vec<String> = (0..12u32)
+        .map(|i| {
+            let ts = now - 72 * HOUR + i64::from(i) * 6 * HOUR;
+            let sensor = if i == 5 { 2 } else { 0 };
+            bp(i + 1, ts, 128 + (i * 7) % 15, 80 + (i * 3) % 8, sensor)
+        })
+        .collect();
+    let readings = topic(&creds.id, "readings");
+    cuff.publish(&readings, batch(&history)).await?;
+    stack
+        .wait_readings(&creds.id, 12, Duration::from_secs(20))
+        .await?;
+    Ok(Home {
+        patient,
+        cuff,
+        readings,
+        next_seq: 13,
+    })
+}
+
+impl Home {
+    /// A hypertensive crisis confirmed by a repeat: 192/112 then 188/110 two minutes apart.
+    async fn crisis(&mut self) -> anyhow::Result<()> {
+        let now = now_ms();
+        let s = self.next_seq;
+        self.next_seq += 2;
+        self.cuff
+            .publish(
+                &self.readings,
+                batch(&[
+                    bp(s, now - 3 * MIN, 192, 112, 0),
+                    bp(s + 1, now - MIN, 188, 110, 0),
+                ]),
+            )
+            .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nurse_sees_live_alert_and_charts_and_other_cot_sees_nothing() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let chromium = prerequisites(&root).await?;
+    let stack = Stack::start_with(Db::Sqlite, |c| {
+        c.alerts.tick = Duration::from_millis(200);
+    })
+    .await?;
+    let store = stack.store();
+    let cot_a = store.add_cot(&unique("COT-A"), "COT Milano Nord").await?;
+    let cot_b = store.add_cot(&unique("COT-B"), "COT Bergamo Est").await?;
+    let mut a = home(&stack, cot_a.id, "Maria Rossi").await?;
+    let mut b = home(&stack, cot_b.id, "Giovanni Bianchi").await?;
+    // COT B has an alert of its own, which nurse B sees and nurse A must not.
+    b.crisis().await?;
+
+
+    let artifacts = std::env::var_os("ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/browser-artifacts"));
+    let mut child = Command::new("node")
+        .arg(root.join("tests/browser/console.test.mjs"))
+        .current_dir(&root)
+        .env("SENTINELLA_URL", format!("http://{}", stack.api))
+        .env("NURSE_A_TOKEN", &stack.token)
+        .env("PATIENT_A_ID", a.patient.id.to_string())
+        .env("PATIENT_A_NAME", &a.patient.display_name)
+        .env("PATIENT_B_ID", b.patient.id.to_string())
+        .env("PATIENT_B_NAME", &b.patient.display_name)
+        .env("ARTIFACTS", &artifacts)
+        .env("CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start node tests/browser/console.test.mjs")?;
+    let stdout = child.stdout.take().context("browser test stdout")?;
+    println!("browser screenshots: {}", artifacts.display());
+
+    let drive = async {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut published = false;
+        while let Some(line) = lines.next_line().await? {
+            println!("[browser] {line}");
+            if line.trim() == "CONSOLE_TEST READY_FOR_ALERT" && !published {
+                a.crisis().await?;
+                published = true;
+            }
+        }
+        let status = child.wait().await?;
+        anyhow::Ok((status, published))
+    };
+    let (status, published) = tokio::time::timeout(BROWSER_TIMEOUT, drive)
+        .await
+        .context("the browser test did not finish in time")??;
+    println!("browser screenshots: {}", artifacts.display());
+    assert!(published, "the browser test never asked for the alert");
+    assert!(status.success(), "the browser test failed: {status}");
+
+    a.cuff.close();
+    b.cuff.close();
+    stack.stop().await;
+    Ok(())
+}
