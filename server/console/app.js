@@ -97,6 +97,10 @@ async function route() {
     return;
   }
   cleanup = page() || null;
+  // A new page: keyboard and screen-reader users start at its content, not at the old link.
+  if (!main.contains(document.activeElement)) {
+    main.focus({ preventScroll: true });
+  }
 }
 
 function loginPage(root) {

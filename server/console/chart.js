@@ -103,12 +103,18 @@ export function lineChart({ title, unit, series, thresholds, from, to }) {
   }
 
   const lines = [];
-  let lastLabelY = -Infinity;
+  // Labels sit just above their line, at the right end; when that would overlap the label
+  // above, at the left end; when both would, pushed down.
+  const last = { right: -Infinity, left: -Infinity };
   for (const th of thresholds) {
     const yy = y(th.value);
     let labelY = yy - 4;
-    if (labelY - lastLabelY < 12) labelY = lastLabelY + 12;
-    lastLabelY = labelY;
+    let side = 'right';
+    if (labelY - last.right < 12) {
+      if (labelY - last.left >= 12) side = 'left';
+      else labelY = Math.max(last.right, last.left) + 12;
+    }
+    last[side] = labelY;
     const label = `${t(`metric_${th.metric}`)} ${OPS[th.op]} ${fmtNumber(th.value, 1)} · ${t(`severity_${th.severity}`)}`;
     lines.push(
       s(
@@ -116,7 +122,9 @@ export function lineChart({ title, unit, series, thresholds, from, to }) {
         { class: `threshold threshold-${th.severity}`, dataset: { metric: th.metric, value: String(th.value), severity: th.severity } },
         s('title', {}, `${th.title}: ${label}`),
         s('line', { x1: M.left, x2: W - M.right, y1: yy, y2: yy }),
-        s('text', { x: W - M.right - 4, y: labelY, 'text-anchor': 'end' }, label),
+        side === 'right'
+          ? s('text', { x: W - M.right - 4, y: labelY, 'text-anchor': 'end' }, label)
+          : s('text', { x: M.left + 4, y: labelY, 'text-anchor': 'start' }, label),
       ),
     );
   }

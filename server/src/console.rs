@@ -126,7 +126,10 @@ mod tests {
                         "{name} imports {target}, which is not served"
                     );
                 }
-                assert!(!text.contains("innerHTML"), "{name}: build DOM nodes, not HTML");
+                assert!(
+                    !text.contains("innerHTML"),
+                    "{name}: build DOM nodes, not HTML"
+                );
             }
         }
     }

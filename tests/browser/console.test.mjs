@@ -32,7 +32,7 @@ const BASE = env('SENTINELLA_URL');
 const A = process.env.NURSE_A_TOKEN
   ? { token: process.env.NURSE_A_TOKEN, user: 'api' }
   : { user: env('NURSE_A_USER'), password: env('NURSE_A_PASSWORD') };
-const B = { user: env('NURSE_B_USER'), password: env('NURSE_B_PASSWORD') };
+const B = process.env.NURSE_B_USER ? { user: env('NURSE_B_USER'), password: env('NURSE_B_PASSWORD') } : null;
 const PATIENT_A = { id: env('PATIENT_A_ID'), name: env('PATIENT_A_NAME') };
 const PATIENT_B = { id: env('PATIENT_B_ID'), name: env('PATIENT_B_NAME') };
 const ARTIFACTS = resolve(env('ARTIFACTS', 'target/browser-artifacts'));
@@ -54,9 +54,12 @@ mkdirSync(ARTIFACTS, { recursive: true });
 console.log(`screenshots: ${ARTIFACTS}`);
 
 const profile = mkdtempSync(join(tmpdir(), 'sentinella-chromium-'));
-const browser = await chromium.launch({
+// A persistent context on a fresh, empty profile directory: nothing from another run.
+const browser = await chromium.launchPersistentContext(profile, {
   executablePath: CHROMIUM,
   headless: true,
+  viewport: { width: 1280, height: 900 },
+  locale: 'it-IT',
   args: [
     '--headless',
     '--no-sandbox',
@@ -66,14 +69,13 @@ const browser = await chromium.launch({
     '--disable-background-networking',
     '--disable-component-update',
     '--disable-sync',
-    `--user-data-dir=${profile}`,
   ],
 });
 
 const problems = [];
 async function newPage() {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: 'it-IT' });
-  const page = await context.newPage();
+  // A new tab: its sessionStorage (where the console keeps the token) starts empty.
+  const page = await browser.newPage();
   page.setDefaultTimeout(TIMEOUT);
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => {
@@ -84,7 +86,7 @@ async function newPage() {
   page.on('request', (r) => {
     if (!r.url().startsWith(BASE) && !r.url().startsWith('data:')) problems.push(`external request: ${r.url()}`);
   });
-  return { context, page };
+  return { page };
 }
 
 async function shot(page, name) {
@@ -128,7 +130,7 @@ async function wrongPassword(page) {
 }
 
 async function nurseA() {
-  const { context, page } = await newPage();
+  const { page } = await newPage();
   if (!A.token) await wrongPassword(page);
   await login(page, A);
   await shot(page, '01-nurse-a-inbox');
@@ -196,7 +198,7 @@ async function nurseA() {
   check((await page.locator('#readings-table [data-flag="bp_cuff_loose"]').count()) >= 1, 'status flags have human labels');
   await page.locator('#plan-current').waitFor();
   check((await page.locator('#plan-editor').count()) === 0, 'a nurse gets no care-plan editor');
-  for (const range of ['24h', '30d', '90d']) {
+  for (const range of ['24h', '30d', '90d', '7d']) {
     await page.locator(`button.range[data-range="${range}"]`).click();
     await page.locator(`button.range[data-range="${range}"][aria-pressed="true"]`).waitFor();
     await page.locator('#charts[aria-busy="false"]').waitFor();
@@ -222,11 +224,11 @@ async function nurseA() {
   await page.locator('#logout').click();
   await page.locator('#login-username').waitFor();
   check(true, 'logged out');
-  await context.close();
+  await page.close();
 }
 
 async function nurseB() {
-  const { context, page } = await newPage();
+  const { page } = await newPage();
   await login(page, B);
   await page.waitForTimeout(1500);
   const body = await page.locator('main').textContent();
@@ -241,23 +243,23 @@ async function nurseB() {
   await page.locator('.error-page[data-status="404"]').waitFor();
   check(!(await page.locator('main').textContent()).includes(PATIENT_A.name), "COT A's patient URL shows not found to nurse B");
   await shot(page, '08-nurse-b-other-cot-patient');
-  await context.close();
+  await page.close();
 }
 
 let failed = 0;
 try {
   await nurseA();
+  if (!B) throw new Error('nurse B: NURSE_B_USER and NURSE_B_PASSWORD are required (a nurse of another COT)');
   await nurseB();
   check(problems.length === 0, `no script errors, CSP violations or external requests${problems.length ? `: ${problems.join(' | ')}` : ''}`);
 } catch (e) {
   failed = 1;
   console.error(`FAILED: ${e.message}`);
   if (problems.length) console.error(`browser problems: ${problems.join(' | ')}`);
-  for (const ctx of browser.contexts()) {
-    for (const p of ctx.pages()) {
-      await p.screenshot({ path: join(ARTIFACTS, 'failure.png'), fullPage: true }).catch(() => {});
-      console.error(`screenshot ${join(ARTIFACTS, 'failure.png')}`);
-    }
+  for (const [i, p] of browser.pages().entries()) {
+    const path = join(ARTIFACTS, `failure-${i}.png`);
+    await p.screenshot({ path, fullPage: true }).catch(() => {});
+    console.error(`screenshot ${path}`);
   }
 } finally {
   await browser.close();

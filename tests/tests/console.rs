@@ -160,7 +160,6 @@ async fn nurse_sees_live_alert_and_charts_and_other_cot_sees_nothing() -> anyhow
     // COT B has an alert of its own, which nurse B sees and nurse A must not.
     b.crisis().await?;
 
-
     let artifacts = std::env::var_os("ARTIFACTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/browser-artifacts"));
@@ -200,8 +199,12 @@ async fn nurse_sees_live_alert_and_charts_and_other_cot_sees_nothing() -> anyhow
         .await
         .context("the browser test did not finish in time")??;
     println!("browser screenshots: {}", artifacts.display());
+    assert!(
+        status.success(),
+        "the browser test failed ({status}); see its output above and the screenshots in {}",
+        artifacts.display()
+    );
     assert!(published, "the browser test never asked for the alert");
-    assert!(status.success(), "the browser test failed: {status}");
 
     a.cuff.close();
     b.cuff.close();
