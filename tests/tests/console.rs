@@ -10,6 +10,8 @@
 //! resolves it, and finds the care-plan threshold lines on the patient's chart; then nurse B
 //! must see none of it. Screenshots go to `target/browser-artifacts/` (or `$ARTIFACTS`).
 //!
+//! `console_modules` runs the unit tests of the console's pure modules under `node --test`.
+//!
 //! A missing `node`, `chromium` or `tests/browser/node_modules` fails the test with what to
 //! install; it is never skipped.
 
@@ -142,6 +144,24 @@ impl Home {
             )
             .await
     }
+}
+
+/// The console's pure modules (SSE parser, care-plan diff, chart thresholds, queue order)
+/// under Node's own test runner.
+#[tokio::test]
+async fn console_modules() -> anyhow::Result<()> {
+    let root = workspace_root();
+    prerequisites(&root).await?;
+    let out = Command::new("node")
+        .args(["--test", "tests/browser/modules.test.mjs"])
+        .current_dir(&root)
+        .output()
+        .await
+        .context("run node --test")?;
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the console's module tests failed");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
