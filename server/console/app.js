@@ -67,7 +67,7 @@ function parseRoute() {
   return parts;
 }
 
-async function route() {
+async function route(event) {
   if (!location.hash.startsWith('#/') && location.hash !== '') return;
   cleanup?.();
   cleanup = null;
@@ -98,7 +98,7 @@ async function route() {
   }
   cleanup = page() || null;
   // A new page: keyboard and screen-reader users start at its content, not at the old link.
-  if (!main.contains(document.activeElement)) {
+  if (event?.type === 'hashchange' && !main.contains(document.activeElement)) {
     main.focus({ preventScroll: true });
   }
 }

@@ -137,6 +137,15 @@ async function nurseA() {
   const cardSelector = `.alert-card[data-patient-id="${PATIENT_A.id}"]`;
   check((await page.locator(cardSelector).count()) === 0, 'no alert for patient A before the crisis');
 
+  // Keyboard: the first Tab reaches the skip link, which moves focus to the content.
+  await page.reload();
+  await page.locator('.stream-state.stream-live').waitFor();
+  await page.locator('#inbox-count').filter({ hasText: /\d/ }).waitFor();
+  await page.keyboard.press('Tab');
+  check((await page.evaluate(() => document.activeElement?.id)) === 'skip-link', 'the first Tab reaches the skip link');
+  await page.keyboard.press('Enter');
+  check((await page.evaluate(() => document.activeElement?.id)) === 'main', 'the skip link moves focus to the content');
+
   // Mark the document: a reload would lose the mark.
   await page.evaluate(() => {
     window.__sentinellaNoReload = true;
@@ -160,7 +169,9 @@ async function nurseA() {
   await shot(page, '02-nurse-a-alert-live');
 
   // Acknowledge, assign to me, comment, resolve with an outcome.
-  await card.locator('button[data-action=ack]').click();
+  // Acknowledge from the keyboard.
+  await card.locator('button[data-action=ack]').focus();
+  await page.keyboard.press('Enter');
   await page.locator(`${cardSelector}[data-workflow="acknowledged"]`).waitFor();
   check(true, 'acknowledged');
   await card.locator('button[data-action=assign]').click();
