@@ -2,7 +2,7 @@
 // last sequence number stored (and so acknowledged back to it).
 import { h, replace } from './dom.js';
 import { t, fmtTime, fmtAgo } from './i18n.js';
-import { get } from './api.js';
+import { get, query } from './api.js';
 import { errorBlock } from './ui.js';
 
 export function devicePage(root, deviceId) {
@@ -10,7 +10,13 @@ export function devicePage(root, deviceId) {
   replace(root, h('p', { text: t('loading') }));
   get(`/devices/${encodeURIComponent(deviceId || '')}`)
     .then(async (d) => {
-      const patient = await get(`/patients/${d.patient_id}`).catch(() => null);
+      const since = new Date(Date.now() - 7 * 24 * 3600e3).toISOString();
+      const [patient, recent] = await Promise.all([
+        get(`/patients/${d.patient_id}`).catch(() => null),
+        get(`/patients/${d.patient_id}/readings${query({ from: since, limit: 10000 })}`).catch(() => null),
+      ]);
+      const mine = (recent?.readings || []).filter((r) => r.device_id === d.id);
+      const late = mine.filter((r) => r.clock === 'late').length;
       if (!live) return;
       const battery = d.battery_pct === null ? '—' : `${d.battery_pct}%${d.battery_pct < 20 ? ` (${t('battery_low')})` : ''}`;
       const rows = [
@@ -23,6 +29,7 @@ export function devicePage(root, deviceId) {
         [t('signal'), d.rssi === null ? '—' : `${d.rssi} dBm`],
         [t('status_at'), d.status_at ? fmtTime(d.status_at) : '—'],
         [t('last_seq'), d.last_seq === null ? t('none_stored') : String(d.last_seq)],
+        [t('backlog_7d'), recent ? t('backlog_text', { n: mine.length, late }) : '—'],
         [t('created_at'), fmtTime(d.created_at)],
       ];
       replace(

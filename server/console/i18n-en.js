@@ -270,6 +270,8 @@ export default {
   status_at: 'Last status received',
   last_seq: 'Last sequence stored and acknowledged',
   last_seq_help: 'The device keeps every reading until the gateway confirms it is stored; the last acknowledged sequence shows how far it got.',
+  backlog_7d: 'Readings of the last 7 days',
+  backlog_text: '{n} stored and acknowledged, {late} of them delivered late (backlog caught up)',
   none_stored: 'no readings',
   never: 'never',
   revoked_at: 'revoked on {at}',

@@ -270,6 +270,8 @@ export default {
   status_at: 'Ultimo stato ricevuto',
   last_seq: 'Ultima sequenza memorizzata e confermata',
   last_seq_help: 'Il dispositivo conserva ogni lettura finché il gateway non ne conferma la memorizzazione; l’ultima sequenza confermata indica fin dove è arrivato.',
+  backlog_7d: 'Letture degli ultimi 7 giorni',
+  backlog_text: '{n} memorizzate e confermate, di cui {late} arrivate in ritardo (arretrato recuperato)',
   none_stored: 'nessuna lettura',
   never: 'mai',
   revoked_at: 'revocato il {at}',
