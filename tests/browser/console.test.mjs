@@ -9,6 +9,7 @@
 //   SENTINELLA_URL                       base URL of the API/console (http://127.0.0.1:port)
 //   NURSE_A_USER, NURSE_A_PASSWORD       a nurse of COT A
 //   NURSE_B_USER, NURSE_B_PASSWORD       a nurse of COT B (sees none of COT A)
+//   PHYSICIAN_A_USER, PHYSICIAN_A_PASSWORD  a physician of COT A (edits the care plan)
 //   PATIENT_A_ID, PATIENT_A_NAME         COT A's patient (the crisis)
 //   PATIENT_B_ID, PATIENT_B_NAME         COT B's patient
 //   ARTIFACTS                            where screenshots go (default target/browser-artifacts)
@@ -33,6 +34,9 @@ const A = process.env.NURSE_A_TOKEN
   ? { token: process.env.NURSE_A_TOKEN, user: 'api' }
   : { user: env('NURSE_A_USER'), password: env('NURSE_A_PASSWORD') };
 const B = process.env.NURSE_B_USER ? { user: env('NURSE_B_USER'), password: env('NURSE_B_PASSWORD') } : null;
+const PHYSICIAN_A = process.env.PHYSICIAN_A_USER
+  ? { user: env('PHYSICIAN_A_USER'), password: env('PHYSICIAN_A_PASSWORD') }
+  : null;
 const PATIENT_A = { id: env('PATIENT_A_ID'), name: env('PATIENT_A_NAME') };
 const PATIENT_B = { id: env('PATIENT_B_ID'), name: env('PATIENT_B_NAME') };
 const ARTIFACTS = resolve(env('ARTIFACTS', 'target/browser-artifacts'));
@@ -245,7 +249,7 @@ async function nurseB() {
   const body = await page.locator('main').textContent();
   check((await page.locator(`.alert-card[data-patient-id="${PATIENT_A.id}"]`).count()) === 0, "nurse B's inbox has none of COT A's alerts");
   check(!body.includes(PATIENT_A.name), "nurse B's inbox does not name COT A's patient");
-  await shot(page, '07-nurse-b-inbox');
+  await shot(page, '08-nurse-b-inbox');
   await page.locator('#nav a[data-route=patients]').click();
   await page.locator('#patient-table, #patients-empty').first().waitFor();
   check((await page.locator(`#patient-table tr[data-patient-id="${PATIENT_A.id}"]`).count()) === 0, "nurse B's patient list has no COT A patient");
@@ -253,13 +257,43 @@ async function nurseB() {
   await page.goto(`${BASE}/console/#/patients/${PATIENT_A.id}`);
   await page.locator('.error-page[data-status="404"]').waitFor();
   check(!(await page.locator('main').textContent()).includes(PATIENT_A.name), "COT A's patient URL shows not found to nurse B");
-  await shot(page, '08-nurse-b-other-cot-patient');
+  await shot(page, '09-nurse-b-other-cot-patient');
+  await page.close();
+}
+
+async function physicianA() {
+  const { page } = await newPage();
+  await login(page, PHYSICIAN_A);
+  await page.goto(`${BASE}/console/#/patients/${PATIENT_A.id}`);
+  await page.locator('#patient-name').filter({ hasText: PATIENT_A.name }).waitFor();
+  const editor = page.locator('#plan-editor');
+  for (const [value, reason] of [['175', 'Soglia personalizzata dal cardiologo'], ['170', 'Controllo più stretto']]) {
+    await page.locator('.plan-edit summary').click();
+    await editor.locator('input[data-rule="bp-high"][data-severity="high"][data-metric="systolic"]').fill(value);
+    await editor.locator('#plan-preview tbody tr').first().waitFor();
+    check((await editor.locator('#plan-preview tbody tr').count()) === 1, `the editor shows the one change before saving (→ ${value})`);
+    await editor.locator('textarea').fill(reason);
+    await editor.locator('button[type=submit]').click();
+    await page.locator('#plan-current[data-version]').filter({ hasText: reason }).waitFor();
+  }
+  check((await page.locator('#plan-versions tbody tr').count()) === 2, 'each save made a new care-plan version');
+  await page.locator('.diff-form button[type=submit]').click();
+  const diff = page.locator('#plan-diff table.diff tbody tr');
+  await diff.first().waitFor();
+  check((await diff.count()) === 1 && /175/.test(await diff.first().textContent()) && /170/.test(await diff.first().textContent()), 'the versions diff shows what changed (175 → 170)');
+  await page.locator('#charts[aria-busy="false"]').waitFor();
+  await page.locator('figure.chart-figure g.threshold[data-metric="systolic"][data-value="170"]').first().waitFor();
+  check(true, 'the chart draws the new threshold');
+  await shot(page, '07-physician-care-plan');
+  await page.locator('#logout').click();
+  await page.locator('#login-username').waitFor();
   await page.close();
 }
 
 let failed = 0;
 try {
   await nurseA();
+  if (PHYSICIAN_A) await physicianA();
   if (!B) throw new Error('nurse B: NURSE_B_USER and NURSE_B_PASSWORD are required (a nurse of another COT)');
   await nurseB();
   check(problems.length === 0, `no script errors, CSP violations or external requests${problems.length ? `: ${problems.join(' | ')}` : ''}`);
