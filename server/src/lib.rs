@@ -4,6 +4,7 @@
 //! - [`config`]: the typed configuration file.
 //! - [`http`]: the API under `/api/v1` plus `/healthz`, `/readyz`, `/metrics`;
 //!   [`http::app`] builds the router from an [`http::AppState`].
+//! - [`tls`]: HTTPS for the API when a certificate is configured.
 //! - `main.rs`: the `sentinella` binary: `run` (gateway + API in one process), `migrate`,
 //!   and the provisioning commands.
 //!
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod http;
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -25,6 +27,21 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let app = http::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
+
+/// [`serve`] over TLS.
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: http::AppState,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let app = http::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let listener = tls::TlsListener::new(listener, acceptor, cancel.clone()).tap_io(|_| {});
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

@@ -82,8 +82,9 @@ pub async fn fixture(db: TestDb) -> Fixture {
         });
     }
     store.commit_batch(&batch).await.unwrap();
-    let (token, hash) = auth::new_token();
-    store.add_api_token(TOKEN_NAME, &hash, None).await.unwrap();
+    let token = auth::service_token(store, TOKEN_NAME, store::Role::Physician, &[cot.id])
+        .await
+        .unwrap();
     Fixture {
         db,
         token,
