@@ -103,11 +103,14 @@ impl LoginLimiter {
         }
     }
 
-    fn keys(username: &str, source: Option<&str>) -> [(String, bool); 2] {
-        [
-            (format!("user:{}", username.to_lowercase()), true),
-            (format!("ip:{}", source.unwrap_or("unknown")), false),
-        ]
+    /// The keys an attempt counts against: the username, and the client address when known
+    /// (an unknown address is not one shared key, or one client could lock everyone out).
+    fn keys(username: &str, source: Option<&str>) -> Vec<(String, bool)> {
+        let mut keys = vec![(format!("user:{}", username.to_lowercase()), true)];
+        if let Some(ip) = source {
+            keys.push((format!("ip:{ip}"), false));
+        }
+        keys
     }
 
     /// Seconds to wait when a key is over its limit, else `None`.

@@ -59,27 +59,7 @@ pub async fn fixture(db: TestDb) -> Fixture {
         .unwrap();
     let mut batch = CommitBatch::default();
     for seq in 0..20i64 {
-        batch.readings.push(NewReading {
-            device_id: "bp-1".into(),
-            seq,
-            patient_id: patients[0],
-            kind: ReadingKind::BloodPressure,
-            measured_at: T0 + time::Duration::minutes(seq),
-            received_at: T0 + time::Duration::minutes(seq),
-            clock_unset: false,
-            status: 0,
-            sensor: 0,
-            systolic: Some(150.0 + seq as f32),
-            diastolic: Some(90.0),
-            mean_arterial: None,
-            pulse: Some(70.0),
-            spo2: None,
-            perfusion_index: None,
-            glucose_mg_dl: None,
-            glucose_sample: None,
-            glucose_meal: None,
-            source_unit: None,
-        });
+        batch.readings.push(bp_reading("bp-1", patients[0], seq));
     }
     store.commit_batch(&batch).await.unwrap();
     let token = auth::service_token(store, TOKEN_NAME, store::Role::Physician, &[cot.id])
@@ -91,6 +71,32 @@ pub async fn fixture(db: TestDb) -> Fixture {
         cot_id: cot.id,
         p1: patients[0],
         p2: patients[1],
+    }
+}
+
+/// Reading `seq` of blood-pressure device `device`: at `T0 + seq` minutes, systolic
+/// `150 + seq`.
+pub fn bp_reading(device: &str, patient: i64, seq: i64) -> NewReading {
+    NewReading {
+        device_id: device.into(),
+        seq,
+        patient_id: patient,
+        kind: ReadingKind::BloodPressure,
+        measured_at: T0 + time::Duration::minutes(seq),
+        received_at: T0 + time::Duration::minutes(seq),
+        clock_unset: false,
+        status: 0,
+        sensor: 0,
+        systolic: Some(150.0 + seq as f32),
+        diastolic: Some(90.0),
+        mean_arterial: None,
+        pulse: Some(70.0),
+        spo2: None,
+        perfusion_index: None,
+        glucose_mg_dl: None,
+        glucose_sample: None,
+        glucose_meal: None,
+        source_unit: None,
     }
 }
 
