@@ -26,6 +26,8 @@ pub struct Fixture {
     pub cot_id: i64,
     pub p1: i64,
     pub p2: i64,
+    /// One authentication state for every request, as one server has (login throttling).
+    pub auth: std::sync::Arc<server::http::AuthState>,
 }
 
 /// Readings `0..20` of device `bp-1` (patient 1), one a minute from [`T0`], systolic
@@ -71,6 +73,7 @@ pub async fn fixture(db: TestDb) -> Fixture {
         cot_id: cot.id,
         p1: patients[0],
         p2: patients[1],
+        auth: std::sync::Arc::default(),
     }
 }
 
@@ -145,7 +148,10 @@ pub async fn open(f: &Fixture, t: &Trigger) -> i64 {
 
 impl Fixture {
     pub fn state(&self) -> AppState {
-        AppState::new(self.db.store.clone())
+        AppState {
+            auth: self.auth.clone(),
+            ..AppState::new(self.db.store.clone())
+        }
     }
 
     pub async fn call(
