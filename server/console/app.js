@@ -1,7 +1,7 @@
 // The console's entry point: session (login, /auth/me, logout), the fragment router and the
 // page shell (navigation, language switch, live announcements).
 import { api, get, post, setToken, token, setUnauthorizedHandler } from './api.js';
-import { announce, errorMessage, setCurrentUser } from './ui.js';
+import { announce, errorMessage, setCurrentUser, isClinical } from './ui.js';
 import { h, replace } from './dom.js';
 import { t, getLang, setLang, onLangChange } from './i18n.js';
 import * as alerts from './alerts.js';
@@ -36,6 +36,7 @@ function translateStatic() {
 function renderShell() {
   const logged = Boolean(user);
   document.getElementById('nav').hidden = !logged;
+  document.querySelector('#nav a[data-route="inbox"]').hidden = !isClinical();
   document.getElementById('logout').hidden = !logged;
   const who = document.getElementById('whoami');
   who.hidden = !logged;
@@ -48,7 +49,7 @@ function renderShell() {
 
 function renderStreamState() {
   const el = document.getElementById('stream-state');
-  el.hidden = !user;
+  el.hidden = !user || !isClinical();
   const s = alerts.state();
   el.className = `stream-state stream-${s}`;
   el.textContent = s === 'live' ? t('stream_live') : s === 'reconnecting' ? t('stream_reconnecting') : t('stream_connecting');
@@ -80,9 +81,11 @@ async function route(event) {
     cleanup = loginPage(main);
     return;
   }
+  // Roles without clinical data (device managers, administrators) start at the patients.
+  const home = () => (isClinical() ? inboxPage(main) : patientsPage(main));
   const pages = {
-    inbox: () => inboxPage(main),
-    '': () => inboxPage(main),
+    inbox: home,
+    '': home,
     patients: () => (arg ? patientPage(main, arg) : patientsPage(main)),
     devices: () => devicePage(main, arg),
   };
@@ -91,7 +94,7 @@ async function route(event) {
     return;
   }
   const page = pages[name];
-  markNav(name === '' ? 'inbox' : name);
+  markNav(name === '' || name === 'inbox' ? (isClinical() ? 'inbox' : 'patients') : name);
   if (!page) {
     replace(main, h('h1', { text: t('error_not_found') }));
     return;
@@ -159,7 +162,7 @@ function loginPage(root) {
 
 function startSession() {
   renderShell();
-  alerts.start({ onUnauthorized: () => endSession() });
+  if (isClinical()) alerts.start({ onUnauthorized: () => endSession() });
 }
 
 function endSession() {
@@ -186,11 +189,7 @@ async function whoAmI() {
   if (!token()) return null;
   try {
     return (await get('/auth/me')).user;
-  } catch (e) {
-    if (e.status === 404 && e.code === 'not_found') {
-      // A server without user accounts: an API token (service account) sees everything.
-      return { id: 0, username: 'api', display_name: t('api_token_user'), role: 'admin', cots: [] };
-    }
+  } catch (_) {
     return null;
   }
 }

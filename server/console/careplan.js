@@ -4,7 +4,7 @@
 import { h, replace, id } from './dom.js';
 import { t, fmtTime, fmtNumber } from './i18n.js';
 import { get, post } from './api.js';
-import { currentUser, errorMessage, severityBadge, announce } from './ui.js';
+import { currentUser, errorMessage, severityBadge, announce, actorName } from './ui.js';
 
 const OPS = { at_least: '≥', above: '>', at_most: '≤', below: '<' };
 
@@ -243,7 +243,7 @@ export function carePlanSection(box, patient, isLive, onChange) {
           'p',
           { id: 'plan-current', dataset: { version: String(current.version) } },
           h('strong', { text: t('plan_version', { v: current.version }) }),
-          ` · ${t('plan_by', { author: current.author.replace(/^(token|user):/, ''), at: fmtTime(current.created_at) })}`,
+          ` · ${t('plan_by', { author: actorName(current.author), at: fmtTime(current.created_at) })}`,
           current.template ? ` · ${t('plan_template', { template: current.template })}` : '',
           h('br'),
           `${t('reason')}: ${current.reason}`,
@@ -303,7 +303,7 @@ export function carePlanSection(box, patient, isLive, onChange) {
               'tr',
               {},
               h('td', { text: String(v.version) }),
-              h('td', { text: v.author.replace(/^(token|user):/, '') }),
+              h('td', { text: actorName(v.author) }),
               h('td', {}, h('time', { datetime: v.created_at, text: fmtTime(v.created_at) })),
               h('td', { text: v.template || '—' }),
               h('td', { text: v.reason }),

@@ -9,7 +9,6 @@ export default {
   logged_out: 'You have logged out.',
   loading: 'Loading…',
   switch_language: 'Switch to Italian',
-  api_token_user: 'API token',
   role_nurse: 'nurse',
   role_physician: 'physician',
   role_device_manager: 'device manager',
@@ -120,6 +119,7 @@ export default {
   battery: 'Battery',
   battery_low: 'low',
 
+  clinical_not_for_role: 'Readings, alerts and the care plan are shown to nurses and physicians only.',
   trends_title: 'Trends',
   range_label: 'Range',
   range_24h: '24 hours',

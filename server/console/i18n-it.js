@@ -9,7 +9,6 @@ export default {
   logged_out: 'Sei uscito dalla console.',
   loading: 'Caricamento…',
   switch_language: 'Passa all’inglese',
-  api_token_user: 'Token API',
   role_nurse: 'infermiere/a',
   role_physician: 'medico',
   role_device_manager: 'gestione dispositivi',
@@ -120,6 +119,7 @@ export default {
   battery: 'Batteria',
   battery_low: 'bassa',
 
+  clinical_not_for_role: 'Letture, allarmi e piano di cura sono visibili solo a infermieri e medici.',
   trends_title: 'Andamento',
   range_label: 'Periodo',
   range_24h: '24 ore',

@@ -3,7 +3,7 @@
 import { h, replace, id } from './dom.js';
 import { t, fmtTime, fmtNumber } from './i18n.js';
 import * as alerts from './alerts.js';
-import { currentUser, errorMessage, severityBadge, announce } from './ui.js';
+import { currentUser, errorMessage, severityBadge, announce, actorName } from './ui.js';
 
 const EVENT_LIMIT = 6;
 
@@ -61,7 +61,7 @@ function valueText(alert) {
 }
 
 function eventText(e) {
-  const who = e.actor.replace(/^(token|user):/, '');
+  const who = actorName(e.actor);
   let what = t(`event_${e.kind}`);
   if (e.kind === 'commented' && e.detail?.text) what += `: “${e.detail.text}”`;
   if (e.kind === 'assigned') what += `: ${e.detail?.assignee ?? t('nobody')}`;

@@ -4,7 +4,7 @@
 import { h, replace } from './dom.js';
 import { t, fmtTime, fmtNumber, fmtAgo } from './i18n.js';
 import { get, query } from './api.js';
-import { errorBlock, errorMessage, severityBadge } from './ui.js';
+import { errorBlock, errorMessage, severityBadge, actorName, isClinical } from './ui.js';
 import { lineChart, thresholdsFor } from './chart.js';
 import { readingFlags } from './flags.js';
 import { carePlanSection, effectivePlan } from './careplan.js';
@@ -110,17 +110,19 @@ function render(root, patient, isLive) {
           : '—',
       ),
     ),
-    h(
+    !isClinical() && h('p', { class: 'muted', id: 'clinical-hidden', text: t('clinical_not_for_role') }),
+    isClinical() && h(
       'section',
       { 'aria-labelledby': 'trends-title' },
       h('h2', { id: 'trends-title', text: t('trends_title') }),
       h('div', { class: 'range-picker', role: 'group', 'aria-label': t('range_label') }, h('span', { class: 'range-label', 'aria-hidden': 'true', text: t('range_label') }), rangeButtons),
       charts,
     ),
-    h('section', { 'aria-labelledby': 'readings-title' }, h('h2', { id: 'readings-title', text: t('readings_title') }), readingsBox),
-    h('section', { 'aria-labelledby': 'patient-alerts-title' }, h('h2', { id: 'patient-alerts-title', text: t('alert_history_title') }), alertsBox),
-    h('section', { 'aria-labelledby': 'care-plan-title' }, h('h2', { id: 'care-plan-title', text: t('care_plan_title') }), planBox),
+    isClinical() && h('section', { 'aria-labelledby': 'readings-title' }, h('h2', { id: 'readings-title', text: t('readings_title') }), readingsBox),
+    isClinical() && h('section', { 'aria-labelledby': 'patient-alerts-title' }, h('h2', { id: 'patient-alerts-title', text: t('alert_history_title') }), alertsBox),
+    isClinical() && h('section', { 'aria-labelledby': 'care-plan-title' }, h('h2', { id: 'care-plan-title', text: t('care_plan_title') }), planBox),
   );
+  if (!isClinical()) return;
 
   async function loadTrends() {
     charts.setAttribute('aria-busy', 'true');
@@ -244,7 +246,7 @@ async function loadAlerts(box, patient, isLive) {
               h('td', {}, h('time', { datetime: a.opened_at, text: fmtTime(a.opened_at) })),
               h('td', { text: `${t(`workflow_${a.workflow}`)} · ${t(`condition_${a.condition}`)}` }),
               h('td', { text: a.outcome ? t(`outcome_${a.outcome}`) : '—' }),
-              h('td', { text: a.resolved_at ? `${fmtTime(a.resolved_at)} · ${(a.resolved_by || '').replace(/^(token|user):/, '')}` : '—' }),
+              h('td', { text: a.resolved_at ? `${fmtTime(a.resolved_at)} · ${actorName(a.resolved_by)}` : '—' }),
             ),
           ),
         ),

@@ -13,6 +13,17 @@ export function setCurrentUser(u) {
   user = u;
 }
 
+/** Whether the signed-in user's role reads clinical data (alerts, readings, care plans);
+ * mirrors the server's role table, which decides (a 403 says so). */
+export function isClinical() {
+  return user?.role === 'nurse' || user?.role === 'physician';
+}
+
+/** The actor of an event or a version without its kind prefix (`user:`, `idp:`, `token:`). */
+export function actorName(actor) {
+  return (actor || '').replace(/^(user|idp|token):/, '');
+}
+
 /** A clear message for an API error: 403 (role), 404 (not found or another COT's), … */
 export function errorMessage(e) {
   if (!(e instanceof ApiError) && typeof e?.status !== 'number') return t('error_generic');

@@ -37,12 +37,25 @@ pub struct Config {
 pub struct ApiConfig {
     /// Where the API listens.
     pub listen: SocketAddr,
+    /// PEM certificate chain: with `tls_key`, the API is served over HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// How long a login session lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: std::time::Duration,
+    /// JWTs from a regional identity provider, verified against its JWKS.
+    pub oidc: Option<crate::http::oidc::OidcConfig>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
+            session_ttl: std::time::Duration::from_secs(8 * 3600),
+            oidc: None,
         }
     }
 }

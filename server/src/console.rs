@@ -8,23 +8,19 @@
 //!   the files below.
 //! - `GET /console/{file}` serves one of [`FILES`] with its content type; anything else is 404.
 //!
-//! Every console response carries a strict `Content-Security-Policy` (no inline script or
-//! style, no other origin), so the files never use inline handlers or `style` attributes.
-//! The page talks to the API under `/api/v1` with the bearer token it got at login.
+//! The routes are public in the access policy (`http::policy::ROUTES`): static files, no
+//! patient data. Every response of [`crate::http::app`] carries a strict
+//! `Content-Security-Policy` (no inline script or style, no other origin), so the files never
+//! use inline handlers or `style` attributes. The page talks to the API under `/api/v1` with
+//! the bearer token it got at login.
 
 use axum::Router;
 use axum::extract::Path;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::http::AppState;
-
-/// The policy every console response carries.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; \
-     base-uri 'none'; form-action 'self'";
 
 const JS: &str = "text/javascript; charset=utf-8";
 
@@ -73,14 +69,6 @@ pub fn router() -> Router<AppState> {
             "/console/{file}",
             get(|Path(name): Path<String>| async move { file(&name) }),
         )
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            HeaderName::from_static("x-frame-options"),
-            HeaderValue::from_static("DENY"),
-        ))
 }
 
 /// The file `name` with its content type, or 404.

@@ -6,6 +6,7 @@
 //!   [`http::app`] builds the router from an [`http::AppState`].
 //! - [`console`]: the web console for COT staff (static files of our own, compiled in),
 //!   served at `/console/`.
+//! - [`tls`]: HTTPS for the API when a certificate is configured.
 //! - `main.rs`: the `sentinella` binary: `run` (gateway + API in one process), `migrate`,
 //!   and the provisioning commands.
 //!
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod console;
 pub mod http;
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -28,6 +30,21 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let app = http::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
+
+/// [`serve`] over TLS.
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: http::AppState,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let app = http::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let listener = tls::TlsListener::new(listener, acceptor, cancel.clone()).tap_io(|_| {});
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await

@@ -63,7 +63,10 @@ enum Command {
     /// Manage devices.
     #[command(subcommand)]
     Device(DeviceCommand),
-    /// Manage API tokens.
+    /// Manage staff users and service accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage API keys of service accounts.
     #[command(subcommand)]
     Token(TokenCommand),
     /// Configuration helpers.
@@ -170,10 +173,45 @@ enum DeviceCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user: a person (password read from standard input) or, with --service, a
+    /// service account that authenticates with API keys (`sentinella token create`).
+    Add {
+        /// Login name (1-64 of A-Z a-z 0-9 . _ @ -).
+        #[arg(long)]
+        username: String,
+        /// Name shown in the console and on alert assignments.
+        #[arg(long)]
+        display_name: String,
+        /// nurse, physician, device_manager or admin.
+        #[arg(long)]
+        role: String,
+        /// A COT code the user belongs to; repeat for several.
+        #[arg(long = "cot", required = true)]
+        cots: Vec<String>,
+        /// A service account (no password, API keys only).
+        #[arg(long)]
+        service: bool,
+        /// Read the password (one line, at least 12 characters) from standard input.
+        #[arg(long, conflicts_with = "service")]
+        password_stdin: bool,
+    },
+    /// Set a person's password, read from standard input.
+    Password { username: String },
+    /// Disable a user and revoke all their tokens.
+    Disable { username: String },
+    /// List users.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Create an API token and print it (shown only once).
+    /// Create an API key for a service account and print it (shown only once).
     Create {
-        /// Who or what uses the token; recorded in the audit log.
+        /// The service account's username.
+        #[arg(long)]
+        user: String,
+        /// What the key is for (e.g. the integration); recorded with the key.
         #[arg(long)]
         name: String,
         /// Lifetime, e.g. "90d" or "12h"; no expiry when absent.
@@ -244,6 +282,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Cot(cmd) => cot(&store, cmd).await,
         Command::Patient(cmd) => patient(&store, cmd).await,
         Command::Device(cmd) => device(&store, &config, cmd).await,
+        Command::User(cmd) => user(&store, cmd).await,
         Command::Token(cmd) => token(&store, cmd).await,
         Command::Config(_) => Ok(()),
     }
@@ -283,8 +322,28 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
     let metrics = gateway.metrics.clone();
     let alert_metrics = gateway.alert_metrics.clone();
     let ready_metrics = metrics.clone();
+    let api_tls = match (&config.api.tls_cert, &config.api.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls::acceptor(cert, key)?),
+        (None, None) => None,
+        _ => bail!("[api] needs both tls_cert and tls_key, or neither"),
+    };
+    let oidc = config
+        .api
+        .oidc
+        .clone()
+        .map(server::http::oidc::Oidc::load)
+        .transpose()
+        .context("[api.oidc]")?;
+    let auth_state = server::http::AuthState {
+        session_ttl: time::Duration::try_from(config.api.session_ttl)
+            .context("[api] session_ttl is too long")?,
+        oidc,
+        tls: api_tls.is_some(),
+        ..server::http::AuthState::default()
+    };
     let state = AppState {
         store: store.clone(),
+        auth: Arc::new(auth_state),
         ready: Arc::new(move || {
             ready_metrics
                 .store_ok
@@ -300,8 +359,14 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
         .await
         .with_context(|| format!("bind the API on {}", config.api.listen))?;
     let api_addr = listener.local_addr().context("API address")?;
-    tracing::info!(%api_addr, edge_tls = %tls_addr, edge_plain = %gateway.edge_addr, "sentinella running");
-    let api = tokio::spawn(server::serve(listener, state, cancel.clone()));
+    let scheme = if api_tls.is_some() { "https" } else { "http" };
+    tracing::info!(%api_addr, api_scheme = scheme, edge_tls = %tls_addr, edge_plain = %gateway.edge_addr, "sentinella running");
+    let api = match api_tls {
+        Some(acceptor) => {
+            tokio::spawn(server::serve_tls(listener, acceptor, state, cancel.clone()))
+        }
+        None => tokio::spawn(server::serve(listener, state, cancel.clone())),
+    };
 
     // The demo devices stop first, so the gateway does not log them being cut off.
     let demo_cancel = CancellationToken::new();
@@ -433,7 +498,60 @@ async fn demo_progress(metrics: Arc<gateway::Metrics>, cancel: CancellationToken
     }
 }
 
-/// Provisions (once) a demo fleet and a demo token, then runs the simulated patients.
+/// Where the demo users' password is kept (mode 0600), so every demo run can print it.
+const DEMO_PASSWORD_FILE: &str = "demo-password.txt";
+
+/// The demo COT's staff, one per role, created on the first demo run with one random
+/// password (a demo convenience: real users each set their own).
+async fn demo_users(store: &Store, data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join(DEMO_PASSWORD_FILE);
+    let password = match std::fs::read_to_string(&path) {
+        Ok(p) => p.trim().to_owned(),
+        Err(_) => {
+            let p = hex::encode(rand::random::<[u8; 8]>());
+            write_private(&path, p.as_bytes()).context("write the demo password")?;
+            p
+        }
+    };
+    let cot = store
+        .cot_by_code("COT-DEMO")
+        .await?
+        .context("the demo COT")?;
+    for (username, display_name, role) in [
+        ("infermiera", "Infermiera Demo", store::Role::Nurse),
+        ("medico", "Medico Demo", store::Role::Physician),
+        ("tecnico", "Tecnico Demo", store::Role::DeviceManager),
+        ("amministratore", "Amministratore Demo", store::Role::Admin),
+    ] {
+        if store.user_by_username(username).await?.is_some() {
+            continue;
+        }
+        let hash = hash_password(password.clone()).await?;
+        store
+            .add_user(&store::NewUser {
+                username,
+                display_name,
+                role,
+                kind: store::UserKind::Person,
+                password_hash: Some(&hash),
+                cot_ids: &[cot.id],
+            })
+            .await?;
+    }
+    Ok(password)
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
+}
+
+/// Provisions (once) a demo fleet and its COT's staff, then runs the simulated patients.
 async fn demo(
     store: Store,
     data_dir: PathBuf,
@@ -482,26 +600,21 @@ async fn demo_inner(
         fleet.save(&fleet_path).context("write demo fleet")?;
     }
     let edge = demo_edge.tls;
-    let (token, hash) = auth::new_token();
-    store
-        .add_api_token(
-            "demo",
-            &hash,
-            Some(OffsetDateTime::now_utc() + time::Duration::days(1)),
-        )
-        .await?;
+    let password = demo_users(&store, &data_dir).await?;
     eprintln!(
         "\nDemo: {} simulated devices of {patients} patients publish over mutual TLS to the edge on {edge}.\n\
-         Try (the token is valid for 24 h):\n\
-         \x20 curl -s -H 'Authorization: Bearer {token}' http://{api}/api/v1/patients\n\
-         \x20 curl -s -H 'Authorization: Bearer {token}' 'http://{api}/api/v1/patients/1/readings?limit=5'\n\
-         \x20 curl -s -H 'Authorization: Bearer {token}' http://{api}/api/v1/devices\n\
-         \x20 curl -s -H 'Authorization: Bearer {token}' http://{api}/api/v1/alerts\n\
-         \x20 curl -sN -H 'Authorization: Bearer {token}' 'http://{api}/api/v1/alerts/stream?after=0'\n\
+         Console: http://{api}/ — users infermiera (nurse), medico (physician), tecnico (device\n\
+         \x20 manager), amministratore (admin) of COT-DEMO, password {password}\n\
+         \x20 (kept in {}).\n\
+         API: log in, then use the token:\n\
+         \x20 curl -s -H 'Content-Type: application/json' -d '{{\"username\":\"infermiera\",\"password\":\"{password}\"}}' http://{api}/api/v1/auth/login\n\
+         \x20 curl -s -H \"Authorization: Bearer $TOKEN\" http://{api}/api/v1/alerts\n\
+         \x20 curl -sN -H \"Authorization: Bearer $TOKEN\" 'http://{api}/api/v1/alerts/stream?after=0'\n\
          \x20 curl -s http://{api}/metrics\n\
          (The 14-day history arrives late, so it raises no current alerts, only `late-review`\n\
          \x20 ones; readings measured from now on are evaluated as current.)\n",
-        fleet.devices.len()
+        fleet.devices.len(),
+        data_dir.join(DEMO_PASSWORD_FILE).display(),
     );
     // Devices keep their seq across runs, as real ones do across reboots.
     let floor = simulators::fleet::SeqFloor::beside(&fleet_path);
@@ -738,20 +851,173 @@ fn print_bundle(p: &pki::BundlePaths) {
     println!("    CA bundle:   {}", p.ca.display());
 }
 
+/// Reads one line from standard input: a password, never echoed by us nor logged.
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("read the password from standard input")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+async fn hash_password(password: String) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || server::http::session::hash_password(&password))
+        .await
+        .context("hash the password")?
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn user(store: &Store, cmd: UserCommand) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Add {
+            username,
+            display_name,
+            role,
+            cots,
+            service,
+            password_stdin,
+        } => {
+            let role = store::Role::parse(&role)
+                .context("--role must be nurse, physician, device_manager or admin")?;
+            let mut cot_ids = Vec::new();
+            for code in &cots {
+                let cot = store
+                    .cot_by_code(code)
+                    .await?
+                    .with_context(|| format!("no COT with code {code}"))?;
+                cot_ids.push(cot.id);
+            }
+            let hash = if service {
+                None
+            } else if password_stdin {
+                Some(hash_password(read_password()?).await?)
+            } else {
+                bail!("a person needs --password-stdin (or use --service for an integration)")
+            };
+            let user = store
+                .add_user(&store::NewUser {
+                    username: &username,
+                    display_name: &display_name,
+                    role,
+                    kind: if service {
+                        store::UserKind::Service
+                    } else {
+                        store::UserKind::Person
+                    },
+                    password_hash: hash.as_deref(),
+                    cot_ids: &cot_ids,
+                })
+                .await
+                .context("add user")?;
+            store
+                .record_audit(&store::NewAudit {
+                    actor: "cli".into(),
+                    action: "user.create".into(),
+                    target: format!("user:{}", user.username),
+                    detail: Some(format!("role={} cots={cots:?}", role.as_str())),
+                    ..store::NewAudit::default()
+                })
+                .await?;
+            println!(
+                "user {} added (id {}, {}, COTs {})",
+                user.username,
+                user.id,
+                role.as_str(),
+                cots.join(", ")
+            );
+        }
+        UserCommand::Password { username } => {
+            let user = store
+                .user_by_username(&username)
+                .await?
+                .with_context(|| format!("no user {username}"))?;
+            if user.kind == store::UserKind::Service {
+                bail!("{username} is a service account: it uses API keys, not a password");
+            }
+            let hash = hash_password(read_password()?).await?;
+            store.set_user_password(user.id, &hash).await?;
+            store
+                .record_audit(&store::NewAudit {
+                    actor: "cli".into(),
+                    action: "user.password".into(),
+                    target: format!("user:{username}"),
+                    ..store::NewAudit::default()
+                })
+                .await?;
+            println!("password of {username} changed");
+        }
+        UserCommand::Disable { username } => {
+            let user = store
+                .user_by_username(&username)
+                .await?
+                .with_context(|| format!("no user {username}"))?;
+            store
+                .disable_user(user.id, OffsetDateTime::now_utc())
+                .await?;
+            store
+                .record_audit(&store::NewAudit {
+                    actor: "cli".into(),
+                    action: "user.disable".into(),
+                    target: format!("user:{username}"),
+                    ..store::NewAudit::default()
+                })
+                .await?;
+            println!("user {username} disabled; their tokens are revoked");
+        }
+        UserCommand::List => {
+            for u in store.list_users(None).await? {
+                println!(
+                    "{}\t{}\t{}\t{:?}\tCOTs {:?}{}",
+                    u.id,
+                    u.username,
+                    u.role.as_str(),
+                    u.kind,
+                    u.cot_ids,
+                    if u.disabled_at.is_some() {
+                        "\tdisabled"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn token(store: &Store, cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::Create { name, expires_in } => {
+        TokenCommand::Create {
+            user,
+            name,
+            expires_in,
+        } => {
+            let account = store
+                .user_by_username(&user)
+                .await?
+                .with_context(|| format!("no user {user}"))?;
+            if account.kind != store::UserKind::Service {
+                bail!(
+                    "{user} is a person, who logs in; API keys are for service accounts (user add --service)"
+                );
+            }
             let (token, hash) = auth::new_token();
             let expires_at = expires_in
                 .map(|d| time::Duration::try_from(d).map(|d| OffsetDateTime::now_utc() + d))
                 .transpose()
                 .context("--expires-in is too long")?;
             store
-                .add_api_token(&name, &hash, expires_at)
+                .add_api_token(&store::NewApiToken {
+                    user_id: account.id,
+                    name: &name,
+                    kind: store::TokenKind::ApiKey,
+                    token_hash: &hash,
+                    expires_at,
+                })
                 .await
                 .context("create token")?;
             println!("{token}");
-            eprintln!("token for {name:?} created; it is shown only now");
+            eprintln!("API key {name:?} for {user} created; it is shown only now");
         }
     }
     Ok(())

@@ -154,7 +154,7 @@ async fn stream_live_and_resume(db: TestDb) {
     assert_eq!(first[0].data["alert_id"], a);
     assert_eq!(first[0].data["severity"], "high");
     assert_eq!(first[0].data["actor"], "engine");
-    assert_eq!(first[1].data["actor"], format!("token:{TOKEN_NAME}"));
+    assert_eq!(first[1].data["actor"], format!("user:{TOKEN_NAME}"));
     assert_eq!(first[0].data["id"], first[0].id);
     assert!(first[0].id < first[1].id);
     let last_seen = first[1].id;
@@ -165,7 +165,7 @@ async fn stream_live_and_resume(db: TestDb) {
         .filter(|e| e.action == "alerts.stream")
         .collect();
     assert_eq!(streams.len(), 1, "{audit:?}");
-    assert_eq!(streams[0].actor, format!("token:{TOKEN_NAME}"));
+    assert_eq!(streams[0].actor, format!("user:{TOKEN_NAME}"));
     drop(live);
 
     // Missed while disconnected: a comment, an assignment, a worse reading, a new alert, a

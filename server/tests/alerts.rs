@@ -143,7 +143,7 @@ async fn alert_workflow(db: TestDb) {
 
     // The workflow. Each change answers the alert after it and the event it appended.
     let audit_before = store.list_audit(10_000).await.unwrap().len();
-    let actor = format!("token:{TOKEN_NAME}");
+    let actor = format!("user:{TOKEN_NAME}");
     let (status, body) = f.post(&format!("/api/v1/alerts/{a}/ack"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["alert"]["workflow"], "acknowledged");

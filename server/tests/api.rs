@@ -72,9 +72,7 @@ async fn fixture() -> Fixture {
         });
     }
     store.commit_batch(&batch).await.unwrap();
-    let (token, hash) = auth::new_token();
-    store
-        .add_api_token("nurse-console", &hash, None)
+    let token = auth::service_token(store, "nurse-console", store::Role::Nurse, &[cot.id])
         .await
         .unwrap();
     Fixture {
@@ -104,12 +102,20 @@ async fn get(f: &Fixture, uri: &str, token: Option<&str>) -> (StatusCode, serde_
 async fn every_api_route_needs_a_valid_token() {
     let f = fixture().await;
     let (expired, hash) = auth::new_token();
+    let user =
+        f.db.store
+            .user_by_username("nurse-console")
+            .await
+            .unwrap()
+            .unwrap();
     f.db.store
-        .add_api_token(
-            "old",
-            &hash,
-            Some(OffsetDateTime::now_utc() - time::Duration::hours(1)),
-        )
+        .add_api_token(&store::NewApiToken {
+            user_id: user.id,
+            name: "old",
+            kind: store::TokenKind::ApiKey,
+            token_hash: &hash,
+            expires_at: Some(OffsetDateTime::now_utc() - time::Duration::hours(1)),
+        })
         .await
         .unwrap();
     let routes = [
@@ -118,7 +124,7 @@ async fn every_api_route_needs_a_valid_token() {
         format!("/api/v1/patients/{}/readings", f.patient_id),
         "/api/v1/devices".to_owned(),
         "/api/v1/devices/ox-1".to_owned(),
-        "/api/v1/quarantine".to_owned(),
+        "/api/v1/alerts".to_owned(),
     ];
     let forged = format!("{}{}", auth::TOKEN_PREFIX, "0".repeat(64));
     for route in &routes {
@@ -242,7 +248,7 @@ async fn reads_of_patient_data_are_audited() {
     let audit = f.db.store.list_audit(1000).await.unwrap();
     assert_eq!(audit.len(), before + 1);
     let entry = &audit[0];
-    assert_eq!(entry.actor, "token:nurse-console");
+    assert_eq!(entry.actor, "user:nurse-console");
     assert_eq!(entry.action, "readings.read");
     assert!(
         entry

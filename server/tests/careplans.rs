@@ -32,7 +32,7 @@ async fn care_plan_versions(db: TestDb) {
     let f = fixture(db).await;
     let p = f.p1;
     let base = format!("/api/v1/patients/{p}/care-plan");
-    let actor = format!("token:{TOKEN_NAME}");
+    let actor = format!("user:{TOKEN_NAME}");
 
     let (status, body) = f.get(&base).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "no plan yet: {body}");

@@ -1,13 +1,17 @@
-//! The audit log: every read of patient data and every change, by whom.
+//! The audit log: every read of patient data and every change, by whom, from where.
+//!
+//! The table is append-only for the application: database triggers refuse UPDATE, DELETE
+//! (and TRUNCATE on PostgreSQL), so not even a bug in this crate can rewrite history.
 
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::rows::{Columns, to_ms};
-use crate::{Db, Result, Store};
+use crate::rows::Columns;
+use crate::sql::Val;
+use crate::{Result, Store};
 
 /// An audit record to write; the store stamps the time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewAudit {
     /// Who: a user, a service account or a component (e.g. `gateway`).
     pub actor: String,
@@ -18,6 +22,10 @@ pub struct NewAudit {
     /// From where, e.g. the client address.
     pub source: Option<String>,
     pub detail: Option<String>,
+    /// The patient whose data was read or changed, if any: feeds the patient's access history.
+    pub patient_id: Option<i64>,
+    /// The COT the entry concerns, if any: what an administrator of that COT may see.
+    pub cot_id: Option<i64>,
 }
 
 /// A stored audit record.
@@ -31,65 +39,116 @@ pub struct AuditEntry {
     pub target: String,
     pub source: Option<String>,
     pub detail: Option<String>,
+    pub patient_id: Option<i64>,
+    pub cot_id: Option<i64>,
+}
+
+/// A query of the audit log; every filter is optional.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only entries of these COTs (`None`: all). With `include_unscoped`, entries about no
+    /// COT (logins, failed logins) too.
+    pub cot_ids: Option<Vec<i64>>,
+    pub include_unscoped: bool,
+    pub patient_id: Option<i64>,
+    pub actor: Option<String>,
+    /// An action, or a prefix ending in `.` (e.g. `auth.`).
+    pub action: Option<String>,
+    pub from: Option<OffsetDateTime>,
+    pub to: Option<OffsetDateTime>,
+    /// Entries with an id below this (paging backwards), newest first.
+    pub before_id: Option<i64>,
+    pub limit: i64,
 }
 
 const MAX_LIMIT: i64 = 10_000;
 
-const INSERT: &str = "\
-INSERT INTO audit_log (at, actor, action, target, source, detail) VALUES ($1, $2, $3, $4, $5, $6)";
-
-const LIST: &str = "\
-SELECT id, at, actor, action, target, source, detail FROM audit_log
-ORDER BY at DESC, id DESC LIMIT $1";
+const COLUMNS: &str = "id, at, actor, action, target, source, detail, patient_id, cot_id";
 
 impl Store {
     /// Writes an audit record stamped with the current time.
     pub async fn record_audit(&self, e: &NewAudit) -> Result<()> {
         let now = OffsetDateTime::now_utc();
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                sqlx::query(INSERT)
-                    .bind(now)
-                    .bind(&e.actor)
-                    .bind(&e.action)
-                    .bind(&e.target)
-                    .bind(&e.source)
-                    .bind(&e.detail)
-                    .execute(&mut *c)
-                    .await?;
-                c.finish().await?;
-            }
-            Db::Sqlite(pool) => {
-                sqlx::query(INSERT)
-                    .bind(to_ms(now))
-                    .bind(&e.actor)
-                    .bind(&e.action)
-                    .bind(&e.target)
-                    .bind(&e.source)
-                    .bind(&e.detail)
-                    .execute(pool)
-                    .await?;
-            }
-        }
-        Ok(())
+        let mut tx = self.tx().await?;
+        tx.exec(
+            "INSERT INTO audit_log (at, actor, action, target, source, detail, patient_id, cot_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                Val::Ts(now),
+                Val::Text(&e.actor),
+                Val::Text(&e.action),
+                Val::Text(&e.target),
+                Val::OptText(e.source.as_deref()),
+                Val::OptText(e.detail.as_deref()),
+                Val::OptI64(e.patient_id),
+                Val::OptI64(e.cot_id),
+            ],
+        )
+        .await?;
+        tx.commit().await
     }
 
     /// The newest audit records first, at most `limit` (clamped to 1..=10,000).
     pub async fn list_audit(&self, limit: i64) -> Result<Vec<AuditEntry>> {
-        let limit = limit.clamp(1, MAX_LIMIT);
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let rows = sqlx::query(LIST).bind(limit).fetch_all(&mut *c).await?;
-                c.finish().await?;
-                rows.iter().map(entry_from_row).collect()
-            }
-            Db::Sqlite(pool) => {
-                let rows = sqlx::query(LIST).bind(limit).fetch_all(pool).await?;
-                rows.iter().map(entry_from_row).collect()
+        self.query_audit(&AuditQuery {
+            limit,
+            ..AuditQuery::default()
+        })
+        .await
+    }
+
+    /// Audit records matching `q`, newest first.
+    pub async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM audit_log WHERE 1 = 1");
+        let mut vals: Vec<Val<'_>> = Vec::new();
+        if let Some(cots) = &q.cot_ids {
+            let list: Vec<String> = cots.iter().map(i64::to_string).collect();
+            let scoped = if list.is_empty() {
+                "1 = 0".to_owned()
+            } else {
+                format!("cot_id IN ({})", list.join(", "))
+            };
+            if q.include_unscoped {
+                sql.push_str(&format!(" AND ({scoped} OR cot_id IS NULL)"));
+            } else {
+                sql.push_str(&format!(" AND {scoped}"));
             }
         }
+        if let Some(p) = q.patient_id {
+            vals.push(Val::I64(p));
+            sql.push_str(&format!(" AND patient_id = ${}", vals.len()));
+        }
+        if let Some(actor) = &q.actor {
+            vals.push(Val::Text(actor));
+            sql.push_str(&format!(" AND actor = ${}", vals.len()));
+        }
+        let prefix;
+        if let Some(action) = &q.action {
+            if action.ends_with('.') {
+                prefix = format!("{}%", action.replace(['%', '_'], ""));
+                vals.push(Val::Text(&prefix));
+                sql.push_str(&format!(" AND action LIKE ${}", vals.len()));
+            } else {
+                vals.push(Val::Text(action));
+                sql.push_str(&format!(" AND action = ${}", vals.len()));
+            }
+        }
+        if let Some(from) = q.from {
+            vals.push(Val::Ts(from));
+            sql.push_str(&format!(" AND at >= ${}", vals.len()));
+        }
+        if let Some(to) = q.to {
+            vals.push(Val::Ts(to));
+            sql.push_str(&format!(" AND at < ${}", vals.len()));
+        }
+        if let Some(before) = q.before_id {
+            vals.push(Val::I64(before));
+            sql.push_str(&format!(" AND id < ${}", vals.len()));
+        }
+        vals.push(Val::I64(q.limit.clamp(1, MAX_LIMIT)));
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", vals.len()));
+        let rows = self.read(&sql, &vals).await?;
+        rows.iter().map(entry_from_row).collect()
     }
 }
 
@@ -102,5 +161,7 @@ fn entry_from_row(row: &impl Columns) -> Result<AuditEntry> {
         target: row.text("target")?,
         source: row.text_opt("source")?,
         detail: row.text_opt("detail")?,
+        patient_id: row.bigint_opt("patient_id")?,
+        cot_id: row.bigint_opt("cot_id")?,
     })
 }

@@ -20,7 +20,8 @@
 //! - `registry`: COTs, patients, devices, API tokens.
 //! - `readings`: the ingest batch ([`Store::commit_batch`]: readings, quarantine and device
 //!   status in one transaction) and reading queries.
-//! - `quarantine`, `audit`: rejected device input; who did what.
+//! - `identity`: staff users, roles, COT membership, and registry queries scoped to COTs.
+//! - `quarantine`, `audit`: rejected device input; who did what (append-only).
 //! - `rows`: column access shared by both backends, millisecond timestamps for SQLite.
 //! - [`credentials`] (public): device secrets (generate, hash, verify).
 //! - [`testing`] (public): fresh migrated databases for tests of this and other crates.
@@ -45,6 +46,7 @@ mod careplans;
 mod connect;
 pub mod credentials;
 mod error;
+mod identity;
 mod quarantine;
 mod readings;
 mod registry;
@@ -57,15 +59,19 @@ pub use alerts::{
     Alert, AlertEvent, AlertQuery, AlertReading, OutboxEntry, Severity, Trigger, TriggerOutcome,
     Workflow,
 };
-pub use audit::{AuditEntry, NewAudit};
+pub use audit::{AuditEntry, AuditQuery, NewAudit};
 pub use careplans::{CarePlanRow, NewCarePlan};
 pub use error::{Result, StoreError};
+pub use identity::{NewUser, Role, User, UserKind};
 pub use quarantine::{NewQuarantine, QuarantineEntry};
 pub use readings::{
     CommitBatch, CommitOutcome, DeviceStatusUpdate, NewReading, ReadingKind, ReadingQuery,
     StoredReading,
 };
-pub use registry::{ApiToken, Cot, Device, DeviceAuth, DeviceKind, NewDevice, NewPatient, Patient};
+pub use registry::{
+    ApiToken, Cot, Device, DeviceAuth, DeviceKind, NewApiToken, NewDevice, NewPatient, Patient,
+    TokenKind,
+};
 pub use schema::ReadingsLayout;
 
 use connect::Pg;

@@ -75,16 +75,43 @@ impl Store {
         Ok(())
     }
 
-    /// The newest quarantine rows first, at most `limit` (clamped to 1..=10,000).
-    pub async fn list_quarantine(&self, limit: i64) -> Result<Vec<QuarantineEntry>> {
+    /// The newest quarantine rows first, at most `limit` (clamped to 1..=10,000). With a
+    /// scope, only rows of devices whose patient is in those COTs, plus rows naming no known
+    /// device (they belong to no patient; an unknown sender is what they diagnose).
+    pub async fn list_quarantine(
+        &self,
+        limit: i64,
+        scope: Option<&[i64]>,
+    ) -> Result<Vec<QuarantineEntry>> {
         let limit = limit.clamp(1, MAX_LIMIT);
         let preview = match self.backend() {
-            crate::Backend::Postgres => format!("substring(payload FROM 1 FOR {PREVIEW_BYTES})"),
-            crate::Backend::Sqlite => format!("substr(payload, 1, {PREVIEW_BYTES})"),
+            crate::Backend::Postgres => format!("substring(q.payload FROM 1 FOR {PREVIEW_BYTES})"),
+            crate::Backend::Sqlite => format!("substr(q.payload, 1, {PREVIEW_BYTES})"),
+        };
+        let filter = match scope {
+            None => String::new(),
+            Some(cots) => {
+                let list: Vec<String> = cots.iter().map(i64::to_string).collect();
+                let own = if list.is_empty() {
+                    String::new()
+                } else {
+                    // Ids are integers formatted here, never caller text.
+                    format!(
+                        " OR q.device_id IN (SELECT d.id FROM devices d JOIN patients p \
+                         ON p.id = d.patient_id WHERE p.cot_id IN ({}))",
+                        list.join(", ")
+                    )
+                };
+                format!(
+                    "WHERE (q.device_id IS NULL OR NOT EXISTS \
+                     (SELECT 1 FROM devices d WHERE d.id = q.device_id){own})"
+                )
+            }
         };
         let sql = format!(
-            "SELECT id, received_at, topic, device_id, seq, reason, detail, payload_size, \
-             {preview} AS preview FROM quarantine ORDER BY received_at DESC, id DESC LIMIT $1"
+            "SELECT q.id, q.received_at, q.topic, q.device_id, q.seq, q.reason, q.detail, \
+             q.payload_size, {preview} AS preview FROM quarantine q {filter} \
+             ORDER BY q.received_at DESC, q.id DESC LIMIT $1"
         );
         match &self.db {
             Db::Postgres(pg) => {

@@ -129,11 +129,45 @@ pub struct DeviceAuth {
     pub cert_sha256: Option<String>,
 }
 
-/// An API token for integrations; the token itself is never stored, only its hash.
+/// What a token is: a login session, or an API key of a service account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    Session,
+    ApiKey,
+}
+
+impl TokenKind {
+    /// As stored: `session` or `api_key`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Session => "session",
+            TokenKind::ApiKey => "api_key",
+        }
+    }
+}
+
+/// A token to store with [`Store::add_api_token`].
+#[derive(Debug, Clone)]
+pub struct NewApiToken<'a> {
+    /// The user the token acts for.
+    pub user_id: i64,
+    /// A label, e.g. `login` or the integration's name.
+    pub name: &'a str,
+    pub kind: TokenKind,
+    /// SHA-256 of the token (hex); the token itself is never stored.
+    pub token_hash: &'a str,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// An API token: a login session or a service account's key. The token itself is never
+/// stored, only its hash. Tokens stored before users existed have no user and are refused.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApiToken {
     pub id: i64,
     pub name: String,
+    pub user_id: Option<i64>,
+    pub kind: TokenKind,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -146,7 +180,7 @@ const COT_COLUMNS: &str = "id, code, name, created_at";
 const PATIENT_COLUMNS: &str = "id, cot_id, code, display_name, birth_year, conditions, created_at";
 const DEVICE_COLUMNS: &str = "id, patient_id, kind, model, created_at, revoked_at, last_seen_at, \
      online, battery_pct, firmware, rssi, status_at, last_seq";
-const TOKEN_COLUMNS: &str = "id, name, created_at, expires_at, revoked_at";
+const TOKEN_COLUMNS: &str = "id, name, user_id, kind, created_at, expires_at, revoked_at";
 
 impl Store {
     /// Adds a COT. [`StoreError::Conflict`] if the code is taken.
@@ -534,29 +568,27 @@ impl Store {
         }
     }
 
-    /// Stores a new API token by its hash. [`StoreError::Conflict`] if the hash exists.
-    pub async fn add_api_token(
-        &self,
-        name: &str,
-        token_hash: &str,
-        expires_at: Option<OffsetDateTime>,
-    ) -> Result<ApiToken> {
-        non_empty("token hash", token_hash)?;
+    /// Stores a new API token by its hash. [`StoreError::Conflict`] if the hash exists,
+    /// [`StoreError::NotFound`] if the user does not.
+    pub async fn add_api_token(&self, new: &NewApiToken<'_>) -> Result<ApiToken> {
+        non_empty("token hash", new.token_hash)?;
         let sql = format!(
-            "INSERT INTO api_tokens (name, token_hash, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4) RETURNING {TOKEN_COLUMNS}"
+            "INSERT INTO api_tokens (name, user_id, kind, token_hash, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLUMNS}"
         );
         let now = OffsetDateTime::now_utc();
         let conflict = || "API token with this hash".to_owned();
-        let missing = || "API token".to_owned();
+        let missing = || format!("user {}", new.user_id);
         match &self.db {
             Db::Postgres(pg) => {
                 let mut c = pg.conn().await?;
                 let row = sqlx::query(&sql)
-                    .bind(name)
-                    .bind(token_hash)
+                    .bind(new.name)
+                    .bind(new.user_id)
+                    .bind(new.kind.as_str())
+                    .bind(new.token_hash)
                     .bind(now)
-                    .bind(expires_at)
+                    .bind(new.expires_at)
                     .fetch_one(&mut *c)
                     .await
                     .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
@@ -565,10 +597,12 @@ impl Store {
             }
             Db::Sqlite(pool) => {
                 let row = sqlx::query(&sql)
-                    .bind(name)
-                    .bind(token_hash)
+                    .bind(new.name)
+                    .bind(new.user_id)
+                    .bind(new.kind.as_str())
+                    .bind(new.token_hash)
                     .bind(to_ms(now))
-                    .bind(to_ms_opt(expires_at))
+                    .bind(to_ms_opt(new.expires_at))
                     .fetch_one(pool)
                     .await
                     .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
@@ -618,7 +652,7 @@ pub(crate) fn validate_device_id(id: &str) -> Result<()> {
     }
 }
 
-fn non_empty(name: &str, value: &str) -> Result<()> {
+pub(crate) fn non_empty(name: &str, value: &str) -> Result<()> {
     if value.trim().is_empty() {
         Err(StoreError::Invalid(format!("{name} must not be empty")))
     } else {
@@ -645,7 +679,7 @@ fn split_conditions(stored: &str) -> Vec<String> {
         .collect()
 }
 
-fn cot_from_row(row: &impl Columns) -> Result<Cot> {
+pub(crate) fn cot_from_row(row: &impl Columns) -> Result<Cot> {
     Ok(Cot {
         id: row.bigint("id")?,
         code: row.text("code")?,
@@ -654,7 +688,7 @@ fn cot_from_row(row: &impl Columns) -> Result<Cot> {
     })
 }
 
-fn patient_from_row(row: &impl Columns) -> Result<Patient> {
+pub(crate) fn patient_from_row(row: &impl Columns) -> Result<Patient> {
     Ok(Patient {
         id: row.bigint("id")?,
         cot_id: row.bigint("cot_id")?,
@@ -671,7 +705,7 @@ pub(crate) fn device_kind(stored: &str) -> Result<DeviceKind> {
         .ok_or_else(|| StoreError::decode(format!("unknown device kind {stored:?}")))
 }
 
-fn device_from_row(row: &impl Columns) -> Result<Device> {
+pub(crate) fn device_from_row(row: &impl Columns) -> Result<Device> {
     Ok(Device {
         id: row.text("id")?,
         patient_id: row.bigint("patient_id")?,
@@ -699,10 +733,15 @@ fn device_auth_from_row(row: &impl Columns) -> Result<DeviceAuth> {
     })
 }
 
-fn token_from_row(row: &impl Columns) -> Result<ApiToken> {
+pub(crate) fn token_from_row(row: &impl Columns) -> Result<ApiToken> {
     Ok(ApiToken {
         id: row.bigint("id")?,
         name: row.text("name")?,
+        user_id: row.bigint_opt("user_id")?,
+        kind: match row.text("kind")?.as_str() {
+            "session" => TokenKind::Session,
+            _ => TokenKind::ApiKey,
+        },
         created_at: row.ts("created_at")?,
         expires_at: row.ts_opt("expires_at")?,
         revoked_at: row.ts_opt("revoked_at")?,

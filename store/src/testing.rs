@@ -138,6 +138,15 @@ impl TestDb {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// Runs one statement in a write transaction, as the application's own connection would:
+    /// for tests that must show what the schema itself refuses (e.g. the append-only audit log).
+    pub async fn exec(&self, sql: &str) -> crate::Result<u64> {
+        let mut tx = self.store.tx().await?;
+        let n = tx.exec(sql, &[]).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
 }
 
 async fn migrate(store: &Store, name: &str) {

@@ -6,8 +6,8 @@ mod common;
 use common::{T0, fixture, reading};
 use store::testing::TestDb;
 use store::{
-    CommitBatch, CommitOutcome, DeviceStatusUpdate, NewAudit, NewQuarantine, ReadingKind,
-    ReadingQuery, ReadingsLayout, StoreError,
+    AuditQuery, CommitBatch, CommitOutcome, DeviceStatusUpdate, NewAudit, NewQuarantine,
+    ReadingKind, ReadingQuery, ReadingsLayout, StoreError,
 };
 use time::Duration;
 
@@ -451,7 +451,7 @@ async fn quarantine_and_status(db: TestDb, _layout: ReadingsLayout) {
         .unwrap();
     store.record_quarantine(&[]).await.unwrap();
     assert_eq!(store.count_quarantine().await.unwrap(), 3);
-    let entries = store.list_quarantine(10).await.unwrap();
+    let entries = store.list_quarantine(10, None).await.unwrap();
     let topics: Vec<&str> = entries.iter().map(|e| e.topic.as_str()).collect();
     assert_eq!(
         topics,
@@ -473,8 +473,8 @@ async fn quarantine_and_status(db: TestDb, _layout: ReadingsLayout) {
     assert_eq!(long.payload_size, 600);
     assert!(long.payload_preview.starts_with('\u{fffd}'));
     assert_eq!(long.payload_preview.chars().count(), 512);
-    assert_eq!(store.list_quarantine(1).await.unwrap().len(), 1);
-    assert_eq!(store.list_quarantine(0).await.unwrap().len(), 1);
+    assert_eq!(store.list_quarantine(1, None).await.unwrap().len(), 1);
+    assert_eq!(store.list_quarantine(0, None).await.unwrap().len(), 1);
     let json = serde_json::to_value(newest).unwrap();
     assert_eq!(json["received_at"], "2025-03-10T08:08:20Z");
 }
@@ -492,6 +492,8 @@ async fn audit_log(db: TestDb, _layout: ReadingsLayout) {
                 target: format!("device:bp-{i}"),
                 source: (i == 1).then(|| "10.0.0.7".into()),
                 detail: None,
+                patient_id: (i == 1).then_some(7),
+                cot_id: Some(if i == 2 { 2 } else { 1 }),
             })
             .await
             .unwrap();
@@ -512,6 +514,53 @@ async fn audit_log(db: TestDb, _layout: ReadingsLayout) {
         entries[0].at
     );
     assert_eq!(store.list_audit(2).await.unwrap().len(), 2);
+
+    // Queries: by patient (the access history), by COT, by action prefix, paging by id.
+    let q = |f: &dyn Fn(&mut AuditQuery)| {
+        let mut q = AuditQuery {
+            limit: 100,
+            ..AuditQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    let history = store
+        .query_audit(&q(&|q| q.patient_id = Some(7)))
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].action, "readings.read");
+    let cot1 = store
+        .query_audit(&q(&|q| q.cot_ids = Some(vec![1])))
+        .await
+        .unwrap();
+    assert_eq!(cot1.len(), 2);
+    assert!(cot1.iter().all(|e| e.cot_id == Some(1)));
+    let none = store
+        .query_audit(&q(&|q| q.cot_ids = Some(vec![])))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let devices = store
+        .query_audit(&q(&|q| q.action = Some("device.".into())))
+        .await
+        .unwrap();
+    assert_eq!(devices.len(), 2);
+    let older = store
+        .query_audit(&q(&|q| q.before_id = Some(entries[0].id)))
+        .await
+        .unwrap();
+    assert_eq!(older.len(), 2);
+
+    // Append-only: the schema refuses to change or remove history, whoever asks.
+    assert!(
+        db.exec("UPDATE audit_log SET actor = 'someone-else'")
+            .await
+            .is_err()
+    );
+    assert!(db.exec("DELETE FROM audit_log").await.is_err());
+    assert_eq!(store.list_audit(100).await.unwrap().len(), 3);
+    assert_eq!(store.list_audit(100).await.unwrap()[2].actor, "nurse:anna");
 }
 
 /// Several writers commit overlapping batches at once (shared devices, resends of each

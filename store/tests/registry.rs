@@ -4,10 +4,18 @@
 mod common;
 
 use store::testing::TestDb;
-use store::{DeviceKind, NewDevice, NewPatient, ReadingsLayout, StoreError, credentials};
+use store::{
+    DeviceKind, NewApiToken, NewDevice, NewPatient, NewUser, ReadingsLayout, Role, StoreError,
+    TokenKind, UserKind, credentials,
+};
 use time::macros::datetime;
 
-on_all_backends!(provisioning_round_trip, devices_and_credentials, api_tokens);
+on_all_backends!(
+    provisioning_round_trip,
+    devices_and_credentials,
+    api_tokens,
+    users_and_scopes
+);
 
 async fn provisioning_round_trip(db: TestDb, _layout: ReadingsLayout) {
     let store = &db.store;
@@ -213,24 +221,232 @@ async fn devices_and_credentials(db: TestDb, _layout: ReadingsLayout) {
 
 async fn api_tokens(db: TestDb, _layout: ReadingsLayout) {
     let store = &db.store;
-    let hash = credentials::hash_secret("token-1");
-    let expires = datetime!(2030-01-01 0:00 UTC);
-    let token = store
-        .add_api_token("fhir-export", &hash, Some(expires))
+    let cot = store.add_cot("COT-T", "COT Token").await.unwrap();
+    let svc = store
+        .add_user(&NewUser {
+            username: "svc-fse",
+            display_name: "FSE export",
+            role: Role::Nurse,
+            kind: UserKind::Service,
+            password_hash: None,
+            cot_ids: &[cot.id],
+        })
         .await
         .unwrap();
-    assert_eq!(token.expires_at, Some(expires));
-    assert_eq!(token.revoked_at, None);
+    let hash = credentials::hash_secret("token-1");
+    let expires = datetime!(2030-01-01 0:00 UTC);
+    let token = |name, hash, expires_at| NewApiToken {
+        user_id: svc.id,
+        name,
+        kind: TokenKind::ApiKey,
+        token_hash: hash,
+        expires_at,
+    };
+    let stored = store
+        .add_api_token(&token("fhir-export", &hash, Some(expires)))
+        .await
+        .unwrap();
+    assert_eq!(stored.expires_at, Some(expires));
+    assert_eq!(stored.revoked_at, None);
+    assert_eq!(
+        (stored.user_id, stored.kind),
+        (Some(svc.id), TokenKind::ApiKey)
+    );
     assert!(matches!(
-        store.add_api_token("again", &hash, None).await,
+        store.add_api_token(&token("again", &hash, None)).await,
         Err(StoreError::Conflict { .. })
     ));
+    let orphan = NewApiToken {
+        user_id: 999_999,
+        ..token("orphan", "ab", None)
+    };
+    assert!(matches!(
+        store.add_api_token(&orphan).await,
+        Err(StoreError::NotFound { .. })
+    ));
     let found = store.api_token_by_hash(&hash).await.unwrap().unwrap();
-    assert_eq!((found.id, found.name.as_str()), (token.id, "fhir-export"));
+    assert_eq!((found.id, found.name.as_str()), (stored.id, "fhir-export"));
     assert!(store.api_token_by_hash("nope").await.unwrap().is_none());
     let forever = store
-        .add_api_token("console", &credentials::hash_secret("t2"), None)
+        .add_api_token(&token("console", &credentials::hash_secret("t2"), None))
         .await
         .unwrap();
     assert_eq!(forever.expires_at, None);
+
+    // Logout revokes one token; disabling the user revokes the rest.
+    let now = time::OffsetDateTime::now_utc();
+    assert!(store.revoke_api_token(&hash, now).await.unwrap());
+    assert!(!store.revoke_api_token(&hash, now).await.unwrap());
+    assert!(
+        store
+            .api_token_by_hash(&hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    store.disable_user(svc.id, now).await.unwrap();
+    assert!(
+        store
+            .user_tokens(svc.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.revoked_at.is_some())
+    );
+    assert!(
+        store
+            .get_user(svc.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled_at
+            .is_some()
+    );
+}
+
+async fn users_and_scopes(db: TestDb, _layout: ReadingsLayout) {
+    let store = &db.store;
+    let a = store.add_cot("COT-A", "A").await.unwrap();
+    let b = store.add_cot("COT-B", "B").await.unwrap();
+    fn user<'a>(username: &'a str, role: Role, cot_ids: &'a [i64]) -> NewUser<'a> {
+        NewUser {
+            username,
+            display_name: "Anna Rossi",
+            role,
+            kind: UserKind::Person,
+            password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA"),
+            cot_ids,
+        }
+    }
+    let anna = store
+        .add_user(&user("anna", Role::Nurse, &[a.id]))
+        .await
+        .unwrap();
+    let both = store
+        .add_user(&user("bruno", Role::Physician, &[b.id, a.id, a.id]))
+        .await
+        .unwrap();
+    assert_eq!(both.cot_ids, vec![a.id, b.id]);
+    assert!(matches!(
+        store.add_user(&user("anna", Role::Nurse, &[a.id])).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        store.add_user(&user("carla", Role::Nurse, &[999])).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(
+        store.user_by_username("carla").await.unwrap().is_none(),
+        "rolled back"
+    );
+    assert!(matches!(
+        store.add_user(&user("no cots", Role::Nurse, &[])).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .add_user(&user("bad name", Role::Nurse, &[a.id]))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let (found, hash) = store.user_login("anna").await.unwrap().unwrap();
+    assert_eq!(
+        (found.id, found.role, found.cot_ids.clone()),
+        (anna.id, Role::Nurse, vec![a.id])
+    );
+    assert!(hash.unwrap().starts_with("$argon2id$"));
+    assert!(
+        !serde_json::to_string(&found).unwrap().contains("argon2"),
+        "never serialized"
+    );
+
+    let in_b: Vec<String> = store
+        .list_users(Some(&[b.id]))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(in_b, ["bruno"]);
+    assert_eq!(store.list_users(None).await.unwrap().len(), 2);
+    assert!(store.list_users(Some(&[])).await.unwrap().is_empty());
+    store.set_user_cots(anna.id, &[b.id]).await.unwrap();
+    assert_eq!(
+        store.get_user(anna.id).await.unwrap().unwrap().cot_ids,
+        vec![b.id]
+    );
+    store
+        .set_user_password(anna.id, "$argon2id$new")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .user_login("anna")
+            .await
+            .unwrap()
+            .unwrap()
+            .1
+            .as_deref(),
+        Some("$argon2id$new")
+    );
+
+    // Registry queries scoped to COTs.
+    let patient = |cot_id, code: &str| NewPatient {
+        cot_id,
+        code: code.into(),
+        display_name: code.into(),
+        birth_year: None,
+        conditions: vec![],
+    };
+    let pa = store.add_patient(&patient(a.id, "PA")).await.unwrap();
+    let pb = store.add_patient(&patient(b.id, "PB")).await.unwrap();
+    for (id, p) in [("dev-a", &pa), ("dev-b", &pb)] {
+        store
+            .add_device(&NewDevice {
+                id: id.into(),
+                patient_id: p.id,
+                kind: DeviceKind::Spo2,
+                secret_hash: credentials::hash_secret(id),
+                model: None,
+            })
+            .await
+            .unwrap();
+    }
+    let codes = |ps: Vec<store::Patient>| ps.into_iter().map(|p| p.code).collect::<Vec<_>>();
+    assert_eq!(
+        codes(store.patients_in(Some(&[a.id]), None).await.unwrap()),
+        ["PA"]
+    );
+    assert_eq!(
+        codes(store.patients_in(None, None).await.unwrap()),
+        ["PA", "PB"]
+    );
+    assert!(
+        store
+            .patients_in(Some(&[a.id]), Some(b.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.patients_in(Some(&[]), None).await.unwrap().is_empty());
+    let ids = |ds: Vec<store::Device>| ds.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.devices_in(Some(&[b.id]), None).await.unwrap()),
+        ["dev-b"]
+    );
+    assert!(
+        store
+            .devices_in(Some(&[b.id]), Some(pa.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.device_cot("dev-a").await.unwrap(), Some(a.id));
+    assert_eq!(store.device_cot("nope").await.unwrap(), None);
+    assert_eq!(
+        store.cots_by_ids(&[b.id, 777]).await.unwrap()[0].code,
+        "COT-B"
+    );
 }

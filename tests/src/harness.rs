@@ -165,17 +165,19 @@ impl Stack {
                 let m = metrics.clone();
                 Arc::new(move || m.render_prometheus())
             },
+            auth: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api = listener.local_addr()?;
         let api_task = tokio::spawn(server::serve(listener, state, cancel.clone()));
-        let (token, hash) = auth::new_token();
-        store.add_api_token("e2e", &hash, None).await?;
         let cot_code = unique("COT-");
         let cot = match store.cot_by_code(&cot_code).await? {
             Some(c) => c,
             None => store.add_cot(&cot_code, "COT di prova").await?,
         };
+        // A physician of the stack's COT: reads every patient's data and works alerts.
+        let token =
+            auth::service_token(&store, &unique("e2e-"), store::Role::Physician, &[cot.id]).await?;
         Ok(Stack {
             db,
             edge: gateway.edge_addr,
@@ -300,7 +302,7 @@ impl Stack {
         loop {
             let have = self.store().count_quarantine().await?;
             if have >= n {
-                return Ok(self.store().list_quarantine(1000).await?);
+                return Ok(self.store().list_quarantine(1000, None).await?);
             }
             if tokio::time::Instant::now() > deadline {
                 bail!("{have} quarantine entries, expected {n}");

@@ -3,12 +3,14 @@
 //! `tests/browser`, which `scripts/test.sh` runs).
 //!
 //! The system runs in-process (gateway + API, SQLite); two COTs each get a patient with a
-//! blood-pressure cuff and a nurse. The script logs in as nurse A and prints
+//! blood-pressure cuff and a nurse, COT A also a physician. The script logs in as nurse A
+//! (username and password, through the login form) and prints
 //! `CONSOLE_TEST READY_FOR_ALERT` once the inbox is live; this side then publishes a
 //! hypertensive crisis from patient A's simulated cuff through the edge, and the script
 //! checks that the alert appears without a reload, acknowledges, assigns, comments and
-//! resolves it, and finds the care-plan threshold lines on the patient's chart; then nurse B
-//! must see none of it. Screenshots go to `target/browser-artifacts/` (or `$ARTIFACTS`).
+//! resolves it, and finds the care-plan threshold lines on the patient's chart; the physician
+//! changes the care plan twice and sees the differences; then nurse B must see none of COT A's
+//! patients or alerts, and COT A's patient page answers "not found". Screenshots go to `target/browser-artifacts/` (or `$ARTIFACTS`).
 //!
 //! `console_modules` runs the unit tests of the console's pure modules under `node --test`.
 //!
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use e2e::harness::{Db, RawDevice, Stack, now_ms, topic, unique};
-use store::{DeviceKind, NewPatient};
+use store::{DeviceKind, NewPatient, Role};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -67,6 +69,33 @@ async fn prerequisites(root: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(chromium)
+}
+
+/// The password of the test's staff (the minimum length is 12).
+const PASSWORD: &str = "console-test-password";
+
+/// A person with a password, as `sentinella user add --password-stdin` creates one (the same
+/// library calls: Argon2id hash on a blocking thread, then the store).
+async fn staff(
+    store: &store::Store,
+    display_name: &str,
+    role: Role,
+    cot_id: i64,
+) -> anyhow::Result<store::User> {
+    let hash = tokio::task::spawn_blocking(|| server::http::session::hash_password(PASSWORD))
+        .await?
+        .map_err(|e| anyhow::anyhow!("hash the password: {e}"))?;
+    let username = unique(&format!("{}.", role.as_str()));
+    Ok(store
+        .add_user(&store::NewUser {
+            username: &username,
+            display_name,
+            role,
+            kind: store::UserKind::Person,
+            password_hash: Some(&hash),
+            cot_ids: &[cot_id],
+        })
+        .await?)
 }
 
 fn bp(seq: u32, ts: i64, sys: u32, dia: u32, sensor: u32) -> String {
@@ -179,6 +208,9 @@ async fn nurse_sees_live_alert_and_charts_and_other_cot_sees_nothing() -> anyhow
     let mut b = home(&stack, cot_b.id, "Giovanni Bianchi").await?;
     // COT B has an alert of its own, which nurse B sees and nurse A must not.
     b.crisis().await?;
+    let nurse_a = staff(store, "Giulia Verdi", Role::Nurse, cot_a.id).await?;
+    let physician_a = staff(store, "Dott. Paolo Neri", Role::Physician, cot_a.id).await?;
+    let nurse_b = staff(store, "Anna Galli", Role::Nurse, cot_b.id).await?;
 
     let artifacts = std::env::var_os("ARTIFACTS")
         .map(PathBuf::from)
@@ -187,7 +219,12 @@ async fn nurse_sees_live_alert_and_charts_and_other_cot_sees_nothing() -> anyhow
         .arg(root.join("tests/browser/console.test.mjs"))
         .current_dir(&root)
         .env("SENTINELLA_URL", format!("http://{}", stack.api))
-        .env("NURSE_A_TOKEN", &stack.token)
+        .env("NURSE_A_USER", &nurse_a.username)
+        .env("NURSE_A_PASSWORD", PASSWORD)
+        .env("NURSE_B_USER", &nurse_b.username)
+        .env("NURSE_B_PASSWORD", PASSWORD)
+        .env("PHYSICIAN_A_USER", &physician_a.username)
+        .env("PHYSICIAN_A_PASSWORD", PASSWORD)
         .env("PATIENT_A_ID", a.patient.id.to_string())
         .env("PATIENT_A_NAME", &a.patient.display_name)
         .env("PATIENT_B_ID", b.patient.id.to_string())

@@ -178,7 +178,7 @@ async fn hostile_clients_do_not_starve_honest_devices() -> anyhow::Result<()> {
         closed, 150,
         "sockets that never sent a CONNECT were left open"
     );
-    let oversized = stack.store().list_quarantine(1000).await?;
+    let oversized = stack.store().list_quarantine(1000, None).await?;
     assert!(
         oversized
             .iter()

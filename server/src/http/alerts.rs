@@ -346,10 +346,13 @@ async fn show(
     let readings = state.store.alert_readings(id).await?;
     let stored = stored_readings(&state, alert.patient_id, &readings).await?;
     state
-        .audit(
+        .audit_about(
             &caller,
             "alert.read",
             format!("alert:{id} patient:{}", alert.patient_id),
+            Some(alert.patient_id),
+            Some(alert.cot_id),
+            None,
         )
         .await?;
     Ok(Json(AlertDetail {
@@ -392,10 +395,12 @@ async fn prepare_change(
     let Path(id) = id.map_err(rejection)?;
     let alert = visible_alert(state, caller, id).await?;
     state
-        .audit_detail(
+        .audit_about(
             caller,
             action,
             format!("alert:{id} patient:{}", alert.patient_id),
+            Some(alert.patient_id),
+            Some(alert.cot_id),
             Some(detail.to_string()),
         )
         .await?;

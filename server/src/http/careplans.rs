@@ -30,6 +30,7 @@ use time::OffsetDateTime;
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, rejection};
+use super::patients::visible_patient;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -103,37 +104,25 @@ async fn templates(_caller: Caller) -> Json<Value> {
     Json(json!({ "templates": list }))
 }
 
-/// The patient, if they exist and the caller may see them.
-async fn visible_patient(
-    state: &AppState,
-    caller: &Caller,
-    id: i64,
-) -> Result<store::Patient, ApiError> {
-    state
-        .store
-        .get_patient(id)
-        .await?
-        .filter(|p| caller.sees_cot(p.cot_id))
-        .ok_or_else(|| ApiError::NotFound(format!("patient {id}")))
-}
-
 async fn current(
     State(state): State<AppState>,
     caller: Caller,
     id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<PlanOut>, ApiError> {
     let Path(id) = id.map_err(rejection)?;
-    visible_patient(&state, &caller, id).await?;
+    let patient = visible_patient(&state, &caller, id).await?;
     let row = state
         .store
         .current_care_plan(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("care plan of patient {id}")))?;
     state
-        .audit(
+        .audit_patient(
             &caller,
             "careplan.read",
             format!("patient:{id} care-plan version={}", row.version),
+            &patient,
+            None,
         )
         .await?;
     Ok(Json(PlanOut::new(row, true)))
@@ -151,13 +140,15 @@ async fn versions(
     id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<VersionList>, ApiError> {
     let Path(id) = id.map_err(rejection)?;
-    visible_patient(&state, &caller, id).await?;
+    let patient = visible_patient(&state, &caller, id).await?;
     let rows = state.store.list_care_plans(id).await?;
     state
-        .audit(
+        .audit_patient(
             &caller,
             "careplan.versions",
             format!("patient:{id} care-plan"),
+            &patient,
+            None,
         )
         .await?;
     Ok(Json(VersionList {
@@ -172,17 +163,19 @@ async fn version(
     path: Result<Path<(i64, i64)>, PathRejection>,
 ) -> Result<Json<PlanOut>, ApiError> {
     let Path((id, v)) = path.map_err(rejection)?;
-    visible_patient(&state, &caller, id).await?;
+    let patient = visible_patient(&state, &caller, id).await?;
     let row = state
         .store
         .care_plan_version(id, v)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("care plan version {v} of patient {id}")))?;
     state
-        .audit(
+        .audit_patient(
             &caller,
             "careplan.read",
             format!("patient:{id} care-plan version={v}"),
+            &patient,
+            None,
         )
         .await?;
     Ok(Json(PlanOut::new(row, true)))
@@ -310,12 +303,13 @@ async fn create(
     })?;
     let text = serde_json::to_string(&plan)
         .map_err(|e| ApiError::BadRequest(format!("care plan: {e}")))?;
-    visible_patient(&state, &caller, id).await?;
+    let patient = visible_patient(&state, &caller, id).await?;
     state
-        .audit_detail(
+        .audit_patient(
             &caller,
             "careplan.create",
             format!("patient:{id} care-plan"),
+            &patient,
             Some(json!({ "template": template, "reason": reason }).to_string()),
         )
         .await?;

@@ -20,6 +20,18 @@ pub enum ApiError {
     /// The token is expired or revoked.
     #[error("the token is expired or revoked")]
     TokenRejected,
+    /// Authenticated, but the caller's role may not do this.
+    #[error("your role does not allow this")]
+    Forbidden,
+    /// Wrong username or password (one message for both, so usernames cannot be probed).
+    #[error("wrong username or password")]
+    InvalidCredentials,
+    /// Too many failed logins from this address or for this user; retry after the seconds given.
+    #[error("too many failed logins; retry in {0} s")]
+    TooManyAttempts(u64),
+    /// The route exists, not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// The resource does not exist (or the caller may not know it does).
     #[error("{0} not found")]
     NotFound(String),
@@ -77,6 +89,10 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::TokenRejected => (StatusCode::UNAUTHORIZED, "token_rejected"),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            ApiError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, *code),
@@ -113,6 +129,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(axum::http::header::WWW_AUTHENTICATE, challenge);
+        }
+        if let ApiError::TooManyAttempts(secs) = &self
+            && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
         }
         response
     }

@@ -1,13 +1,18 @@
 //! The HTTP API: state, router assembly and the layers every route shares.
 //!
 //! Each resource owns a module with its routes, handlers and response types; this module only
-//! merges them. Everything under `/api/v1` needs a bearer token ([`auth::Caller`]); the
+//! merges them. [`policy`] names who may call each route (checked before any handler runs);
+//! everything under `/api/v1` but the login needs a bearer token ([`auth::Caller`]); the
 //! operational endpoints `/healthz`, `/readyz` and `/metrics` expose no patient data and are
 //! open, so probes and scrapers need no secret.
 
 pub mod auth;
 pub mod error;
+pub mod oidc;
+pub mod policy;
+pub mod session;
 
+mod admin;
 mod alert_stream;
 mod alerts;
 mod careplans;
@@ -39,6 +44,33 @@ pub struct AppState {
     pub ready: ReadyProbe,
     /// Extra metrics text appended to `/metrics`.
     pub metrics: MetricsSource,
+    /// Sessions, login throttling, the identity provider.
+    pub auth: Arc<AuthState>,
+}
+
+/// How callers authenticate.
+#[derive(Debug)]
+pub struct AuthState {
+    /// How long a login session lasts.
+    pub session_ttl: time::Duration,
+    /// Failed-login throttling.
+    pub limiter: session::LoginLimiter,
+    /// JWTs from the regional identity provider, when configured.
+    pub oidc: Option<oidc::Oidc>,
+    /// Whether the API is served over TLS (adds Strict-Transport-Security).
+    pub tls: bool,
+}
+
+impl Default for AuthState {
+    /// 8-hour sessions (a shift), default throttling, no identity provider, plain HTTP.
+    fn default() -> Self {
+        AuthState {
+            session_ttl: time::Duration::hours(8),
+            limiter: session::LoginLimiter::default(),
+            oidc: None,
+            tls: false,
+        }
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -56,6 +88,7 @@ impl AppState {
             store,
             ready: Arc::new(|| true),
             metrics: Arc::new(String::new),
+            auth: Arc::new(AuthState::default()),
         }
     }
 
@@ -77,6 +110,41 @@ impl AppState {
         target: String,
         detail: Option<String>,
     ) -> Result<(), error::ApiError> {
+        self.audit_about(caller, action, target, None, None, detail)
+            .await
+    }
+
+    /// An access to one patient's data: it appears in that patient's access history and to
+    /// the administrators of the patient's COT.
+    pub(crate) async fn audit_patient(
+        &self,
+        caller: &auth::Caller,
+        action: &str,
+        target: String,
+        patient: &store::Patient,
+        detail: Option<String>,
+    ) -> Result<(), error::ApiError> {
+        self.audit_about(
+            caller,
+            action,
+            target,
+            Some(patient.id),
+            Some(patient.cot_id),
+            detail,
+        )
+        .await
+    }
+
+    /// The general form: the entry names the patient and COT it concerns, when it does.
+    pub(crate) async fn audit_about(
+        &self,
+        caller: &auth::Caller,
+        action: &str,
+        target: String,
+        patient_id: Option<i64>,
+        cot_id: Option<i64>,
+        detail: Option<String>,
+    ) -> Result<(), error::ApiError> {
         self.store
             .record_audit(&store::NewAudit {
                 actor: caller.actor(),
@@ -84,6 +152,8 @@ impl AppState {
                 target,
                 source: caller.source.clone(),
                 detail,
+                patient_id,
+                cot_id,
             })
             .await?;
         Ok(())
@@ -93,16 +163,40 @@ impl AppState {
 /// The whole application.
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
+        .merge(session::router())
+        .merge(admin::router())
         .merge(patients::router())
         .merge(devices::router())
         .merge(quarantine::router())
         .merge(alerts::router())
-        .merge(careplans::router())
-        .fallback(|| async { error::ApiError::NotFound("route".into()) });
+        .merge(careplans::router());
+    let hsts = state.auth.tls.then(|| {
+        SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("strict-transport-security"),
+            HeaderValue::from_static("max-age=31536000"),
+        )
+    });
     Router::new()
         .nest("/api/v1", api)
         .merge(health::router())
         .merge(crate::console::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            policy::enforce,
+        ))
+        .fallback(|| async { error::ApiError::NotFound("route".into()) })
+        .layer(tower::util::option_layer(hsts))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("content-security-policy"),
+            HeaderValue::from_static(
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                 connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            ),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("x-frame-options"),
+            HeaderValue::from_static("DENY"),
+        ))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("x-content-type-options"),
             HeaderValue::from_static("nosniff"),

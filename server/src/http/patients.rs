@@ -1,12 +1,16 @@
 //! Patients and their readings.
 //!
-//! - `GET /api/v1/patients[?cot=ID]`
+//! - `GET /api/v1/patients[?cot=ID]`: the patients of the caller's COTs
+//! - `POST /api/v1/patients` `{"cot","code","display_name","birth_year"?,"conditions"?}`:
+//!   enroll a patient with one of the caller's COTs (201)
 //! - `GET /api/v1/patients/{id}`: the patient with their devices
 //! - `GET /api/v1/patients/{id}/readings?from=&to=&kind=&limit=`: readings by measurement
 //!   time, `from` inclusive and `to` exclusive (RFC 3339), `kind` one of bp, spo2, glucose,
 //!   `limit` 1–10000 (default 1000), oldest first, in canonical units.
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -19,7 +23,7 @@ use super::error::{ApiError, rejection};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
-        .route("/patients", get(list))
+        .route("/patients", get(list).post(enroll))
         .route("/patients/{id}", get(show))
         .route("/patients/{id}/readings", get(readings))
 }
@@ -41,7 +45,10 @@ async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<PatientList>, ApiError> {
     let Query(query) = query.map_err(rejection)?;
-    let patients = state.store.list_patients(query.cot).await?;
+    let patients = state
+        .store
+        .patients_in(Some(&caller.cots), query.cot)
+        .await?;
     state
         .audit(
             &caller,
@@ -59,20 +66,79 @@ struct PatientDetail {
     devices: Vec<store::Device>,
 }
 
+/// The patient, if it exists and is enrolled with one of the caller's COTs; else 404, so a
+/// patient of another COT is indistinguishable from none.
+pub(crate) async fn visible_patient(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+) -> Result<store::Patient, ApiError> {
+    state
+        .store
+        .get_patient(id)
+        .await?
+        .filter(|p| caller.sees_cot(p.cot_id))
+        .ok_or_else(|| ApiError::NotFound(format!("patient {id}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollBody {
+    cot: i64,
+    code: String,
+    display_name: String,
+    birth_year: Option<i32>,
+    #[serde(default)]
+    conditions: Vec<String>,
+}
+
+async fn enroll(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<EnrollBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<store::Patient>), ApiError> {
+    let Json(body) = body.map_err(rejection)?;
+    if !caller.sees_cot(body.cot) {
+        return Err(ApiError::NotFound(format!("COT {}", body.cot)));
+    }
+    let patient = state
+        .store
+        .add_patient(&store::NewPatient {
+            cot_id: body.cot,
+            code: body.code,
+            display_name: body.display_name,
+            birth_year: body.birth_year,
+            conditions: body.conditions,
+        })
+        .await?;
+    state
+        .audit_patient(
+            &caller,
+            "patient.enroll",
+            format!("patient:{}", patient.id),
+            &patient,
+            None,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(patient)))
+}
+
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
     id: Result<Path<i64>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<PatientDetail>, ApiError> {
     let Path(id) = id.map_err(rejection)?;
-    let patient = state
-        .store
-        .get_patient(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("patient {id}")))?;
+    let patient = visible_patient(&state, &caller, id).await?;
     let devices = state.store.list_devices(Some(id)).await?;
     state
-        .audit(&caller, "patient.read", format!("patient:{id}"))
+        .audit_patient(
+            &caller,
+            "patient.read",
+            format!("patient:{id}"),
+            &patient,
+            None,
+        )
         .await?;
     Ok(Json(PatientDetail { patient, devices }))
 }
@@ -118,7 +184,10 @@ impl From<store::StoredReading> for ReadingOut {
     }
 }
 
-fn parse_time(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
+pub(crate) fn parse_time(
+    name: &str,
+    value: Option<&str>,
+) -> Result<Option<OffsetDateTime>, ApiError> {
     value
         .map(|v| {
             OffsetDateTime::parse(v, &Rfc3339)
@@ -156,11 +225,7 @@ async fn readings(
             "limit must be between 1 and 10000".into(),
         ));
     }
-    state
-        .store
-        .get_patient(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("patient {id}")))?;
+    let patient = visible_patient(&state, &caller, id).await?;
     let readings = state
         .store
         .readings(&store::ReadingQuery {
@@ -172,13 +237,15 @@ async fn readings(
         })
         .await?;
     state
-        .audit(
+        .audit_patient(
             &caller,
             "readings.read",
             format!(
                 "patient:{id} kind={:?} from={:?} to={:?}",
                 query.kind, query.from, query.to
             ),
+            &patient,
+            None,
         )
         .await?;
     let readings: Vec<ReadingOut> = readings.into_iter().map(ReadingOut::from).collect();

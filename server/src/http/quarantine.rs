@@ -1,5 +1,6 @@
 //! What the gateway refused: `GET /api/v1/quarantine?limit=N`, newest first, with the reason
-//! and a preview of the payload, so an operator can see why a device's data did not arrive.
+//! and a preview of the payload, so a device manager can see why a device's data did not
+//! arrive. Scoped: rows of devices of the caller's COTs, plus rows naming no known device.
 
 use axum::extract::{Query, State};
 use axum::routing::get;
@@ -33,8 +34,11 @@ async fn list(
 ) -> Result<Json<QuarantineList>, ApiError> {
     let Query(query) = query.map_err(rejection)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let entries = state.store.list_quarantine(limit).await?;
-    let total = state.store.count_quarantine().await?;
+    let entries = state
+        .store
+        .list_quarantine(limit, Some(&caller.cots))
+        .await?;
+    let total = entries.len() as i64;
     state
         .audit(&caller, "quarantine.list", "quarantine".into())
         .await?;

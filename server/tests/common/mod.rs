@@ -26,6 +26,8 @@ pub struct Fixture {
     pub cot_id: i64,
     pub p1: i64,
     pub p2: i64,
+    /// One authentication state for every request, as one server has (login throttling).
+    pub auth: std::sync::Arc<server::http::AuthState>,
 }
 
 /// Readings `0..20` of device `bp-1` (patient 1), one a minute from [`T0`], systolic
@@ -59,37 +61,45 @@ pub async fn fixture(db: TestDb) -> Fixture {
         .unwrap();
     let mut batch = CommitBatch::default();
     for seq in 0..20i64 {
-        batch.readings.push(NewReading {
-            device_id: "bp-1".into(),
-            seq,
-            patient_id: patients[0],
-            kind: ReadingKind::BloodPressure,
-            measured_at: T0 + time::Duration::minutes(seq),
-            received_at: T0 + time::Duration::minutes(seq),
-            clock_unset: false,
-            status: 0,
-            sensor: 0,
-            systolic: Some(150.0 + seq as f32),
-            diastolic: Some(90.0),
-            mean_arterial: None,
-            pulse: Some(70.0),
-            spo2: None,
-            perfusion_index: None,
-            glucose_mg_dl: None,
-            glucose_sample: None,
-            glucose_meal: None,
-            source_unit: None,
-        });
+        batch.readings.push(bp_reading("bp-1", patients[0], seq));
     }
     store.commit_batch(&batch).await.unwrap();
-    let (token, hash) = auth::new_token();
-    store.add_api_token(TOKEN_NAME, &hash, None).await.unwrap();
+    let token = auth::service_token(store, TOKEN_NAME, store::Role::Physician, &[cot.id])
+        .await
+        .unwrap();
     Fixture {
         db,
         token,
         cot_id: cot.id,
         p1: patients[0],
         p2: patients[1],
+        auth: std::sync::Arc::default(),
+    }
+}
+
+/// Reading `seq` of blood-pressure device `device`: at `T0 + seq` minutes, systolic
+/// `150 + seq`.
+pub fn bp_reading(device: &str, patient: i64, seq: i64) -> NewReading {
+    NewReading {
+        device_id: device.into(),
+        seq,
+        patient_id: patient,
+        kind: ReadingKind::BloodPressure,
+        measured_at: T0 + time::Duration::minutes(seq),
+        received_at: T0 + time::Duration::minutes(seq),
+        clock_unset: false,
+        status: 0,
+        sensor: 0,
+        systolic: Some(150.0 + seq as f32),
+        diastolic: Some(90.0),
+        mean_arterial: None,
+        pulse: Some(70.0),
+        spo2: None,
+        perfusion_index: None,
+        glucose_mg_dl: None,
+        glucose_sample: None,
+        glucose_meal: None,
+        source_unit: None,
     }
 }
 
@@ -138,7 +148,10 @@ pub async fn open(f: &Fixture, t: &Trigger) -> i64 {
 
 impl Fixture {
     pub fn state(&self) -> AppState {
-        AppState::new(self.db.store.clone())
+        AppState {
+            auth: self.auth.clone(),
+            ..AppState::new(self.db.store.clone())
+        }
     }
 
     pub async fn call(

@@ -1,0 +1,44 @@
+-- Staff identity and tenancy: users (people and service accounts) with one role, members of
+-- one or more COTs. API tokens now belong to a user (sessions from a login, or API keys of a
+-- service account); tokens from before this migration belong to nobody and are refused.
+-- The audit log gains the patient and COT an entry concerns (a patient's access history, an
+-- administrator's view of their COTs) and becomes append-only.
+
+CREATE TABLE users (
+    id             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    username       TEXT NOT NULL UNIQUE CHECK (username ~ '^[A-Za-z0-9._@-]{1,64}$'),
+    display_name   TEXT NOT NULL,
+    role           TEXT NOT NULL CHECK (role IN ('nurse', 'physician', 'device_manager', 'admin')),
+    kind           TEXT NOT NULL DEFAULT 'person' CHECK (kind IN ('person', 'service')),
+    -- Argon2id PHC string; NULL for service accounts (API keys only).
+    password_hash  TEXT,
+    created_at     TIMESTAMPTZ NOT NULL,
+    disabled_at    TIMESTAMPTZ
+);
+
+CREATE TABLE user_cots (
+    user_id  BIGINT NOT NULL REFERENCES users (id),
+    cot_id   BIGINT NOT NULL REFERENCES cots (id),
+    PRIMARY KEY (user_id, cot_id)
+);
+CREATE INDEX user_cots_cot_idx ON user_cots (cot_id);
+
+ALTER TABLE api_tokens ADD COLUMN user_id BIGINT REFERENCES users (id);
+ALTER TABLE api_tokens ADD COLUMN kind TEXT NOT NULL DEFAULT 'api_key'
+    CHECK (kind IN ('session', 'api_key'));
+CREATE INDEX api_tokens_user_idx ON api_tokens (user_id);
+
+ALTER TABLE audit_log ADD COLUMN patient_id BIGINT;
+ALTER TABLE audit_log ADD COLUMN cot_id BIGINT;
+CREATE INDEX audit_log_patient_idx ON audit_log (patient_id, at) WHERE patient_id IS NOT NULL;
+CREATE INDEX audit_log_cot_idx ON audit_log (cot_id, at);
+
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_log is append-only';
+END
+$$;
+CREATE TRIGGER audit_log_no_change BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
