@@ -42,6 +42,13 @@ function conditionText(c) {
     .join(` ${t('and')} `);
 }
 
+/** Minutes as the largest whole unit: "30 min", "36 h", "3 d". */
+function duration(minutes) {
+  if (minutes >= 1440 && minutes % 1440 === 0) return t('days_n', { n: minutes / 1440 });
+  if (minutes >= 60 && minutes % 60 === 0) return t('hours_n', { n: minutes / 60 });
+  return t('minutes_n', { n: minutes });
+}
+
 function ruleText(rule) {
   switch (rule.type) {
     case 'threshold':
@@ -67,7 +74,7 @@ function rulesTable(plan) {
     if (rule.type === 'threshold') {
       for (const band of rule.bands || []) {
         const persist = (band.consecutive ?? 1) > 1
-          ? ` · ${t('persistence', { n: band.consecutive, minutes: band.within_minutes ?? '∞' })}`
+          ? ` · ${band.within_minutes ? t('persistence', { n: band.consecutive, within: duration(band.within_minutes) }) : t('persistence_any', { n: band.consecutive })}`
           : '';
         rows.push(
           h(

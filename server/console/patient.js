@@ -59,6 +59,7 @@ function render(root, patient, isLive) {
   let range = sessionStorage.getItem(RANGE_KEY) || '7d';
   if (!RANGES.some(([k]) => k === range)) range = '7d';
   const charts = h('div', { class: 'charts', id: 'charts', 'aria-live': 'polite', 'aria-busy': 'true' });
+  const chartsNote = h('p', { class: 'muted charts-note' });
   const readingsBox = h('div', { id: 'readings' });
   const rangeButtons = RANGES.map(([key]) => {
     const b = h('button', { type: 'button', class: 'range', 'aria-pressed': String(key === range), dataset: { range: key }, text: t(`range_${key}`) });
@@ -116,6 +117,7 @@ function render(root, patient, isLive) {
       { 'aria-labelledby': 'trends-title' },
       h('h2', { id: 'trends-title', text: t('trends_title') }),
       h('div', { class: 'range-picker', role: 'group', 'aria-label': t('range_label') }, h('span', { class: 'range-label', 'aria-hidden': 'true', text: t('range_label') }), rangeButtons),
+      chartsNote,
       charts,
     ),
     isClinical() && h('section', { 'aria-labelledby': 'readings-title' }, h('h2', { id: 'readings-title', text: t('readings_title') }), readingsBox),
@@ -138,7 +140,6 @@ function render(root, patient, isLive) {
       if (!isLive()) return;
       replace(
         charts,
-        plan?.fromTemplate && h('p', { class: 'muted charts-note', text: t('thresholds_from_template', { template: plan.template }) }),
         CHARTS.filter(
           (c, i) => i === 0 || patient.devices.some((d) => d.kind === c.kind) || readings.some((r) => r.kind === c.kind),
         ).map((c) => {
@@ -153,6 +154,7 @@ function render(root, patient, isLive) {
           return lineChart({ title: t(c.title), unit: c.unit, series, thresholds: thresholdsFor(plan?.plan, c.metrics), from, to });
         }),
       );
+      chartsNote.textContent = plan?.fromTemplate ? t('thresholds_from_template', { template: plan.template }) : '';
       charts.setAttribute('aria-busy', 'false');
       renderReadings(readingsBox, readings);
     } catch (e) {
