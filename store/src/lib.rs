@@ -21,6 +21,7 @@
 //! - `readings`: the ingest batch ([`Store::commit_batch`]: readings, quarantine and device
 //!   status in one transaction) and reading queries.
 //! - `quarantine`, `audit`: rejected device input; who did what.
+//! - `fhir`: what the FHIR export reads beyond the API (a reading by its key).
 //! - `rows`: column access shared by both backends, millisecond timestamps for SQLite.
 //! - [`credentials`] (public): device secrets (generate, hash, verify).
 //! - [`testing`] (public): fresh migrated databases for tests of this and other crates.
@@ -45,6 +46,7 @@ mod careplans;
 mod connect;
 pub mod credentials;
 mod error;
+mod fhir;
 mod quarantine;
 mod readings;
 mod registry;

@@ -101,6 +101,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { error::ApiError::NotFound("route".into()) });
     Router::new()
         .nest("/api/v1", api)
+        .nest("/fhir/r4", crate::fhir::router())
         .merge(health::router())
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("x-content-type-options"),
