@@ -273,7 +273,21 @@ fn readings_of(device: &str, patient: i64, kind: ReadingKind) -> Vec<NewReading>
 }
 
 fn plan_json(template: &str) -> String {
-    serde_json::to_string(&gateway::alerts::plan::template(template).unwrap()).unwrap()
+    let mut plan = gateway::alerts::plan::template(template).unwrap();
+    if template == "diabetes" {
+        // A patient-specific hypoglycaemia threshold: level 1 below 80 instead of 70, so a
+        // reading of 75 mg/dL is L under this plan and N under the template.
+        for rule in &mut plan.rules {
+            if let gateway::alerts::plan::Check::Threshold { bands, .. } = &mut rule.check {
+                for c in bands.iter_mut().flat_map(|b| b.any.iter_mut()) {
+                    if c.below == Some(70.0) {
+                        c.below = Some(80.0);
+                    }
+                }
+            }
+        }
+    }
+    serde_json::to_string(&plan).unwrap()
 }
 
 fn trigger(
@@ -406,6 +420,20 @@ async fn fixture(db: TestDb) -> Fixture {
                 .unwrap();
         }
     }
+    // A reading that arrives after the stored plans: judged by the patient's own plan.
+    let now = OffsetDateTime::now_utc();
+    let mut after = blank("glu-1", 1000, p_dia, ReadingKind::Glucose);
+    after.measured_at = now;
+    after.received_at = now + time::Duration::seconds(1);
+    after.glucose_mg_dl = Some(75.0);
+    after.glucose_sample = Some("capillary_whole_blood".into());
+    store
+        .commit_batch(&CommitBatch {
+            readings: vec![after],
+            ..CommitBatch::default()
+        })
+        .await
+        .unwrap();
     // Every alert state: new and active; acknowledged; acknowledged and assigned (taken);
     // resolved with an outcome; cleared while new; escalated; a device alert without
     // readings; an alert on SpO2 and one on glucose; one in the other COT.
@@ -510,9 +538,11 @@ async fn fixture(db: TestDb) -> Fixture {
         .clear_alert(p_dia, "glucose-low", at, None, None)
         .await
         .unwrap();
+    let late = T0 + time::Duration::hours(3);
     store
-        .escalate_alert(a_escalated, at, at + time::Duration::hours(1))
+        .escalate_alert(a_escalated, late, late + time::Duration::hours(1))
         .await
+        .unwrap()
         .unwrap();
     let _ = a_new;
     let (token, hash) = auth::new_token();
@@ -750,6 +780,19 @@ async fn fhir_api(db: TestDb) {
     ] {
         assert!(flat.contains(needle), "no Observation carries {needle}");
     }
+    // Interpretation and reference range from the plan in force when a reading arrived:
+    // the stored plan (low below 80) for the late glucose reading, the template before it.
+    let own = c.get("Observation/glu-1000-glu-1").await;
+    assert_eq!(own["interpretation"][0]["coding"][0]["code"], "L", "{own}");
+    assert_eq!(own["referenceRange"][0]["low"]["value"], 80.0);
+    assert!(
+        own["referenceRange"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("care plan v1")
+    );
+    let early = c.get("Observation/glu-0-glu-1").await;
+    assert_eq!(early["referenceRange"][0]["low"]["value"], 70.0, "{early}");
     // Search by code and date.
     let hr = c
         .search_all(&format!(
@@ -848,6 +891,12 @@ async fn fhir_api(db: TestDb) {
             c.get(focus).await;
         }
     }
+    assert!(
+        serde_json::to_string(&tasks)
+            .unwrap()
+            .contains("escalated 1 time(s)"),
+        "no escalated Task"
+    );
     let taken = c
         .search_all(&format!("Task?patient={}&status=in-progress", f.p_bp))
         .await;

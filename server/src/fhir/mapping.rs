@@ -700,7 +700,7 @@ pub(crate) fn code_matches(o: &Value, token: &str) -> bool {
     };
     o["code"]["coding"].as_array().is_some_and(|codings| {
         codings.iter().any(|c| {
-            system.is_none_or(|s| s.is_empty() && c.get("system").is_none() || c["system"] == s)
+            system.is_none_or(|s| (s.is_empty() && c.get("system").is_none()) || c["system"] == s)
                 && (code.is_empty() || c["code"] == code)
         })
     })
@@ -735,12 +735,19 @@ pub(crate) fn care_plan(
 ) -> Value {
     let limits = Limits::of(plan, Some(row.version));
     let metrics = limits.metrics();
+    // The kinds the plan asks for: scheduled ones and those of metrics only one kind
+    // measures; a metric several kinds carry (pulse) joins those, or the first of its own.
     let mut kinds: Vec<ReadingKind> = plan.schedule.iter().map(|e| e.kind).collect();
-    for m in &metrics {
-        for k in m.kinds() {
-            if !kinds.contains(k) {
-                kinds.push(*k);
-            }
+    for m in metrics.iter().filter(|m| m.kinds().len() == 1) {
+        if !kinds.contains(&m.kinds()[0]) {
+            kinds.push(m.kinds()[0]);
+        }
+    }
+    for m in metrics.iter().filter(|m| m.kinds().len() > 1) {
+        if let Some(first) = m.kinds().first()
+            && !m.kinds().iter().any(|k| kinds.contains(k))
+        {
+            kinds.push(*first);
         }
     }
     let current = superseded_at.is_none();
@@ -1373,6 +1380,8 @@ mod tests {
             cp["activity"][0]["detail"]["instantiatesCanonical"][0],
             "#ad-bp"
         );
+        // The pulse rule joins the BP activity; no SpO2 activity for a hypertension plan.
+        assert_eq!(cp["activity"].as_array().unwrap().len(), 1);
         let od = observation_definition(3, 2, &plan, Metric::Systolic).unwrap();
         let crit: Vec<&Value> = od["qualifiedInterval"]
             .as_array()
