@@ -99,8 +99,31 @@ pub(crate) const SPO2: [Code; 3] = [
 /// Perfusion index (MDC_PULS_OXIM_PERF_REL, partition 2 term 19376); no LOINC code.
 pub(crate) const PERFUSION_INDEX: [Code; 1] = [(MDC, "150448", "MDC_PULS_OXIM_PERF_REL")];
 
-/// Glucose meal context (MDC_CTXT_GLU_MEAL).
+/// Glucose meal context (MDC_CTXT_GLU_MEAL, partition 128 term 29256).
 pub(crate) const MEAL_CONTEXT: Code = (MDC, "8417864", "MDC_CTXT_GLU_MEAL");
+
+/// A meal context value (terms 29260–29272); bedtime has no code we could verify, so it
+/// stays in Sentinella's own system.
+pub(crate) fn meal(meal: &str) -> Option<Code> {
+    Some(match meal {
+        "preprandial" => (MDC, "8417868", "MDC_CTXT_GLU_MEAL_PREPRANDIAL"),
+        "postprandial" => (MDC, "8417872", "MDC_CTXT_GLU_MEAL_POSTPRANDIAL"),
+        "fasting" => (MDC, "8417876", "MDC_CTXT_GLU_MEAL_FASTING"),
+        "casual" => (MDC, "8417880", "MDC_CTXT_GLU_MEAL_CASUAL"),
+        _ => return None,
+    })
+}
+
+/// The status attribute whose bits [`sensor_bits`] maps: MDC_BLOOD_PRESSURE_MEASUREMENT_STATUS,
+/// MDC_PULS_OXIM_DEV_STATUS (partition 2 term 19532), MDC_GLU_METER_DEV_STATUS (partition
+/// 128 term 29144).
+pub(crate) fn sensor_status(kind: ReadingKind) -> Code {
+    match kind {
+        ReadingKind::BloodPressure => (MDC, "8410608", "MDC_BLOOD_PRESSURE_MEASUREMENT_STATUS"),
+        ReadingKind::Spo2 => (MDC, "150604", "MDC_PULS_OXIM_DEV_STATUS"),
+        ReadingKind::Glucose => (MDC, "8417752", "MDC_GLU_METER_DEV_STATUS"),
+    }
+}
 
 /// The codes of a blood-pressure component.
 pub(crate) fn bp_component(metric: Metric) -> [Code; 2] {

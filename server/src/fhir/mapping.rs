@@ -2,8 +2,9 @@
 //! (a value that cannot be shown becomes a `dataAbsentReason`).
 //!
 //! Ids: `Patient/{id}`, `Device/{device id with '_' as '.'}`,
-//! `Observation/{part}-{seq}-{device}` (part `bp`, `hr`, `spo2`, `glu`: one reading of a
-//! cuff gives a BP panel and a heart rate, an oximeter an SpO2 and a heart rate),
+//! `Observation/{part}-{seq}-{device}` (part `bp`, `hr`, `spo2`, `glu`, `meal`, `st`: one
+//! reading of a cuff gives a BP panel and a heart rate, an oximeter an SpO2 and a heart rate,
+//! a meter a glucose and its meal context; `st` holds the sensor-status bits set),
 //! `CarePlan/{patient}-{version}`, `ObservationDefinition/{patient}-{version}-{metric}`,
 //! `Task/{alert id}`.
 
@@ -29,8 +30,12 @@ pub(crate) enum Part {
     Hr,
     /// Oxygen saturation (perfusion index as a component).
     Spo2,
-    /// Glucose (meal context as a component).
+    /// Glucose.
     Glu,
+    /// The meal context of a glucose reading (PHD IG: its own Observation).
+    Meal,
+    /// The sensor-status bits set on a reading (PHD IG bits-enumeration Observation).
+    Status,
 }
 
 impl Part {
@@ -40,13 +45,22 @@ impl Part {
             Part::Hr => "hr",
             Part::Spo2 => "spo2",
             Part::Glu => "glu",
+            Part::Meal => "meal",
+            Part::Status => "st",
         }
     }
 
     fn parse(s: &str) -> Option<Part> {
-        [Part::Bp, Part::Hr, Part::Spo2, Part::Glu]
-            .into_iter()
-            .find(|p| p.as_str() == s)
+        [
+            Part::Bp,
+            Part::Hr,
+            Part::Spo2,
+            Part::Glu,
+            Part::Meal,
+            Part::Status,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
     }
 
     /// The Observation a metric of an alert refers to.
@@ -381,6 +395,7 @@ pub(crate) fn device(d: &Device) -> Value {
 // ----- Observation -------------------------------------------------------------------------
 
 /// What the measurement-status bits say, mapped as the PHD IG does.
+#[derive(Clone)]
 struct StatusMap {
     status: &'static str,
     absent: Option<&'static str>,
@@ -568,6 +583,17 @@ pub(crate) fn observations(r: &StoredReading, limits: Option<&Limits>) -> Vec<(P
         status: status_map(r.status),
         clock,
     };
+    let main = match r.kind {
+        ReadingKind::BloodPressure => Part::Bp,
+        ReadingKind::Spo2 => Part::Spo2,
+        ReadingKind::Glucose => Part::Glu,
+    };
+    let derived = || {
+        json!([reference(
+            "Observation",
+            observation_id(main, &r.device_id, r.seq)
+        )])
+    };
     let mut out = Vec::new();
     match r.kind {
         ReadingKind::BloodPressure => {
@@ -590,7 +616,6 @@ pub(crate) fn observations(r: &StoredReading, limits: Option<&Limits>) -> Vec<(P
                 c.fill_value(&mut comp, metric, value);
                 comps.push(comp);
             }
-            comps.extend(sensor_components(r.kind, r.sensor));
             o["component"] = Value::Array(comps);
             c.add_status_interpretation(&mut o);
             out.push((Part::Bp, o));
@@ -603,62 +628,50 @@ pub(crate) fn observations(r: &StoredReading, limits: Option<&Limits>) -> Vec<(P
                 Some("http://hl7.org/fhir/StructureDefinition/oxygensat"),
             );
             c.fill_value(&mut o, Metric::Spo2, r.spo2);
-            let mut comps = Vec::new();
             if let Some(pi) = r.perfusion_index {
                 let mut comp = json!({"code": concept(&codes::PERFUSION_INDEX, "Perfusion index")});
                 c.fill_value(&mut comp, Metric::PerfusionIndex, Some(pi));
-                comps.push(comp);
-            }
-            comps.extend(sensor_components(r.kind, r.sensor));
-            if !comps.is_empty() {
-                o["component"] = Value::Array(comps);
+                o["component"] = json!([comp]);
             }
             c.add_status_interpretation(&mut o);
             out.push((Part::Spo2, o));
         }
         ReadingKind::Glucose => {
             let sample = r.glucose_sample.as_deref();
-            let control = sample == Some("control_solution");
             let mut o = c.base(Part::Glu, &codes::glucose(sample), "Glucose", None);
-            if control {
+            if sample == Some("control_solution") {
                 // A meter check: not the patient's value, so no interpretation against the
                 // plan, and marked as test data.
-                let mut meta = o["meta"].clone();
-                meta["security"] = json!([{"system": codes::ACT_REASON, "code": "HTEST",
-                                           "display": "test health data"}]);
-                o["meta"] = meta;
-                let quiet = Common { limits: None, ..c };
+                o["meta"]["security"] = json!([{"system": codes::ACT_REASON, "code": "HTEST",
+                                                  "display": "test health data"}]);
+                let quiet = Common {
+                    limits: None,
+                    status: c.status.clone(),
+                    ..c
+                };
                 quiet.fill_value(&mut o, Metric::Glucose, r.glucose_mg_dl);
-                let mut comps = sensor_components(r.kind, r.sensor);
-                comps.insert(
-                    0,
-                    json!({"code": {"text": "sample type"}, "valueString": "control solution"}),
-                );
-                o["component"] = Value::Array(comps);
-                quiet.add_status_interpretation(&mut o);
-                out.push((Part::Glu, o));
-                return out;
-            }
-            c.fill_value(&mut o, Metric::Glucose, r.glucose_mg_dl);
-            let mut comps = Vec::new();
-            if let Some(meal) = r.glucose_meal.as_deref() {
-                comps.push(json!({
-                    "code": concept(&[codes::MEAL_CONTEXT], "Meal context"),
-                    "valueCodeableConcept": {"coding": [{"system": codes::SYS_MEAL, "code": meal}],
-                                             "text": meal},
-                }));
+            } else {
+                c.fill_value(&mut o, Metric::Glucose, r.glucose_mg_dl);
             }
             if let Some(s) = sample {
-                comps.push(
-                    json!({"code": {"text": "sample type"}, "valueString": s.replace('_', " ")}),
-                );
-            }
-            comps.extend(sensor_components(r.kind, r.sensor));
-            if !comps.is_empty() {
-                o["component"] = Value::Array(comps);
+                o["component"] = json!([{"code": {"text": "sample type"},
+                                         "valueString": s.replace('_', " ")}]);
             }
             c.add_status_interpretation(&mut o);
             out.push((Part::Glu, o));
+            // The meal context as the PHD IG models it: its own coded Observation, derived
+            // from the glucose one.
+            if let Some(meal) = r.glucose_meal.as_deref() {
+                let mut m = c.base(Part::Meal, &[codes::MEAL_CONTEXT], "Meal context", None);
+                m["status"] = Value::String("final".into());
+                let coding = match codes::meal(meal) {
+                    Some(code) => coding(code),
+                    None => json!({"system": codes::SYS_MEAL, "code": meal}),
+                };
+                m["valueCodeableConcept"] = json!({"coding": [coding], "text": meal});
+                m["derivedFrom"] = derived();
+                out.push((Part::Meal, m));
+            }
         }
     }
     if matches!(r.kind, ReadingKind::BloodPressure | ReadingKind::Spo2) && r.pulse.is_some() {
@@ -670,16 +683,24 @@ pub(crate) fn observations(r: &StoredReading, limits: Option<&Limits>) -> Vec<(P
         );
         c.fill_value(&mut o, Metric::Pulse, r.pulse);
         c.add_status_interpretation(&mut o);
-        let main = if r.kind == ReadingKind::Spo2 {
-            Part::Spo2
-        } else {
-            Part::Bp
-        };
-        o["derivedFrom"] = json!([reference(
-            "Observation",
-            observation_id(main, &r.device_id, r.seq)
-        )]);
+        o["derivedFrom"] = derived();
         out.push((Part::Hr, o));
+    }
+    // Sensor-status bits as the PHD IG's bits-enumeration Observation: one component per bit
+    // set, `valueBoolean` true, derived from the measurement.
+    let bits = sensor_components(r.kind, r.sensor);
+    if !bits.is_empty() {
+        let mut o = c.base(
+            Part::Status,
+            &[codes::sensor_status(r.kind)],
+            "Measurement and sensor status",
+            None,
+        );
+        // The bits are what the device reported, whatever the value's own validity.
+        o["status"] = Value::String("final".into());
+        o["component"] = Value::Array(bits);
+        o["derivedFrom"] = derived();
+        out.push((Part::Status, o));
     }
     out
 }
@@ -1319,13 +1340,17 @@ mod tests {
         assert_eq!(interp, ["questionable", "early-indication"]);
         assert_eq!(o["meta"]["security"][0]["code"], "HTEST");
         assert_eq!(o["meta"]["tag"][0]["code"], "unset");
-        let bits: Vec<&str> = o["component"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["code"]["coding"][0]["code"].as_str().unwrap())
-            .collect();
-        assert_eq!(bits, ["150448", "150604.10"]);
+        assert_eq!(o["component"][0]["code"]["coding"][0]["code"], "150448");
+        assert_eq!(o["component"].as_array().unwrap().len(), 1);
+        let st = observation(&r, None, Part::Status).unwrap();
+        assert_eq!(st["id"], "st-7-bp.1");
+        assert_eq!(st["code"]["coding"][0]["code"], "150604");
+        assert_eq!(st["status"], "final");
+        assert_eq!(st["component"][0]["code"]["coding"][0]["code"], "150604.10");
+        assert_eq!(st["component"][0]["valueBoolean"], true);
+        assert_eq!(st["derivedFrom"][0]["reference"], "Observation/spo2-7-bp.1");
+        r.sensor = 0;
+        assert!(observation(&r, None, Part::Status).is_none());
 
         r.status = i32::from(Ms::NOT_AVAILABLE);
         let (_, o) = observations(&r, None).remove(0);
@@ -1340,7 +1365,13 @@ mod tests {
         assert_eq!(o["code"]["coding"][1]["code"], "41653-7");
         assert_eq!(o["valueQuantity"]["code"], "mg/dL");
         assert_eq!(o["interpretation"][0]["coding"][0]["code"], "LL");
-        assert_eq!(o["component"][0]["code"]["coding"][0]["code"], "8417864");
+        let meal = observation(&r, None, Part::Meal).unwrap();
+        assert_eq!(meal["code"]["coding"][0]["code"], "8417864");
+        assert_eq!(meal["valueCodeableConcept"]["coding"][0]["code"], "8417876");
+        assert_eq!(
+            meal["derivedFrom"][0]["reference"],
+            "Observation/glu-7-bp.1"
+        );
         assert!(code_matches(&o, "http://loinc.org|41653-7"));
         assert!(code_matches(&o, "41653-7"));
         assert!(!code_matches(&o, "http://loinc.org|2339-0"));
