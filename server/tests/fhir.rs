@@ -820,6 +820,14 @@ async fn fhir_api(db: TestDb) {
             "bp-11-bp.1"
         ]
     );
+    // An offset past everything: an empty page, no next link.
+    let far = c
+        .get(&format!(
+            "Observation?patient={}&_offset=18446744073709551615",
+            f.p_bp
+        ))
+        .await;
+    assert!(far.get("entry").is_none() && far["link"].as_array().unwrap().len() == 1);
     let none = c
         .search_all(&format!("Observation?patient={}&date=2020-01-01", f.p_bp))
         .await;
@@ -924,6 +932,10 @@ async fn fhir_api(db: TestDb) {
         ),
         ("Observation?patient=1&colour=red", StatusCode::BAD_REQUEST),
         ("Observation?patient=1&_count=0", StatusCode::BAD_REQUEST),
+        (
+            "Observation?patient=1&date=9999-12-31",
+            StatusCode::BAD_REQUEST,
+        ),
         ("Task?status=done", StatusCode::BAD_REQUEST),
         ("CarePlan", StatusCode::BAD_REQUEST),
     ] {

@@ -271,7 +271,8 @@ impl Search {
             q.push(format!("_offset={offset}"));
             format!("{base}/{ty}?{}", q.join("&"))
         };
-        let next = (self.offset + self.count < total_known).then(|| url(self.offset + self.count));
+        let after = self.offset.saturating_add(self.count);
+        let next = (after < total_known).then(|| url(after));
         mapping::searchset(
             base,
             page,
@@ -316,10 +317,17 @@ fn date_bounds(value: &str) -> Result<(Option<OffsetDateTime>, Option<OffsetDate
         )
         .map_err(|_| bad())?;
         let start = day.midnight().assume_utc();
-        (start, start + time::Duration::days(1))
+        (
+            start,
+            start.checked_add(time::Duration::days(1)).ok_or_else(bad)?,
+        )
     } else {
         let at = OffsetDateTime::parse(rest, &Rfc3339).map_err(|_| bad())?;
-        (at, at + time::Duration::milliseconds(1))
+        (
+            at,
+            at.checked_add(time::Duration::milliseconds(1))
+                .ok_or_else(bad)?,
+        )
     };
     Ok(match prefix {
         "ge" => (Some(start), None),
@@ -940,6 +948,9 @@ mod tests {
             "xx2026-11-01",
             "2026-11-01T08:30",
             "é",
+            // Past the end of time: 400, not an overflow panic.
+            "9999-12-31",
+            "le9999-12-31T23:59:59.9999Z",
         ] {
             assert!(date_bounds(bad).is_err(), "{bad}");
         }
