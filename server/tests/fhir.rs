@@ -567,6 +567,25 @@ struct Client<'a> {
     f: &'a Fixture,
     out: PathBuf,
     n: usize,
+    /// Every reference any answer held.
+    references: BTreeSet<String>,
+}
+
+fn collect_references(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("reference", Value::String(r)) => {
+                        out.insert(r.clone());
+                    }
+                    _ => collect_references(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_references(v, out)),
+        _ => {}
+    }
 }
 
 impl Client<'_> {
@@ -601,6 +620,7 @@ impl Client<'_> {
         let (status, ct, body) = self.raw(&full, token).await;
         assert_eq!(status, want, "GET {full}: {body}");
         assert_eq!(ct, "application/fhir+json", "GET {full}");
+        collect_references(&body, &mut self.references);
         self.n += 1;
         let name: String = full
             .chars()
@@ -683,6 +703,7 @@ async fn fhir_api(db: TestDb) {
         f: &f,
         out: out.clone(),
         n: 0,
+        references: BTreeSet::new(),
     };
     let audit_before = f.db.store.list_audit(10_000).await.unwrap().len();
 
@@ -987,6 +1008,14 @@ async fn fhir_api(db: TestDb) {
     }
     assert!(fresh.iter().any(|e| e.action == "fhir.observation.search"
         && e.target.starts_with(&format!("patient:{} ", f.p_copd))));
+
+    // Every reference in every answer resolves (the pages and resources it leads to are
+    // validated too).
+    let references = std::mem::take(&mut c.references);
+    assert!(references.len() > 100, "{references:?}");
+    for r in &references {
+        c.get(r).await;
+    }
 
     // Everything the API answered, through the independent validator.
     validate_folder(&out);

@@ -8,6 +8,8 @@ models leave out and the Sentinella resources rely on:
 
 - codes with a *required* binding to a closed value set (the models carry the allowed codes
   as `enum_values` but do not enforce them);
+- the R4 vital-signs profiles (bp, heartrate, oxygensat) where a resource claims them in
+  `meta.profile`: category, LOINC codes of the Observation and its components, UCUM units;
 - invariants obs-6 (dataAbsentReason only without a value), obs-7 (no component with the
   Observation's own code), vs-2 (a vital sign has a value, a dataAbsentReason, components or
   members), dom-3 (every contained resource is referenced), bdl-7-like fullUrl/id agreement
@@ -95,6 +97,46 @@ def has_value(d):
     return any(k.startswith("value") for k in d)
 
 
+# What the R4 vital-signs profiles fix, per profile: the LOINC code of Observation.code, the
+# LOINC codes its components must carry, and the UCUM unit of its values.
+VITAL_PROFILES = {
+    "http://hl7.org/fhir/StructureDefinition/bp": ("85354-9", ["8480-6", "8462-4"], "mm[Hg]"),
+    "http://hl7.org/fhir/StructureDefinition/heartrate": ("8867-4", [], "/min"),
+    "http://hl7.org/fhir/StructureDefinition/oxygensat": ("2708-6", [], "%"),
+}
+
+
+def loinc_codes(concept):
+    return {c.get("code") for c in (concept or {}).get("coding", []) if c.get("system") == "http://loinc.org"}
+
+
+def vital_signs(res, path, errors):
+    """The R4 vital-signs profile rules a structure check misses (category, codes, units)."""
+    profiles = res.get("meta", {}).get("profile", [])
+    if not any(p in VITAL_SIGNS_PROFILES for p in profiles):
+        return
+    cats = {(c.get("system"), c.get("code")) for cc in res.get("category", []) for c in cc.get("coding", [])}
+    if ("http://terminology.hl7.org/CodeSystem/observation-category", "vital-signs") not in cats:
+        errors.append(f"{path}: vital signs without category vital-signs")
+    if "subject" not in res or "effectiveDateTime" not in res and "effectivePeriod" not in res:
+        errors.append(f"{path}: vital signs need subject and effective[x]")
+    for profile in profiles:
+        if profile not in VITAL_PROFILES:
+            continue
+        code, components, unit = VITAL_PROFILES[profile]
+        if code not in loinc_codes(res.get("code")):
+            errors.append(f"{path}: {profile} needs LOINC {code} in code")
+        present = set().union(*[loinc_codes(c.get("code")) for c in res.get("component", [])] or [set()])
+        for needed in components:
+            if needed not in present:
+                errors.append(f"{path}: {profile} needs a component coded LOINC {needed}")
+        quantities = [res.get("valueQuantity")] + [
+            c.get("valueQuantity") for c in res.get("component", []) if loinc_codes(c.get("code")) & set(components)]
+        for q in filter(None, quantities):
+            if q.get("system") != "http://unitsofmeasure.org" or q.get("code") != unit:
+                errors.append(f"{path}: {profile} values must be UCUM {unit}, got {q.get('code')!r}")
+
+
 def invariants(res, path, errors):
     rt = res.get("resourceType")
     if rt == "Observation":
@@ -107,6 +149,7 @@ def invariants(res, path, errors):
             codes = {(c.get("system"), c.get("code")) for c in comp.get("code", {}).get("coding", [])}
             if codes & own:
                 errors.append(f"{path}.component[{i}]: obs-7 component has the Observation's code")
+        vital_signs(res, path, errors)
         if any(p in VITAL_SIGNS_PROFILES for p in res.get("meta", {}).get("profile", [])):
             if not (has_value(res) or "dataAbsentReason" in res or res.get("component") or res.get("hasMember")):
                 errors.append(f"{path}: vs-2 no value, dataAbsentReason, component or member")
@@ -169,6 +212,24 @@ SELF_TEST = [
                                 "subject": {"reference": "Patient/1"},
                                 "contained": [{"resourceType": "ActivityDefinition", "id": "a", "status": "active"}]}),
     ("Device status outside the value set", {"resourceType": "Device", "status": "broken"}),
+    ("heart rate profile in the wrong unit", {
+        "resourceType": "Observation", "status": "final",
+        "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/heartrate"]},
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "Patient/1"}, "effectiveDateTime": "2026-11-01",
+        "valueQuantity": {"value": 70, "system": "http://unitsofmeasure.org", "code": "bpm"}}),
+    ("bp profile without diastolic", {
+        "resourceType": "Observation", "status": "final",
+        "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/bp"]},
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": "Patient/1"}, "effectiveDateTime": "2026-11-01",
+        "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                       "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org",
+                                         "code": "mm[Hg]"}}]}),
 ]
 
 VALID = {"resourceType": "Observation", "id": "x", "status": "final", "code": {"text": "x"},

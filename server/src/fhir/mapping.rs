@@ -998,11 +998,12 @@ fn task_priority(s: Severity) -> &'static str {
 /// owner the assignee, `focus` the first triggering Observation and `input` all of them,
 /// `businessStatus` the alert's condition (active/cleared), `basedOn` the care plan version.
 /// `kind_of` gives the kind of a reading's device (to pick the Observation of a rule that
-/// names no metric).
+/// names no metric); `plan_stored` whether the alert's plan version is a stored CarePlan.
 pub(crate) fn task(
     a: &Alert,
     readings: &[AlertReading],
     kind_of: &dyn Fn(&str) -> Option<ReadingKind>,
+    plan_stored: bool,
 ) -> Value {
     let obs: Vec<String> = readings
         .iter()
@@ -1046,7 +1047,8 @@ pub(crate) fn task(
     if let Some(owner) = a.assignee.as_deref() {
         t["owner"] = json!({"display": owner});
     }
-    if let Some(v) = a.plan_version {
+    // Only a stored version is a CarePlan; a template (no stored plan yet) has no resource.
+    if let Some(v) = a.plan_version.filter(|_| plan_stored) {
         t["basedOn"] = json!([reference("CarePlan", plan_id(a.patient_id, v))]);
     }
     let mut period = json!({"start": time(a.opened_at)});

@@ -796,9 +796,20 @@ async fn device_kinds(
 async fn task_resource(state: &AppState, alert: &store::Alert) -> Result<Value, FhirError> {
     let readings = state.store.alert_readings(alert.id).await?;
     let kinds = device_kinds(state, alert.patient_id).await?;
-    Ok(mapping::task(alert, &readings, &|d: &str| {
-        kinds.get(d).copied()
-    }))
+    let plan_stored = match alert.plan_version {
+        Some(v) => state
+            .store
+            .care_plan_version(alert.patient_id, v)
+            .await?
+            .is_some(),
+        None => false,
+    };
+    Ok(mapping::task(
+        alert,
+        &readings,
+        &|d: &str| kinds.get(d).copied(),
+        plan_stored,
+    ))
 }
 
 async fn task_read(
