@@ -1384,6 +1384,88 @@ mod tests {
         assert_eq!(o["meta"]["security"][0]["code"], "HTEST");
     }
 
+    fn alert(workflow: store::Workflow, assignee: Option<&str>, severity: Severity) -> Alert {
+        let t = datetime!(2026-11-01 08:00 UTC);
+        Alert {
+            id: 5,
+            patient_id: 3,
+            cot_id: 1,
+            rule_id: "bp-high".into(),
+            rule_kind: "threshold".into(),
+            title: "Blood pressure high".into(),
+            severity,
+            condition: "active".into(),
+            workflow,
+            outcome: None,
+            assignee: assignee.map(str::to_owned),
+            plan_version: Some(2),
+            metric: Some("systolic".into()),
+            unit: Some("mmHg".into()),
+            count: 1,
+            first_value: Some(185.0),
+            worst_value: Some(185.0),
+            last_value: Some(185.0),
+            opened_at: t,
+            last_triggered_at: t,
+            last_measured_at: Some(t),
+            cleared_at: None,
+            acknowledged_at: None,
+            acknowledged_by: None,
+            resolved_at: None,
+            resolved_by: None,
+            due_at: None,
+            escalation_level: 0,
+            escalated_at: None,
+            updated_at: t,
+        }
+    }
+
+    #[test]
+    fn alerts_become_tasks() {
+        use store::Workflow::{Acknowledged, New, Resolved};
+        let check = |workflow, assignee, severity, status: &str, priority: &str| {
+            let readings = [AlertReading {
+                device_id: "bp_1".into(),
+                seq: 7,
+                measured_at: datetime!(2026-11-01 08:00 UTC),
+                value: Some(185.0),
+            }];
+            let t = task(
+                &alert(workflow, assignee, severity),
+                &readings,
+                &|_| None,
+                true,
+            );
+            assert_eq!(t["status"], status, "{workflow:?} {assignee:?}");
+            assert_eq!(t["priority"], priority, "{severity:?}");
+            assert_eq!(t["focus"]["reference"], "Observation/bp-7-bp.1");
+            assert_eq!(t["basedOn"][0]["reference"], "CarePlan/3-2");
+            assert_eq!(
+                t["owner"]["display"],
+                assignee.map_or(Value::Null, Value::from)
+            );
+        };
+        check(New, None, Severity::Critical, "requested", "stat");
+        check(Acknowledged, None, Severity::High, "accepted", "asap");
+        check(
+            Acknowledged,
+            Some("giulia"),
+            Severity::Medium,
+            "in-progress",
+            "urgent",
+        );
+        check(
+            Resolved,
+            Some("giulia"),
+            Severity::Low,
+            "completed",
+            "routine",
+        );
+        check(New, None, Severity::Info, "requested", "routine");
+        let t = task(&alert(New, None, Severity::Low), &[], &|_| None, false);
+        assert!(t.get("basedOn").is_none() && t.get("focus").is_none());
+    }
+
     #[test]
     fn care_plan_points_at_its_threshold_definitions() {
         let plan = gateway::alerts::plan::template("hypertension").unwrap();
