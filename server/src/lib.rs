@@ -5,6 +5,7 @@
 //! - [`http`]: the API under `/api/v1` plus `/healthz`, `/readyz`, `/metrics`;
 //!   [`http::app`] builds the router from an [`http::AppState`].
 //! - [`tls`]: HTTPS for the API when a certificate is configured.
+//! - [`fhir`]: the read-only FHIR R4 API under `/fhir/r4` (same tokens, scope and audit).
 //! - `main.rs`: the `sentinella` binary: `run` (gateway + API in one process), `migrate`,
 //!   and the provisioning commands.
 //!
@@ -12,6 +13,7 @@
 //! wires a gateway's readiness and metrics into the API's state.
 
 pub mod config;
+pub mod fhir;
 pub mod http;
 pub mod tls;
 

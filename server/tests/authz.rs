@@ -222,6 +222,22 @@ async fn request(
     let p = side.patient;
     let fill = |p: &str, id: &str| p.replace("{id}", id);
     match (method, path) {
+        ("GET", "/fhir/r4/Patient/{id}") | ("GET", "/fhir/r4/Task/{id}") => {
+            let id = if path.contains("Task") { side.alert } else { p };
+            (fill(path, &id.to_string()), None, ok)
+        }
+        ("GET", "/fhir/r4/Device/{id}") => (fill(path, &side.device), None, ok),
+        ("GET", "/fhir/r4/Observation/{id}") => {
+            (fill(path, &format!("bp-0-{}", side.device)), None, ok)
+        }
+        ("GET", "/fhir/r4/CarePlan/{id}") => (fill(path, &format!("{p}-1")), None, ok),
+        ("GET", "/fhir/r4/ObservationDefinition/{id}") => {
+            (fill(path, &format!("{p}-1-sys")), None, ok)
+        }
+        (
+            "GET",
+            "/fhir/r4/Observation" | "/fhir/r4/Device" | "/fhir/r4/CarePlan" | "/fhir/r4/Task",
+        ) => (format!("{path}?patient={p}"), None, ok),
         ("POST", "/api/v1/auth/login") => (
             path.into(),
             Some(json!({"username": unique("nobody-"), "password": "wrong password"})),

@@ -178,12 +178,15 @@ pub fn app(state: AppState) -> Router {
     });
     Router::new()
         .nest("/api/v1", api)
+        .nest("/fhir/r4", crate::fhir::router())
         .merge(health::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             policy::enforce,
         ))
-        .fallback(|| async { error::ApiError::NotFound("route".into()) })
+        .fallback(|uri: axum::http::Uri| async move {
+            policy::refuse(uri.path(), error::ApiError::NotFound("route".into()))
+        })
         .layer(tower::util::option_layer(hsts))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("content-security-policy"),
