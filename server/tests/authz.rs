@@ -306,6 +306,11 @@ async fn request(
             (fill(path, &p.to_string()), None, ok)
         }
         ("GET", "/api/v1/devices/{id}") => (fill(path, &side.device), None, ok),
+        ("POST", "/api/v1/devices") => (
+            path.into(),
+            Some(json!({"patient": p, "kind": "spo2", "id": unique("dev-new-")})),
+            created,
+        ),
         ("POST", "/api/v1/devices/{id}/revoke") => {
             let d = fresh_device(store, p).await;
             (fill(path, &d), None, ok)
@@ -333,6 +338,7 @@ async fn request(
 fn tenant_scoped(method: &str, path: &str) -> bool {
     path.contains("{id}")
         || (method, path) == ("POST", "/api/v1/patients")
+        || (method, path) == ("POST", "/api/v1/devices")
         || (method, path) == ("POST", "/api/v1/users")
 }
 

@@ -46,6 +46,9 @@ pub struct AppState {
     pub metrics: MetricsSource,
     /// Sessions, login throttling, the identity provider.
     pub auth: Arc<AuthState>,
+    /// The device CA, when this process holds it: devices provisioned through the API then
+    /// get their client certificate in the answer.
+    pub device_ca: Option<Arc<pki::DeviceCa>>,
 }
 
 /// How callers authenticate.
@@ -89,6 +92,7 @@ impl AppState {
             ready: Arc::new(|| true),
             metrics: Arc::new(String::new),
             auth: Arc::new(AuthState::default()),
+            device_ca: None,
         }
     }
 

@@ -82,6 +82,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     ("GET", "/api/v1/care-plan-templates", Allowed(ReadClinical)),
     ("GET", "/api/v1/devices", Allowed(ReadDevices)),
+    ("POST", "/api/v1/devices", Allowed(ManageDevices)),
     ("GET", "/api/v1/devices/{id}", Allowed(ReadDevices)),
     (
         "POST",
