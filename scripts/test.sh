@@ -5,7 +5,8 @@
 #     interoperability tests;
 #   - TimescaleDB 2.23 on PGlite (scripts/tsdb, from the npm registry), for the hypertable path;
 #   - Debian's chromium and playwright-core (npm ci in tests/browser), for the console's
-#     browser test.
+#     browser test;
+#   - Python 3 venv with the pinned FHIR validator (tests/fhir/requirements.txt, from PyPI).
 # Then: formatting, clippy with warnings as errors, the protocol and firmware core crates built without std, and
 # `cargo test` over the whole workspace. No test is skipped: a missing service fails the run.
 set -euo pipefail
@@ -54,6 +55,19 @@ tsdb_env=$(bash scripts/tsdb/start-tsdb.sh) || { echo "TimescaleDB on PGlite did
 eval "$tsdb_env"
 trap 'kill "$TSDB_PID" 2>/dev/null || true' EXIT
 export TSDB_DATABASE_URL
+
+log "FHIR validator"
+# The independent FHIR R4 validator of server/tests/fhir.rs (tests/fhir/validate.py, pinned
+# fhir.resources from PyPI), in a virtualenv under target/.
+FHIR_VENV="${CARGO_TARGET_DIR:-target}/fhir-venv"
+if ! command -v python3 >/dev/null || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
+  apt_install python3 python3-venv
+fi
+python3 -m venv "$FHIR_VENV"
+"$FHIR_VENV/bin/python" -m pip install -q -r tests/fhir/requirements.txt
+"$FHIR_VENV/bin/python" tests/fhir/validate.py --self-test >/dev/null
+export SENTINELLA_FHIR_PYTHON="$PWD/$FHIR_VENV/bin/python"
+case "$FHIR_VENV" in /*) export SENTINELLA_FHIR_PYTHON="$FHIR_VENV/bin/python" ;; esac
 
 log "format"
 cargo fmt --all -- --check

@@ -7,6 +7,7 @@
 //! - [`console`]: the web console for COT staff (static files of our own, compiled in),
 //!   served at `/console/`.
 //! - [`tls`]: HTTPS for the API when a certificate is configured.
+//! - [`fhir`]: the read-only FHIR R4 API under `/fhir/r4` (same tokens, scope and audit).
 //! - `main.rs`: the `sentinella` binary: `run` (gateway + API in one process), `migrate`,
 //!   and the provisioning commands.
 //!
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod console;
+pub mod fhir;
 pub mod http;
 pub mod tls;
 

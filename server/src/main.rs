@@ -344,6 +344,7 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
     let state = AppState {
         store: store.clone(),
         auth: Arc::new(auth_state),
+        device_ca: Some(ca.clone()),
         ready: Arc::new(move || {
             ready_metrics
                 .store_ok

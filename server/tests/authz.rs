@@ -222,6 +222,22 @@ async fn request(
     let p = side.patient;
     let fill = |p: &str, id: &str| p.replace("{id}", id);
     match (method, path) {
+        ("GET", "/fhir/r4/Patient/{id}") | ("GET", "/fhir/r4/Task/{id}") => {
+            let id = if path.contains("Task") { side.alert } else { p };
+            (fill(path, &id.to_string()), None, ok)
+        }
+        ("GET", "/fhir/r4/Device/{id}") => (fill(path, &side.device), None, ok),
+        ("GET", "/fhir/r4/Observation/{id}") => {
+            (fill(path, &format!("bp-0-{}", side.device)), None, ok)
+        }
+        ("GET", "/fhir/r4/CarePlan/{id}") => (fill(path, &format!("{p}-1")), None, ok),
+        ("GET", "/fhir/r4/ObservationDefinition/{id}") => {
+            (fill(path, &format!("{p}-1-sys")), None, ok)
+        }
+        (
+            "GET",
+            "/fhir/r4/Observation" | "/fhir/r4/Device" | "/fhir/r4/CarePlan" | "/fhir/r4/Task",
+        ) => (format!("{path}?patient={p}"), None, ok),
         ("POST", "/api/v1/auth/login") => (
             path.into(),
             Some(json!({"username": unique("nobody-"), "password": "wrong password"})),
@@ -290,6 +306,11 @@ async fn request(
             (fill(path, &p.to_string()), None, ok)
         }
         ("GET", "/api/v1/devices/{id}") => (fill(path, &side.device), None, ok),
+        ("POST", "/api/v1/devices") => (
+            path.into(),
+            Some(json!({"patient": p, "kind": "spo2", "id": unique("dev-new-")})),
+            created,
+        ),
         ("POST", "/api/v1/devices/{id}/revoke") => {
             let d = fresh_device(store, p).await;
             (fill(path, &d), None, ok)
@@ -317,6 +338,7 @@ async fn request(
 fn tenant_scoped(method: &str, path: &str) -> bool {
     path.contains("{id}")
         || (method, path) == ("POST", "/api/v1/patients")
+        || (method, path) == ("POST", "/api/v1/devices")
         || (method, path) == ("POST", "/api/v1/users")
 }
 

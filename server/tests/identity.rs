@@ -562,3 +562,73 @@ async fn https_serves_the_api_and_silent_sockets_block_nobody() {
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = auth::TOKEN_PREFIX;
 }
+
+#[tokio::test]
+async fn device_managers_provision_devices_with_certificates() {
+    let f = fixture(TestDb::sqlite().await).await;
+    let manager = auth::service_token(&f.db.store, "tecnico", Role::DeviceManager, &[f.cot_id])
+        .await
+        .unwrap();
+    let state = AppState {
+        device_ca: Some(Arc::new(pki::DeviceCa::generate("test CA").unwrap())),
+        ..f.state()
+    };
+    use tower::ServiceExt;
+    let req = axum::http::Request::post("/api/v1/devices")
+        .header("authorization", format!("Bearer {manager}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            json!({"patient": f.p2, "kind": "glucose", "id": "glu-new"}).to_string(),
+        ))
+        .unwrap();
+    let resp = server::http::app(state).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    use http_body_util::BodyExt;
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["device"]["id"], "glu-new");
+    assert!(body["mqtt"]["password"].as_str().unwrap().len() >= 32);
+    assert!(
+        body["tls"]["key_pem"]
+            .as_str()
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    assert!(
+        body["tls"]["cert_pem"]
+            .as_str()
+            .unwrap()
+            .contains("CERTIFICATE")
+    );
+    let auth = f.db.store.device_auth("glu-new").await.unwrap().unwrap();
+    assert!(
+        auth.cert_sha256.is_some(),
+        "only the issued certificate is accepted"
+    );
+    assert!(store::credentials::verify_secret(
+        body["mqtt"]["password"].as_str().unwrap(),
+        &auth.secret_hash
+    ));
+    let audit = f.db.store.list_audit(1).await.unwrap();
+    assert_eq!(
+        (audit[0].action.as_str(), audit[0].patient_id),
+        ("device.provision", Some(f.p2))
+    );
+    assert!(
+        !audit[0]
+            .detail
+            .clone()
+            .unwrap_or_default()
+            .contains("PRIVATE")
+    );
+    // Clinicians cannot provision.
+    let (status, _) = f
+        .call(
+            "POST",
+            "/api/v1/devices",
+            Some(json!({"patient": f.p2, "kind": "bp"})),
+            Some(&f.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}

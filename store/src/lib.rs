@@ -22,6 +22,7 @@
 //!   status in one transaction) and reading queries.
 //! - `identity`: staff users, roles, COT membership, and registry queries scoped to COTs.
 //! - `quarantine`, `audit`: rejected device input; who did what (append-only).
+//! - `fhir`: what the FHIR export reads beyond the API (a reading by its key).
 //! - `rows`: column access shared by both backends, millisecond timestamps for SQLite.
 //! - [`credentials`] (public): device secrets (generate, hash, verify).
 //! - [`testing`] (public): fresh migrated databases for tests of this and other crates.
@@ -46,6 +47,7 @@ mod careplans;
 mod connect;
 pub mod credentials;
 mod error;
+mod fhir;
 mod identity;
 mod quarantine;
 mod readings;

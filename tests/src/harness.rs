@@ -166,6 +166,7 @@ impl Stack {
                 Arc::new(move || m.render_prometheus())
             },
             auth: Arc::default(),
+            device_ca: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api = listener.local_addr()?;

@@ -2,9 +2,12 @@
 //!
 //! - `GET /api/v1/devices[?patient=ID]`: the devices of the caller's COTs' patients
 //! - `GET /api/v1/devices/{id}`
+//! - `POST /api/v1/devices` `{"patient","kind","id"?,"model"?}` (device managers): provision
+//!   a device for a patient of the caller's COTs. The answer (201) holds the MQTT password
+//!   and, when this process holds the device CA, the client certificate, its private key and
+//!   the CA bundle: shown this once, stored nowhere but as a hash and a fingerprint.
 //! - `POST /api/v1/devices/{id}/revoke`: the device's connection is closed and it cannot
-//!   connect again (device managers). Provisioning, which hands out secrets and
-//!   certificates, is the CLI's (`sentinella device add`).
+//!   connect again (device managers).
 
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
@@ -17,7 +20,7 @@ use super::error::{ApiError, rejection};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
-        .route("/devices", get(list))
+        .route("/devices", get(list).post(provision))
         .route("/devices/{id}", get(show))
         .route("/devices/{id}/revoke", axum::routing::post(revoke))
 }
@@ -88,6 +91,93 @@ async fn show(
         )
         .await?;
     Ok(Json(device))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvisionBody {
+    patient: i64,
+    kind: String,
+    id: Option<String>,
+    model: Option<String>,
+}
+
+async fn provision(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<ProvisionBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(body) = body.map_err(rejection)?;
+    let patient = super::patients::visible_patient(&state, &caller, body.patient).await?;
+    let kind = store::DeviceKind::parse(&body.kind)
+        .ok_or_else(|| ApiError::BadRequest("kind must be bp, spo2 or glucose".into()))?;
+    let id = body.id.unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            kind.as_str(),
+            hex::encode(rand::random::<[u8; 4]>())
+        )
+    });
+    protocol::DeviceId::parse(&id)
+        .map_err(|e| ApiError::BadRequest(format!("device id {id:?}: {e}")))?;
+    let secret = store::credentials::generate_secret();
+    let device = state
+        .store
+        .add_device(&store::NewDevice {
+            id: id.clone(),
+            patient_id: patient.id,
+            kind,
+            secret_hash: store::credentials::hash_secret(&secret),
+            model: body.model,
+        })
+        .await?;
+    let tls = match &state.device_ca {
+        Some(ca) => {
+            let issued = ca
+                .issue_device(&id)
+                .map_err(|e| ApiError::BadRequest(format!("cannot issue a certificate: {e}")))?;
+            state
+                .store
+                .set_device_cert(
+                    &id,
+                    &issued.serial,
+                    &issued.sha256,
+                    time::OffsetDateTime::now_utc(),
+                )
+                .await?;
+            Some(serde_json::json!({
+                "cert_pem": issued.cert_pem,
+                "key_pem": issued.key_pem,
+                "ca_pem": ca.cert_pem(),
+            }))
+        }
+        None => None,
+    };
+    state
+        .audit_about(
+            &caller,
+            "device.provision",
+            format!("device:{id}"),
+            Some(patient.id),
+            Some(patient.cot_id),
+            Some(
+                serde_json::json!({"kind": kind.as_str(), "certificate": tls.is_some()})
+                    .to_string(),
+            ),
+        )
+        .await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(serde_json::json!({
+            "device": device,
+            "mqtt": {"client_id": id, "username": id, "password": secret},
+            "tls": tls,
+            "topics": {
+                "readings": format!("sentinella/v1/devices/{id}/readings"),
+                "ack": format!("sentinella/v1/devices/{id}/ack"),
+            },
+        })),
+    ))
 }
 
 async fn revoke(

@@ -46,6 +46,9 @@ pub struct AppState {
     pub metrics: MetricsSource,
     /// Sessions, login throttling, the identity provider.
     pub auth: Arc<AuthState>,
+    /// The device CA, when this process holds it: devices provisioned through the API then
+    /// get their client certificate in the answer.
+    pub device_ca: Option<Arc<pki::DeviceCa>>,
 }
 
 /// How callers authenticate.
@@ -89,6 +92,7 @@ impl AppState {
             ready: Arc::new(|| true),
             metrics: Arc::new(String::new),
             auth: Arc::new(AuthState::default()),
+            device_ca: None,
         }
     }
 
@@ -178,13 +182,16 @@ pub fn app(state: AppState) -> Router {
     });
     Router::new()
         .nest("/api/v1", api)
+        .nest("/fhir/r4", crate::fhir::router())
         .merge(health::router())
         .merge(crate::console::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             policy::enforce,
         ))
-        .fallback(|| async { error::ApiError::NotFound("route".into()) })
+        .fallback(|uri: axum::http::Uri| async move {
+            policy::refuse(uri.path(), error::ApiError::NotFound("route".into()))
+        })
         .layer(tower::util::option_layer(hsts))
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("content-security-policy"),

@@ -86,6 +86,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     ("GET", "/api/v1/care-plan-templates", Allowed(ReadClinical)),
     ("GET", "/api/v1/devices", Allowed(ReadDevices)),
+    ("POST", "/api/v1/devices", Allowed(ManageDevices)),
     ("GET", "/api/v1/devices/{id}", Allowed(ReadDevices)),
     (
         "POST",
@@ -101,7 +102,33 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/alerts/{id}/assign", Allowed(WorkAlerts)),
     ("POST", "/api/v1/alerts/{id}/comments", Allowed(WorkAlerts)),
     ("POST", "/api/v1/alerts/{id}/resolve", Allowed(WorkAlerts)),
+    ("GET", "/fhir/r4/metadata", Public),
+    ("GET", "/fhir/r4/Patient", Allowed(ReadPatients)),
+    ("GET", "/fhir/r4/Patient/{id}", Allowed(ReadPatients)),
+    ("GET", "/fhir/r4/Device", Allowed(ReadDevices)),
+    ("GET", "/fhir/r4/Device/{id}", Allowed(ReadDevices)),
+    ("GET", "/fhir/r4/Observation", Allowed(ReadClinical)),
+    ("GET", "/fhir/r4/Observation/{id}", Allowed(ReadClinical)),
+    ("GET", "/fhir/r4/CarePlan", Allowed(ReadClinical)),
+    ("GET", "/fhir/r4/CarePlan/{id}", Allowed(ReadClinical)),
+    (
+        "GET",
+        "/fhir/r4/ObservationDefinition/{id}",
+        Allowed(ReadClinical),
+    ),
+    ("GET", "/fhir/r4/Task", Allowed(ReadClinical)),
+    ("GET", "/fhir/r4/Task/{id}", Allowed(ReadClinical)),
 ];
+
+/// A refusal in the shape of the API the path belongs to: an OperationOutcome under
+/// `/fhir/`, the JSON error elsewhere.
+pub(crate) fn refuse(path: &str, error: ApiError) -> Response {
+    if path.starts_with("/fhir/") {
+        crate::fhir::FhirError::from(error).into_response()
+    } else {
+        error.into_response()
+    }
+}
 
 /// The access rule of a routed request, if the table has one (HEAD follows GET).
 pub fn access_of(method: &Method, path: &str) -> Option<Access> {
@@ -127,29 +154,31 @@ pub(crate) async fn enforce(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
     let Some(access) = path.as_deref().and_then(|p| access_of(request.method(), p)) else {
-        if let Some(p) = path.as_deref()
-            && ROUTES.iter().any(|(_, route, _)| *route == p)
-        {
-            return ApiError::MethodNotAllowed.into_response();
+        let p = path.unwrap_or_default();
+        if ROUTES.iter().any(|(_, route, _)| *route == p) {
+            return refuse(&p, ApiError::MethodNotAllowed);
         }
-        tracing::error!(method = %request.method(), path = ?path, "route without an access rule: refused");
-        return ApiError::Store(store::StoreError::Invalid(
-            "route without an access rule".into(),
-        ))
-        .into_response();
+        tracing::error!(method = %request.method(), path = %p, "route without an access rule: refused");
+        return refuse(
+            &p,
+            ApiError::Store(store::StoreError::Invalid(
+                "route without an access rule".into(),
+            )),
+        );
     };
     if access == Access::Public {
         return next.run(request).await;
     }
+    let path = path.unwrap_or_default();
     let (mut parts, body) = request.into_parts();
     let caller: Caller = match authenticate(&parts, &state).await {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(&path, e),
     };
     if let Access::Allowed(permission) = access
         && !caller.can(permission)
     {
-        return ApiError::Forbidden.into_response();
+        return refuse(&path, ApiError::Forbidden);
     }
     parts.extensions.insert(caller);
     next.run(Request::from_parts(parts, body)).await
