@@ -6,22 +6,70 @@ import * as alerts from './alerts.js';
 import { currentUser, errorMessage, severityBadge, announce, actorName } from './ui.js';
 
 const EVENT_LIMIT = 6;
+const FILTER_KEY = 'sentinella.inbox-filters';
+
+function loadFilters() {
+  try {
+    const f = JSON.parse(sessionStorage.getItem(FILTER_KEY) || '{}');
+    return { min: alerts.SEVERITY_RANK[f.min] !== undefined ? f.min : 'info', mine: f.mine === true };
+  } catch (_) {
+    return { min: 'info', mine: false };
+  }
+}
+
+function saveFilters(f) {
+  try {
+    sessionStorage.setItem(FILTER_KEY, JSON.stringify(f));
+  } catch (_) {
+    // Not kept; the filter still applies on this page.
+  }
+}
 
 export function inboxPage(root) {
   const cards = new Map();
   const list = h('ol', { class: 'alert-list', id: 'alert-list', 'aria-labelledby': 'inbox-title' });
   const empty = h('p', { class: 'empty', id: 'inbox-empty', text: t('inbox_empty') });
   const count = h('span', { class: 'count', id: 'inbox-count' });
+  const filters = loadFilters();
+  const minId = id('min-severity');
+  const mineId = id('only-mine');
+  const minSeverity = h(
+    'select',
+    { id: minId },
+    ['info', 'low', 'medium', 'high', 'critical'].map((sev) =>
+      h('option', { value: sev, selected: sev === filters.min, text: sev === 'info' ? t('filter_all') : t(`severity_${sev}`) }),
+    ),
+  );
+  const onlyMine = h('input', { id: mineId, type: 'checkbox', checked: filters.mine });
+  const onFilter = () => {
+    filters.min = minSeverity.value;
+    filters.mine = onlyMine.checked;
+    saveFilters(filters);
+    render();
+  };
+  minSeverity.addEventListener('change', onFilter);
+  onlyMine.addEventListener('change', onFilter);
   replace(
     root,
     h('div', { class: 'page-head' }, h('h1', { id: 'inbox-title', text: t('inbox_title') }), count),
     h('p', { class: 'muted', text: t('inbox_intro') }),
+    h(
+      'div',
+      { class: 'filters', role: 'group', 'aria-label': t('filters') },
+      h('label', { for: minId, text: t('filter_min_severity') }),
+      minSeverity,
+      h('span', { class: 'check' }, onlyMine, h('label', { for: mineId, text: t('filter_only_mine') })),
+    ),
     empty,
     list,
   );
 
   function render() {
-    const queue = alerts.queue();
+    const me = currentUser()?.username;
+    const all = alerts.queue();
+    const queue = all.filter(
+      (a) => alerts.SEVERITY_RANK[a.severity] >= alerts.SEVERITY_RANK[filters.min] && (!filters.mine || a.assignee === me),
+    );
     const seen = new Set();
     queue.forEach((alert, index) => {
       seen.add(alert.id);
@@ -42,7 +90,12 @@ export function inboxPage(root) {
       }
     }
     empty.hidden = queue.length > 0 || !alerts.isLoaded();
-    count.textContent = alerts.isLoaded() ? t('inbox_count', { n: queue.length }) : t('loading');
+    empty.textContent = all.length ? t('inbox_empty_filtered') : t('inbox_empty');
+    count.textContent = !alerts.isLoaded()
+      ? t('loading')
+      : queue.length === all.length
+        ? t('inbox_count', { n: all.length })
+        : t('inbox_count_filtered', { n: queue.length, total: all.length });
   }
 
   render();

@@ -233,6 +233,14 @@ async function nurseB() {
   await login(page, B);
   await page.locator(`.alert-card[data-patient-id="${PATIENT_B.id}"]`).first().waitFor();
   check(true, "nurse B's inbox shows COT B's own alert");
+  // Filters: only mine hides the unassigned alert; clearing it brings it back.
+  await page.getByLabel('Solo assegnati a me').check();
+  await page.locator('#inbox-empty').filter({ hasText: 'Nessun allarme con questi filtri' }).waitFor();
+  check((await page.locator('.alert-card').count()) === 0, 'the "only mine" filter hides alerts assigned to nobody');
+  await page.getByLabel('Solo assegnati a me').uncheck();
+  await page.getByLabel('Gravità minima').selectOption('critical');
+  await page.locator(`.alert-card[data-patient-id="${PATIENT_B.id}"]`).first().waitFor();
+  check(true, 'the minimum-severity filter keeps a critical alert');
   await page.waitForTimeout(1000);
   const body = await page.locator('main').textContent();
   check((await page.locator(`.alert-card[data-patient-id="${PATIENT_A.id}"]`).count()) === 0, "nurse B's inbox has none of COT A's alerts");
