@@ -71,14 +71,28 @@ async function loadQueue() {
   ]);
   for (const p of people.patients || []) patients.set(p.id, p);
   alerts.clear();
-  for (const a of list.alerts) alerts.set(a.id, a);
+  for (const a of list.alerts) if (!resolved.has(a.id)) alerts.set(a.id, a);
   loaded = true;
   notify(null);
 }
 
+/** Ids of alerts seen resolved: a final state, so a late answer cannot bring one back. */
+const resolved = new Set();
+
+/**
+ * Takes an alert as read from the API. Reads run concurrently (one per stream event, one
+ * after each action), so an answer may arrive after a newer one: the newer `updated_at` wins.
+ */
 function put(alert) {
-  if (alert.workflow === 'resolved') alerts.delete(alert.id);
-  else alerts.set(alert.id, { ...alerts.get(alert.id), ...alert });
+  if (resolved.has(alert.id)) return;
+  const current = alerts.get(alert.id);
+  if (current && Date.parse(current.updated_at) > Date.parse(alert.updated_at)) return;
+  if (alert.workflow === 'resolved') {
+    resolved.add(alert.id);
+    alerts.delete(alert.id);
+  } else {
+    alerts.set(alert.id, { ...current, ...alert });
+  }
   notify(alert.id);
 }
 
@@ -133,6 +147,7 @@ export function stop() {
   stream?.stop();
   stream = null;
   alerts.clear();
+  resolved.clear();
   patients.clear();
   loaded = false;
   streamState = 'connecting';

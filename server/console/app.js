@@ -64,8 +64,16 @@ function markNav(route) {
 
 function parseRoute() {
   const hash = location.hash || '#/inbox';
-  const parts = hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
-  return parts;
+  return hash
+    .replace(/^#\/?/, '')
+    .split('/')
+    .map((part) => {
+      try {
+        return decodeURIComponent(part);
+      } catch (_) {
+        return part;
+      }
+    });
 }
 
 async function route(event) {
