@@ -8,14 +8,6 @@ import { currentUser, errorMessage, severityBadge, announce, actorName } from '.
 
 const OPS = { at_least: '≥', above: '>', at_most: '≤', below: '<' };
 
-/** The template the engine uses for a patient without a stored plan (plan.rs). */
-export function templateForConditions(conditions) {
-  for (const name of ['copd', 'hypertension', 'diabetes']) {
-    if (conditions.some((c) => c.toLowerCase() === name)) return name;
-  }
-  return 'general';
-}
-
 /** The plan in force: the stored current version, or the template for the conditions. */
 export async function effectivePlan(patient) {
   try {
@@ -23,7 +15,8 @@ export async function effectivePlan(patient) {
     return { ...row, fromTemplate: false };
   } catch (e) {
     if (e.status !== 404) throw e;
-    const name = templateForConditions(patient.conditions);
+    // The server names the template the engine applies (GET /patients/{id}).
+    const name = patient.care_plan_template || 'general';
     const { templates } = await get('/care-plan-templates');
     const template = templates.find((tp) => tp.name === name);
     return { plan: template?.plan || { rules: [] }, template: name, version: null, fromTemplate: true };

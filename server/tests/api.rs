@@ -223,6 +223,10 @@ async fn patient_and_device_views() {
     )
     .await;
     assert_eq!(body["display_name"], "Maria Rossi");
+    assert_eq!(
+        body["care_plan_template"], "copd",
+        "from the conditions: {body}"
+    );
     assert_eq!(body["devices"][0]["id"], "ox-1");
     assert!(
         body["devices"][0].get("secret_hash").is_none(),

@@ -10,7 +10,7 @@ globalThis.document = { documentElement: {} };
 
 const console_ = new URL('../../server/console/', import.meta.url);
 const { SseParser } = await import(new URL('sse.js', console_));
-const { diffPlans, templateForConditions } = await import(new URL('careplan.js', console_));
+const { diffPlans } = await import(new URL('careplan.js', console_));
 const { thresholdsFor } = await import(new URL('chart.js', console_));
 const { compareAlerts } = await import(new URL('alerts.js', console_));
 
@@ -65,12 +65,6 @@ test('thresholds: one line per bound, the most severe band wins, mmol/L converte
   const glucose = thresholdsFor({ rules: [{ id: 'g', title: 'g', type: 'threshold', bands: [{ severity: 'high', any: [{ metric: 'glucose', below: 3, unit: 'mmol/L' }] }] }] }, ['glucose']);
   assert.equal(glucose[0].value, 54);
   assert.deepEqual(thresholdsFor(null, ['spo2']), []);
-});
-
-test('the template for conditions follows the engine (copd first, then hypertension, diabetes)', () => {
-  assert.equal(templateForConditions(['diabetes', 'COPD']), 'copd');
-  assert.equal(templateForConditions(['diabetes', 'hypertension']), 'hypertension');
-  assert.equal(templateForConditions(['heart_failure']), 'general');
 });
 
 test('queue order: severity, then escalation, then the oldest', () => {

@@ -3,7 +3,8 @@
 //! - `GET /api/v1/patients[?cot=ID]`: the patients of the caller's COTs
 //! - `POST /api/v1/patients` `{"cot","code","display_name","birth_year"?,"conditions"?}`:
 //!   enroll a patient with one of the caller's COTs (201)
-//! - `GET /api/v1/patients/{id}`: the patient with their devices
+//! - `GET /api/v1/patients/{id}`: the patient with their devices and the care-plan template
+//!   the alert engine applies while no plan is stored
 //! - `GET /api/v1/patients/{id}/readings?from=&to=&kind=&limit=`: readings by measurement
 //!   time, `from` inclusive and `to` exclusive (RFC 3339), `kind` one of bp, spo2, glucose,
 //!   `limit` 1–10000 (default 1000), oldest first, in canonical units.
@@ -64,6 +65,9 @@ struct PatientDetail {
     #[serde(flatten)]
     patient: store::Patient,
     devices: Vec<store::Device>,
+    /// The template the alert engine applies while no care plan is stored (from the
+    /// patient's conditions), so clients need not repeat the rule.
+    care_plan_template: &'static str,
 }
 
 /// The patient, if it exists and is enrolled with one of the caller's COTs; else 404, so a
@@ -140,7 +144,12 @@ async fn show(
             None,
         )
         .await?;
-    Ok(Json(PatientDetail { patient, devices }))
+    let care_plan_template = gateway::alerts::plan::template_for_conditions(&patient.conditions);
+    Ok(Json(PatientDetail {
+        patient,
+        devices,
+        care_plan_template,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
