@@ -3,7 +3,7 @@
 import { api, get, post, setToken, token, setUnauthorizedHandler } from './api.js';
 import { announce, errorMessage, setCurrentUser, isClinical } from './ui.js';
 import { h, replace } from './dom.js';
-import { t, getLang, setLang, onLangChange } from './i18n.js';
+import { t, getLang, setLang, onLangChange, ruleTitle } from './i18n.js';
 import * as alerts from './alerts.js';
 import { inboxPage } from './inbox.js';
 import { patientsPage } from './patients.js';
@@ -213,7 +213,7 @@ async function boot() {
     announce(
       t('announce_alert', {
         severity: t(`severity_${alert.severity}`),
-        title: alert.title,
+        title: ruleTitle(alert.title),
         patient: p ? p.display_name : `#${alert.patient_id}`,
       }),
       alert.severity === 'critical',

@@ -2,7 +2,7 @@
 // a diff between any two, and (for physicians) an editor of the threshold values that shows
 // what changes before it saves a new version with its reason.
 import { h, replace, id } from './dom.js';
-import { t, fmtTime, fmtNumber } from './i18n.js';
+import { t, fmtTime, fmtNumber, ruleTitle } from './i18n.js';
 import { get, post } from './api.js';
 import { currentUser, errorMessage, severityBadge, announce, actorName } from './ui.js';
 
@@ -73,7 +73,7 @@ function rulesTable(plan) {
           h(
             'tr',
             {},
-            h('th', { scope: 'row', text: rule.title }),
+            h('th', { scope: 'row', text: ruleTitle(rule.title) }),
             h('td', {}, severityBadge(band.severity)),
             h('td', { text: (band.any || []).map(conditionText).join(` ${t('or')} `) + persist }),
           ),
@@ -81,7 +81,7 @@ function rulesTable(plan) {
       }
     } else {
       rows.push(
-        h('tr', {}, h('th', { scope: 'row', text: rule.title }), h('td', {}, rule.severity ? severityBadge(rule.severity) : '—'), h('td', { text: ruleText(rule) })),
+        h('tr', {}, h('th', { scope: 'row', text: ruleTitle(rule.title) }), h('td', {}, rule.severity ? severityBadge(rule.severity) : '—'), h('td', { text: ruleText(rule) })),
       );
     }
   }
@@ -137,7 +137,7 @@ function wholeUnit(path, plan, other) {
     const p = prefix.join('/');
     if (![...other.keys()].some((k) => k.startsWith(`${p}/`))) {
       const rule = (plan.rules || []).find((r) => r.id === prefix[1]);
-      let text = prefix[0] === 'schedule' ? t(`kind_${prefix[1]}`) : rule?.title || prefix[1];
+      let text = prefix[0] === 'schedule' ? t(`kind_${prefix[1]}`) : ruleTitle(rule?.title) || prefix[1];
       const band = prefix.length >= 4 ? (rule?.bands || []).find((bd) => bd.severity === prefix[3]) : null;
       if (prefix.length === 4) text = (band?.any || []).map(conditionText).join(` ${t('or')} `);
       if (prefix.length === 6) {
@@ -180,7 +180,7 @@ function humanPath(path, plans) {
     const prev = parts[i - 1];
     if (prev === 'rules') {
       const rule = plans.flatMap((pl) => pl?.rules || []).find((r) => r.id === p);
-      out.push(rule ? `«${rule.title}»` : p);
+      out.push(rule ? `«${ruleTitle(rule.title)}»` : p);
     } else if (prev === 'bands') out.push(t(`severity_${p}`));
     else if (prev === 'any') out.push(metricName(p.split(':')[1] || p));
     else if (prev === 'schedule') out.push(t(`kind_${p}`));
@@ -347,7 +347,7 @@ export function carePlanSection(box, patient, isLive, onChange) {
           }
         });
       }
-      fieldsets.push(h('fieldset', {}, h('legend', { text: rule.title }), inputs));
+      fieldsets.push(h('fieldset', {}, h('legend', { text: ruleTitle(rule.title) }), inputs));
     }
     const reasonId = id('reason');
     const reason = h('textarea', { id: reasonId, rows: 2, required: true, maxlength: 2000 });

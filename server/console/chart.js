@@ -2,7 +2,7 @@
 // with a tooltip, and horizontal threshold lines (from the care plan) labelled with their
 // bound and severity. No library, no canvas: the SVG is part of the page and scales.
 import { s, h, id } from './dom.js';
-import { t, fmtNumber, locale } from './i18n.js';
+import { t, fmtNumber, locale, ruleTitle } from './i18n.js';
 import { SEVERITY_RANK } from './alerts.js';
 
 const W = 760;
@@ -57,7 +57,7 @@ export function thresholdsFor(plan, metrics) {
           const key = `${c.metric}|${op}|${value}`;
           const prev = byKey.get(key);
           if (!prev || SEVERITY_RANK[band.severity] > SEVERITY_RANK[prev.severity]) {
-            byKey.set(key, { metric: c.metric, op, value, severity: band.severity, rule: rule.id, title: rule.title });
+            byKey.set(key, { metric: c.metric, op, value, severity: band.severity, rule: rule.id, title: ruleTitle(rule.title) });
           }
         }
       }

@@ -41,6 +41,41 @@ export function t(key, params) {
   return text.replace(/\{(\w+)\}/g, (m, name) => (name in params ? String(params[name]) : m));
 }
 
+/** Italian names of the titles the shipped templates and the engine write (in English); a
+ * title a physician wrote in a plan is shown as written. */
+const TITLES_IT = {
+  'Blood pressure high': 'Pressione alta',
+  'Blood pressure low': 'Pressione bassa',
+  'Heart rate out of range': 'Frequenza cardiaca fuori intervallo',
+  'SpO2 low': 'SpO2 bassa',
+  Hypoglycaemia: 'Ipoglicemia',
+  Hyperglycaemia: 'Iperglicemia',
+  "Systolic rising against the patient's baseline": 'Sistolica in aumento rispetto al basale del paziente',
+  "SpO2 dropping against the patient's baseline": 'SpO2 in calo rispetto al basale del paziente',
+  'Device offline': 'Dispositivo non in linea',
+  'Device battery low': 'Batteria del dispositivo scarica',
+  'Device clock not set or wrong': 'Orologio del dispositivo non impostato o errato',
+  'Late readings out of range: review': 'Letture arrivate in ritardo fuori soglia: da rivedere',
+  'Questionable measurement: repeat requested': 'Misura dubbia: ripetizione richiesta',
+  'Missed bp measurement': 'Misura della pressione mancata',
+  'Missed spo2 measurement': 'Misura della saturazione mancata',
+  'Missed glucose measurement': 'Misura della glicemia mancata',
+};
+
+/** A rule or alert title in the current language. Handles "Title: device-id" (per-device
+ * alerts) and "Device X: clock not set or wrong". */
+export function ruleTitle(title) {
+  if (!title || lang !== 'it') return title;
+  if (TITLES_IT[title]) return TITLES_IT[title];
+  const clock = /^Device (.+): clock not set or wrong$/.exec(title);
+  if (clock) return `Dispositivo ${clock[1]}: orologio non impostato o errato`;
+  const cut = title.lastIndexOf(': ');
+  if (cut > 0 && TITLES_IT[title.slice(0, cut)]) {
+    return `${TITLES_IT[title.slice(0, cut)]}: ${title.slice(cut + 2)}`;
+  }
+  return title;
+}
+
 /** Whether a translation exists (e.g. for outcome or flag names). */
 export function has(key) {
   return key in DICTS[lang] || key in DICTS.it;

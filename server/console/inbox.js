@@ -1,7 +1,7 @@
 // The alert inbox: the unresolved queue, most urgent first, live from the stream, with the
 // nurse's actions on each alert (acknowledge, assign to me, comment, resolve with outcome).
 import { h, replace, id } from './dom.js';
-import { t, fmtTime, fmtNumber } from './i18n.js';
+import { t, fmtTime, fmtNumber, ruleTitle } from './i18n.js';
 import * as alerts from './alerts.js';
 import { currentUser, errorMessage, severityBadge, announce, actorName } from './ui.js';
 
@@ -251,7 +251,7 @@ function alertCard(initial) {
         'div',
         { class: 'alert-head' },
         severityBadge(alert.severity),
-        h('h2', { id: headingId, class: 'alert-title', text: alert.title }),
+        h('h2', { id: headingId, class: 'alert-title', text: ruleTitle(alert.title) }),
         h('span', { class: `workflow workflow-${alert.workflow}`, text: t(`workflow_${alert.workflow}`) }),
       ),
       h('dl', { class: 'facts' }, facts),
@@ -261,8 +261,8 @@ function alertCard(initial) {
     const me = currentUser()?.username;
     take.textContent = t('assign_to_me');
     take.hidden = Boolean(me && alert.assignee === me);
-    take.setAttribute('aria-label', `${t('assign_to_me')}: ${alert.title}, ${patientName}`);
-    ack.setAttribute('aria-label', `${t('acknowledge')}: ${alert.title}, ${patientName}`);
+    take.setAttribute('aria-label', `${t('assign_to_me')}: ${ruleTitle(alert.title)}, ${patientName}`);
+    ack.setAttribute('aria-label', `${t('acknowledge')}: ${ruleTitle(alert.title)}, ${patientName}`);
     if (Array.isArray(alert.events)) {
       replace(history, alert.events.slice(-EVENT_LIMIT).map((e) => h('li', { text: eventText(e) })));
     } else {

@@ -2,7 +2,7 @@
 // glucose with the care-plan thresholds, the readings with their status flags, the alert
 // history and the care plan with its versions.
 import { h, replace } from './dom.js';
-import { t, fmtTime, fmtNumber, fmtAgo } from './i18n.js';
+import { t, fmtTime, fmtNumber, fmtAgo, ruleTitle } from './i18n.js';
 import { get, query } from './api.js';
 import { errorBlock, errorMessage, severityBadge, actorName, isClinical } from './ui.js';
 import { lineChart, thresholdsFor } from './chart.js';
@@ -244,7 +244,7 @@ async function loadAlerts(box, patient, isLive) {
               'tr',
               { dataset: { alertId: String(a.id), workflow: a.workflow } },
               h('td', {}, severityBadge(a.severity)),
-              h('td', { text: a.title }),
+              h('td', { text: ruleTitle(a.title) }),
               h('td', {}, h('time', { datetime: a.opened_at, text: fmtTime(a.opened_at) })),
               h('td', { text: `${t(`workflow_${a.workflow}`)} · ${t(`condition_${a.condition}`)}` }),
               h('td', { text: a.outcome ? t(`outcome_${a.outcome}`) : '—' }),

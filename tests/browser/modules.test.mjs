@@ -77,3 +77,14 @@ test('queue order: severity, then escalation, then the oldest', () => {
   ].sort(compareAlerts);
   assert.deepEqual(sorted.map((x) => x.id), [2, 3, 4, 1]);
 });
+
+test('rule titles: the templates\' and the engine\'s in Italian, a physician\'s own as written', async () => {
+  const { ruleTitle, setLang } = await import(new URL('i18n.js', console_));
+  assert.equal(ruleTitle('Blood pressure high'), 'Pressione alta');
+  assert.equal(ruleTitle('Device offline: bp-7'), 'Dispositivo non in linea: bp-7');
+  assert.equal(ruleTitle('Device ox_1: clock not set or wrong'), 'Dispositivo ox_1: orologio non impostato o errato');
+  assert.equal(ruleTitle('Pressione serale del sig. Rossi'), 'Pressione serale del sig. Rossi');
+  setLang('en');
+  assert.equal(ruleTitle('Blood pressure high'), 'Blood pressure high');
+  setLang('it');
+});
