@@ -205,7 +205,7 @@ async fn write_outbox(tx: &mut Tx, batch: &CommitBatch, fresh: &FreshKeys) -> Re
     ))
 }
 
-const READING_COLUMNS: &str = "device_id, seq, patient_id, kind, measured_at, received_at, \
+pub(crate) const READING_COLUMNS: &str = "device_id, seq, patient_id, kind, measured_at, received_at, \
      clock_unset, status, sensor, systolic, diastolic, mean_arterial, pulse, spo2, \
      perfusion_index, glucose_mg_dl, glucose_sample, glucose_meal, source_unit";
 
@@ -846,7 +846,7 @@ fn missing_device(id: &str) -> StoreError {
     }
 }
 
-fn reading_from_row(row: &impl Columns) -> Result<StoredReading> {
+pub(crate) fn reading_from_row(row: &impl Columns) -> Result<StoredReading> {
     let kind = row.text("kind")?;
     Ok(StoredReading {
         device_id: row.text("device_id")?,

@@ -350,12 +350,12 @@ async fn visible_patient(
     caller: &Caller,
     id: i64,
 ) -> Result<store::Patient, FhirError> {
-    state
-        .store
-        .get_patient(id)
-        .await?
-        .filter(|p| caller.sees_cot(p.cot_id))
-        .ok_or_else(|| FhirError::NotFound(format!("Patient/{id} not found")))
+    crate::http::patients::visible_patient(state, caller, id)
+        .await
+        .map_err(|e| match e {
+            ApiError::NotFound(_) => FhirError::NotFound(format!("Patient/{id} not found")),
+            other => other.into(),
+        })
 }
 
 /// The thresholds that applied to the patient's readings over time: every stored plan

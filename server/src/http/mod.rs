@@ -18,7 +18,7 @@ mod alerts;
 mod careplans;
 mod devices;
 mod health;
-mod patients;
+pub(crate) mod patients;
 mod quarantine;
 
 use std::sync::Arc;
