@@ -106,7 +106,9 @@ export function lineChart({ title, unit, series, thresholds, from, to }) {
   // Labels sit just above their line, at the right end; when that would overlap the label
   // above, at the left end; when both would, pushed down.
   const last = { right: -Infinity, left: -Infinity };
-  for (const th of thresholds) {
+  // Placed from the top line down, so "the label above" is the one placed last.
+  const topDown = [...thresholds].sort((a, b) => y(a.value) - y(b.value));
+  for (const th of topDown) {
     const yy = y(th.value);
     let labelY = yy - 4;
     let side = 'right';
