@@ -2,8 +2,33 @@
 // last sequence number stored (and so acknowledged back to it).
 import { h, replace } from './dom.js';
 import { t, fmtTime, fmtAgo } from './i18n.js';
-import { get, query } from './api.js';
-import { errorBlock } from './ui.js';
+import { get, post, query } from './api.js';
+import { currentUser, errorBlock, errorMessage, announce } from './ui.js';
+
+/** Device managers revoke a device here: a first button asks, a second one confirms. */
+function revokeControls(root, d) {
+  if (currentUser()?.role !== 'device_manager' || d.revoked_at) return null;
+  const status = h('p', { id: 'device-revoke-status', role: 'status' });
+  const confirm = h('button', { type: 'button', class: 'danger', id: 'device-revoke-confirm', hidden: true, text: t('revoke_confirm') });
+  const ask = h('button', { type: 'button', class: 'secondary', id: 'device-revoke', text: t('revoke') });
+  ask.addEventListener('click', () => {
+    confirm.hidden = false;
+    status.textContent = t('revoke_explain');
+    confirm.focus();
+  });
+  confirm.addEventListener('click', async () => {
+    confirm.disabled = true;
+    try {
+      await post(`/devices/${encodeURIComponent(d.id)}/revoke`);
+      announce(t('revoked_done', { id: d.id }));
+      devicePage(root, d.id);
+    } catch (e) {
+      status.textContent = errorMessage(e);
+      confirm.disabled = false;
+    }
+  });
+  return h('section', { class: 'revoke', 'aria-labelledby': 'revoke-title' }, h('h2', { id: 'revoke-title', text: t('revoke_title') }), status, h('div', { class: 'actions' }, ask, confirm));
+}
 
 export function devicePage(root, deviceId) {
   let live = true;
@@ -37,6 +62,7 @@ export function devicePage(root, deviceId) {
         h('div', { class: 'page-head' }, h('h1', { id: 'device-title', text: `${t(`kind_${d.kind}`)} ${d.id}` })),
         h('dl', { class: 'facts facts-wide', id: 'device-facts' }, rows.map(([k, v]) => [h('dt', { text: k }), h('dd', {}, v)])),
         h('p', { class: 'muted', text: t('last_seq_help') }),
+        revokeControls(root, d),
       );
     })
     .catch((e) => live && replace(root, errorBlock(e)));

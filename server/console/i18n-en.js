@@ -284,5 +284,10 @@ export default {
   backlog_text: '{n} stored and acknowledged, {late} of them delivered late (backlog caught up)',
   none_stored: 'no readings',
   never: 'never',
+  revoke_title: 'Revocation',
+  revoke: 'Revoke the device',
+  revoke_confirm: 'Confirm revocation',
+  revoke_explain: 'The device will be disconnected and will not be able to connect again. Confirm?',
+  revoked_done: 'Device {id} revoked',
   revoked_at: 'revoked on {at}',
 };

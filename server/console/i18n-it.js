@@ -284,5 +284,10 @@ export default {
   backlog_text: '{n} memorizzate e confermate, di cui {late} arrivate in ritardo (arretrato recuperato)',
   none_stored: 'nessuna lettura',
   never: 'mai',
+  revoke_title: 'Revoca',
+  revoke: 'Revoca il dispositivo',
+  revoke_confirm: 'Conferma la revoca',
+  revoke_explain: 'Il dispositivo verrà disconnesso e non potrà più collegarsi. Confermare?',
+  revoked_done: 'Dispositivo {id} revocato',
   revoked_at: 'revocato il {at}',
 };

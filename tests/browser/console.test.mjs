@@ -10,6 +10,8 @@
 //   NURSE_A_USER, NURSE_A_PASSWORD       a nurse of COT A
 //   NURSE_B_USER, NURSE_B_PASSWORD       a nurse of COT B (sees none of COT A)
 //   PHYSICIAN_A_USER, PHYSICIAN_A_PASSWORD  a physician of COT A (edits the care plan)
+//   MANAGER_A_USER, MANAGER_A_PASSWORD   a device manager of COT A (revokes the cuff)
+//   DEVICE_A_ID                          COT A's patient's cuff
 //   PATIENT_A_ID, PATIENT_A_NAME         COT A's patient (the crisis)
 //   PATIENT_B_ID, PATIENT_B_NAME         COT B's patient
 //   ARTIFACTS                            where screenshots go (default target/browser-artifacts)
@@ -32,6 +34,8 @@ const BASE = env('SENTINELLA_URL');
 const A = { user: env('NURSE_A_USER'), password: env('NURSE_A_PASSWORD') };
 const B = { user: env('NURSE_B_USER'), password: env('NURSE_B_PASSWORD') };
 const PHYSICIAN_A = { user: env('PHYSICIAN_A_USER'), password: env('PHYSICIAN_A_PASSWORD') };
+const MANAGER_A = { user: env('MANAGER_A_USER'), password: env('MANAGER_A_PASSWORD') };
+const DEVICE_A = env('DEVICE_A_ID');
 const PATIENT_A = { id: env('PATIENT_A_ID'), name: env('PATIENT_A_NAME') };
 const PATIENT_B = { id: env('PATIENT_B_ID'), name: env('PATIENT_B_NAME') };
 const ARTIFACTS = resolve(env('ARTIFACTS', 'target/browser-artifacts'));
@@ -286,11 +290,33 @@ async function physicianA() {
   await page.close();
 }
 
+async function deviceManagerA() {
+  const { page } = await newPage();
+  await page.goto(`${BASE}/console/`);
+  await page.locator('#login-username').fill(MANAGER_A.user);
+  await page.locator('#login-password').fill(MANAGER_A.password);
+  await page.locator('form.login button[type=submit]').click();
+  // No clinical data for device managers: they start at the patient registry.
+  await page.locator('#patient-table').waitFor();
+  await page.goto(`${BASE}/console/#/devices/${DEVICE_A}`);
+  await page.locator('#device-title').filter({ hasText: DEVICE_A }).waitFor();
+  await page.locator('#device-revoke').click();
+  const confirm = page.locator('#device-revoke-confirm');
+  await confirm.waitFor();
+  check(await confirm.evaluate((el) => el === document.activeElement), 'the revocation asks for confirmation and focuses it');
+  await confirm.click();
+  await page.locator('#device-facts').filter({ hasText: /revocato il/ }).waitFor();
+  check((await page.locator('#device-revoke').count()) === 0, 'a device manager revokes the device from its page; it shows as revoked');
+  await shot(page, '10-device-manager-revoked');
+  await page.close();
+}
+
 let failed = 0;
 try {
   await nurseA();
   await physicianA();
   await nurseB();
+  await deviceManagerA();
   check(problems.length === 0, `no script errors, CSP violations or external requests${problems.length ? `: ${problems.join(' | ')}` : ''}`);
 } catch (e) {
   failed = 1;

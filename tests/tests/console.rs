@@ -112,6 +112,7 @@ fn batch(readings: &[String]) -> String {
 /// normal readings over the last three days (one with a loose cuff) and a status report.
 struct Home {
     patient: store::Patient,
+    device_id: String,
     cuff: RawDevice,
     readings: String,
     next_seq: u32,
@@ -151,6 +152,7 @@ async fn home(stack: &Stack, cot_id: i64, name: &str) -> anyhow::Result<Home> {
         .await?;
     Ok(Home {
         patient,
+        device_id: creds.id.clone(),
         cuff,
         readings,
         next_seq: 13,
@@ -211,6 +213,7 @@ async fn nurse_sees_live_alert_and_charts_and_other_cot_sees_nothing() -> anyhow
     let nurse_a = staff(store, "Giulia Verdi", Role::Nurse, cot_a.id).await?;
     let physician_a = staff(store, "Dott. Paolo Neri", Role::Physician, cot_a.id).await?;
     let nurse_b = staff(store, "Anna Galli", Role::Nurse, cot_b.id).await?;
+    let manager_a = staff(store, "Luca Ferri", Role::DeviceManager, cot_a.id).await?;
 
     let artifacts = std::env::var_os("ARTIFACTS")
         .map(PathBuf::from)
@@ -225,6 +228,9 @@ async fn nurse_sees_live_alert_and_charts_and_other_cot_sees_nothing() -> anyhow
         .env("NURSE_B_PASSWORD", PASSWORD)
         .env("PHYSICIAN_A_USER", &physician_a.username)
         .env("PHYSICIAN_A_PASSWORD", PASSWORD)
+        .env("MANAGER_A_USER", &manager_a.username)
+        .env("MANAGER_A_PASSWORD", PASSWORD)
+        .env("DEVICE_A_ID", &a.device_id)
         .env("PATIENT_A_ID", a.patient.id.to_string())
         .env("PATIENT_A_NAME", &a.patient.display_name)
         .env("PATIENT_B_ID", b.patient.id.to_string())
