@@ -50,25 +50,18 @@ async fn fixture() -> Fixture {
             ReadingKind::BloodPressure
         };
         batch.readings.push(NewReading {
-            device_id: "ox-1".into(),
-            seq: i,
-            patient_id: patient.id,
-            kind,
-            measured_at: base + time::Duration::hours(i),
-            received_at: OffsetDateTime::now_utc(),
-            clock_unset: false,
-            status: 0,
-            sensor: 0,
             systolic: (kind == ReadingKind::BloodPressure).then_some(130.0),
             diastolic: (kind == ReadingKind::BloodPressure).then_some(80.0),
-            mean_arterial: None,
             pulse: Some(70.0),
             spo2: (kind == ReadingKind::Spo2).then_some(90.0 + i as f32 / 2.0),
-            perfusion_index: None,
-            glucose_mg_dl: None,
-            glucose_sample: None,
-            glucose_meal: None,
-            source_unit: None,
+            ..NewReading::bare(
+                "ox-1",
+                i,
+                patient.id,
+                kind,
+                base + time::Duration::hours(i),
+                OffsetDateTime::now_utc(),
+            )
         });
     }
     store.commit_batch(&batch).await.unwrap();

@@ -164,25 +164,14 @@ const STATUS_BITS: [u16; 9] = [
 fn blank(device: &str, seq: i64, patient: i64, kind: ReadingKind) -> NewReading {
     let at = T0 + time::Duration::minutes(seq * 10);
     NewReading {
-        device_id: device.into(),
-        seq,
-        patient_id: patient,
-        kind,
-        measured_at: at,
-        received_at: at + time::Duration::seconds(5),
-        clock_unset: false,
-        status: 0,
-        sensor: 0,
-        systolic: None,
-        diastolic: None,
-        mean_arterial: None,
-        pulse: None,
-        spo2: None,
-        perfusion_index: None,
-        glucose_mg_dl: None,
-        glucose_sample: None,
-        glucose_meal: None,
-        source_unit: None,
+        ..NewReading::bare(
+            device,
+            seq,
+            patient,
+            kind,
+            at,
+            at + time::Duration::seconds(5),
+        )
     }
 }
 

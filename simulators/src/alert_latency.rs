@@ -174,25 +174,7 @@ fn reading(who: &mut Who, trigger: bool, rng: &mut StdRng) -> NewReading {
     who.seq += 1;
     let now = OffsetDateTime::now_utc();
     let mut r = NewReading {
-        device_id: who.device_id.clone(),
-        seq: who.seq,
-        patient_id: who.patient_id,
-        kind: who.kind,
-        measured_at: now,
-        received_at: now,
-        clock_unset: false,
-        status: 0,
-        sensor: 0,
-        systolic: None,
-        diastolic: None,
-        mean_arterial: None,
-        pulse: None,
-        spo2: None,
-        perfusion_index: None,
-        glucose_mg_dl: None,
-        glucose_sample: None,
-        glucose_meal: None,
-        source_unit: None,
+        ..NewReading::bare(&who.device_id, who.seq, who.patient_id, who.kind, now, now)
     };
     match who.kind {
         ReadingKind::BloodPressure => {

@@ -363,25 +363,16 @@ fn ms_of(t: OffsetDateTime) -> i64 {
 pub fn new_reading(device_id: &str, patient_id: i64, seq: i64, r: &TimedReading) -> NewReading {
     let (_, kind) = store_kind(r.kind);
     let mut row = NewReading {
-        device_id: device_id.to_owned(),
-        seq,
-        patient_id,
-        kind,
-        measured_at: at_ms(r.measured_ms),
-        received_at: at_ms(r.delivered_ms),
-        clock_unset: false,
         status: i32::from(r.sample.status.0),
         sensor: i64::from(r.sample.sensor),
-        systolic: None,
-        diastolic: None,
-        mean_arterial: None,
-        pulse: None,
-        spo2: None,
-        perfusion_index: None,
-        glucose_mg_dl: None,
-        glucose_sample: None,
-        glucose_meal: None,
-        source_unit: None,
+        ..NewReading::bare(
+            device_id,
+            seq,
+            patient_id,
+            kind,
+            at_ms(r.measured_ms),
+            at_ms(r.delivered_ms),
+        )
     };
     match r.sample.measurement {
         Measurement::BloodPressure(bp) => {

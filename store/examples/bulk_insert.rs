@@ -150,15 +150,6 @@ fn build_batches(
             let measured_at = now - Duration::minutes(((total - n) % 30_000) as i64);
             let bp = kind == ReadingKind::BloodPressure;
             NewReading {
-                device_id: id.clone(),
-                seq,
-                patient_id: *patient_id,
-                kind,
-                measured_at,
-                received_at: now,
-                clock_unset: false,
-                status: 0,
-                sensor: 0,
                 systolic: bp.then_some(128.0),
                 diastolic: bp.then_some(84.0),
                 mean_arterial: bp.then_some(98.7),
@@ -167,8 +158,7 @@ fn build_batches(
                 perfusion_index: (kind == ReadingKind::Spo2).then_some(2.1),
                 glucose_mg_dl: (kind == ReadingKind::Glucose).then_some(112.0),
                 glucose_sample: (kind == ReadingKind::Glucose).then(|| "capillary".into()),
-                glucose_meal: None,
-                source_unit: None,
+                ..NewReading::bare(id, seq, *patient_id, kind, measured_at, now)
             }
         })
         .collect();

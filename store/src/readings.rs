@@ -88,6 +88,41 @@ pub struct NewReading {
     pub source_unit: Option<String>,
 }
 
+impl NewReading {
+    /// A reading with its identity and times but no values, no status bits and a set clock:
+    /// callers fill in what was measured, `NewReading { systolic: Some(…), ..NewReading::bare(…) }`.
+    pub fn bare(
+        device_id: impl Into<String>,
+        seq: i64,
+        patient_id: i64,
+        kind: ReadingKind,
+        measured_at: OffsetDateTime,
+        received_at: OffsetDateTime,
+    ) -> NewReading {
+        NewReading {
+            device_id: device_id.into(),
+            seq,
+            patient_id,
+            kind,
+            measured_at,
+            received_at,
+            clock_unset: false,
+            status: 0,
+            sensor: 0,
+            systolic: None,
+            diastolic: None,
+            mean_arterial: None,
+            pulse: None,
+            spo2: None,
+            perfusion_index: None,
+            glucose_mg_dl: None,
+            glucose_sample: None,
+            glucose_meal: None,
+            source_unit: None,
+        }
+    }
+}
+
 /// A stored reading; the same fields as [`NewReading`].
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredReading {

@@ -264,25 +264,17 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
     // The device's secret is gone; re-evaluation after a restart goes through the outbox:
     // a batch committed with an outbox entry but never evaluated (a crash in between).
     let again = NewReading {
-        device_id: dev_id.clone(),
-        seq: 3,
-        patient_id: crisis.id,
-        kind: ReadingKind::BloodPressure,
-        measured_at: OffsetDateTime::now_utc(),
-        received_at: OffsetDateTime::now_utc(),
-        clock_unset: false,
-        status: 0,
-        sensor: 0,
         systolic: Some(195.0),
         diastolic: Some(100.0),
-        mean_arterial: None,
         pulse: Some(80.0),
-        spo2: None,
-        perfusion_index: None,
-        glucose_mg_dl: None,
-        glucose_sample: None,
-        glucose_meal: None,
-        source_unit: None,
+        ..NewReading::bare(
+            &dev_id,
+            3,
+            crisis.id,
+            ReadingKind::BloodPressure,
+            OffsetDateTime::now_utc(),
+            OffsetDateTime::now_utc(),
+        )
     };
     stack
         .store()

@@ -101,25 +101,17 @@ pub(crate) fn to_row(src: Source<'_>, r: &Reading) -> NewReading {
             .unwrap_or(src.received_at)
     };
     let mut row = NewReading {
-        device_id: src.device_id.to_owned(),
-        seq: i64::from(r.seq),
-        patient_id: src.patient_id,
-        kind: ReadingKind::BloodPressure,
-        measured_at,
-        received_at: src.received_at,
         clock_unset: r.clock_unset,
         status: i32::from(r.status.0),
         sensor: i64::from(r.sensor),
-        systolic: None,
-        diastolic: None,
-        mean_arterial: None,
-        pulse: None,
-        spo2: None,
-        perfusion_index: None,
-        glucose_mg_dl: None,
-        glucose_sample: None,
-        glucose_meal: None,
-        source_unit: None,
+        ..NewReading::bare(
+            src.device_id,
+            i64::from(r.seq),
+            src.patient_id,
+            ReadingKind::BloodPressure,
+            measured_at,
+            src.received_at,
+        )
     };
     match r.measurement {
         Measurement::BloodPressure(bp) => {

@@ -81,25 +81,17 @@ pub async fn fixture(db: TestDb) -> Fixture {
 /// `150 + seq`.
 pub fn bp_reading(device: &str, patient: i64, seq: i64) -> NewReading {
     NewReading {
-        device_id: device.into(),
-        seq,
-        patient_id: patient,
-        kind: ReadingKind::BloodPressure,
-        measured_at: T0 + time::Duration::minutes(seq),
-        received_at: T0 + time::Duration::minutes(seq),
-        clock_unset: false,
-        status: 0,
-        sensor: 0,
         systolic: Some(150.0 + seq as f32),
         diastolic: Some(90.0),
-        mean_arterial: None,
         pulse: Some(70.0),
-        spo2: None,
-        perfusion_index: None,
-        glucose_mg_dl: None,
-        glucose_sample: None,
-        glucose_meal: None,
-        source_unit: None,
+        ..NewReading::bare(
+            device,
+            seq,
+            patient,
+            ReadingKind::BloodPressure,
+            T0 + time::Duration::minutes(seq),
+            T0 + time::Duration::minutes(seq),
+        )
     }
 }
 

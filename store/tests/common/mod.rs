@@ -98,25 +98,14 @@ pub fn reading(device: &Device, seq: i64, measured_at: OffsetDateTime) -> NewRea
     let kind = ReadingKind::from(device.kind);
     let v = (seq % 20) as f32;
     let mut r = NewReading {
-        device_id: device.id.clone(),
-        seq,
-        patient_id: device.patient_id,
-        kind,
-        measured_at,
-        received_at: measured_at + time::Duration::seconds(5),
-        clock_unset: false,
-        status: 0,
-        sensor: 0,
-        systolic: None,
-        diastolic: None,
-        mean_arterial: None,
-        pulse: None,
-        spo2: None,
-        perfusion_index: None,
-        glucose_mg_dl: None,
-        glucose_sample: None,
-        glucose_meal: None,
-        source_unit: None,
+        ..NewReading::bare(
+            &device.id,
+            seq,
+            device.patient_id,
+            kind,
+            measured_at,
+            measured_at + time::Duration::seconds(5),
+        )
     };
     match kind {
         ReadingKind::BloodPressure => {
