@@ -293,6 +293,8 @@ async fn reading_a_patient_shows_in_their_access_history() {
         .await;
     f.get(&format!("/api/v1/patients/{}/care-plan/versions", f.p1))
         .await;
+    // FHIR reads are in the history too.
+    f.get(&format!("/fhir/r4/Patient/{}", f.p1)).await;
     let (status, history) = f
         .call(
             "GET",
@@ -303,11 +305,12 @@ async fn reading_a_patient_shows_in_their_access_history() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let entries = history["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), before + 2, "{history}");
-    assert_eq!(entries[0]["action"], "careplan.versions");
-    assert_eq!(entries[1]["action"], "readings.read");
-    assert_eq!(entries[1]["actor"], format!("user:{}", common::TOKEN_NAME));
-    assert!(entries[1]["at"].is_string());
+    assert_eq!(entries.len(), before + 3, "{history}");
+    assert_eq!(entries[0]["action"], "fhir.patient.read");
+    assert_eq!(entries[1]["action"], "careplan.versions");
+    assert_eq!(entries[2]["action"], "readings.read");
+    assert_eq!(entries[2]["actor"], format!("user:{}", common::TOKEN_NAME));
+    assert!(entries[2]["at"].is_string());
     // The other patient's history does not list these reads.
     let (_, other) = f
         .call(

@@ -393,6 +393,20 @@ impl PlanHistory {
     }
 }
 
+/// The patient a search names, when the caller sees them: the subject of its audit entry.
+async fn searched_patient(
+    state: &AppState,
+    caller: &Caller,
+    id: Option<i64>,
+) -> Result<Option<store::Patient>, FhirError> {
+    let Some(id) = id else { return Ok(None) };
+    match visible_patient(state, caller, id).await {
+        Ok(p) => Ok(Some(p)),
+        Err(FhirError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 // ----- handlers ----------------------------------------------------------------------------
 
 async fn metadata() -> FhirResult {
@@ -410,7 +424,13 @@ async fn patient_read(
         .map_err(|_| FhirError::NotFound(format!("Patient/{id} not found")))?;
     let patient = visible_patient(&state, &caller, id).await?;
     state
-        .audit(&caller, "fhir.patient.read", format!("patient:{id}"))
+        .audit_patient(
+            &caller,
+            "fhir.patient.read",
+            format!("patient:{id}"),
+            &patient,
+            None,
+        )
         .await?;
     ok(mapping::patient(&patient))
 }
@@ -429,10 +449,9 @@ async fn patient_search(
         .map(|v| v.rsplit_once('|').map_or(v, |(_, code)| code));
     let patients: Vec<Value> = state
         .store
-        .list_patients(None)
+        .patients_in(Some(&caller.cots), None)
         .await?
         .iter()
-        .filter(|p| caller.sees_cot(p.cot_id))
         .filter(|p| id.is_none_or(|id| p.id.to_string() == id))
         .filter(|p| identifier.is_none_or(|code| p.code == code))
         .map(mapping::patient)
@@ -460,11 +479,17 @@ async fn device_read(
         .get_device(&device_id)
         .await?
         .ok_or_else(not_found)?;
-    visible_patient(&state, &caller, device.patient_id)
+    let patient = visible_patient(&state, &caller, device.patient_id)
         .await
         .map_err(|_| not_found())?;
     state
-        .audit(&caller, "fhir.device.read", format!("device:{device_id}"))
+        .audit_patient(
+            &caller,
+            "fhir.device.read",
+            format!("device:{device_id}"),
+            &patient,
+            None,
+        )
         .await?;
     ok(mapping::device(&device))
 }
@@ -478,31 +503,18 @@ async fn device_search(
     let caller = caller?;
     let search = Search::parse(params, &["patient"])?;
     let patient = search.patient()?;
-    let devices = match patient {
-        Some(id) => match visible_patient(&state, &caller, id).await {
-            Ok(_) => state.store.list_devices(Some(id)).await?,
-            Err(FhirError::NotFound(_)) => Vec::new(),
-            Err(e) => return Err(e),
-        },
-        None => {
-            let visible: HashMap<i64, ()> = state
-                .store
-                .list_patients(None)
-                .await?
-                .iter()
-                .filter(|p| caller.sees_cot(p.cot_id))
-                .map(|p| (p.id, ()))
-                .collect();
-            let mut all = state.store.list_devices(None).await?;
-            all.retain(|d| visible.contains_key(&d.patient_id));
-            all
-        }
-    };
+    let devices = state.store.devices_in(Some(&caller.cots), patient).await?;
     state
-        .audit(
+        .audit_about(
             &caller,
             "fhir.device.search",
             format!("devices patient={patient:?}"),
+            devices
+                .first()
+                .map(|d| d.patient_id)
+                .filter(|_| patient.is_some()),
+            None,
+            None,
         )
         .await?;
     let devices = devices.iter().map(mapping::device).collect();
@@ -529,10 +541,12 @@ async fn observation_read(
     let observation = mapping::observation(&reading, Some(plans.at(reading.received_at)), part)
         .ok_or_else(not_found)?;
     state
-        .audit(
+        .audit_patient(
             &caller,
             "fhir.observation.read",
             format!("patient:{} observation:{id}", patient.id),
+            &patient,
+            None,
         )
         .await?;
     ok(observation)
@@ -642,7 +656,7 @@ async fn observation_search(
         .filter(|o| categories.is_empty() || o.get("category").is_some())
         .collect();
     state
-        .audit(
+        .audit_patient(
             &caller,
             "fhir.observation.search",
             format!(
@@ -650,6 +664,8 @@ async fn observation_search(
                 from.map(mapping::time),
                 to.map(mapping::time)
             ),
+            &patient,
+            None,
         )
         .await?;
     ok(search.bundle(&base, "Observation", observations, None))
@@ -690,7 +706,7 @@ async fn care_plan_read(
     let caller = caller?;
     let not_found = || FhirError::NotFound(format!("CarePlan/{id} not found"));
     let (patient_id, version) = mapping::parse_plan_id(&id).ok_or_else(not_found)?;
-    visible_patient(&state, &caller, patient_id)
+    let patient = visible_patient(&state, &caller, patient_id)
         .await
         .map_err(|_| not_found())?;
     let (row, superseded) = plan_version(&state, patient_id, version)
@@ -698,10 +714,12 @@ async fn care_plan_read(
         .ok_or_else(not_found)?;
     let plan = parse_plan(&row)?;
     state
-        .audit(
+        .audit_patient(
             &caller,
             "fhir.careplan.read",
             format!("patient:{patient_id} version:{version}"),
+            &patient,
+            None,
         )
         .await?;
     ok(mapping::care_plan(&row, &plan, superseded))
@@ -728,9 +746,9 @@ async fn care_plan_search(
             "status must be active or revoked; got {s:?}"
         )));
     }
-    if visible_patient(&state, &caller, patient_id).await.is_err() {
+    let Ok(patient) = visible_patient(&state, &caller, patient_id).await else {
         return ok(search.bundle(&base, "CarePlan", Vec::new(), None));
-    }
+    };
     // Newest first; each version was superseded when the one before it in the list began.
     let rows = state.store.list_care_plans(patient_id).await?;
     let mut plans = Vec::new();
@@ -744,10 +762,12 @@ async fn care_plan_search(
         }
     }
     state
-        .audit(
+        .audit_patient(
             &caller,
             "fhir.careplan.search",
             format!("patient:{patient_id} status={status:?}"),
+            &patient,
+            None,
         )
         .await?;
     ok(search.bundle(&base, "CarePlan", plans, None))
@@ -761,7 +781,7 @@ async fn observation_definition_read(
     let caller = caller?;
     let not_found = || FhirError::NotFound(format!("ObservationDefinition/{id} not found"));
     let (patient_id, version, metric) = mapping::parse_definition_id(&id).ok_or_else(not_found)?;
-    visible_patient(&state, &caller, patient_id)
+    let patient = visible_patient(&state, &caller, patient_id)
         .await
         .map_err(|_| not_found())?;
     let row = state
@@ -773,10 +793,12 @@ async fn observation_definition_read(
     let definition = mapping::observation_definition(patient_id, version, &plan, metric)
         .ok_or_else(not_found)?;
     state
-        .audit(
+        .audit_patient(
             &caller,
             "fhir.observationdefinition.read",
             format!("patient:{patient_id} version:{version}"),
+            &patient,
+            None,
         )
         .await?;
     ok(definition)
@@ -831,10 +853,13 @@ async fn task_read(
         .ok_or_else(not_found)?;
     let task = task_resource(&state, &alert).await?;
     state
-        .audit(
+        .audit_about(
             &caller,
             "fhir.task.read",
             format!("patient:{} alert:{alert_id}", alert.patient_id),
+            Some(alert.patient_id),
+            Some(alert.cot_id),
+            None,
         )
         .await?;
     ok(task)
@@ -890,7 +915,6 @@ async fn task_search(
             )));
         }
     }
-    alerts.retain(|a| caller.sees_cot(a.cot_id));
     // Only the page is expanded into Tasks (each needs its readings), so filter and page on
     // the alerts themselves; accepted and in-progress differ by the assignee.
     let matches: Vec<&store::Alert> = alerts
@@ -913,15 +937,19 @@ async fn task_search(
         })
         .collect();
     let total = matches.len();
+    let subject = searched_patient(&state, &caller, patient).await?;
     let mut page = Vec::new();
     for a in matches.iter().skip(search.offset).take(search.count) {
         page.push(task_resource(&state, a).await?);
     }
     state
-        .audit(
+        .audit_about(
             &caller,
             "fhir.task.search",
             format!("alerts patient={patient:?} status={statuses:?}"),
+            subject.as_ref().map(|p| p.id),
+            subject.as_ref().map(|p| p.cot_id),
+            None,
         )
         .await?;
     // `bundle` pages its input: hand it the page at its offset.
