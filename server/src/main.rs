@@ -862,9 +862,8 @@ fn read_password() -> anyhow::Result<String> {
 }
 
 async fn hash_password(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || server::http::session::hash_password(&password))
+    server::http::session::hash_password_off_thread(password)
         .await
-        .context("hash the password")?
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 

@@ -27,7 +27,7 @@ use super::AppState;
 use super::auth::{Caller, new_token};
 use super::error::{ApiError, rejection};
 use super::patients::{parse_time, visible_patient};
-use super::session::hash_password;
+use super::session::hash_password_off_thread;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -139,12 +139,6 @@ struct UserBody {
     service: bool,
 }
 
-async fn hash_in_background(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|_| ApiError::BadRequest("cannot hash the password".into()))?
-}
-
 async fn add_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -162,7 +156,7 @@ async fn add_user(
                 "service accounts use API keys, not passwords".into(),
             ));
         }
-        (false, Some(p)) => (UserKind::Person, Some(hash_in_background(p).await?)),
+        (false, Some(p)) => (UserKind::Person, Some(hash_password_off_thread(p).await?)),
         (false, None) => return Err(ApiError::BadRequest("a person needs a password".into())),
     };
     let user = state
@@ -224,7 +218,7 @@ async fn set_password(
             "service accounts use API keys, not passwords".into(),
         ));
     }
-    let hash = hash_in_background(body.password).await?;
+    let hash = hash_password_off_thread(body.password).await?;
     state.store.set_user_password(id, &hash).await?;
     state
         .audit(&caller, "user.password", format!("user:{}", user.username))

@@ -157,6 +157,25 @@ impl std::fmt::Debug for Caller {
 }
 
 impl Caller {
+    /// A local user calling with an opaque token (its hash kept for logout).
+    pub(crate) fn of_user(
+        user: store::User,
+        via: Via,
+        source: Option<String>,
+        token_hash: String,
+    ) -> Caller {
+        Caller {
+            user_id: Some(user.id),
+            username: user.username,
+            display_name: user.display_name,
+            role: user.role,
+            cots: user.cot_ids,
+            via,
+            source,
+            token_hash: Some(token_hash),
+        }
+    }
+
     /// How the caller is recorded as the actor of audit entries and alert events.
     pub fn actor(&self) -> String {
         match self.via {
@@ -258,19 +277,11 @@ pub(crate) async fn authenticate(parts: &Parts, state: &AppState) -> Result<Call
         .await?
         .filter(|u| u.disabled_at.is_none())
         .ok_or(ApiError::TokenRejected)?;
-    Ok(Caller {
-        user_id: Some(user.id),
-        username: user.username,
-        display_name: user.display_name,
-        role: user.role,
-        cots: user.cot_ids,
-        via: match record.kind {
-            store::TokenKind::Session => Via::Session,
-            store::TokenKind::ApiKey => Via::ApiKey,
-        },
-        source,
-        token_hash: Some(hash),
-    })
+    let via = match record.kind {
+        store::TokenKind::Session => Via::Session,
+        store::TokenKind::ApiKey => Via::ApiKey,
+    };
+    Ok(Caller::of_user(user, via, source, hash))
 }
 
 /// Handlers take the caller the access policy already authenticated (it sits in the

@@ -41,18 +41,29 @@ pub(super) fn router() -> Router<AppState> {
 pub const MIN_PASSWORD: usize = 12;
 
 /// An Argon2id PHC string for `password` (RustCrypto defaults: m = 19 MiB, t = 2, p = 1, the
-/// OWASP recommendation). CPU-heavy: call from a blocking thread in async code.
+/// OWASP recommendation). CPU-heavy: async code calls [`hash_password_off_thread`].
 pub fn hash_password(password: &str) -> Result<String, ApiError> {
     if password.chars().count() < MIN_PASSWORD {
         return Err(ApiError::BadRequest(format!(
             "a password needs at least {MIN_PASSWORD} characters"
         )));
     }
+    phc(password.as_bytes())
+        .map_err(|e| ApiError::BadRequest(format!("cannot hash the password: {e}")))
+}
+
+/// [`hash_password`] on a blocking thread.
+pub async fn hash_password_off_thread(password: String) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|_| ApiError::BadRequest("cannot hash the password".into()))?
+}
+
+fn phc(secret: &[u8]) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
+        .hash_password(secret, &salt)
         .map(|h| h.to_string())
-        .map_err(|e| ApiError::BadRequest(format!("cannot hash the password: {e}")))
 }
 
 /// Whether `password` matches the PHC string `hash`.
@@ -67,13 +78,7 @@ fn verify_password(password: &str, hash: &str) -> bool {
 /// A hash to verify against when the user does not exist, so that answer takes as long.
 fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(b"no such user, no such password", &salt)
-            .map(|h| h.to_string())
-            .unwrap_or_default()
-    })
+    DUMMY.get_or_init(|| phc(b"no such user, no such password").unwrap_or_default())
 }
 
 /// Failed logins per key (a username, a client address) in a sliding window. In memory: a
@@ -294,16 +299,7 @@ async fn login(
         })
         .await?;
     state.store.record_audit(&audit("auth.login", None)).await?;
-    let caller = Caller {
-        user_id: Some(user.id),
-        username: user.username,
-        display_name: user.display_name,
-        role: user.role,
-        cots: user.cot_ids,
-        via: Via::Session,
-        source,
-        token_hash: Some(token_hash),
-    };
+    let caller = Caller::of_user(user, Via::Session, source, token_hash);
     Ok(Json(LoginOut {
         token,
         expires_at,
