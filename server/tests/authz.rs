@@ -12,11 +12,10 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use server::http::auth::{self, Permission, allows};
+use server::http::auth::{self, allows};
 use server::http::policy::{Access, ROUTES};
 use server::http::{AppState, app};
 use store::testing::TestDb;
@@ -214,7 +213,6 @@ async fn request(
     method: &str,
     path: &str,
     side: &Side,
-    role: Role,
 ) -> (String, Option<Value>, StatusCode) {
     let store = &w.db.store;
     let ok = StatusCode::OK;
@@ -324,7 +322,6 @@ async fn request(
                 Some("resolve") => json!({"outcome": "no_action_needed"}),
                 _ => json!({}),
             };
-            let _ = role;
             (fill(path, &alert.to_string()), Some(body), ok)
         }
         ("GET", "/api/v1/alerts/stream") => (format!("{path}?after=0"), None, ok),
@@ -349,17 +346,7 @@ async fn call(
     body: Option<Value>,
     token: Option<&str>,
 ) -> (StatusCode, String) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string()))
-            .unwrap(),
-        None => req.body(Body::empty()).unwrap(),
-    };
+    let req = common::request(method, uri, body, token);
     let resp = app(w.state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let streaming = resp
@@ -415,7 +402,7 @@ async fn every_route_every_role_every_tenancy_case() {
                 Access::Allowed(p) => allows(role, p),
             };
             for (case, side) in [("own COT", &w.a), ("other COT", &w.b)] {
-                let (uri, body, success) = request(&w, method, path, side, role).await;
+                let (uri, body, success) = request(&w, method, path, side).await;
                 let token = if path == "/api/v1/auth/logout" {
                     // Logging out revokes the token: use a fresh one of the same role.
                     auth::service_token(&w.db.store, &unique("logout-"), role, &[w.a.cot])
@@ -445,7 +432,7 @@ async fn every_route_every_role_every_tenancy_case() {
             if access == Access::Public {
                 continue;
             }
-            let (uri, body, _) = request(&w, method, path, &w.a, role).await;
+            let (uri, body, _) = request(&w, method, path, &w.a).await;
             let expired = &w.expired.iter().find(|(r, _)| *r == role).unwrap().1;
             for (case, token) in [
                 ("no token", None),
@@ -460,7 +447,7 @@ async fn every_route_every_role_every_tenancy_case() {
                     "{role:?} {method} {uri} ({case}): {text}"
                 );
                 assert!(!text.contains("PAT-"), "{case} got data: {text}");
-                cells += 4 / 4;
+                cells += 1;
             }
         }
     }
@@ -587,5 +574,4 @@ async fn a_user_of_two_cots_sees_both_and_a_user_of_none_sees_nothing() {
         .unwrap();
     let (status, _) = call(&w, "GET", "/api/v1/patients", None, Some(&both)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let _ = Permission::ReadAudit;
 }
