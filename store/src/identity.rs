@@ -5,11 +5,16 @@
 //! the operator's CLI use it), `Some(ids)` only those COTs; an empty list matches nothing.
 //! Password hashing is the server's business: the store keeps the PHC string it is given.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::what;
-use crate::registry::{cot_from_row, device_from_row, non_empty, patient_from_row};
+use crate::registry::{
+    COT_COLUMNS, DEVICE_COLUMNS, PATIENT_COLUMNS, cot_from_row, device_from_row, non_empty,
+    patient_from_row,
+};
 use crate::rows::Columns;
 use crate::sql::{AnyRow, Val};
 use crate::{ApiToken, Cot, Device, Patient, Result, Store, StoreError};
@@ -335,7 +340,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT id, code, name, created_at FROM cots WHERE id IN ({}) ORDER BY id",
+            "SELECT {COT_COLUMNS} FROM cots WHERE id IN ({}) ORDER BY id",
             id_list(ids)
         );
         let rows = self.read(&sql, &[]).await?;
@@ -348,9 +353,7 @@ impl Store {
         scope: Option<&[i64]>,
         cot: Option<i64>,
     ) -> Result<Vec<Patient>> {
-        let mut sql = "SELECT id, cot_id, code, display_name, birth_year, conditions, created_at \
-                       FROM patients WHERE 1 = 1"
-            .to_owned();
+        let mut sql = format!("SELECT {PATIENT_COLUMNS} FROM patients WHERE 1 = 1");
         if let Some(cots) = scope {
             if cots.is_empty() {
                 return Ok(Vec::new());
@@ -373,22 +376,22 @@ impl Store {
         scope: Option<&[i64]>,
         patient: Option<i64>,
     ) -> Result<Vec<Device>> {
-        let mut sql = "SELECT d.id, d.patient_id, d.kind, d.model, d.created_at, d.revoked_at, \
-                       d.last_seen_at, d.online, d.battery_pct, d.firmware, d.rssi, d.status_at, \
-                       d.last_seq FROM devices d JOIN patients p ON p.id = d.patient_id WHERE 1 = 1"
-            .to_owned();
+        let mut sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE 1 = 1");
         if let Some(cots) = scope {
             if cots.is_empty() {
                 return Ok(Vec::new());
             }
-            sql.push_str(&format!(" AND p.cot_id IN ({})", id_list(cots)));
+            sql.push_str(&format!(
+                " AND patient_id IN (SELECT id FROM patients WHERE cot_id IN ({}))",
+                id_list(cots)
+            ));
         }
         let mut vals = Vec::new();
         if let Some(patient) = patient {
-            sql.push_str(" AND d.patient_id = $1");
+            sql.push_str(" AND patient_id = $1");
             vals.push(Val::I64(patient));
         }
-        sql.push_str(" ORDER BY d.id");
+        sql.push_str(" ORDER BY id");
         let rows = self.read(&sql, &vals).await?;
         rows.iter().map(device_from_row).collect()
     }
@@ -415,18 +418,16 @@ impl Store {
             "SELECT user_id, cot_id FROM user_cots WHERE user_id IN ({}) ORDER BY cot_id",
             id_list(&ids)
         );
-        let links = self.read(&sql, &[]).await?;
-        let mut users = Vec::with_capacity(rows.len());
-        for (row, id) in rows.into_iter().zip(ids) {
-            let mut cots = Vec::new();
-            for link in &links {
-                if link.bigint("user_id")? == id {
-                    cots.push(link.bigint("cot_id")?);
-                }
-            }
-            users.push(user_from_row(row, cots)?);
+        let mut cots: HashMap<i64, Vec<i64>> = HashMap::new();
+        for link in self.read(&sql, &[]).await? {
+            cots.entry(link.bigint("user_id")?)
+                .or_default()
+                .push(link.bigint("cot_id")?);
         }
-        Ok(users)
+        rows.into_iter()
+            .zip(ids)
+            .map(|(row, id)| user_from_row(row, cots.remove(&id).unwrap_or_default()))
+            .collect()
     }
 }
 

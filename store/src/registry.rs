@@ -176,9 +176,10 @@ pub struct ApiToken {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
-const COT_COLUMNS: &str = "id, code, name, created_at";
-const PATIENT_COLUMNS: &str = "id, cot_id, code, display_name, birth_year, conditions, created_at";
-const DEVICE_COLUMNS: &str = "id, patient_id, kind, model, created_at, revoked_at, last_seen_at, \
+pub(crate) const COT_COLUMNS: &str = "id, code, name, created_at";
+pub(crate) const PATIENT_COLUMNS: &str =
+    "id, cot_id, code, display_name, birth_year, conditions, created_at";
+pub(crate) const DEVICE_COLUMNS: &str = "id, patient_id, kind, model, created_at, revoked_at, last_seen_at, \
      online, battery_pct, firmware, rssi, status_at, last_seq";
 const TOKEN_COLUMNS: &str = "id, name, user_id, kind, created_at, expires_at, revoked_at";
 
