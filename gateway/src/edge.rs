@@ -44,7 +44,7 @@ use tokio_util::task::TaskTracker;
 
 use protocol::topic::{Channel, DeviceId, Topic, filter_within_device};
 
-use crate::broker::{BrokerHandle, Inbound, Outbound};
+use crate::broker::{BrokerHandle, Inbound};
 use crate::config::GatewayConfig;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
@@ -63,6 +63,8 @@ pub(crate) struct EdgeContext {
     pub(crate) close: CancellationToken,
     /// Authorized connections by device, for closing them on revocation.
     pub(crate) live: Arc<LiveConnections>,
+    /// Repeat measurements the alert engine asked for, delivered in the device's config.
+    pub(crate) repeats: Arc<crate::repeats::Repeats>,
 }
 
 /// How a listener's connections are carried and authenticated.
@@ -341,7 +343,11 @@ where
     tracing::info!(device = %device_id, %peer, tls, "device connected");
 
     // The device's config is retained before the device can subscribe to it.
-    let _ = ctx.broker.outbound.send(config_message(device)).await;
+    let _ = ctx
+        .broker
+        .outbound
+        .send(ctx.repeats.config_message(device))
+        .await;
 
     let mut broker = TcpStream::connect(ctx.broker.addr).await?;
     let _ = broker.set_nodelay(true);
@@ -599,18 +605,6 @@ async fn read_packet<R: AsyncReadExt + Unpin>(
                 Err(EdgeError::Violation("truncated packet"))
             };
         }
-    }
-}
-
-fn config_message(device: DeviceId<'_>) -> Outbound {
-    let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    let config = protocol::status::DeviceConfig::with_time(now_ms);
-    let mut buf = [0u8; 512];
-    let len = config.encode(&mut buf).unwrap_or(0);
-    Outbound {
-        topic: Topic::new(device, Channel::Config).to_string(),
-        payload: buf[..len].to_vec(),
-        retain: true,
     }
 }
 

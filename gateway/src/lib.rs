@@ -23,6 +23,7 @@ mod broker;
 mod edge;
 mod ingest;
 mod registry;
+mod repeats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -155,14 +156,22 @@ pub async fn start_with_clock(
     };
     tracker.spawn(batcher.run(inbound_rx, batch_tx, cancel.clone()));
     let alert_metrics = Arc::new(alerts::EngineMetrics::default());
+    let repeats = Arc::new(repeats::Repeats::default());
     let engine = if config.alerts.enabled {
         let (tx, rx) = mpsc::channel(64);
+        let (repeat_tx, repeat_rx) = mpsc::unbounded_channel();
+        tracker.spawn(repeats.clone().run(
+            repeat_rx,
+            broker.outbound.clone(),
+            cancel.clone(),
+        ));
         let engine = alerts::Engine::new(
             store.clone(),
             config.alerts.clone(),
             clock,
             alert_metrics.clone(),
-        );
+        )
+        .with_repeats(repeat_tx);
         // The engine stops when the writer, its only sender, is gone: after the last batch.
         tracker.spawn(engine.run(rx, cancel.clone()));
         Some(tx)
@@ -221,6 +230,7 @@ pub async fn start_with_clock(
         metrics: metrics.clone(),
         close,
         live,
+        repeats,
     });
     let tls_addr = tls_listener.as_ref().map(|(_, addr, _)| *addr);
     if let Some((listener, _, transport)) = tls_listener {

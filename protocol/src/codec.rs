@@ -196,7 +196,8 @@ pub enum ReadingError {
     },
     /// Diastolic pressure is not below systolic.
     DiastolicNotBelowSystolic,
-    /// A device with its clock set sent a time before 2000 or after 2100.
+    /// A device with its clock set sent a time before 2000 or after 2100. No longer raised:
+    /// such a reading is kept as one with its clock unset (kept for the wire names).
     TimestampOutOfRange,
     /// Status bits set that the standard does not define.
     UndefinedStatusBits,
@@ -353,10 +354,12 @@ impl<'a> WireReading<'a> {
         if self.status & !MeasurementStatus::DEFINED != 0 {
             return Err(ReadingError::UndefinedStatusBits);
         }
-        if !self.clock_unset && !(limits::EARLIEST_TS_MS..=limits::LATEST_TS_MS).contains(&self.ts)
-        {
-            return Err(ReadingError::TimestampOutOfRange);
-        }
+        // A device that says its clock is set but sends a time before 2000 or after 2100 has
+        // lost its clock (a reset to 1970 is the usual case): the reading is still the
+        // patient's, so it is kept as if the clock were unset (dated at its receive time,
+        // flagged) rather than refused where no nurse sees it.
+        let clock_unset = self.clock_unset
+            || !(limits::EARLIEST_TS_MS..=limits::LATEST_TS_MS).contains(&self.ts);
         let (measurement, sensor_defined) = match kind {
             Kind::BloodPressure => (self.blood_pressure()?, sensor::BP_DEFINED),
             Kind::Spo2 => (self.spo2()?, sensor::PLX_DEFINED),
@@ -368,7 +371,7 @@ impl<'a> WireReading<'a> {
         Ok(Reading {
             seq: self.seq,
             ts_ms: self.ts,
-            clock_unset: self.clock_unset,
+            clock_unset,
             status,
             sensor: self.sensor,
             measurement,
@@ -669,10 +672,9 @@ mod tests {
             r#"{"seq":4,"ts":1763798400000,"kind":"weight","value":80,"unit":"kg"}"#,
             Err(UnknownKind),
         );
-        check_reading(
-            r#"{"seq":4,"ts":12,"kind":"spo2","spo2":95}"#,
-            Err(TimestampOutOfRange),
-        );
+        // A clock that says it is set but reads 1970: kept, as a reading with its clock unset.
+        let lost = one(r#"{"seq":4,"ts":12,"kind":"spo2","spo2":95}"#);
+        assert!(matches!(lost, Ok(Ok(ref r)) if r.clock_unset), "{lost:?}");
         check_reading(
             r#"{"seq":4,"ts":12,"clock_unset":true,"kind":"spo2","spo2":95}"#,
             Ok(Measurement::Spo2(Spo2 {

@@ -5,6 +5,12 @@
 //!
 //! Config (retained, republished by the gateway whenever the device connects):
 //! `{"time_ms":1763798400000,"schedule":[{"kind":"bp","every_s":43200}]}`.
+//!
+//! A config may also ask for one repeat measurement, when a reading fell in a band of a care
+//! plan that a repeat confirms or downgrades (see the alert engine):
+//! `{"time_ms":1763798400000,"repeat":{"id":1763798399000,"kind":"spo2","in_s":300}}`. The
+//! device measures that kind once, `in_s` seconds after it received the config; `id` tells
+//! one request from another, so a retained config delivered again is not measured twice.
 
 use serde::{Deserialize, Serialize};
 
@@ -77,7 +83,26 @@ pub struct DeviceConfig<'a> {
     /// Measurement schedule.
     #[serde(borrow, default)]
     pub schedule: heapless::Vec<ScheduleEntry<'a>, 4>,
+    /// One repeat measurement asked for (absent: none).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<RepeatRequest<'a>>,
 }
+
+/// "Measure `kind` again in `in_s` seconds", once per `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepeatRequest<'a> {
+    /// Tells requests apart (the gateway uses the request time, ms since the Unix epoch).
+    pub id: i64,
+    /// Measurement kind (`bp`, `spo2`, `glucose`).
+    pub kind: &'a str,
+    /// Seconds to wait before measuring (rest before a repeat BP or SpO2; 15 min after
+    /// treating a low glucose).
+    pub in_s: u32,
+}
+
+/// Longest wait a repeat request may ask for (a request is about now, not tomorrow).
+pub const MAX_REPEAT_IN_S: u32 = 6 * 3600;
 
 impl<'a> DeviceConfig<'a> {
     /// A config carrying only the gateway's time, with an empty schedule (the device keeps
@@ -86,6 +111,7 @@ impl<'a> DeviceConfig<'a> {
         DeviceConfig {
             time_ms,
             schedule: heapless::Vec::new(),
+            repeat: None,
         }
     }
 
@@ -101,6 +127,13 @@ impl<'a> DeviceConfig<'a> {
         {
             return Err(DecodeError::Json(
                 "schedule kind must be bp, spo2 or glucose",
+            ));
+        }
+        if let Some(r) = &config.repeat
+            && (crate::reading::Kind::parse(r.kind).is_none() || r.in_s > MAX_REPEAT_IN_S)
+        {
+            return Err(DecodeError::Json(
+                "repeat kind must be bp, spo2 or glucose, in_s at most 21600",
             ));
         }
         Ok(config)
@@ -161,6 +194,7 @@ mod tests {
         let mut cfg = DeviceConfig {
             time_ms: 1_763_798_400_000,
             schedule: heapless::Vec::new(),
+            repeat: None,
         };
         cfg.schedule
             .push(ScheduleEntry {
@@ -171,5 +205,25 @@ mod tests {
         let mut buf = [0u8; 256];
         let n = cfg.encode(&mut buf).unwrap();
         assert_eq!(DeviceConfig::decode(&buf[..n]).unwrap(), cfg);
+        cfg.repeat = Some(RepeatRequest {
+            id: 1_763_798_399_000,
+            kind: "spo2",
+            in_s: 300,
+        });
+        let n = cfg.encode(&mut buf).unwrap();
+        assert_eq!(DeviceConfig::decode(&buf[..n]).unwrap(), cfg);
+    }
+
+    #[test]
+    fn repeat_requests_are_checked() {
+        for (payload, ok) in [
+            (r#"{"time_ms":0,"repeat":{"id":1,"kind":"bp","in_s":300}}"#, true),
+            (r#"{"time_ms":0,"repeat":{"id":1,"kind":"weight","in_s":300}}"#, false),
+            (r#"{"time_ms":0,"repeat":{"id":1,"kind":"bp","in_s":90000}}"#, false),
+            (r#"{"time_ms":0,"repeat":{"id":1,"kind":"bp"}}"#, false),
+            (r#"{"time_ms":0,"repeat":{"id":1,"kind":"bp","in_s":1,"x":2}}"#, false),
+        ] {
+            assert_eq!(DeviceConfig::decode(payload.as_bytes()).is_ok(), ok, "{payload}");
+        }
     }
 }

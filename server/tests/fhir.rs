@@ -317,6 +317,7 @@ fn trigger(
         at: T0 + time::Duration::hours(1),
         due_at: Some(T0 + time::Duration::hours(2)),
         detail: None,
+        unconfirmed: false,
     }
 }
 

@@ -124,6 +124,22 @@ pub struct Trigger {
     pub due_at: Option<OffsetDateTime>,
     /// Free detail for the event (JSON text).
     pub detail: Option<String>,
+    /// Opened by one reading that a repeat should confirm (stored as `confirmation =
+    /// 'unconfirmed'` on a new alert; ignored by an update).
+    pub unconfirmed: bool,
+}
+
+/// What a repeat measurement made of an unconfirmed alert.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Confirmation {
+    /// The repeat held the band (or a worse one).
+    Confirmed,
+    /// The repeat fell in a milder band (or none): the alert takes `severity` and is due
+    /// within its response time from now.
+    Downgraded {
+        severity: Severity,
+        due_at: Option<OffsetDateTime>,
+    },
 }
 
 /// What [`Store::trigger_alert`] did.
@@ -164,6 +180,9 @@ pub struct Alert {
     pub first_value: Option<f64>,
     pub worst_value: Option<f64>,
     pub last_value: Option<f64>,
+    /// `unconfirmed` (one reading, a repeat asked for), `confirmed`, `not_confirmed`
+    /// (downgraded by the repeat), or `null` (a run of readings, or no repeat needed).
+    pub confirmation: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub opened_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -238,7 +257,7 @@ pub struct OutboxEntry {
 
 const ALERT_COLUMNS: &str = "id, patient_id, cot_id, rule_id, rule_kind, title, severity, \
     condition, workflow, outcome, assignee, plan_version, metric, unit, count, first_value, \
-    worst_value, last_value, opened_at, last_triggered_at, last_measured_at, cleared_at, \
+    worst_value, last_value, confirmation, opened_at, last_triggered_at, last_measured_at, cleared_at, \
     acknowledged_at, acknowledged_by, resolved_at, resolved_by, due_at, escalation_level, \
     escalated_at, updated_at";
 
@@ -271,9 +290,9 @@ impl Store {
                 let sql = "INSERT INTO alerts (patient_id, cot_id, rule_id, rule_kind, title, \
                     severity, severity_rank, condition, workflow, plan_version, metric, unit, \
                     count, first_value, worst_value, last_value, opened_at, last_triggered_at, \
-                    last_measured_at, due_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-                    'active', 'new', $8, $9, $10, $11, $12, $12, $12, $13, $13, $14, $15, $13) \
-                    RETURNING id";
+                    last_measured_at, due_at, updated_at, confirmation) VALUES ($1, $2, $3, $4, \
+                    $5, $6, $7, 'active', 'new', $8, $9, $10, $11, $16, $17, $12, $13, $13, $14, \
+                    $15, $13, $18) RETURNING id";
                 let count = i64::try_from(t.readings.len().max(1)).unwrap_or(i64::MAX);
                 let row = tx
                     .one(
@@ -294,6 +313,9 @@ impl Store {
                             Val::Ts(t.at),
                             Val::OptTs(latest(&t.readings)),
                             Val::OptTs(t.due_at),
+                            Val::F64(t.readings.first().and_then(|r| r.value).or(t.value)),
+                            Val::F64(worst_of(None, t)),
+                            Val::OptText(t.unconfirmed.then_some("unconfirmed")),
                         ],
                     )
                     .await?
@@ -314,11 +336,7 @@ impl Store {
                 }
                 let severity_raised = t.severity > open.severity;
                 let severity = open.severity.max(t.severity);
-                let worst = match (open.worst_value, t.value) {
-                    (Some(w), Some(v)) if t.higher_is_worse => Some(w.max(v)),
-                    (Some(w), Some(v)) => Some(w.min(v)),
-                    (w, v) => w.or(v),
-                };
+                let worst = worst_of(open.worst_value, t);
                 let last_measured = match (open.last_measured_at, latest(&t.readings)) {
                     (Some(a), Some(b)) => Some(a.max(b)),
                     (a, b) => a.or(b),
@@ -602,6 +620,88 @@ impl Store {
         tx.commit().await?;
         self.announce(event.id);
         Ok(Some(event))
+    }
+
+    /// Records what a repeat made of the open, unconfirmed (patient, rule) alert: confirmed,
+    /// or downgraded (severity and due time replaced). Event `confirmed` or `downgraded`.
+    /// `None` if there is no such alert (resolved meanwhile, or already settled).
+    pub async fn confirm_alert(
+        &self,
+        patient_id: i64,
+        rule_id: &str,
+        at: OffsetDateTime,
+        what: Confirmation,
+        detail: Option<&str>,
+    ) -> Result<Option<AlertEvent>> {
+        let mut tx = self.tx().await?;
+        tx.lock_events().await?;
+        let Some(a) = open_alert(&mut tx, patient_id, rule_id).await? else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        if a.confirmation.as_deref() != Some("unconfirmed") {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let (kind, severity) = match what {
+            Confirmation::Confirmed => {
+                tx.exec(
+                    "UPDATE alerts SET confirmation = 'confirmed', updated_at = $2 WHERE id = $1",
+                    &[Val::I64(a.id), Val::Ts(at)],
+                )
+                .await?;
+                ("confirmed", a.severity)
+            }
+            Confirmation::Downgraded { severity, due_at } => {
+                let severity = severity.min(a.severity);
+                tx.exec(
+                    "UPDATE alerts SET confirmation = 'not_confirmed', severity = $2, \
+                     severity_rank = $3, due_at = $4, updated_at = $5 WHERE id = $1",
+                    &[
+                        Val::I64(a.id),
+                        Val::Text(severity.as_str()),
+                        Val::I64(severity.rank()),
+                        Val::OptTs(due_at),
+                        Val::Ts(at),
+                    ],
+                )
+                .await?;
+                ("downgraded", severity)
+            }
+        };
+        let event = insert_event_returning(
+            &mut tx,
+            EventRow {
+                alert_id: a.id,
+                patient_id: a.patient_id,
+                cot_id: a.cot_id,
+                at,
+                kind,
+                actor: "engine",
+                severity,
+                detail,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.announce(event.id);
+        Ok(Some(event))
+    }
+
+    /// When the newest (patient, rule) alert was opened, resolved or not.
+    pub async fn last_alert_opened(
+        &self,
+        patient_id: i64,
+        rule_id: &str,
+    ) -> Result<Option<OffsetDateTime>> {
+        let rows = self
+            .read(
+                "SELECT opened_at FROM alerts WHERE patient_id = $1 AND rule_id = $2 \
+                 ORDER BY opened_at DESC LIMIT 1",
+                &[Val::I64(patient_id), Val::Text(rule_id)],
+            )
+            .await?;
+        rows.first().map(|r| r.ts("opened_at")).transpose()
     }
 
     /// Unacknowledged alerts whose due time has passed at `at`, oldest deadline first.
@@ -1006,6 +1106,23 @@ impl Store {
     }
 }
 
+/// The worst of `so_far` and every value of the trigger (its readings and its own value): an
+/// alert opened by a run shows the run's worst, not the confirming reading's.
+fn worst_of(so_far: Option<f64>, t: &Trigger) -> Option<f64> {
+    t.readings
+        .iter()
+        .filter_map(|r| r.value)
+        .chain(t.value)
+        .chain(so_far)
+        .reduce(|a, b| {
+            if t.higher_is_worse {
+                a.max(b)
+            } else {
+                a.min(b)
+            }
+        })
+}
+
 fn alert_from_row(r: &AnyRow) -> Result<Alert> {
     let severity = r.text("severity")?;
     let workflow = r.text("workflow")?;
@@ -1030,6 +1147,7 @@ fn alert_from_row(r: &AnyRow) -> Result<Alert> {
         first_value: r.double_opt("first_value")?,
         worst_value: r.double_opt("worst_value")?,
         last_value: r.double_opt("last_value")?,
+        confirmation: r.text_opt("confirmation")?,
         opened_at: r.ts("opened_at")?,
         last_triggered_at: r.ts("last_triggered_at")?,
         last_measured_at: r.ts_opt("last_measured_at")?,

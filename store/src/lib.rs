@@ -58,7 +58,8 @@ mod sql;
 pub mod testing;
 
 pub use alerts::{
-    Alert, AlertEvent, AlertQuery, AlertReading, OutboxEntry, Severity, Trigger, TriggerOutcome,
+    Alert, AlertEvent, AlertQuery, AlertReading, Confirmation, OutboxEntry, Severity, Trigger,
+    TriggerOutcome,
     Workflow,
 };
 pub use audit::{AuditEntry, AuditQuery, NewAudit};

@@ -99,6 +99,7 @@ fn trigger(patient_id: i64, severity: Severity, value: f64, seqs: &[i64]) -> Tri
         at: T0 + Duration::hours(1),
         due_at: Some(T0 + Duration::hours(3)),
         detail: None,
+        unconfirmed: false,
     }
 }
 

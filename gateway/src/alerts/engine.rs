@@ -20,6 +20,26 @@
 //! at them without treating them as an emergency. A reading whose device clock is unset or
 //! implausible is dated at its receive time, evaluated as current, and raises the device's
 //! `clock` alert.
+//!
+//! # Plans
+//! The plan a patient is evaluated with is their stored plan, or without one the templates
+//! of all their conditions composed ([`plan::for_conditions`]); either way with the safety
+//! net joined in ([`super::net::effective`]), so every reading of every kind is judged.
+//!
+//! # Single readings and repeats
+//! A reading in a band of medium severity or worse (or a questionable one) makes the engine
+//! ask its device for a repeat ([`RepeatRequest`], delivered on the device's `config` topic),
+//! at most once per device and kind in [`REPEAT_EVERY`]. An alert opened by a single reading
+//! in a high or critical band is *unconfirmed*; the next good reading of its metric within
+//! [`CONFIRM_WITHIN`] settles it: in the same band or a worse one, `confirmed`; in a milder
+//! band, `downgraded` to that band's severity; in none, `downgraded` to low (and its
+//! condition clears). No repeat within that time: it stays unconfirmed at its severity, so a
+//! device that cannot repeat never silences an alert.
+//!
+//! # Adherence
+//! Judged on measurement time: a late reading (a backlog) counts as a measurement taken. No
+//! adherence alert fires while a backlog of that kind is arriving (a late reading received
+//! within [`BACKLOG_QUIET`]), and none for a kind the patient has no device for.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -27,14 +47,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use store::{
-    AlertReading, NewReading, ReadingKind, ReadingQuery, Severity, Store, StoreError, Trigger,
-    TriggerOutcome,
+    AlertReading, Confirmation, NewReading, ReadingKind, ReadingQuery, Severity, Store,
+    StoreError, Trigger, TriggerOutcome,
 };
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{self, CarePlan, Check};
+use super::net;
+use super::plan::{self, CarePlan, Check, Metric};
 use super::rules::{self, Effect, Obs, Quality};
 use crate::telemetry::Histogram;
 
@@ -178,6 +199,31 @@ impl EngineMetrics {
     }
 }
 
+/// A repeat measurement the engine asks a device for (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepeatRequest {
+    pub device_id: String,
+    pub kind: ReadingKind,
+    pub in_minutes: u32,
+    /// When it was asked for, by the engine's clock (also the request's id on the wire).
+    pub at: OffsetDateTime,
+}
+
+/// At most one repeat request per device and kind within this time.
+pub const REPEAT_EVERY: time::Duration = time::Duration::minutes(30);
+/// A repeat settles an unconfirmed alert only within this time of the reading that opened it.
+pub const CONFIRM_WITHIN: time::Duration = time::Duration::hours(2);
+/// A late reading of a kind received within this time: its backlog is still arriving.
+pub const BACKLOG_QUIET: time::Duration = time::Duration::minutes(15);
+
+/// An unconfirmed alert waiting for its repeat.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    severity: Severity,
+    metric: Metric,
+    at: OffsetDateTime,
+}
+
 /// A patient's plan as the engine uses it.
 #[derive(Debug)]
 struct LoadedPlan {
@@ -193,6 +239,10 @@ struct PatientState {
     window: Vec<Obs>,
     /// Rules whose condition is active in the store (so a reading back in range clears).
     active: HashSet<String>,
+    /// Unconfirmed alerts by rule, waiting for a repeat.
+    unconfirmed: HashMap<String, Pending>,
+    /// Average rules that opened an alert recently: quiet until then.
+    quiet_until: HashMap<String, OffsetDateTime>,
     touched: u64,
 }
 
@@ -211,8 +261,15 @@ pub struct Engine {
     /// Time-driven conditions known active (not to re-trigger every tick).
     timed_active: HashSet<(i64, String)>,
     plans: HashMap<i64, Arc<LoadedPlan>>,
-    /// Template plans shared by every patient without a stored plan.
-    templates: HashMap<&'static str, Arc<LoadedPlan>>,
+    /// Composed plans shared by every patient without a stored plan, by conditions.
+    templates: HashMap<String, Arc<LoadedPlan>>,
+    /// Where repeat requests go (`None`: nowhere, e.g. a benchmark without devices).
+    repeats: Option<mpsc::UnboundedSender<RepeatRequest>>,
+    last_repeat: HashMap<(String, ReadingKind), OffsetDateTime>,
+    /// When a late reading of (patient, kind) last arrived, by the engine's clock.
+    last_late: HashMap<(i64, ReadingKind), OffsetDateTime>,
+    /// The (patient, kind) pairs with a device (`None` until the first device tick).
+    device_kinds: Option<HashSet<(i64, ReadingKind)>>,
     /// Fires at shutdown: timers stop, the remaining batches are still evaluated.
     stopping: CancellationToken,
     touch: u64,
@@ -244,10 +301,20 @@ impl Engine {
             timed_active: HashSet::new(),
             plans: HashMap::new(),
             templates: HashMap::new(),
+            repeats: None,
+            last_repeat: HashMap::new(),
+            last_late: HashMap::new(),
+            device_kinds: None,
             stopping: CancellationToken::new(),
             touch: 0,
             done_outbox: Vec::new(),
         }
+    }
+
+    /// Sends repeat requests to `tx` (the gateway delivers them to the devices).
+    pub fn with_repeats(mut self, tx: mpsc::UnboundedSender<RepeatRequest>) -> Engine {
+        self.repeats = Some(tx);
+        self
     }
 
     /// Runs until `cancel` fires and the channel is drained: recovers the outbox first, then
@@ -412,19 +479,19 @@ impl Engine {
         for p in self.store.list_patients(None).await? {
             let loaded = match stored.get(&p.id) {
                 Some(row) => Arc::new(parse_stored(row)),
-                None => self.template_plan(plan::template_for_conditions(&p.conditions)),
+                None => self.template_plan(&p.conditions),
             };
             self.plans.insert(p.id, loaded);
         }
         Ok(())
     }
 
-    fn template_plan(&mut self, name: &'static str) -> Arc<LoadedPlan> {
+    fn template_plan(&mut self, conditions: &[String]) -> Arc<LoadedPlan> {
         self.templates
-            .entry(name)
+            .entry(plan::template_label(conditions))
             .or_insert_with(|| {
                 Arc::new(LoadedPlan {
-                    plan: plan::template(name).unwrap_or_else(empty_plan).normalized(),
+                    plan: net::effective(&plan::for_conditions(conditions).normalized()),
                     version: None,
                 })
             })
@@ -436,22 +503,7 @@ impl Engine {
             return Ok(p.clone());
         }
         let loaded = match self.store.current_care_plan(patient).await? {
-            Some(row) => match CarePlan::from_json(&row.plan) {
-                Ok(plan) => LoadedPlan {
-                    plan: plan.normalized(),
-                    version: Some(row.version),
-                },
-                Err(e) => {
-                    tracing::error!(patient, version = row.version, error = %e, "stored care plan unreadable; using the general template");
-                    LoadedPlan {
-                        plan: plan::template("general").unwrap_or(CarePlan {
-                            schedule: Vec::new(),
-                            rules: Vec::new(),
-                        }),
-                        version: Some(row.version),
-                    }
-                }
-            },
+            Some(row) => Arc::new(parse_stored(&row)),
             None => {
                 let conditions = self
                     .store
@@ -459,17 +511,9 @@ impl Engine {
                     .await?
                     .map(|p| p.conditions)
                     .unwrap_or_default();
-                let name = plan::template_for_conditions(&conditions);
-                LoadedPlan {
-                    plan: plan::template(name).unwrap_or(CarePlan {
-                        schedule: Vec::new(),
-                        rules: Vec::new(),
-                    }),
-                    version: None,
-                }
+                self.template_plan(&conditions)
             }
         };
-        let loaded = Arc::new(loaded);
         self.plans.insert(patient, loaded.clone());
         Ok(loaded)
     }
@@ -493,13 +537,26 @@ impl Engine {
             .into_iter()
             .map(|r| Obs::from_new(&to_new(r)))
             .collect();
-        let active = self
-            .store
-            .open_alerts(patient)
-            .await?
-            .into_iter()
+        let open = self.store.open_alerts(patient).await?;
+        let active = open
+            .iter()
             .filter(|a| a.condition == "active")
-            .map(|a| a.rule_id)
+            .map(|a| a.rule_id.clone())
+            .collect();
+        let unconfirmed = open
+            .iter()
+            .filter(|a| a.confirmation.as_deref() == Some("unconfirmed"))
+            .filter_map(|a| {
+                let metric = metric_named(a.metric.as_deref()?)?;
+                Some((
+                    a.rule_id.clone(),
+                    Pending {
+                        severity: a.severity,
+                        metric,
+                        at: a.last_measured_at.unwrap_or(a.opened_at),
+                    },
+                ))
+            })
             .collect();
         if self.patients.len() >= self.config.max_cached_patients {
             self.evict();
@@ -510,6 +567,8 @@ impl Engine {
                 plan,
                 window,
                 active,
+                unconfirmed,
+                quiet_until: HashMap::new(),
                 touched: 0,
             },
         );
@@ -582,10 +641,13 @@ impl Engine {
             if self.last_measured.get(&key).is_none_or(|t| *t < o.at) {
                 self.last_measured.insert(key, o.at);
             }
+            // Measured is measured, late or not: adherence may be met again.
+            self.adherence_met(patient, &plan, o.kind, now).await?;
             if o.clock_bad && has_rule(&plan.plan, |c| matches!(c, Check::Clock { .. })) {
                 clock_devices.push((o.device_id.clone(), o.seq, o.at));
             }
             if late {
+                self.last_late.insert(key, now);
                 self.metrics.readings_late.fetch_add(1, Ordering::Relaxed);
                 for e in effects {
                     if let Effect::Trigger { severity, .. } = e
@@ -597,17 +659,53 @@ impl Engine {
                 }
                 continue;
             }
-            // A reading is news: adherence for its kind is satisfied.
-            for rule in &plan.plan.rules {
-                if let Check::Adherence { kind, .. } = &rule.check
-                    && *kind == o.kind
-                    && self.timed_active.remove(&(patient, rule.id.clone()))
-                {
-                    self.clear(patient, &rule.id, now, Some(o.at)).await?;
-                }
-            }
+            let pending: Vec<(String, Pending)> = match self.patients.get(&patient) {
+                Some(state) if o.quality == Quality::Good => state
+                    .unconfirmed
+                    .iter()
+                    .filter(|(_, p)| {
+                        o.at > p.at
+                            && o.at - p.at <= CONFIRM_WITHIN
+                            && p.metric.kinds().contains(&o.kind)
+                            && o.values.get(p.metric).is_some()
+                    })
+                    .map(|(r, p)| (r.clone(), *p))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mut fired: HashMap<String, Severity> = HashMap::new();
             for effect in effects {
-                self.apply(patient, &plan, effect, now).await?;
+                if let Effect::Trigger {
+                    rule_id, severity, ..
+                } = &effect
+                {
+                    fired.insert(rule_id.clone(), *severity);
+                }
+                self.apply(patient, &plan, effect, &o, now).await?;
+            }
+            for (rule_id, p) in pending {
+                let what = match fired.get(&rule_id) {
+                    Some(s) if *s >= p.severity => Confirmation::Confirmed,
+                    other => {
+                        let severity = other.copied().unwrap_or(Severity::Low);
+                        Confirmation::Downgraded {
+                            severity,
+                            due_at: self.due(severity, now),
+                        }
+                    }
+                };
+                let detail = serde_json::json!({
+                    "device": o.device_id,
+                    "seq": o.seq,
+                    "value": o.values.get(p.metric),
+                })
+                .to_string();
+                self.store
+                    .confirm_alert(patient, &rule_id, now, what, Some(&detail))
+                    .await?;
+                if let Some(state) = self.patients.get_mut(&patient) {
+                    state.unconfirmed.remove(&rule_id);
+                }
             }
         }
         for (device, seq, at) in clock_devices {
@@ -632,6 +730,7 @@ impl Engine {
                 at: now,
                 due_at: self.due(severity, now),
                 detail: None,
+                unconfirmed: false,
             };
             self.record(self.store.trigger_alert(&t).await?);
         }
@@ -665,6 +764,7 @@ impl Engine {
                 at: now,
                 due_at: self.due(Severity::Low, now),
                 detail: Some(serde_json::json!({ "worst_band": worst.as_str() }).to_string()),
+                unconfirmed: false,
             };
             self.record(self.store.trigger_alert(&t).await?);
         }
@@ -695,9 +795,33 @@ impl Engine {
         patient: i64,
         plan: &LoadedPlan,
         effect: Effect,
+        o: &Obs,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         match effect {
+            Effect::Repeat {
+                device_id,
+                kind,
+                in_minutes,
+            } => {
+                let key = (device_id, kind);
+                if self
+                    .last_repeat
+                    .get(&key)
+                    .is_some_and(|t| now - *t < REPEAT_EVERY)
+                {
+                    return Ok(());
+                }
+                if let Some(tx) = &self.repeats {
+                    let _ = tx.send(RepeatRequest {
+                        device_id: key.0.clone(),
+                        kind,
+                        in_minutes,
+                        at: now,
+                    });
+                }
+                self.last_repeat.insert(key, now);
+            }
             Effect::Trigger {
                 rule_id,
                 rule_kind,
@@ -708,6 +832,12 @@ impl Engine {
                 higher_is_worse,
                 readings,
             } => {
+                if rule_kind == "average" && !self.average_may_open(patient, &rule_id, now).await? {
+                    return Ok(());
+                }
+                // One reading in a high or critical band: an alert at once, unconfirmed.
+                let single =
+                    rule_kind == "threshold" && readings.len() == 1 && severity >= Severity::High;
                 let t = Trigger {
                     patient_id: patient,
                     rule_id: rule_id.clone(),
@@ -731,9 +861,27 @@ impl Engine {
                     at: now,
                     due_at: self.due(severity, now),
                     detail: None,
+                    unconfirmed: single,
                 };
-                self.record(self.store.trigger_alert(&t).await?);
+                let outcome = self.store.trigger_alert(&t).await?;
+                let opened = matches!(outcome, TriggerOutcome::Opened { .. });
+                self.record(outcome);
                 if let Some(state) = self.patients.get_mut(&patient) {
+                    if single && opened {
+                        state.unconfirmed.insert(
+                            rule_id.clone(),
+                            Pending {
+                                severity,
+                                metric,
+                                at: o.at,
+                            },
+                        );
+                    }
+                    if rule_kind == "average" && opened {
+                        state
+                            .quiet_until
+                            .insert(rule_id.clone(), now + time::Duration::days(7));
+                    }
                     state.active.insert(rule_id);
                 }
             }
@@ -748,6 +896,59 @@ impl Engine {
                         state.active.remove(&rule_id);
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an average rule may open an alert: not within a week of its last one, so a
+    /// resolved review is not raised again by the next reading of the same week.
+    async fn average_may_open(
+        &mut self,
+        patient: i64,
+        rule_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let Some(state) = self.patients.get(&patient) else {
+            return Ok(true);
+        };
+        if state.active.contains(rule_id) {
+            return Ok(true);
+        }
+        if let Some(until) = state.quiet_until.get(rule_id) {
+            return Ok(now >= *until);
+        }
+        let last = self.store.last_alert_opened(patient, rule_id).await?;
+        let until = last.map_or(now, |t| t + time::Duration::days(7));
+        if let Some(state) = self.patients.get_mut(&patient) {
+            state.quiet_until.insert(rule_id.to_owned(), until);
+        }
+        Ok(now >= until)
+    }
+
+    /// Clears the adherence alerts of `kind` whose schedule the latest measurement meets.
+    async fn adherence_met(
+        &mut self,
+        patient: i64,
+        plan: &LoadedPlan,
+        kind: ReadingKind,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let Some(last) = self.last_measured.get(&(patient, kind)).copied() else {
+            return Ok(());
+        };
+        for rule in &plan.plan.rules {
+            let Check::Adherence { kind: k, .. } = &rule.check else {
+                continue;
+            };
+            let Some(expected) = plan.plan.schedule.iter().find(|e| e.kind == *k) else {
+                continue;
+            };
+            if *k == kind
+                && now - last <= hours(expected.every_hours + expected.grace_hours)
+                && self.timed_active.remove(&(patient, rule.id.clone()))
+            {
+                self.clear(patient, &rule.id, now, Some(last)).await?;
             }
         }
         Ok(())
@@ -781,10 +982,10 @@ impl Engine {
         if let Err(e) = self.escalate(now).await {
             self.note_error(&e);
         }
-        if let Err(e) = self.adherence(now).await {
+        if let Err(e) = self.devices(now).await {
             self.note_error(&e);
         }
-        if let Err(e) = self.devices(now).await {
+        if let Err(e) = self.adherence(now).await {
             self.note_error(&e);
         }
     }
@@ -861,6 +1062,22 @@ impl Engine {
                 if self.timed_active.contains(&key) {
                     continue;
                 }
+                // No device of that kind: nothing can be measured, nothing is missed.
+                if self
+                    .device_kinds
+                    .as_ref()
+                    .is_some_and(|k| !k.contains(&(patient, *kind)))
+                {
+                    continue;
+                }
+                // A backlog of that kind is arriving: wait until it is in.
+                if self
+                    .last_late
+                    .get(&(patient, *kind))
+                    .is_some_and(|t| now - *t < BACKLOG_QUIET)
+                {
+                    continue;
+                }
                 let limit = hours(expected.every_hours + expected.grace_hours);
                 let since = match self.last_measured.get(&(patient, *kind)) {
                     Some(t) => *t,
@@ -886,6 +1103,7 @@ impl Engine {
                         at: now,
                         due_at: self.due(*severity, now),
                         detail: Some(serde_json::json!({ "last_measured": since.unix_timestamp(), "expected_every_hours": expected.every_hours }).to_string()),
+                        unconfirmed: false,
                     };
                     self.record(self.store.trigger_alert(&t).await?);
                     self.timed_active.insert(key);
@@ -897,6 +1115,13 @@ impl Engine {
 
     async fn devices(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
         let devices = self.store.list_devices(None).await?;
+        self.device_kinds = Some(
+            devices
+                .iter()
+                .filter(|d| d.revoked_at.is_none())
+                .map(|d| (d.patient_id, ReadingKind::from(d.kind)))
+                .collect(),
+        );
         for d in devices {
             if self.stopping.is_cancelled() {
                 break;
@@ -949,6 +1174,7 @@ impl Engine {
                         at: now,
                         due_at: self.due(severity, now),
                         detail: None,
+                        unconfirmed: false,
                     };
                     self.record(self.store.trigger_alert(&t).await?);
                     self.timed_active.insert(key);
@@ -965,24 +1191,28 @@ fn empty_plan() -> CarePlan {
     CarePlan {
         schedule: Vec::new(),
         rules: Vec::new(),
+        safety_net: plan::SafetyNet::default(),
     }
 }
 
-/// A stored plan, or (unreadable: logged) the general template under its version.
+/// A stored plan with the safety net, or (unreadable: logged) the general template with it,
+/// under its version.
 fn parse_stored(row: &store::CarePlanRow) -> LoadedPlan {
-    match CarePlan::from_json(&row.plan) {
-        Ok(plan) => LoadedPlan {
-            plan: plan.normalized(),
-            version: Some(row.version),
-        },
+    let plan = match CarePlan::from_json(&row.plan) {
+        Ok(plan) => plan.normalized(),
         Err(e) => {
             tracing::error!(patient = row.patient_id, version = row.version, error = %e, "stored care plan unreadable; using the general template");
-            LoadedPlan {
-                plan: plan::template("general").unwrap_or_else(empty_plan),
-                version: Some(row.version),
-            }
+            plan::template("general").unwrap_or_else(empty_plan)
         }
+    };
+    LoadedPlan {
+        plan: net::effective(&plan),
+        version: Some(row.version),
     }
+}
+
+fn metric_named(name: &str) -> Option<Metric> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
 }
 
 fn plan_of(engine: &Engine, patient: i64) -> Arc<LoadedPlan> {
@@ -992,10 +1222,7 @@ fn plan_of(engine: &Engine, patient: i64) -> Arc<LoadedPlan> {
         .map(|s| s.plan.clone())
         .unwrap_or_else(|| {
             Arc::new(LoadedPlan {
-                plan: CarePlan {
-                    schedule: Vec::new(),
-                    rules: Vec::new(),
-                },
+                plan: empty_plan(),
                 version: None,
             })
         })

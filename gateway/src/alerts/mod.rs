@@ -1,6 +1,7 @@
 //! The alert engine: care plans turn committed readings into alerts.
 //!
 //! - [`plan`]: the care-plan schema, its validation and the clinical templates.
+//! - [`net`]: the safety net of guideline bands joined to every plan.
 //! - [`rules`]: pure evaluation of one reading against a plan and the patient's recent
 //!   readings (threshold bands with persistence and hysteresis, trends against a baseline,
 //!   context suppression).
@@ -9,7 +10,10 @@
 //!   readings.
 
 pub mod engine;
+pub mod net;
 pub mod plan;
 pub mod rules;
 
-pub use engine::{AlertsConfig, Clock, Committed, Engine, EngineMetrics, system_clock};
+pub use engine::{
+    AlertsConfig, Clock, Committed, Engine, EngineMetrics, RepeatRequest, system_clock,
+};

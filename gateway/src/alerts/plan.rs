@@ -24,6 +24,8 @@
 use serde::{Deserialize, Serialize};
 use store::{ReadingKind, Severity};
 
+pub use super::net::SafetyNet;
+
 /// A patient's care plan (one version).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +34,9 @@ pub struct CarePlan {
     #[serde(default)]
     pub schedule: Vec<Expected>,
     pub rules: Vec<Rule>,
+    /// How the safety net under every plan applies to this patient (see [`super::net`]).
+    #[serde(default, skip_serializing_if = "SafetyNet::is_default")]
+    pub safety_net: SafetyNet,
 }
 
 /// One kind of measurement the patient is expected to take.
@@ -57,6 +62,11 @@ pub struct Rule {
     /// The evidence behind the numbers (guideline, table), for the clinician.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Where the rule comes from in an effective plan: `template:<name>`, `plan`,
+    /// `safety-net`, or one of those joined with `+safety-net` (set by the engine, not by
+    /// the author).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// What a rule checks.
@@ -101,6 +111,21 @@ pub enum Check {
     LowBattery { below_pct: u8, severity: Severity },
     /// A device whose clock is not set or implausible.
     Clock { severity: Severity },
+    /// The mean of the patient's good readings over the last `days` (ESH home blood
+    /// pressure monitoring: the average of several days, not one reading, decides).
+    Average {
+        /// Conditions on the means (any holds: the rule holds).
+        any: Vec<Condition>,
+        #[serde(default = "default_average_days")]
+        days: u32,
+        /// Fewer readings than this in the period: no verdict.
+        #[serde(default = "default_average_readings")]
+        min_readings: u32,
+        /// The readings must span at least this many calendar days.
+        #[serde(default = "default_average_span")]
+        min_days: u32,
+        severity: Severity,
+    },
 }
 
 /// Rising or falling.
@@ -227,6 +252,15 @@ fn default_baseline_days() -> u32 {
 fn default_min_baseline() -> u32 {
     5
 }
+fn default_average_days() -> u32 {
+    7
+}
+fn default_average_readings() -> u32 {
+    12
+}
+fn default_average_span() -> u32 {
+    3
+}
 
 impl Condition {
     /// Whether `v` meets the bound.
@@ -260,19 +294,20 @@ impl CarePlan {
     /// Glucose bounds converted to mg/dL; everything else as it is.
     pub fn normalized(mut self) -> CarePlan {
         for rule in &mut self.rules {
-            if let Check::Threshold { bands, .. } = &mut rule.check {
-                for band in bands {
-                    for c in &mut band.any {
-                        if c.unit.as_deref() == Some("mmol/L") {
-                            let f = f64::from(protocol::reading::MG_DL_PER_MMOL_L);
-                            for bound in
-                                [&mut c.at_least, &mut c.above, &mut c.at_most, &mut c.below]
-                            {
-                                *bound = bound.map(|v| (v * f * 10.0).round() / 10.0);
-                            }
-                            c.unit = Some("mg/dL".into());
-                        }
+            let conditions: Vec<&mut Condition> = match &mut rule.check {
+                Check::Threshold { bands, .. } => {
+                    bands.iter_mut().flat_map(|b| b.any.iter_mut()).collect()
+                }
+                Check::Average { any, .. } => any.iter_mut().collect(),
+                _ => Vec::new(),
+            };
+            for c in conditions {
+                if c.unit.as_deref() == Some("mmol/L") {
+                    let f = f64::from(protocol::reading::MG_DL_PER_MMOL_L);
+                    for bound in [&mut c.at_least, &mut c.above, &mut c.at_most, &mut c.below] {
+                        *bound = bound.map(|v| (v * f * 10.0).round() / 10.0);
                     }
+                    c.unit = Some("mg/dL".into());
                 }
             }
         }
@@ -281,7 +316,7 @@ impl CarePlan {
 
     /// Every problem with the plan, as messages for the clinician (empty: valid).
     pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.safety_net.problems();
         let mut ids = std::collections::HashSet::new();
         for e in &self.schedule {
             if !(e.every_hours.is_finite() && e.every_hours > 0.0 && e.every_hours <= 24.0 * 31.0) {
@@ -382,6 +417,29 @@ impl CarePlan {
                     }
                 }
                 Check::Clock { .. } => {}
+                Check::Average {
+                    any,
+                    days,
+                    min_readings,
+                    min_days,
+                    ..
+                } => {
+                    if any.is_empty() {
+                        out.push(format!("rule {id}: an average needs a condition"));
+                    }
+                    for c in any {
+                        check_condition(&mut out, id, "average", c);
+                    }
+                    if !(1..=90).contains(days) {
+                        out.push(format!("rule {id}: days must be 1-90"));
+                    }
+                    if !(1..=500).contains(min_readings) {
+                        out.push(format!("rule {id}: min_readings must be 1-500"));
+                    }
+                    if *min_days > *days {
+                        out.push(format!("rule {id}: min_days must be at most days"));
+                    }
+                }
             }
         }
         out
@@ -420,7 +478,18 @@ fn check_condition(out: &mut Vec<String>, id: &str, sev: &str, c: &Condition) {
 }
 
 /// The templates a plan starts from.
-pub const TEMPLATE_NAMES: [&str; 4] = ["hypertension", "copd", "diabetes", "general"];
+pub const TEMPLATE_NAMES: [&str; 5] = [
+    "hypertension",
+    "copd",
+    "diabetes",
+    "heart_failure",
+    "general",
+];
+
+/// Enrolled conditions and their templates, in precedence order: when two templates have a
+/// rule with the same id, the one listed first wins (COPD's SpO2 scale 2 over the scale 1
+/// of heart failure and `general`). `general` is always the base, last.
+pub const CONDITION_TEMPLATES: [&str; 4] = ["copd", "heart_failure", "diabetes", "hypertension"];
 
 /// A template by name, with its cited numbers (see `clinical-defaults.md` §5).
 pub fn template(name: &str) -> Option<CarePlan> {
@@ -430,6 +499,7 @@ pub fn template(name: &str) -> Option<CarePlan> {
             bp_low(),
             pulse_rule(),
             bp_trend(),
+            bp_home_average(),
             adherence(ReadingKind::BloodPressure),
         ],
         "copd" => vec![
@@ -443,31 +513,110 @@ pub fn template(name: &str) -> Option<CarePlan> {
             glucose_high(),
             adherence(ReadingKind::Glucose),
         ],
+        "heart_failure" => vec![
+            spo2_scale1(),
+            bp_high_hf(),
+            bp_low(),
+            pulse_hf(),
+            adherence(ReadingKind::BloodPressure),
+            adherence(ReadingKind::Spo2),
+        ],
         "general" => vec![spo2_scale1(), bp_high(), bp_low(), pulse_rule()],
         _ => return None,
     };
     rules.extend(device_rules());
+    let origin = format!("template:{name}");
+    for r in &mut rules {
+        r.origin = Some(origin.clone());
+    }
     let schedule = match name {
         "hypertension" => vec![expect(ReadingKind::BloodPressure, 12.0, 14.0)],
         "copd" => vec![expect(ReadingKind::Spo2, 24.0, 6.0)],
         "diabetes" => vec![expect(ReadingKind::Glucose, 24.0, 6.0)],
+        "heart_failure" => vec![
+            expect(ReadingKind::BloodPressure, 24.0, 6.0),
+            expect(ReadingKind::Spo2, 24.0, 6.0),
+        ],
         _ => Vec::new(),
     };
-    Some(CarePlan { schedule, rules })
+    let safety_net = match name {
+        "copd" => SafetyNet {
+            spo2_scale: 2,
+            reason: Some(
+                "COPD at risk of hypercapnic respiratory failure: target SpO2 88-92 %, NEWS2 \
+                 scale 2 (RCP 2017; BTS oxygen guideline). Remove for a COPD patient without \
+                 that risk."
+                    .into(),
+            ),
+            widen: Vec::new(),
+        },
+        _ => SafetyNet::default(),
+    };
+    Some(CarePlan {
+        schedule,
+        rules,
+        safety_net,
+    })
 }
 
-/// The template for a patient's conditions (as enrolled): the first that applies.
-pub fn template_for_conditions(conditions: &[String]) -> &'static str {
-    for (condition, template) in [
-        ("copd", "copd"),
-        ("hypertension", "hypertension"),
-        ("diabetes", "diabetes"),
-    ] {
-        if conditions.iter().any(|c| c.eq_ignore_ascii_case(condition)) {
-            return template;
+/// The conditions a patient is enrolled with that have a template, in precedence order.
+pub fn templates_for_conditions(conditions: &[String]) -> Vec<&'static str> {
+    CONDITION_TEMPLATES
+        .into_iter()
+        .filter(|t| conditions.iter().any(|c| c.eq_ignore_ascii_case(t)))
+        .collect()
+}
+
+/// The plan of a patient without a stored plan: the templates of all their conditions
+/// composed over `general` (see [`compose`]).
+pub fn for_conditions(conditions: &[String]) -> CarePlan {
+    compose(&templates_for_conditions(conditions))
+}
+
+/// Composes templates: every rule of every template, `general` as the base; for a rule id
+/// in several, the template first in [`CONDITION_TEMPLATES`] order wins whole (`names` in
+/// any order). Schedules join (per kind the shortest interval, with its grace). The safety
+/// net takes the strongest choice a template makes (SpO2 scale 2 from COPD, with its reason).
+pub fn compose(names: &[&str]) -> CarePlan {
+    let mut ordered: Vec<&str> = CONDITION_TEMPLATES
+        .into_iter()
+        .filter(|t| names.contains(t))
+        .collect();
+    ordered.push("general");
+    let mut out = CarePlan {
+        schedule: Vec::new(),
+        rules: Vec::new(),
+        safety_net: SafetyNet::default(),
+    };
+    for name in ordered {
+        let Some(t) = template(name) else { continue };
+        for r in t.rules {
+            if !out.rules.iter().any(|o| o.id == r.id) {
+                out.rules.push(r);
+            }
+        }
+        for e in t.schedule {
+            match out.schedule.iter_mut().find(|o| o.kind == e.kind) {
+                Some(o) if o.every_hours <= e.every_hours => {}
+                Some(o) => *o = e,
+                None => out.schedule.push(e),
+            }
+        }
+        if t.safety_net.spo2_scale > out.safety_net.spo2_scale {
+            out.safety_net = t.safety_net;
         }
     }
-    "general"
+    out
+}
+
+/// The single template name for `conditions` when there is one, else `composed`.
+pub fn template_label(conditions: &[String]) -> String {
+    let names = templates_for_conditions(conditions);
+    match names.as_slice() {
+        [] => "general".into(),
+        [one] => (*one).into(),
+        many => many.join("+"),
+    }
 }
 
 fn expect(kind: ReadingKind, every_hours: f64, grace_hours: f64) -> Expected {
@@ -503,6 +652,79 @@ fn threshold(id: &str, title: &str, bands: Vec<Band>, source: &str) -> Rule {
             hysteresis: None,
         },
         source: Some(source.into()),
+        origin: None,
+    }
+}
+
+fn bp_high_hf() -> Rule {
+    threshold(
+        "bp-high",
+        "Blood pressure high",
+        vec![band(
+            Severity::Medium,
+            vec![Condition {
+                at_least: Some(160.0),
+                ..cond(Metric::Systolic)
+            }],
+            2,
+            Some(3 * 24 * 60),
+        )],
+        "HL7 Italia telemonitoring heart-failure plan: SBP 90-160 mmHg; 2 readings ≥160 within \
+         3 days → review (clinical-defaults §2.5, §5.1)",
+    )
+}
+
+fn pulse_hf() -> Rule {
+    threshold(
+        "pulse",
+        "Heart rate out of range",
+        vec![band(
+            Severity::Medium,
+            vec![
+                Condition {
+                    below: Some(50.0),
+                    ..cond(Metric::Pulse)
+                },
+                Condition {
+                    above: Some(110.0),
+                    ..cond(Metric::Pulse)
+                },
+            ],
+            2,
+            Some(36 * 60),
+        )],
+        "HL7 Italia telemonitoring heart-failure plan: HR 50-110 /min; 2 readings outside → \
+         review (clinical-defaults §2.5)",
+    )
+}
+
+fn bp_home_average() -> Rule {
+    Rule {
+        id: "bp-home-average".into(),
+        title: "Home blood pressure average above target".into(),
+        check: Check::Average {
+            any: vec![
+                Condition {
+                    at_least: Some(135.0),
+                    ..cond(Metric::Systolic)
+                },
+                Condition {
+                    at_least: Some(85.0),
+                    ..cond(Metric::Diastolic)
+                },
+            ],
+            days: 7,
+            min_readings: 12,
+            min_days: 3,
+            severity: Severity::Low,
+        },
+        source: Some(
+            "ESH home BP monitoring: the mean of duplicate morning and evening readings over \
+             ≥3 (preferably 7) days; ≥135/85 mmHg is hypertension at home → review the \
+             treatment (ESH 2021 HBPM position paper; clinical-defaults §5.1)"
+                .into(),
+        ),
+        origin: None,
     }
 }
 
@@ -634,6 +856,7 @@ fn bp_trend() -> Rule {
              clinical-defaults §5.2); +20 mmHg over the 7-day median on 3 readings"
                 .into(),
         ),
+        origin: None,
     }
 }
 
@@ -723,6 +946,7 @@ fn spo2_trend() -> Rule {
              median on 2 readings"
                 .into(),
         ),
+        origin: None,
     }
 }
 
@@ -797,6 +1021,7 @@ fn adherence(kind: ReadingKind) -> Rule {
              (clinical-defaults §5.3, 'No data')"
                 .into(),
         ),
+        origin: None,
     }
 }
 
@@ -810,6 +1035,7 @@ fn device_rules() -> Vec<Rule> {
                 severity: Severity::Low,
             },
             source: Some("clinical-defaults §5.3 'Technical'".into()),
+            origin: None,
         },
         Rule {
             id: "battery".into(),
@@ -819,6 +1045,7 @@ fn device_rules() -> Vec<Rule> {
                 severity: Severity::Low,
             },
             source: Some("clinical-defaults §5.3 'Technical'".into()),
+            origin: None,
         },
         Rule {
             id: "clock".into(),
@@ -827,6 +1054,7 @@ fn device_rules() -> Vec<Rule> {
                 severity: Severity::Low,
             },
             source: Some("clinical-defaults §5.3 'Technical: clock not set'".into()),
+            origin: None,
         },
     ]
 }

@@ -173,6 +173,23 @@ pub enum Effect {
     },
     /// The rule's condition no longer holds.
     Clear { rule_id: String },
+    /// Ask the device that measured `current` to measure its kind again in `in_minutes`: the
+    /// reading fell in a band (or was questionable) and a repeat confirms or downgrades it.
+    Repeat {
+        device_id: String,
+        kind: ReadingKind,
+        in_minutes: u32,
+    },
+}
+
+/// How long after a reading to ask for its repeat: a BP or SpO2 after five minutes' rest
+/// (ESH: repeat after 1-2 min seated; NEWS2/BTS: re-check after rest), a glucose after 15
+/// minutes (the "rule of 15" after treating a low).
+pub fn repeat_after_minutes(kind: ReadingKind) -> u32 {
+    match kind {
+        ReadingKind::BloodPressure | ReadingKind::Spo2 => 5,
+        ReadingKind::Glucose => 15,
+    }
 }
 
 /// The rule id of the "questionable reading, please repeat" request.
@@ -185,6 +202,7 @@ pub fn evaluate(plan: &CarePlan, window: &[Obs], current: &Obs) -> Vec<Effect> {
     if current.quality == Quality::Excluded {
         return out;
     }
+    let mut repeat = false;
     for rule in &plan.rules {
         match &rule.check {
             Check::Threshold { bands, hysteresis } => {
@@ -199,6 +217,10 @@ pub fn evaluate(plan: &CarePlan, window: &[Obs], current: &Obs) -> Vec<Effect> {
                 }
                 let mut ordered: Vec<&Band> = bands.iter().collect();
                 ordered.sort_by_key(|b| std::cmp::Reverse(b.severity));
+                let in_any = ordered
+                    .iter()
+                    .any(|b| b.severity >= Severity::Medium && band_holds(b, current));
+                repeat |= in_any;
                 if current.quality == Quality::Questionable {
                     if ordered.iter().any(|b| band_holds(b, current)) {
                         out.push(Effect::Trigger {
@@ -326,11 +348,75 @@ pub fn evaluate(plan: &CarePlan, window: &[Obs], current: &Obs) -> Vec<Effect> {
                     });
                 }
             }
+            Check::Average {
+                any,
+                days,
+                min_readings,
+                min_days,
+                severity,
+            } => {
+                if current.quality != Quality::Good
+                    || !any.iter().any(|c| {
+                        c.metric.kinds().contains(&current.kind)
+                            && current.values.get(c.metric).is_some()
+                    })
+                {
+                    continue;
+                }
+                let since = current.at - Duration::days(i64::from(*days));
+                let period: Vec<&Obs> = eligible(window, current, |o| {
+                    any.iter().any(|c| c.metric.kinds().contains(&o.kind))
+                })
+                .into_iter()
+                .filter(|o| o.at > since)
+                .collect();
+                let day_count = period
+                    .iter()
+                    .map(|o| o.at.date())
+                    .collect::<std::collections::HashSet<_>>()
+                    .len();
+                if period.len() < *min_readings as usize || day_count < *min_days as usize {
+                    continue;
+                }
+                let mean = |m: Metric| {
+                    let v: Vec<f64> = period.iter().filter_map(|o| o.values.get(m)).collect();
+                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+                };
+                let holding = any
+                    .iter()
+                    .find(|c| mean(c.metric).is_some_and(|v| c.holds(v)));
+                if let Some(c) = holding {
+                    let m = c.metric;
+                    out.push(Effect::Trigger {
+                        rule_id: rule.id.clone(),
+                        rule_kind: "average",
+                        title: rule.title.clone(),
+                        severity: *severity,
+                        metric: m,
+                        value: mean(m).map(|v| (v * 10.0).round() / 10.0),
+                        higher_is_worse: c.higher_is_worse(),
+                        readings: period.iter().map(|o| run_entry(o, m)).collect(),
+                    });
+                } else if any.iter().all(|c| {
+                    mean(c.metric).is_none_or(|v| !c.holds_widened(v, c.metric.hysteresis() * 0.6))
+                }) {
+                    out.push(Effect::Clear {
+                        rule_id: rule.id.clone(),
+                    });
+                }
+            }
             Check::Adherence { .. }
             | Check::DeviceOffline { .. }
             | Check::LowBattery { .. }
             | Check::Clock { .. } => {}
         }
+    }
+    if repeat {
+        out.push(Effect::Repeat {
+            device_id: current.device_id.clone(),
+            kind: current.kind,
+            in_minutes: repeat_after_minutes(current.kind),
+        });
     }
     out
 }
@@ -434,7 +520,7 @@ mod tests {
                 Effect::Trigger {
                     rule_id, severity, ..
                 } => Some((rule_id.clone(), *severity)),
-                Effect::Clear { .. } => None,
+                _ => None,
             })
             .collect()
     }
@@ -444,7 +530,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 Effect::Clear { rule_id } => Some(rule_id.clone()),
-                Effect::Trigger { .. } => None,
+                _ => None,
             })
             .collect()
     }

@@ -863,6 +863,25 @@ pub(crate) fn care_plan(
                     severity_text(*severity)
                 )
             }
+            Check::Average {
+                any,
+                days,
+                severity,
+                ..
+            } => {
+                let bounds: Vec<String> = any
+                    .iter()
+                    .map(|c| {
+                        let v = c.at_least.or(c.above).or(c.at_most).or(c.below);
+                        format!("{} {}", c.metric.as_str(), v.unwrap_or_default())
+                    })
+                    .collect();
+                format!(
+                    "{days}-day mean reaching {} → {}",
+                    bounds.join(" or "),
+                    severity_text(*severity)
+                )
+            }
         };
         notes.push(json!({"text": format!("Rule {} ({}): {what}", rule.id, rule.title)}));
     }
@@ -1404,6 +1423,7 @@ mod tests {
             count: 1,
             first_value: Some(185.0),
             worst_value: Some(185.0),
+            confirmation: None,
             last_value: Some(185.0),
             opened_at: t,
             last_triggered_at: t,

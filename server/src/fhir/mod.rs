@@ -375,12 +375,14 @@ impl PlanHistory {
                 // A stored plan that no longer parses gives no thresholds rather than an error.
                 CarePlan::from_json(&row.plan)
                     .ok()
-                    .map(|p| (row.created_at, Limits::of(&p, Some(row.version))))
+                    .map(|p| {
+                        let p = gateway::alerts::net::effective(&p.normalized());
+                        (row.created_at, Limits::of(&p, Some(row.version)))
+                    })
             })
             .collect();
-        let template = plan::template(plan::template_for_conditions(&patient.conditions))
-            .map(|p| Limits::of(&p, None))
-            .unwrap_or_default();
+        let composed = plan::for_conditions(&patient.conditions).normalized();
+        let template = Limits::of(&gateway::alerts::net::effective(&composed), None);
         Ok(PlanHistory { versions, template })
     }
 

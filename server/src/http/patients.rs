@@ -66,8 +66,9 @@ struct PatientDetail {
     patient: store::Patient,
     devices: Vec<store::Device>,
     /// The template the alert engine applies while no care plan is stored (from the
-    /// patient's conditions), so clients need not repeat the rule.
-    care_plan_template: &'static str,
+    /// patient's conditions: one name, or several joined with `+` when they compose), so
+    /// clients need not repeat the rule.
+    care_plan_template: String,
 }
 
 /// The patient, if it exists and is enrolled with one of the caller's COTs; else 404, so a
@@ -144,7 +145,7 @@ async fn show(
             None,
         )
         .await?;
-    let care_plan_template = gateway::alerts::plan::template_for_conditions(&patient.conditions);
+    let care_plan_template = gateway::alerts::plan::template_label(&patient.conditions);
     Ok(Json(PatientDetail {
         patient,
         devices,

@@ -127,6 +127,7 @@ pub fn trigger(
         at,
         due_at: Some(at + time::Duration::minutes(30)),
         detail: None,
+        unconfirmed: false,
     }
 }
 
