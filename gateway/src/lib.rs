@@ -160,11 +160,11 @@ pub async fn start_with_clock(
     let engine = if config.alerts.enabled {
         let (tx, rx) = mpsc::channel(64);
         let (repeat_tx, repeat_rx) = mpsc::unbounded_channel();
-        tracker.spawn(repeats.clone().run(
-            repeat_rx,
-            broker.outbound.clone(),
-            cancel.clone(),
-        ));
+        tracker.spawn(
+            repeats
+                .clone()
+                .run(repeat_rx, broker.outbound.clone(), cancel.clone()),
+        );
         let engine = alerts::Engine::new(
             store.clone(),
             config.alerts.clone(),

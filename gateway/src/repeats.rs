@@ -57,8 +57,7 @@ impl Repeats {
             Some((h, left)) => {
                 kind = h.request.kind.as_str();
                 config.repeat = Some(WireRepeat {
-                    id: i64::try_from(h.request.at.unix_timestamp_nanos() / 1_000_000)
-                        .unwrap_or(0),
+                    id: i64::try_from(h.request.at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
                     kind,
                     in_s: u32::try_from(left.as_secs()).unwrap_or(u32::MAX),
                 });

@@ -358,8 +358,8 @@ impl<'a> WireReading<'a> {
         // lost its clock (a reset to 1970 is the usual case): the reading is still the
         // patient's, so it is kept as if the clock were unset (dated at its receive time,
         // flagged) rather than refused where no nurse sees it.
-        let clock_unset = self.clock_unset
-            || !(limits::EARLIEST_TS_MS..=limits::LATEST_TS_MS).contains(&self.ts);
+        let clock_unset =
+            self.clock_unset || !(limits::EARLIEST_TS_MS..=limits::LATEST_TS_MS).contains(&self.ts);
         let (measurement, sensor_defined) = match kind {
             Kind::BloodPressure => (self.blood_pressure()?, sensor::BP_DEFINED),
             Kind::Spo2 => (self.spo2()?, sensor::PLX_DEFINED),

@@ -59,8 +59,7 @@ pub mod testing;
 
 pub use alerts::{
     Alert, AlertEvent, AlertQuery, AlertReading, Confirmation, OutboxEntry, Severity, Trigger,
-    TriggerOutcome,
-    Workflow,
+    TriggerOutcome, Workflow,
 };
 pub use audit::{AuditEntry, AuditQuery, NewAudit};
 pub use careplans::{CarePlanRow, NewCarePlan};

@@ -111,14 +111,17 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
     let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
     let t = now_ms();
 
-    // Hypertensive crisis confirmed by a repeat: exactly one alert, critical.
+    // Hypertensive crisis: critical on the first reading (unconfirmed), confirmed by the
+    // repeat: exactly one alert.
     let crisis = patient(&stack, &["hypertension"], DeviceKind::BloodPressure).await?;
     crisis
         .dev
         .publish(&crisis.readings, batch(&[bp(1, t - 6 * MIN, 192, 112)]))
         .await?;
     wait_alerts(&stack, crisis.id, "first severe reading", |a| {
-        a.len() == 1 && a[0].severity == Severity::High
+        a.len() == 1
+            && a[0].severity == Severity::Critical
+            && a[0].confirmation.as_deref() == Some("unconfirmed")
     })
     .await;
     crisis
@@ -126,7 +129,9 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
         .publish(&crisis.readings, batch(&[bp(2, t - MIN, 188, 108)]))
         .await?;
     let alerts = wait_alerts(&stack, crisis.id, "confirmed crisis", |a| {
-        a.len() == 1 && a[0].severity == Severity::Critical
+        a.len() == 1
+            && a[0].severity == Severity::Critical
+            && a[0].confirmation.as_deref() == Some("confirmed")
     })
     .await;
     let alert = &alerts[0];
@@ -153,24 +158,29 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
     settle().await;
     assert!(alerts_of(&stack, copd.id).await.is_empty());
 
-    // One spurious low: nothing; a second consecutive one: an alert.
+    // A single low under scale 2 (≤83 %, NEWS2 3) alerts at once, unconfirmed; the repeat
+    // confirms it.
     copd.dev
         .publish(&copd.readings, batch(&[spo2(9, t - 10 * MIN, 82)]))
         .await?;
-    stack
-        .wait_readings(&copd.device, 9, Duration::from_secs(10))
-        .await?;
-    settle().await;
-    assert!(
-        alerts_of(&stack, copd.id).await.is_empty(),
-        "a single low reading raised an alert"
-    );
+    wait_alerts(&stack, copd.id, "one low reading", |a| {
+        a.iter().any(|x| {
+            x.rule_id == "spo2-low"
+                && x.severity == Severity::Critical
+                && x.confirmation.as_deref() == Some("unconfirmed")
+        })
+    })
+    .await;
     copd.dev
         .publish(&copd.readings, batch(&[spo2(10, t - 5 * MIN, 83)]))
         .await?;
     let alerts = wait_alerts(&stack, copd.id, "two consecutive lows", |a| {
-        a.iter()
-            .any(|x| x.rule_id == "spo2-low" && x.severity == Severity::Critical)
+        a.iter().any(|x| {
+            x.rule_id == "spo2-low"
+                && x.severity == Severity::Critical
+                && x.confirmation.as_deref() == Some("confirmed")
+                && x.worst_value == Some(82.0)
+        })
     })
     .await;
     let low = alerts
@@ -215,6 +225,8 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
 
     // Missed measurements: a stored hypertension plan expects BP every 12 h (+14 h grace: a whole day without BP).
     let quiet = stack.patient(&["hypertension"]).await?;
+    // A cuff that never measures (without a device of the kind, nothing can be missed).
+    stack.device(quiet.id, DeviceKind::BloodPressure).await?;
     let template = plan::template("hypertension").unwrap_or_else(|| unreachable!());
     stack
         .store()

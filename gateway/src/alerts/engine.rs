@@ -47,8 +47,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use store::{
-    AlertReading, Confirmation, NewReading, ReadingKind, ReadingQuery, Severity, Store,
-    StoreError, Trigger, TriggerOutcome,
+    AlertReading, Confirmation, NewReading, ReadingKind, ReadingQuery, Severity, Store, StoreError,
+    Trigger, TriggerOutcome,
 };
 use time::OffsetDateTime;
 use tokio::sync::mpsc;

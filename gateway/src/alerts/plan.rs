@@ -1075,6 +1075,56 @@ mod tests {
     }
 
     #[test]
+    fn plans_compose_from_every_condition() {
+        let conditions = |c: &[&str]| c.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let ids = |p: &CarePlan| p.rules.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        // Hypertension + diabetes: both templates' rules, both schedules.
+        let p = for_conditions(&conditions(&["hypertension", "diabetes"]));
+        for id in [
+            "bp-high",
+            "bp-home-average",
+            "missed-bp",
+            "glucose-low",
+            "glucose-high",
+            "missed-glucose",
+            "spo2-low",
+        ] {
+            assert!(ids(&p).contains(&id.to_owned()), "{id} in {:?}", ids(&p));
+        }
+        assert_eq!(p.schedule.len(), 2);
+        assert!(p.problems().is_empty(), "{:?}", p.problems());
+        // COPD's SpO2 (scale 2) wins over heart failure's and general's (scale 1), whatever
+        // the order the conditions were enrolled in; the net follows with its reason.
+        for order in [["heart_failure", "copd"], ["copd", "heart_failure"]] {
+            let p = for_conditions(&conditions(&order));
+            let spo2: Vec<&Rule> = p.rules.iter().filter(|r| r.id == "spo2-low").collect();
+            assert_eq!(spo2.len(), 1);
+            assert_eq!(spo2[0].origin.as_deref(), Some("template:copd"));
+            assert_eq!(p.safety_net.spo2_scale, 2);
+            assert!(p.safety_net.reason.is_some());
+            // Heart failure still brings its BP schedule and its own rules.
+            assert!(
+                p.schedule
+                    .iter()
+                    .any(|e| e.kind == ReadingKind::BloodPressure)
+            );
+            assert!(ids(&p).contains(&"missed-bp".to_owned()));
+        }
+        // No listed condition: the general template.
+        let p = for_conditions(&conditions(&["ckd"]));
+        assert!(
+            p.rules
+                .iter()
+                .all(|r| r.origin.as_deref() == Some("template:general"))
+        );
+        assert_eq!(
+            template_label(&conditions(&["diabetes", "hypertension"])),
+            "diabetes+hypertension"
+        );
+        assert_eq!(template_label(&[]), "general");
+    }
+
+    #[test]
     fn problems_are_reported() {
         let mut plan = template("hypertension").unwrap();
         plan.rules.push(plan.rules[0].clone());

@@ -635,6 +635,119 @@ mod tests {
         );
     }
 
+    fn glucose(seq: i64, minutes: i64, v: f64) -> Obs {
+        obs(
+            seq,
+            minutes,
+            ReadingKind::Glucose,
+            Values {
+                glucose: Some(v),
+                ..Values::default()
+            },
+        )
+    }
+
+    fn effective_for(conditions: &[&str]) -> CarePlan {
+        let c: Vec<String> = conditions.iter().map(|s| (*s).to_owned()).collect();
+        super::super::net::effective(&super::super::plan::for_conditions(&c).normalized())
+    }
+
+    fn worst(effects: &[Effect]) -> Option<Severity> {
+        triggers(effects).into_iter().map(|(_, s)| s).max()
+    }
+
+    #[test]
+    fn the_net_judges_every_kind_for_every_patient() {
+        // (conditions, reading, expected worst severity on that single reading)
+        let cases: Vec<(&[&str], Obs, Option<Severity>)> = vec![
+            (&[], spo2(1, 0, 84.0), Some(Severity::Critical)),
+            (
+                &["heart_failure"],
+                spo2(1, 0, 84.0),
+                Some(Severity::Critical),
+            ),
+            (
+                &["hypertension"],
+                spo2(1, 0, 89.0),
+                Some(Severity::Critical),
+            ),
+            (&["copd"], spo2(1, 0, 80.0), Some(Severity::Critical)),
+            (&["copd"], spo2(1, 0, 89.0), None),
+            (&["copd", "heart_failure"], spo2(1, 0, 89.0), None),
+            (
+                &["hypertension"],
+                glucose(1, 0, 45.0),
+                Some(Severity::Critical),
+            ),
+            (
+                &["hypertension", "diabetes"],
+                glucose(1, 0, 45.0),
+                Some(Severity::Critical),
+            ),
+            (&["copd"], glucose(1, 0, 65.0), Some(Severity::High)),
+            (&[], glucose(1, 0, 260.0), Some(Severity::Medium)),
+            (&["diabetes"], glucose(1, 0, 380.0), Some(Severity::High)),
+            (&["diabetes"], glucose(1, 0, 140.0), None),
+            (
+                &["diabetes"],
+                bp(1, 0, 200.0, 120.0),
+                Some(Severity::Critical),
+            ),
+            (&["copd"], bp(1, 0, 86.0, 50.0), Some(Severity::Critical)),
+            (&["hypertension"], bp(1, 0, 165.0, 102.0), None),
+            (&["hypertension"], bp(1, 0, 142.0, 91.0), None),
+        ];
+        for (conditions, reading, expected) in cases {
+            let plan = effective_for(conditions);
+            let effects = evaluate(&plan, &[], &reading);
+            assert_eq!(
+                worst(&effects),
+                expected,
+                "{conditions:?} {:?}: {effects:?}",
+                reading.values
+            );
+            // Every reading in a band asks for a repeat (a grade 2 BP too: it needs the next
+            // readings to persist); a quiet one does not.
+            let repeat = effects.iter().any(|e| matches!(e, Effect::Repeat { .. }));
+            let in_band = reading.values.systolic == Some(165.0);
+            assert_eq!(
+                repeat,
+                expected.is_some() || in_band,
+                "{conditions:?} {:?}",
+                reading.values
+            );
+        }
+        // Pulse from either device.
+        let mut fast = spo2(1, 0, 97.0);
+        fast.values.pulse = Some(140.0);
+        assert_eq!(
+            worst(&evaluate(&effective_for(&["diabetes"]), &[], &fast)),
+            Some(Severity::Critical)
+        );
+    }
+
+    #[test]
+    fn home_average_needs_days_of_readings() {
+        let plan = effective_for(&["hypertension"]);
+        let average = |effects: &[Effect]| {
+            triggers(effects)
+                .into_iter()
+                .any(|(id, s)| id == "bp-home-average" && s == Severity::Low)
+        };
+        // Two readings a day at 142/88 for six days, then one more.
+        let window: Vec<Obs> = (0..12).map(|i| bp(i, i * 12 * 60, 142.0, 88.0)).collect();
+        let next = bp(12, 12 * 12 * 60, 140.0, 86.0);
+        assert!(average(&evaluate(&plan, &window, &next)));
+        // Too few readings: no verdict.
+        assert!(!average(&evaluate(&plan, &window[..5], &next)));
+        // Controlled: the condition clears.
+        let fine: Vec<Obs> = (0..12).map(|i| bp(i, i * 12 * 60, 124.0, 78.0)).collect();
+        assert!(
+            clears(&evaluate(&plan, &fine, &bp(12, 144 * 60, 122.0, 76.0)))
+                .contains(&"bp-home-average".to_owned())
+        );
+    }
+
     #[test]
     fn trend_against_baseline() {
         let plan = template("copd").unwrap();

@@ -373,12 +373,10 @@ impl PlanHistory {
             .iter()
             .filter_map(|row| {
                 // A stored plan that no longer parses gives no thresholds rather than an error.
-                CarePlan::from_json(&row.plan)
-                    .ok()
-                    .map(|p| {
-                        let p = gateway::alerts::net::effective(&p.normalized());
-                        (row.created_at, Limits::of(&p, Some(row.version)))
-                    })
+                CarePlan::from_json(&row.plan).ok().map(|p| {
+                    let p = gateway::alerts::net::effective(&p.normalized());
+                    (row.created_at, Limits::of(&p, Some(row.version)))
+                })
             })
             .collect();
         let composed = plan::for_conditions(&patient.conditions).normalized();

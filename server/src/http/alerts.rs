@@ -313,7 +313,7 @@ async fn stored_readings(
         .map(|r| r.measured_at)
         .max()
         .map(|t| t + time::Duration::milliseconds(1));
-    let rows = state
+    let mut rows = state
         .store
         .readings(&store::ReadingQuery {
             patient_id,
@@ -327,12 +327,24 @@ async fn stored_readings(
         .iter()
         .map(|r| (r.device_id.as_str(), r.seq))
         .collect();
-    Ok(Some(
-        rows.into_iter()
-            .filter(|r| keys.contains(&(r.device_id.as_str(), r.seq)))
-            .map(ReadingOut::from)
-            .collect(),
-    ))
+    rows.retain(|r| keys.contains(&(r.device_id.as_str(), r.seq)));
+    // A reading from a device whose clock was wrong is linked at its receive time (the
+    // engine's date for it) while its row keeps the device's time: find those by receive time.
+    if rows.len() < keys.len()
+        && let (Some(from), Some(to)) = (from, to)
+    {
+        let found: HashSet<(String, i64)> =
+            rows.iter().map(|r| (r.device_id.clone(), r.seq)).collect();
+        let more = state
+            .store
+            .readings_received_between(patient_id, from, to)
+            .await?;
+        rows.extend(more.into_iter().filter(|r| {
+            keys.contains(&(r.device_id.as_str(), r.seq))
+                && !found.contains(&(r.device_id.clone(), r.seq))
+        }));
+    }
+    Ok(Some(rows.into_iter().map(ReadingOut::from).collect()))
 }
 
 async fn show(
