@@ -8,19 +8,30 @@ import { currentUser, errorMessage, severityBadge, announce, actorName } from '.
 
 const OPS = { at_least: '≥', above: '>', at_most: '≤', below: '<' };
 
-/** The plan in force: the stored current version, or the template for the conditions. */
+/**
+ * The plan in force: the stored current version, or the templates of the patient's
+ * conditions composed; `plan` as written (what a physician edits), `effective` as the alert
+ * engine runs it (with the safety net, each rule with its origin).
+ */
 export async function effectivePlan(patient) {
-  try {
-    const row = await get(`/patients/${patient.id}/care-plan`);
-    return { ...row, fromTemplate: false };
-  } catch (e) {
-    if (e.status !== 404) throw e;
-    // The server names the template the engine applies (GET /patients/{id}).
-    const name = patient.care_plan_template || 'general';
-    const { templates } = await get('/care-plan-templates');
-    const template = templates.find((tp) => tp.name === name);
-    return { plan: template?.plan || { rules: [] }, template: name, version: null, fromTemplate: true };
-  }
+  const e = await get(`/patients/${patient.id}/care-plan/effective`);
+  if (e.stored) return { ...e.stored, plan: e.plan, effective: e.effective, fromTemplate: false };
+  const template = (e.templates.length ? e.templates : ['general']).join(' + ');
+  return { plan: e.plan, effective: e.effective, template, version: null, fromTemplate: true };
+}
+
+/** Where a rule of the effective plan comes from, in words. */
+function originText(origin) {
+  if (!origin) return '—';
+  return origin
+    .split('+')
+    .map((part) => {
+      if (part === 'safety-net') return t('origin_net');
+      if (part === 'plan') return t('origin_plan');
+      if (part.startsWith('template:')) return t('origin_template', { template: part.slice(9) });
+      return part;
+    })
+    .join(' + ');
 }
 
 function metricName(m) {
@@ -56,6 +67,8 @@ function ruleText(rule) {
       return t('rule_low_battery', { pct: rule.below_pct });
     case 'clock':
       return t('rule_clock');
+    case 'average':
+      return t('rule_average', { days: rule.days ?? 7, when: (rule.any || []).map(conditionText).join(` ${t('or')} `) });
     default:
       return rule.type;
   }
@@ -76,12 +89,13 @@ function rulesTable(plan) {
             h('th', { scope: 'row', text: ruleTitle(rule.title) }),
             h('td', {}, severityBadge(band.severity)),
             h('td', { text: (band.any || []).map(conditionText).join(` ${t('or')} `) + persist }),
+            h('td', { class: 'origin', text: originText(rule.origin) }),
           ),
         );
       }
     } else {
       rows.push(
-        h('tr', {}, h('th', { scope: 'row', text: ruleTitle(rule.title) }), h('td', {}, rule.severity ? severityBadge(rule.severity) : '—'), h('td', { text: ruleText(rule) })),
+        h('tr', {}, h('th', { scope: 'row', text: ruleTitle(rule.title) }), h('td', {}, rule.severity ? severityBadge(rule.severity) : '—'), h('td', { text: ruleText(rule) }), h('td', { class: 'origin', text: originText(rule.origin) })),
       );
     }
   }
@@ -91,7 +105,7 @@ function rulesTable(plan) {
     h(
       'table',
       { class: 'data rules-table' },
-      h('thead', {}, h('tr', {}, [t('rule'), t('severity'), t('when')].map((c) => h('th', { scope: 'col', text: c })))),
+      h('thead', {}, h('tr', {}, [t('rule'), t('severity'), t('when'), t('origin')].map((c) => h('th', { scope: 'col', text: c })))),
       h('tbody', {}, rows),
     ),
   ];
@@ -251,7 +265,7 @@ export function carePlanSection(box, patient, isLive, onChange) {
     replace(
       box,
       head,
-      rulesTable(current.plan),
+      rulesTable(current.effective || current.plan),
       versionsBlock(versions),
       currentUser()?.role === 'physician' && editor(current),
     );

@@ -60,6 +60,15 @@ const TITLES_IT = {
   'Missed bp measurement': 'Misura della pressione mancata',
   'Missed spo2 measurement': 'Misura della saturazione mancata',
   'Missed glucose measurement': 'Misura della glicemia mancata',
+  'SpO2 below the COPD target': 'SpO2 sotto il target BPCO',
+  'SpO2 low (safety net)': 'SpO2 bassa (rete di sicurezza)',
+  'SpO2 low (safety net, NEWS2 scale 2)': 'SpO2 bassa (rete di sicurezza, NEWS2 scala 2)',
+  'Blood pressure very high (safety net)': 'Pressione molto alta (rete di sicurezza)',
+  'Blood pressure low (safety net)': 'Pressione bassa (rete di sicurezza)',
+  'Heart rate out of range (safety net)': 'Frequenza cardiaca fuori intervallo (rete di sicurezza)',
+  'Hypoglycaemia (safety net)': 'Ipoglicemia (rete di sicurezza)',
+  'Hyperglycaemia (safety net)': 'Iperglicemia (rete di sicurezza)',
+  'Home blood pressure average above target': 'Media della pressione domiciliare sopra il target',
 };
 
 /** A rule or alert title in the current language. Handles "Title: device-id" (per-device

@@ -244,6 +244,7 @@ function alertCard(initial) {
       h('dd', { class: 'assignee', text: alert.assignee || t('nobody') }),
       alert.due_at && [h('dt', { text: t('due') }), h('dd', {}, h('time', { datetime: alert.due_at, text: fmtTime(alert.due_at) }))],
       alert.escalation_level > 0 && [h('dt', { text: t('escalation') }), h('dd', { text: String(alert.escalation_level) })],
+      alert.confirmation && [h('dt', { text: t('confirmation') }), h('dd', { class: `confirmation-${alert.confirmation}`, text: t(`confirmation_${alert.confirmation}`) })],
     ];
     replace(
       info,

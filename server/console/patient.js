@@ -151,7 +151,7 @@ function render(root, patient, isLive) {
               .filter((r) => pick(r) !== null && pick(r) !== undefined)
               .map((r) => ({ t: new Date(r.measured_at).getTime(), v: pick(r), title: `${fmtTime(r.measured_at)}: ${fmtNumber(pick(r), 1)} ${c.unit}` })),
           }));
-          return lineChart({ title: t(c.title), unit: c.unit, series, thresholds: thresholdsFor(plan?.plan, c.metrics), from, to });
+          return lineChart({ title: t(c.title), unit: c.unit, series, thresholds: thresholdsFor(plan?.effective || plan?.plan, c.metrics), from, to });
         }),
       );
       chartsNote.textContent = plan?.fromTemplate ? t('thresholds_from_template', { template: plan.template }) : '';

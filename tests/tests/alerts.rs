@@ -18,7 +18,10 @@ struct TestClock(Arc<Mutex<OffsetDateTime>>);
 
 impl TestClock {
     fn new() -> TestClock {
-        TestClock(Arc::new(Mutex::new(OffsetDateTime::now_utc())))
+        TestClock::at(OffsetDateTime::now_utc())
+    }
+    fn at(t: OffsetDateTime) -> TestClock {
+        TestClock(Arc::new(Mutex::new(t)))
     }
     fn clock(&self) -> gateway::alerts::Clock {
         let t = self.0.clone();
@@ -372,6 +375,54 @@ async fn late_backlog(db: Db) -> anyhow::Result<()> {
     .await;
     stack.stop().await;
     Ok(())
+}
+
+/// Adherence is judged on measurement time: a backlog measured during a gap meets the
+/// schedule (its missed-measurement alert clears), and a patient without a device of a kind
+/// misses nothing of it. The engine's clock runs 30 h behind the wall clock, so readings the
+/// device dates in the past are late for the gateway and current for the schedule.
+async fn adherence_on_measurement_time(db: Db) -> anyhow::Result<()> {
+    let start = OffsetDateTime::now_utc() - time::Duration::hours(30);
+    let clock = TestClock::at(start);
+    let db = db.create().await;
+    let store = db.store.clone();
+    let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
+    let p = patient(&stack, &["hypertension", "diabetes"], DeviceKind::BloodPressure).await?;
+    settle().await; // the engine meets the patient and starts the adherence clock
+    clock.advance(time::Duration::hours(27));
+    let alerts = wait_alerts(&stack, p.id, "missed BP", |a| {
+        a.iter().any(|x| x.rule_id == "missed-bp" && x.condition == "active")
+    })
+    .await;
+    // Diabetes composes a glucose schedule, but the patient has no meter: nothing missed.
+    assert!(
+        alerts.iter().all(|x| x.rule_id != "missed-glucose"),
+        "{alerts:#?}"
+    );
+    // The cuff was offline: its backlog, measured 20 and 10 hours ago, arrives now.
+    let t = now_ms();
+    let backlog = [bp(1, t - 20 * 60 * MIN, 128, 80), bp(2, t - 10 * 60 * MIN, 131, 82)];
+    p.dev.publish(&p.readings, batch(&backlog)).await?;
+    let alerts = wait_alerts(&stack, p.id, "adherence met by the backlog", |a| {
+        a.iter().any(|x| x.rule_id == "missed-bp" && x.condition == "cleared")
+    })
+    .await;
+    assert!(
+        alerts.iter().all(|x| x.rule_id != "late-review"),
+        "{alerts:#?}"
+    );
+    stack.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adherence_on_measurement_time_sqlite() -> anyhow::Result<()> {
+    adherence_on_measurement_time(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adherence_on_measurement_time_postgres() -> anyhow::Result<()> {
+    adherence_on_measurement_time(Db::Postgres).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

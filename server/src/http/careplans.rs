@@ -3,6 +3,11 @@
 //! - `GET /api/v1/care-plan-templates`: the clinical templates (`gateway::alerts::plan`),
 //!   each with its plan.
 //! - `GET /api/v1/patients/{id}/care-plan`: the current version, with the plan as JSON.
+//! - `GET /api/v1/patients/{id}/care-plan/effective`: what the alert engine applies now: the
+//!   current version (or, with none stored, the templates of every condition composed:
+//!   `from_conditions`, `templates`) as `plan`, and `effective`: that plan with the safety
+//!   net joined in, each rule with its `origin` (`template:<name>`, `plan`, `safety-net`,
+//!   or one of those `+safety-net`).
 //! - `GET /api/v1/patients/{id}/care-plan/versions`: every version, newest first, without
 //!   the plan bodies (fetch a version for its plan).
 //! - `GET /api/v1/patients/{id}/care-plan/versions/{v}`: one version, with its plan.
@@ -36,6 +41,7 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/care-plan-templates", get(templates))
         .route("/patients/{id}/care-plan", get(current).post(create))
+        .route("/patients/{id}/care-plan/effective", get(effective))
         .route("/patients/{id}/care-plan/versions", get(versions))
         .route("/patients/{id}/care-plan/versions/{version}", get(version))
 }
@@ -126,6 +132,66 @@ async fn current(
         )
         .await?;
     Ok(Json(PlanOut::new(row, true)))
+}
+
+/// The plan in force and what the engine makes of it.
+#[derive(Debug, Serialize)]
+struct EffectiveOut {
+    patient_id: i64,
+    /// No stored version: the plan comes from the patient's conditions.
+    from_conditions: bool,
+    /// The templates composed (with no stored version), most precedent first.
+    templates: Vec<&'static str>,
+    /// The stored version, if any (its author, reason and time as in `GET …/care-plan`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored: Option<PlanOut>,
+    /// The plan as written: the stored one, or the composed templates.
+    plan: CarePlan,
+    /// The plan with the safety net, as the engine runs it.
+    effective: CarePlan,
+}
+
+async fn effective(
+    State(state): State<AppState>,
+    caller: Caller,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<EffectiveOut>, ApiError> {
+    let Path(id) = id.map_err(rejection)?;
+    let patient = visible_patient(&state, &caller, id).await?;
+    let row = state.store.current_care_plan(id).await?;
+    let version = row.as_ref().map_or("none".into(), |r| r.version.to_string());
+    state
+        .audit_patient(
+            &caller,
+            "careplan.read",
+            format!("patient:{id} care-plan effective version={version}"),
+            &patient,
+            None,
+        )
+        .await?;
+    let (plan, templates) = match &row {
+        Some(r) => (
+            // As the engine does: a stored plan that no longer parses runs as `general`.
+            CarePlan::from_json(&r.plan)
+                .ok()
+                .or_else(|| plan::template("general"))
+                .ok_or_else(|| ApiError::NotFound("the general template".into()))?,
+            Vec::new(),
+        ),
+        None => (
+            plan::for_conditions(&patient.conditions),
+            plan::templates_for_conditions(&patient.conditions),
+        ),
+    };
+    let effective = gateway::alerts::net::effective(&plan.clone().normalized());
+    Ok(Json(EffectiveOut {
+        patient_id: id,
+        from_conditions: row.is_none(),
+        templates,
+        stored: row.map(|r| PlanOut::new(r, false)),
+        plan,
+        effective,
+    }))
 }
 
 #[derive(Debug, Serialize)]

@@ -76,6 +76,11 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     (
         "GET",
+        "/api/v1/patients/{id}/care-plan/effective",
+        Allowed(ReadClinical),
+    ),
+    (
+        "GET",
         "/api/v1/patients/{id}/care-plan/versions",
         Allowed(ReadClinical),
     ),
