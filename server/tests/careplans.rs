@@ -20,6 +20,91 @@ async fn care_plan_versions_postgres() {
     care_plan_versions(TestDb::postgres().await).await;
 }
 
+#[tokio::test]
+async fn effective_plan_sqlite() {
+    effective_plan(TestDb::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn effective_plan_postgres() {
+    effective_plan(TestDb::postgres().await).await;
+}
+
+/// The plan the engine runs: composed from every condition, the safety net joined in, each
+/// rule's origin named; widening the net needs a reason; reads are audited.
+async fn effective_plan(db: TestDb) {
+    let f = fixture(db).await;
+    let store = &f.db.store;
+    let p = store
+        .add_patient(&store::NewPatient {
+            cot_id: f.cot_id,
+            code: "P-HTN-DM".into(),
+            display_name: "Anna Verdi".into(),
+            birth_year: Some(1948),
+            conditions: vec!["hypertension".into(), "diabetes".into()],
+        })
+        .await
+        .unwrap()
+        .id;
+    let url = format!("/api/v1/patients/{p}/care-plan/effective");
+    let (status, body) = f.get(&url).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["from_conditions"], true);
+    assert_eq!(body["templates"], json!(["diabetes", "hypertension"]));
+    let effective = &body["effective"];
+    let origin = |id: &str| rule(effective, id).map(|r| r["origin"].as_str().unwrap().to_owned());
+    assert_eq!(
+        origin("glucose-low").as_deref(),
+        Some("template:diabetes+safety-net")
+    );
+    assert_eq!(
+        origin("bp-home-average").as_deref(),
+        Some("template:hypertension")
+    );
+    // General brings SpO2 scale 1; the net joins it.
+    assert_eq!(
+        origin("spo2-low").as_deref(),
+        Some("template:general+safety-net")
+    );
+    // The plan as written has no net bands; the effective one does.
+    let bands = |plan: &Value, id: &str| rule(plan, id).unwrap()["bands"].as_array().unwrap().len();
+    assert!(bands(effective, "glucose-low") > bands(&body["plan"], "glucose-low"));
+
+    // Widening the net: refused without a reason or when it does not widen, kept with one.
+    let base = format!("/api/v1/patients/{p}/care-plan");
+    let mut plan = body["plan"].clone();
+    plan["safety_net"] = json!({"widen": [{"rule": "bp-low", "severity": "critical",
+        "metric": "systolic", "limit": 85, "reason": ""}]});
+    let (status, err) = f.post(&base, json!({"plan": plan, "reason": "HF"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert!(err.to_string().contains("a reason is required"), "{err}");
+    plan["safety_net"]["widen"][0]["reason"] = json!("usual SBP 86-95 on sacubitril");
+    let (status, created) = f
+        .post(&base, json!({"plan": plan, "reason": "HF review"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (_, body) = f.get(&url).await;
+    assert_eq!(body["from_conditions"], false);
+    assert_eq!(body["stored"]["version"], 1);
+    let low = rule(&body["effective"], "bp-low").unwrap();
+    let critical: Vec<f64> = low["bands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["severity"] == "critical")
+        .flat_map(|b| b["any"].as_array().unwrap().iter())
+        .filter_map(|c| c["at_most"].as_f64())
+        .collect();
+    assert_eq!(critical, vec![85.0], "{low}");
+    let audit = store.list_audit(1000).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "careplan.read" && e.target.contains("effective")),
+        "{audit:?}"
+    );
+}
+
 fn rule<'a>(plan: &'a Value, id: &str) -> Option<&'a Value> {
     plan["rules"]
         .as_array()
@@ -242,7 +327,16 @@ async fn care_plan_versions(db: TestDb) {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["hypertension", "copd", "diabetes", "general"]);
+    assert_eq!(
+        names,
+        vec![
+            "hypertension",
+            "copd",
+            "diabetes",
+            "heart_failure",
+            "general"
+        ]
+    );
     for t in body["templates"].as_array().unwrap() {
         let (status, created) = f
             .post(

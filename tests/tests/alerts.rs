@@ -387,11 +387,17 @@ async fn adherence_on_measurement_time(db: Db) -> anyhow::Result<()> {
     let db = db.create().await;
     let store = db.store.clone();
     let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
-    let p = patient(&stack, &["hypertension", "diabetes"], DeviceKind::BloodPressure).await?;
+    let p = patient(
+        &stack,
+        &["hypertension", "diabetes"],
+        DeviceKind::BloodPressure,
+    )
+    .await?;
     settle().await; // the engine meets the patient and starts the adherence clock
     clock.advance(time::Duration::hours(27));
     let alerts = wait_alerts(&stack, p.id, "missed BP", |a| {
-        a.iter().any(|x| x.rule_id == "missed-bp" && x.condition == "active")
+        a.iter()
+            .any(|x| x.rule_id == "missed-bp" && x.condition == "active")
     })
     .await;
     // Diabetes composes a glucose schedule, but the patient has no meter: nothing missed.
@@ -401,10 +407,14 @@ async fn adherence_on_measurement_time(db: Db) -> anyhow::Result<()> {
     );
     // The cuff was offline: its backlog, measured 20 and 10 hours ago, arrives now.
     let t = now_ms();
-    let backlog = [bp(1, t - 20 * 60 * MIN, 128, 80), bp(2, t - 10 * 60 * MIN, 131, 82)];
+    let backlog = [
+        bp(1, t - 20 * 60 * MIN, 128, 80),
+        bp(2, t - 10 * 60 * MIN, 131, 82),
+    ];
     p.dev.publish(&p.readings, batch(&backlog)).await?;
     let alerts = wait_alerts(&stack, p.id, "adherence met by the backlog", |a| {
-        a.iter().any(|x| x.rule_id == "missed-bp" && x.condition == "cleared")
+        a.iter()
+            .any(|x| x.rule_id == "missed-bp" && x.condition == "cleared")
     })
     .await;
     assert!(

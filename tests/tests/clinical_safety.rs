@@ -285,6 +285,13 @@ fn cases() -> Vec<Case> {
         },
         // A clock that says it is set but reads 1970: the reading is judged, not quarantined.
         Case {
+            name: "diabetes, 48 mg/dL from a clock a day ahead",
+            conditions: &["diabetes"],
+            device: Glu,
+            readings: |t| vec![glucose(1, t + 24 * 60 * MIN, 48.0, "mg/dL")],
+            expect: Alert("glucose-low", "critical"),
+        },
+        Case {
             name: "diabetes, 45 mg/dL from a clock reset to 1970",
             conditions: &["diabetes"],
             device: Glu,
@@ -397,6 +404,29 @@ async fn guideline_cases(db: Db) -> anyhow::Result<()> {
         "{alerts:#?}"
     );
     assert_eq!(stack.store().count_quarantine().await?, 0);
+    // The alert of the clock that ran ahead shows its reading as stored (the row keeps the
+    // device's time, the engine dated it at its receive time).
+    let ahead = running
+        .iter()
+        .find(|(c, ..)| c.name.contains("a day ahead"))
+        .map(|(_, p, ..)| *p)
+        .unwrap_or_default();
+    let alert = alerts_api(&stack, ahead)
+        .await
+        .into_iter()
+        .find(|a| a["rule_id"] == "glucose-low")
+        .unwrap_or_default();
+    let (_, detail) = stack
+        .get(&format!(
+            "/api/v1/alerts/{}",
+            alert["id"].as_i64().unwrap_or_default()
+        ))
+        .await?;
+    assert_eq!(
+        detail["stored_readings"].as_array().map(Vec::len),
+        Some(1),
+        "{detail:#}"
+    );
     for (.., dev) in running {
         dev.close();
     }

@@ -159,7 +159,9 @@ async fn effective(
     let Path(id) = id.map_err(rejection)?;
     let patient = visible_patient(&state, &caller, id).await?;
     let row = state.store.current_care_plan(id).await?;
-    let version = row.as_ref().map_or("none".into(), |r| r.version.to_string());
+    let version = row
+        .as_ref()
+        .map_or("none".into(), |r| r.version.to_string());
     state
         .audit_patient(
             &caller,
