@@ -313,7 +313,13 @@ impl Store {
                             Val::Ts(t.at),
                             Val::OptTs(latest(&t.readings)),
                             Val::OptTs(t.due_at),
-                            Val::F64(t.readings.first().and_then(|r| r.value).or(t.value)),
+                            Val::F64(
+                                t.readings
+                                    .first()
+                                    .and_then(|r| r.value)
+                                    .filter(|_| t.rule_kind != "average")
+                                    .or(t.value),
+                            ),
                             Val::F64(worst_of(None, t)),
                             Val::OptText(t.unconfirmed.then_some("unconfirmed")),
                         ],
@@ -1109,8 +1115,11 @@ impl Store {
 /// The worst of `so_far` and every value of the trigger (its readings and its own value): an
 /// alert opened by a run shows the run's worst, not the confirming reading's.
 fn worst_of(so_far: Option<f64>, t: &Trigger) -> Option<f64> {
+    // An average's readings are its evidence, not its value: its worst is the worst mean.
+    let per_reading = t.rule_kind != "average";
     t.readings
         .iter()
+        .filter(|_| per_reading)
         .filter_map(|r| r.value)
         .chain(t.value)
         .chain(so_far)
