@@ -207,7 +207,11 @@ pub(crate) fn start(
         .name("broker-outbound".into())
         .spawn(move || outbound_loop(link_tx, relinked_rx, outbound_rx, runtime))
         .map_err(|e| GatewayError::Broker(format!("outbound thread: {e}")))?;
-    tokio::spawn(heartbeat(outbound_tx.clone(), watch.heartbeat_every, cancel));
+    tokio::spawn(heartbeat(
+        outbound_tx.clone(),
+        watch.heartbeat_every,
+        cancel,
+    ));
 
     Ok(BrokerHandle {
         addr,
@@ -482,8 +486,11 @@ mod tests {
             password: broker.password.clone(),
         };
         let mut out = BytesMut::new();
-        V4.write(Packet::Connect(connect, None, None, None, Some(login)), &mut out)
-            .unwrap();
+        V4.write(
+            Packet::Connect(connect, None, None, None, Some(login)),
+            &mut out,
+        )
+        .unwrap();
         stream.write_all(&out).await.unwrap();
         let mut connack = [0u8; 4];
         stream.read_exact(&mut connack).await.unwrap();

@@ -110,7 +110,10 @@ mod tests {
         let err = budget.resolve(Some(20_000)).unwrap_err();
         assert!(err.contains("at most 6234"), "{err}");
         assert!(budget.resolve(Some(0)).is_err());
-        let tiny = DescriptorBudget { limit: 1000, ..budget };
+        let tiny = DescriptorBudget {
+            limit: 1000,
+            ..budget
+        };
         assert!(tiny.resolve(None).is_err());
     }
 }

@@ -236,8 +236,19 @@ mod tests {
         let v6 = IpNet::parse("2001:db8::/32").unwrap();
         assert!(v6.contains("2001:db8:1::5".parse().unwrap()));
         assert!(!v6.contains([10, 20, 0, 1].into()));
-        assert!(IpNet::parse("0.0.0.0/0").unwrap().contains([8, 8, 8, 8].into()));
-        for bad in ["10.0.0.0/33", "10.0.0/8", "nope", "::/129", "10.0.0.0/-1", ""] {
+        assert!(
+            IpNet::parse("0.0.0.0/0")
+                .unwrap()
+                .contains([8, 8, 8, 8].into())
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "nope",
+            "::/129",
+            "10.0.0.0/-1",
+            "",
+        ] {
             assert!(IpNet::parse(bad).is_err(), "{bad}");
         }
     }

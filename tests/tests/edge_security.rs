@@ -181,8 +181,7 @@ async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
 /// H3: one device subscribed 20,000 filters under its own prefix in half a second; rumqttd
 /// kept them (about 125 MB) after the device left, forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscription_flood_is_cut_off_and_broker_memory_stays_bounded() -> anyhow::Result<()>
-{
+async fn a_subscription_flood_is_cut_off_and_broker_memory_stays_bounded() -> anyhow::Result<()> {
     let stack = Stack::start(Db::Sqlite).await?;
     let patient = stack.patient(&["copd"]).await?;
     let greedy = stack.device(patient.id, DeviceKind::Spo2).await?;
@@ -203,7 +202,10 @@ async fn a_subscription_flood_is_cut_off_and_broker_memory_stays_bounded() -> an
             let filters: Vec<String> = (0..100)
                 .map(|i| topic(&greedy.id, &format!("r{round}/f{batch}x{i}")))
                 .collect();
-            if s.write_all(&subscribe_many(batch + 1, &filters)).await.is_err() {
+            if s.write_all(&subscribe_many(batch + 1, &filters))
+                .await
+                .is_err()
+            {
                 break;
             }
             sent += filters.len();
