@@ -7,7 +7,8 @@
 #   - Debian's chromium and playwright-core (npm ci in tests/browser), for the console's
 #     browser test;
 #   - Python 3 venv with the pinned FHIR validator (tests/fhir/requirements.txt, from PyPI).
-# Then: formatting, clippy with warnings as errors, the protocol and firmware core crates built without std, and
+# Then: formatting, cargo deny (bans, licences, sources) and the check that the production
+# binary links no MQTT client, clippy with warnings as errors (also with the demo feature), the protocol and firmware core crates built without std, and
 # `cargo test` over the whole workspace. No test is skipped: a missing service fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,8 +73,22 @@ case "$FHIR_VENV" in /*) export SENTINELLA_FHIR_PYTHON="$FHIR_VENV/bin/python" ;
 log "format"
 cargo fmt --all -- --check
 
+log "supply chain: cargo deny (bans, licences, sources) and the production graph"
+# deny.toml says what is allowed. Advisories are not checked: the RustSec database is a git
+# repository these machines cannot reach (crates.io only); see deny.toml.
+if ! command -v cargo-deny >/dev/null; then cargo install --locked cargo-deny@0.20.2; fi
+cargo deny --log-level error check bans licenses sources
+# The `sentinella` binary without the `demo` feature links no MQTT client (rumqttc and its
+# rustls-webpki 0.102 / rustls-pemfile) and no simulator.
+prod_graph=$(cargo tree -p server -e normal --locked --prefix none)
+if grep -E '^(rumqttc|simulators|rustls-webpki v0\.102|rustls-pemfile) ' <<<"$prod_graph"; then
+  echo "the production graph of server holds the crates above; they belong behind the demo feature" >&2
+  exit 1
+fi
+
 log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p server --features demo --all-targets --locked -- -D warnings
 
 log "without std (what the firmware builds on)"
 cargo build -p protocol --no-default-features --locked

@@ -32,17 +32,31 @@ pub struct GatewayConfig {
     /// How long a new TLS connection may take to complete its handshake.
     #[serde(with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
-    /// Most connections held at once from one source IP on the TLS listener.
+    /// Most connections held at once from one source IP on the TLS listener (256). Devices
+    /// behind one NAT address share it: list such networks in `per_ip_exempt`.
     pub max_connections_per_ip: usize,
-    /// Most new connections accepted from one source IP per second on the TLS listener.
+    /// Most new connections accepted from one source IP per second on the TLS listener (50).
     pub max_new_connections_per_ip_per_sec: u32,
+    /// Source networks (CIDR, e.g. `"10.20.0.0/16"`, `"2001:db8::/32"`, or a single address)
+    /// the per-IP limits do not apply to: a carrier's NAT or a hospital's egress address that
+    /// many real devices share. Connections from them still count against
+    /// `max_connections`. Empty by default.
+    pub per_ip_exempt: Vec<String>,
     /// How often the store is polled for revoked devices, whose live connections are then
     /// closed (`sentinella device revoke` runs in another process). Worst-case latency from
     /// the revocation to the close: this interval plus one store query.
     #[serde(with = "humantime_serde")]
     pub revocation_poll: Duration,
-    /// Most device connections held at once; further ones are closed at accept.
-    pub max_connections: usize,
+    /// Most device connections held at once over both listeners; further ones are closed at
+    /// accept. Unset (the default): as many as the process's descriptor budget allows, i.e.
+    /// (open-files limit − `api_descriptors` − the store's pool − 256 spare) / 3, since each
+    /// device holds three descriptors. A value above that budget is refused at start.
+    pub max_connections: Option<usize>,
+    /// Descriptors the API's connections may hold, counted in the budget above. Not read from
+    /// the file: the program composing the process sets it (`sentinella run`: the API's
+    /// connection cap). Default 1,024.
+    #[serde(skip)]
+    pub api_descriptors: usize,
     /// How long a new connection may take to send its MQTT CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -71,10 +85,6 @@ pub struct GatewayConfig {
     pub alerts: crate::alerts::AlertsConfig,
 }
 
-const fn default_max_connections() -> usize {
-    20_000
-}
-
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
@@ -88,8 +98,10 @@ impl Default for GatewayConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections_per_ip: 256,
             max_new_connections_per_ip_per_sec: 50,
+            per_ip_exempt: Vec::new(),
             revocation_poll: Duration::from_secs(2),
-            max_connections: default_max_connections(),
+            max_connections: None,
+            api_descriptors: 1024,
             connect_timeout: Duration::from_secs(10),
             max_packet_size: 256 * 1024,
             batch_max_rows: 1000,

@@ -13,19 +13,30 @@
 //! (unknown, revoked, wrong secret, superseded certificate), and only then opens a connection
 //! to the loopback broker, presenting the gateway's internal login instead of the device's. From then on it forwards every packet the device
 //! sends after checking it: PUBLISH only on the device's own `readings` or `status` topic,
-//! SUBSCRIBE only to filters inside `sentinella/v1/devices/{id}/`, a will only on its own status
-//! topic. A violation is quarantined (so nothing a device sent vanishes unrecorded) and closes
-//! the connection: MQTT 3.1.1 has no way to refuse a single publish. Broker → device bytes are
+//! SUBSCRIBE only to its own `ack` and `config` topics (exactly those, no wildcards, at most
+//! [`MAX_FILTERS`] distinct filters per connection), a will only on its own status topic. A
+//! violation is quarantined (so nothing a device sent vanishes unrecorded) and closes the
+//! connection: MQTT 3.1.1 has no way to refuse a single publish. Broker → device bytes are
 //! copied as they are.
+//!
+//! rumqttd never frees the commit log it makes for each distinct filter, and keeps a persistent
+//! session's subscriptions after a disconnect, so both are bounded here: the exact-topic rule
+//! caps the filters the broker ever sees at two per provisioned device, and the CONNECT is
+//! forwarded with `clean_session = true` whatever the device asked, so nothing of a device's
+//! session outlives its connection (devices subscribe again after every CONNACK, and the end-to-
+//! end acks make a lost broker session harmless).
 //!
 //! Refused CONNECTs get a CONNACK with a return code (4: bad credentials, 5: not authorized,
 //! 3: server unavailable when the registry cannot be read), unlike rumqttd, which closes
 //! silently and makes clients retry in a tight loop.
 //!
-//! Every authorized connection is registered in [`LiveConnections`]; the gateway's revocation
-//! poll closes those of a device revoked in the store.
+//! Every authorized connection is registered in [`LiveConnections`] with the fingerprint of
+//! its client certificate; the gateway's revocation poll closes those of a device revoked in
+//! the store, and those whose certificate was superseded by a newer one (`sentinella device
+//! cert`). Both listeners share one connection limit (`max_connections`, from the descriptor
+//! budget).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,7 +76,14 @@ pub(crate) struct EdgeContext {
     pub(crate) live: Arc<LiveConnections>,
     /// Repeat measurements the alert engine asked for, delivered in the device's config.
     pub(crate) repeats: Arc<crate::repeats::Repeats>,
+    /// Device connections both listeners may hold at once (`max_connections`).
+    pub(crate) slots: Arc<Semaphore>,
 }
+
+/// Most distinct subscription filters one device connection may hold. A device needs two (its
+/// `ack` and `config` topics), which are also the only ones allowed; the cap keeps the bound if
+/// that rule ever widens.
+pub(crate) const MAX_FILTERS: usize = 8;
 
 /// How a listener's connections are carried and authenticated.
 #[derive(Clone)]
@@ -88,11 +106,19 @@ enum Identity {
     Certificate { device_id: String, sha256: String },
 }
 
+/// One authorized connection: what closes it, and the certificate it presented.
+#[derive(Debug)]
+struct LiveEntry {
+    token: CancellationToken,
+    /// SHA-256 of the client certificate; `None` on the password listener.
+    cert_sha256: Option<String>,
+}
+
 /// The devices' authorized connections, each with a token that closes it.
 #[derive(Debug, Default)]
 pub(crate) struct LiveConnections {
     next: AtomicU64,
-    map: Mutex<HashMap<String, HashMap<u64, CancellationToken>>>,
+    map: Mutex<HashMap<String, HashMap<u64, LiveEntry>>>,
 }
 
 /// A registered connection; deregisters on drop.
@@ -105,13 +131,17 @@ struct LiveGuard {
 }
 
 impl LiveConnections {
-    fn register(self: &Arc<Self>, device: &str) -> LiveGuard {
+    fn register(self: &Arc<Self>, device: &str, cert_sha256: Option<&str>) -> LiveGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(device.to_owned())
-            .or_default()
-            .insert(id, token.clone());
+        map.entry(device.to_owned()).or_default().insert(
+            id,
+            LiveEntry {
+                token: token.clone(),
+                cert_sha256: cert_sha256.map(str::to_owned),
+            },
+        );
         LiveGuard {
             live: self.clone(),
             device: device.to_owned(),
@@ -126,10 +156,38 @@ impl LiveConnections {
         let Some(conns) = map.get(device) else {
             return 0;
         };
-        for token in conns.values() {
-            token.cancel();
+        for entry in conns.values() {
+            entry.token.cancel();
         }
         conns.len()
+    }
+
+    /// Whether `device` has a live connection.
+    pub(crate) fn has(&self, device: &str) -> bool {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.contains_key(device)
+    }
+
+    /// Closes the connections of `device` made with a certificate other than `current` (the
+    /// one the store now accepts; `None`: none is recorded, so every certificate connection of
+    /// the device is closed). Password connections are left alone. Returns how many it closed.
+    pub(crate) fn close_superseded(&self, device: &str, current: Option<&str>) -> usize {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(conns) = map.get(device) else {
+            return 0;
+        };
+        let mut closed = 0;
+        for entry in conns.values() {
+            let superseded = entry
+                .cert_sha256
+                .as_deref()
+                .is_some_and(|used| current != Some(used));
+            if superseded && !entry.token.is_cancelled() {
+                entry.token.cancel();
+                closed += 1;
+            }
+        }
+        closed
     }
 }
 
@@ -166,7 +224,7 @@ enum EdgeError {
     HandshakeTimeout,
     #[error("TLS handshake: {0}")]
     Handshake(String),
-    #[error("device revoked while connected")]
+    #[error("device revoked or its certificate superseded while connected")]
     Revoked,
     #[error("gateway shutting down")]
     ShuttingDown,
@@ -180,7 +238,7 @@ pub(crate) async fn serve(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let slots = ctx.slots.clone();
     loop {
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -255,7 +313,7 @@ pub(crate) async fn serve(
                     tracing::debug!(%peer, why, "TLS handshake failed");
                 }
                 Err(EdgeError::Revoked) => {
-                    tracing::info!(%peer, "device connection closed: device revoked");
+                    tracing::info!(%peer, "device connection closed: device revoked or certificate superseded");
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "device connection ended"),
             }
@@ -310,7 +368,7 @@ where
             read_packet(&mut client, &mut buf, max),
         ) => first.map_err(|_| EdgeError::ConnectTimeout)??,
     };
-    let Some(Packet::Connect(connect, _, will, _, login)) = first else {
+    let Some(Packet::Connect(mut connect, _, will, _, login)) = first else {
         return Err(EdgeError::NotConnect);
     };
 
@@ -337,7 +395,11 @@ where
         }
     };
     let device = DeviceId::parse(&device_id).map_err(|_| EdgeError::Refused("bad device id"))?;
-    let live = ctx.live.register(&device_id);
+    let cert_sha256 = match &identity {
+        Identity::Certificate { sha256, .. } => Some(sha256.as_str()),
+        Identity::Password => None,
+    };
+    let live = ctx.live.register(&device_id, cert_sha256);
     Metrics::add(&ctx.metrics.edge_connections_total, 1);
     let tls = matches!(identity, Identity::Certificate { .. });
     tracing::info!(device = %device_id, %peer, tls, "device connected");
@@ -355,6 +417,8 @@ where
         username: ctx.broker.username.clone(),
         password: ctx.broker.password.clone(),
     };
+    // Nothing of the device's session may outlive its connection in the broker.
+    connect.clean_session = true;
     let mut out = BytesMut::new();
     V4.write(
         Packet::Connect(connect, None, will, None, Some(login)),
@@ -369,6 +433,7 @@ where
     let downstream = tokio::io::copy(&mut from_broker, &mut to_client);
     let upstream = async {
         let mut out = BytesMut::with_capacity(4096);
+        let mut filters = HashSet::new();
         loop {
             let read = tokio::select! {
                 biased;
@@ -383,7 +448,7 @@ where
             let Some(packet) = read? else {
                 return Ok(());
             };
-            check_packet(&packet, device, &ctx.inbound).await?;
+            check_packet(&packet, device, &mut filters, &ctx.inbound).await?;
             if matches!(packet, Packet::Publish(..)) {
                 wait_for_room(ctx).await;
             }
@@ -521,10 +586,12 @@ async fn authorize(
     Ok(client_id.to_owned())
 }
 
-/// Enforces the per-device rules on one packet from the device.
+/// Enforces the per-device rules on one packet from the device; `filters` are the distinct
+/// subscription filters the connection holds so far.
 async fn check_packet(
     packet: &Packet,
     device: DeviceId<'_>,
+    filters: &mut HashSet<String>,
     inbound: &mpsc::Sender<Inbound>,
 ) -> Result<(), EdgeError> {
     match packet {
@@ -548,20 +615,42 @@ async fn check_packet(
             Ok(())
         }
         Packet::Subscribe(subscribe, _) => {
-            if let Some(bad) = subscribe
-                .filters
-                .iter()
-                .find(|f| !filter_within_device(&f.path, device))
-            {
-                let entry = refusal(
-                    &bad.path,
-                    Some(device.as_str()),
-                    "edge.subscribe_outside_own_topics",
-                    format!("device {device} may subscribe only under its own prefix"),
-                    &[],
-                );
-                let _ = inbound.send(Inbound::Refused(entry)).await;
-                return Err(EdgeError::Violation("subscribe outside own topics"));
+            for filter in &subscribe.filters {
+                let refused = if !filter_within_device(&filter.path, device) {
+                    Some((
+                        "edge.subscribe_outside_own_topics",
+                        format!("device {device} may subscribe only under its own prefix"),
+                        "subscribe outside own topics",
+                    ))
+                } else if !device_may_subscribe(&filter.path, device) {
+                    Some((
+                        "edge.subscribe_filter_not_allowed",
+                        format!(
+                            "device {device} may subscribe only to its own ack and config topics"
+                        ),
+                        "subscribe to a filter other than the device's ack and config topics",
+                    ))
+                } else if !filters.contains(&filter.path) && filters.len() >= MAX_FILTERS {
+                    Some((
+                        "edge.too_many_subscriptions",
+                        format!("device {device} may hold at most {MAX_FILTERS} subscriptions"),
+                        "too many subscriptions",
+                    ))
+                } else {
+                    None
+                };
+                if let Some((reason, detail, why)) = refused {
+                    let entry = refusal(&filter.path, Some(device.as_str()), reason, detail, &[]);
+                    let _ = inbound.send(Inbound::Refused(entry)).await;
+                    return Err(EdgeError::Violation(why));
+                }
+                filters.insert(filter.path.clone());
+            }
+            Ok(())
+        }
+        Packet::Unsubscribe(unsubscribe, _) => {
+            for filter in &unsubscribe.filters {
+                filters.remove(filter);
             }
             Ok(())
         }
@@ -571,6 +660,12 @@ async fn check_packet(
         }
         _ => Ok(()),
     }
+}
+
+/// Whether a device may subscribe to `filter`: exactly its own `ack` or `config` topic.
+fn device_may_subscribe(filter: &str, device: DeviceId<'_>) -> bool {
+    Topic::parse(filter)
+        .is_ok_and(|t| t.device == device && matches!(t.channel, Channel::Ack | Channel::Config))
 }
 
 /// Holds a device's publishes back while the ingest queue is nearly full, so memory stays

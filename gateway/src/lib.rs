@@ -7,7 +7,9 @@
 //!   passwords on loopback), authenticates them against the registry and keeps each device
 //!   inside its own topics before forwarding to the broker.
 //! - [`tls`]: the TLS listener's rustls configuration ([`EdgeTls`]) and per-IP limits.
-//! - `broker`: rumqttd on loopback, the ingest link and the threads bridging it to tokio.
+//! - [`descriptors`]: the process's descriptor budget, which sets the edge's connection limit.
+//! - `broker`: rumqttd on loopback, the ingest link (watched by a heartbeat, rebuilt when it
+//!   dies) and the threads bridging it to tokio.
 //! - `registry`: a short-lived cache of the devices table.
 //! - `ingest`: decode → batch → commit → ack.
 //! - [`telemetry`]: counters every stage bumps, rendered for Prometheus.
@@ -16,6 +18,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod descriptors;
 pub mod telemetry;
 pub mod tls;
 
@@ -36,7 +39,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use broker::{INGEST_LINK_ID, INTERNAL_CLIENT_IDS};
 pub use config::GatewayConfig;
+pub use descriptors::DescriptorBudget;
 pub use telemetry::Metrics;
 pub use tls::EdgeTls;
 
@@ -81,6 +86,10 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Counters of the alert engine (zero when it is disabled).
     pub alert_metrics: Arc<alerts::EngineMetrics>,
+    /// Most device connections the edge holds at once, over both listeners.
+    pub max_connections: usize,
+    /// The descriptor budget `max_connections` was checked against.
+    pub descriptor_budget: DescriptorBudget,
     tracker: TaskTracker,
 }
 
@@ -137,14 +146,45 @@ pub async fn start_with_clock(
             config.listen
         )));
     }
+    let per_ip_exempt = config
+        .per_ip_exempt
+        .iter()
+        .map(|net| tls::IpNet::parse(net))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| GatewayError::Config(format!("[gateway] per_ip_exempt: {e}")))?;
+    let descriptor_budget =
+        DescriptorBudget::of_process(config.api_descriptors, store.max_descriptors());
+    let max_connections = descriptor_budget
+        .resolve(config.max_connections)
+        .map_err(GatewayError::Config)?;
     let server_config = tls.as_ref().map(tls::server_config).transpose()?;
     store.health_check().await?;
     let metrics = Arc::new(Metrics::default());
     metrics.store_ok.store(true, Ordering::Relaxed);
+    metrics
+        .edge_max_connections
+        .store(max_connections as u64, Ordering::Relaxed);
+    metrics
+        .process_open_files_limit
+        .store(descriptor_budget.limit, Ordering::Relaxed);
+    tracing::info!(
+        max_connections,
+        open_files = descriptor_budget.limit,
+        api = descriptor_budget.api,
+        store = descriptor_budget.store,
+        "edge connection limit from the descriptor budget"
+    );
     let tracker = TaskTracker::new();
 
     let (inbound_tx, inbound_rx) = mpsc::channel(config.queue_capacity);
-    let broker = broker::start(&config, inbound_tx.clone(), metrics.clone(), cancel.clone())?;
+    let broker = broker::start(
+        &config,
+        max_connections,
+        inbound_tx.clone(),
+        metrics.clone(),
+        broker::LinkWatch::default(),
+        cancel.clone(),
+    )?;
     let registry = Arc::new(registry::Registry::new(store.clone(), config.registry_ttl));
 
     let (batch_tx, batch_rx) = mpsc::channel(2);
@@ -207,6 +247,7 @@ pub async fn start_with_clock(
                 limits: tls::IpLimits::new(
                     config.max_connections_per_ip,
                     config.max_new_connections_per_ip_per_sec,
+                    per_ip_exempt,
                 ),
             };
             Some((listener, addr, transport))
@@ -231,6 +272,7 @@ pub async fn start_with_clock(
         close,
         live,
         repeats,
+        slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
     });
     let tls_addr = tls_listener.as_ref().map(|(_, addr, _)| *addr);
     if let Some((listener, _, transport)) = tls_listener {
@@ -256,6 +298,8 @@ pub async fn start_with_clock(
         broker_addr: broker.addr,
         metrics,
         alert_metrics,
+        max_connections,
+        descriptor_budget,
         tracker,
     })
 }
@@ -283,8 +327,10 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), GatewayErro
 
 /// Polls the store for revoked (or re-certified) devices every `every`: forgets their cached
 /// registry entries (so a reconnect, or a superseded certificate, is refused at once, not after
-/// the cache TTL) and closes the live connections of revoked ones. Latency from `sentinella device revoke` to the close: at most `every` plus one
-/// query.
+/// the cache TTL), closes the live connections of revoked ones, and of a re-certified one closes
+/// those made with a certificate other than the one now recorded. Latency from `sentinella
+/// device revoke` or `sentinella device cert` to the close: at most `every` plus one query (two
+/// for a re-certified device with live connections).
 async fn revocations(
     store: Store,
     registry: Arc<registry::Registry>,
@@ -305,13 +351,30 @@ async fn revocations(
             Ok(changes) => {
                 for (id, revoked) in changes {
                     registry.invalidate(&id);
-                    if !revoked {
+                    if revoked {
+                        let closed = live.close_device(&id);
+                        if closed > 0 {
+                            Metrics::add(&metrics.edge_revoked_closed_total, closed as u64);
+                            tracing::info!(device = %id, connections = closed, "device revoked: closing its connections");
+                        }
                         continue;
                     }
-                    let closed = live.close_device(&id);
+                    if !live.has(&id) {
+                        continue;
+                    }
+                    // Re-certified: only the certificate the store now records may stay.
+                    let current = match registry.lookup(&id).await {
+                        Ok(Some(entry)) => entry.cert_sha256,
+                        Ok(None) => None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "revocation poll: device lookup failed; will retry");
+                            continue;
+                        }
+                    };
+                    let closed = live.close_superseded(&id, current.as_deref());
                     if closed > 0 {
                         Metrics::add(&metrics.edge_revoked_closed_total, closed as u64);
-                        tracing::info!(device = %id, connections = closed, "device revoked: closing its connections");
+                        tracing::info!(device = %id, connections = closed, "device certificate superseded: closing the connections made with the old one");
                     }
                 }
             }

@@ -14,6 +14,9 @@ macro_rules! metrics {
             $(#[doc = $help] pub $name: AtomicU64,)+
             /// Whether the last store operation succeeded (readiness).
             pub store_ok: AtomicBool,
+            /// Whether the broker's ingest link is receiving (its heartbeat arrives); while it
+            /// is not, nothing devices publish is stored (readiness).
+            pub ingest_link_up: AtomicBool,
             /// How long one batch commit took.
             pub batch_commit_seconds: Histogram,
             /// From a message's arrival off the broker to its ack being handed to the broker:
@@ -34,6 +37,9 @@ macro_rules! metrics {
                 let _ = writeln!(out, "# HELP sentinella_store_up Whether the last store operation succeeded.");
                 let _ = writeln!(out, "# TYPE sentinella_store_up gauge");
                 let _ = writeln!(out, "sentinella_store_up {}", u8::from(self.store_ok.load(Ordering::Relaxed)));
+                let _ = writeln!(out, "# HELP sentinella_ingest_link_up Whether the broker's ingest link receives its heartbeat.");
+                let _ = writeln!(out, "# TYPE sentinella_ingest_link_up gauge");
+                let _ = writeln!(out, "sentinella_ingest_link_up {}", u8::from(self.ingest_link_up.load(Ordering::Relaxed)));
                 self.batch_commit_seconds.render(&mut out, "sentinella_batch_commit_seconds", "Duration of one batch commit.");
                 self.ingest_latency_seconds.render(&mut out, "sentinella_ingest_latency_seconds", "From arrival off the broker to the commit ack.");
                 out
@@ -51,7 +57,10 @@ metrics! {
     edge_tls_handshake_timeouts_total: "TLS connections closed for not completing the handshake in time.",
     edge_ip_concurrency_refused_total: "TLS connections refused at accept: too many open from the same source IP.",
     edge_ip_rate_refused_total: "TLS connections refused at accept: too many new ones per second from the same source IP.",
-    edge_revoked_closed_total: "Live device connections closed because the device was revoked.",
+    edge_revoked_closed_total: "Live device connections closed because the device was revoked or its certificate superseded.",
+    edge_max_connections: "Most device connections the edge holds at once (from the descriptor budget or the configuration).",
+    process_open_files_limit: "The process's open-file (descriptor) limit the edge's budget was computed from.",
+    ingest_link_restarts_total: "Times the broker's ingest link was found dead (no heartbeat) and rebuilt.",
     messages_received_total: "Readings messages received from the broker link.",
     readings_received_total: "Readings received (inside those messages).",
     readings_committed_total: "Readings newly stored.",
@@ -74,6 +83,12 @@ impl Metrics {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Whether the gateway can take readings now: the store answers and the broker's ingest
+    /// link receives. `/readyz` answers with this.
+    pub fn ready(&self) -> bool {
+        self.store_ok.load(Ordering::Relaxed) && self.ingest_link_up.load(Ordering::Relaxed)
     }
 }
 

@@ -86,36 +86,94 @@ struct IpState {
     new_in_window: u32,
 }
 
+/// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`; a bare address is a /32 or
+/// /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `text`; the host bits need not be zero.
+    pub fn parse(text: &str) -> Result<IpNet, String> {
+        let bad = || format!("{text:?} is not a network in CIDR notation (e.g. 10.0.0.0/8)");
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text.trim(), None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_matches(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_matches(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_matches(net: &[u8], ip: &[u8], prefix: u8) -> bool {
+    let full = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    if net[..full] != ip[..full] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    (net[full] & mask) == (ip[full] & mask)
+}
+
 /// Per-source-IP admission: at most `max_open` connections at once and `per_sec` new ones per
-/// one-second window. Entries without open connections are pruned when the table grows.
+/// one-second window, except from the `exempt` networks. Entries without open connections are
+/// pruned when the table grows.
 #[derive(Debug)]
 pub(crate) struct IpLimits {
     max_open: usize,
     per_sec: u32,
+    exempt: Vec<IpNet>,
     state: Mutex<HashMap<IpAddr, IpState>>,
 }
 
 /// One admitted connection; releases its slot when dropped.
 #[derive(Debug)]
 pub(crate) struct IpSlot {
-    limits: Arc<IpLimits>,
-    ip: IpAddr,
+    /// `None` for an exempt address, which holds no slot.
+    held: Option<(Arc<IpLimits>, IpAddr)>,
 }
 
 const WINDOW: Duration = Duration::from_secs(1);
 const PRUNE_ABOVE: usize = 10_000;
 
 impl IpLimits {
-    pub(crate) fn new(max_open: usize, per_sec: u32) -> Arc<Self> {
+    pub(crate) fn new(max_open: usize, per_sec: u32, exempt: Vec<IpNet>) -> Arc<Self> {
         Arc::new(IpLimits {
             max_open,
             per_sec,
+            exempt,
             state: Mutex::new(HashMap::new()),
         })
     }
 
     /// Admits one new connection from `ip`, or says why not.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<IpSlot, IpRefusal> {
+        if self.exempt.iter().any(|net| net.contains(ip)) {
+            return Ok(IpSlot { held: None });
+        }
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.len() > PRUNE_ABOVE {
@@ -139,19 +197,21 @@ impl IpLimits {
         }
         entry.open += 1;
         Ok(IpSlot {
-            limits: self.clone(),
-            ip,
+            held: Some((self.clone(), ip)),
         })
     }
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut state = self.limits.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(entry) = state.get_mut(&self.ip) {
+        let Some((limits, ip)) = &self.held else {
+            return;
+        };
+        let mut state = limits.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = state.get_mut(ip) {
             entry.open = entry.open.saturating_sub(1);
             if entry.open == 0 && entry.window.elapsed() >= WINDOW {
-                state.remove(&self.ip);
+                state.remove(ip);
             }
         }
     }
@@ -162,8 +222,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cidr_networks() {
+        let net = IpNet::parse("10.20.0.0/16").unwrap();
+        assert!(net.contains([10, 20, 255, 1].into()));
+        assert!(!net.contains([10, 21, 0, 1].into()));
+        let mapped: IpAddr = "::ffff:10.20.3.4".parse().unwrap();
+        assert!(net.contains(mapped));
+        let odd = IpNet::parse("192.168.1.128/25").unwrap();
+        assert!(odd.contains([192, 168, 1, 200].into()));
+        assert!(!odd.contains([192, 168, 1, 100].into()));
+        let one = IpNet::parse("127.0.0.7").unwrap();
+        assert!(one.contains([127, 0, 0, 7].into()) && !one.contains([127, 0, 0, 8].into()));
+        let v6 = IpNet::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!v6.contains([10, 20, 0, 1].into()));
+        assert!(
+            IpNet::parse("0.0.0.0/0")
+                .unwrap()
+                .contains([8, 8, 8, 8].into())
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "nope",
+            "::/129",
+            "10.0.0.0/-1",
+            "",
+        ] {
+            assert!(IpNet::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exempt_networks_are_not_limited() {
+        let limits = IpLimits::new(1, 1, vec![IpNet::parse("10.9.0.0/16").unwrap()]);
+        let nat: IpAddr = [10, 9, 0, 1].into();
+        let held: Vec<_> = (0..100).map(|_| limits.admit(nat).unwrap()).collect();
+        assert_eq!(held.len(), 100);
+        let other: IpAddr = [10, 10, 0, 1].into();
+        let _one = limits.admit(other).unwrap();
+        assert!(limits.admit(other).is_err());
+    }
+
+    #[test]
     fn per_ip_limits() {
-        let limits = IpLimits::new(2, 3);
+        let limits = IpLimits::new(2, 3, Vec::new());
         let a: IpAddr = [10, 0, 0, 1].into();
         let b: IpAddr = [10, 0, 0, 2].into();
         let s1 = limits.admit(a).unwrap();

@@ -3,6 +3,7 @@
 //! Thin on purpose: arguments → configuration → tracing → store, then one library call per
 //! subcommand. See `sentinella --help`.
 
+#[cfg(feature = "demo")]
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,12 +77,14 @@ enum Command {
 
 #[derive(Debug, Args, Default)]
 struct RunArgs {
-    /// Also provision and run this many simulated patients with their home devices.
+    /// Also provision and run this many simulated patients with their home devices (needs a
+    /// binary built with the `demo` feature).
     #[arg(long, value_name = "PATIENTS")]
     demo: Option<usize>,
     /// Days of history the demo patients first catch up on (readings dated in the past,
     /// sent in about a minute), before measuring in real time.
     #[arg(long, default_value_t = 14)]
+    #[cfg_attr(not(feature = "demo"), allow(dead_code))]
     demo_days: u32,
 }
 
@@ -301,23 +304,27 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Connections the API may hold at once, which the gateway's descriptor budget leaves room
+/// for (the API's own cap, `[api] max_connections`, defaults to the same number).
+const API_DESCRIPTORS: usize = 1024;
+
 async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> {
-    // Each device costs the gateway three descriptors (device socket, edge-to-broker socket
-    // and rumqttd's end of it): take the hard limit rather than refuse devices at the soft one.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::info!(open_files = limit, "file descriptor limit"),
-        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    #[cfg(not(feature = "demo"))]
+    if args.demo.is_some() {
+        bail!(
+            "this sentinella was built without the demo; build it with the `demo` feature: \
+             cargo run --release -p server --features demo -- run --demo 20"
+        );
     }
     let (tls, ca) = edge_tls(&config)?;
     let cancel = CancellationToken::new();
-    let gateway = gateway::start_with_tls(
-        config.gateway.clone(),
-        store.clone(),
-        Some(tls),
-        cancel.clone(),
-    )
-    .await
-    .context("start the gateway")?;
+    // The gateway raises the open-files limit to the hard one and sizes the edge's
+    // connection limit from it, leaving the API's and the store's share.
+    let mut gateway_config = config.gateway.clone();
+    gateway_config.api_descriptors = API_DESCRIPTORS;
+    let gateway = gateway::start_with_tls(gateway_config, store.clone(), Some(tls), cancel.clone())
+        .await
+        .context("start the gateway")?;
     let tls_addr = gateway.tls_addr.context("TLS listener address")?;
     let metrics = gateway.metrics.clone();
     let alert_metrics = gateway.alert_metrics.clone();
@@ -345,11 +352,7 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
         store: store.clone(),
         auth: Arc::new(auth_state),
         device_ca: Some(ca.clone()),
-        ready: Arc::new(move || {
-            ready_metrics
-                .store_ok
-                .load(std::sync::atomic::Ordering::Relaxed)
-        }),
+        ready: Arc::new(move || ready_metrics.ready()),
         metrics: Arc::new(move || {
             let mut out = metrics.render_prometheus();
             alert_metrics.render_prometheus(&mut out);
@@ -371,6 +374,7 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
 
     // The demo devices stop first, so the gateway does not log them being cut off.
     let demo_cancel = CancellationToken::new();
+    #[cfg(feature = "demo")]
     let demo = args.demo.map(|patients| {
         tokio::spawn(demo_progress(gateway.metrics.clone(), demo_cancel.clone()));
         tokio::spawn(demo(
@@ -386,6 +390,8 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
             demo_cancel.clone(),
         ))
     });
+    #[cfg(not(feature = "demo"))]
+    let demo: Option<tokio::task::JoinHandle<()>> = None;
 
     shutdown_signal().await;
     tracing::info!("shutting down: flushing in-flight batches and acks");
@@ -441,6 +447,7 @@ fn edge_tls(config: &Config) -> anyhow::Result<(gateway::EdgeTls, Arc<pki::Devic
     Ok((tls, Arc::new(ca)))
 }
 
+#[cfg(feature = "demo")]
 /// Where a local client reaches a listener bound to `addr` (loopback for a wildcard address).
 fn dial_addr(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
@@ -450,6 +457,7 @@ fn dial_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+#[cfg(feature = "demo")]
 /// How the demo devices reach the edge.
 #[derive(Debug, Clone)]
 struct DemoEdge {
@@ -478,6 +486,7 @@ async fn shutdown_signal() {
     }
 }
 
+#[cfg(feature = "demo")]
 /// Logs what the pipeline did every ten seconds while the demo runs.
 async fn demo_progress(metrics: Arc<gateway::Metrics>, cancel: CancellationToken) {
     use gateway::Metrics as M;
@@ -499,9 +508,11 @@ async fn demo_progress(metrics: Arc<gateway::Metrics>, cancel: CancellationToken
     }
 }
 
+#[cfg(feature = "demo")]
 /// Where the demo users' password is kept (mode 0600), so every demo run can print it.
 const DEMO_PASSWORD_FILE: &str = "demo-password.txt";
 
+#[cfg(feature = "demo")]
 /// The demo COT's staff, one per role, created on the first demo run with one random
 /// password (a demo convenience: real users each set their own).
 async fn demo_users(store: &Store, data_dir: &std::path::Path) -> anyhow::Result<String> {
@@ -542,6 +553,7 @@ async fn demo_users(store: &Store, data_dir: &std::path::Path) -> anyhow::Result
     Ok(password)
 }
 
+#[cfg(feature = "demo")]
 /// Writes a file only its owner can read.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -552,6 +564,7 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     options.open(path)?.write_all(bytes)
 }
 
+#[cfg(feature = "demo")]
 /// Provisions (once) a demo fleet and its COT's staff, then runs the simulated patients.
 async fn demo(
     store: Store,
@@ -567,6 +580,7 @@ async fn demo(
     }
 }
 
+#[cfg(feature = "demo")]
 async fn demo_inner(
     store: Store,
     data_dir: PathBuf,

@@ -54,6 +54,16 @@ impl Store {
         }
     }
 
+    /// Most file descriptors this store's pool may hold: one socket per PostgreSQL
+    /// connection; the database, WAL and shared-memory files per SQLite connection. The
+    /// gateway counts them in the process's descriptor budget.
+    pub fn max_descriptors(&self) -> usize {
+        match &self.db {
+            Db::Postgres(pg) => pg.pool.options().get_max_connections() as usize,
+            Db::Sqlite(pool) => 3 * pool.options().get_max_connections() as usize,
+        }
+    }
+
     /// A store on an existing PostgreSQL pool. With `search_path`, every operation runs in a
     /// transaction that sets it locally first.
     pub(crate) fn from_pg(pool: PgPool, search_path: Option<String>) -> Store {

@@ -160,7 +160,7 @@ impl Stack {
         let m = metrics.clone();
         let state = AppState {
             store: store.clone(),
-            ready: Arc::new(move || m.store_ok.load(Ordering::Relaxed)),
+            ready: Arc::new(move || m.ready()),
             metrics: {
                 let m = metrics.clone();
                 Arc::new(move || m.render_prometheus())

@@ -96,7 +96,7 @@ async fn hostile_clients_do_not_starve_honest_devices() -> anyhow::Result<()> {
     let mut deaf = TcpStream::connect(edge).await?;
     deaf.write_all(&connect_packet(&greedy.id, &greedy.secret))
         .await?;
-    let sub_topic = topic(&greedy.id, "#");
+    let sub_topic = topic(&greedy.id, "ack");
     deaf.write_all(&subscribe_packet(&sub_topic)).await?;
     let deaf_publisher = {
         let attacking = attacking.clone();
