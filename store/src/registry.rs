@@ -668,9 +668,9 @@ pub(crate) fn validate_device_id(id: &str) -> Result<()> {
 }
 
 /// Longest code (COT, patient, condition), in characters.
-pub const MAX_CODE: usize = 64;
+pub(crate) const MAX_CODE: usize = 64;
 /// Longest name (display names, COT names, device models, token names), in characters.
-pub const MAX_NAME: usize = 200;
+pub(crate) const MAX_NAME: usize = 200;
 /// Most conditions of one patient.
 const MAX_CONDITIONS: usize = 32;
 
