@@ -80,7 +80,14 @@ pub async fn serve_tls(
     state: http::AppState,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    serve_with(listener, Some(acceptor), state, ConnLimits::default(), cancel).await
+    serve_with(
+        listener,
+        Some(acceptor),
+        state,
+        ConnLimits::default(),
+        cancel,
+    )
+    .await
 }
 
 /// Serves the API on `listener` (over TLS with `tls`) within `limits` until `cancel`. Each
@@ -125,7 +132,9 @@ pub async fn serve_with(
                 None => serve_connection(tcp, peer, app, limits, watcher).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, app, limits, watcher).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, app, limits, watcher).await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "API TLS handshake failed")
                         }

@@ -72,7 +72,11 @@ async fn idle_connections_are_capped_and_closed_after_the_header_timeout() {
         "closed before the timeout: {closed_at:?}"
     );
     assert!(
-        closed_at.iter().filter(|t| **t < Duration::from_millis(900)).count() <= 4,
+        closed_at
+            .iter()
+            .filter(|t| **t < Duration::from_millis(900))
+            .count()
+            <= 4,
         "more than the cap served at once: {closed_at:?}"
     );
 
@@ -86,7 +90,11 @@ async fn idle_connections_are_capped_and_closed_after_the_header_timeout() {
     let n = client.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let idle_since = Instant::now();
-    assert!(closed_within(&mut client, Duration::from_secs(5)).await.is_some());
+    assert!(
+        closed_within(&mut client, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
     assert!(idle_since.elapsed() >= Duration::from_millis(400));
 
     // A client trickling its head never gets past the timeout either.
@@ -101,7 +109,11 @@ async fn idle_connections_are_capped_and_closed_after_the_header_timeout() {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), trickle).await;
-    assert!(closed_within(&mut slow, Duration::from_secs(3)).await.is_some());
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(3))
+            .await
+            .is_some()
+    );
     assert!(trickle_started.elapsed() < Duration::from_secs(5));
 
     cancel.cancel();

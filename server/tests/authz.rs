@@ -611,21 +611,91 @@ async fn shared_users_are_changed_only_by_admins_of_all_their_cots() {
     // (who, method, path, body, expected)
     let rows: Vec<(&str, &str, String, Option<Value>, StatusCode)> = vec![
         // Admin of A: sees the shared users, changes none of them.
-        ("admin A", "GET", format!("/api/v1/users/{nurse_ab}"), None, StatusCode::OK),
-        ("admin A", "POST", format!("/api/v1/users/{nurse_ab}/password"), Some(password.clone()), StatusCode::FORBIDDEN),
-        ("admin A", "POST", format!("/api/v1/users/{nurse_ab}/disable"), None, StatusCode::FORBIDDEN),
-        ("admin A", "PUT", format!("/api/v1/users/{nurse_ab}/cots"), Some(cots.clone()), StatusCode::FORBIDDEN),
-        ("admin A", "POST", format!("/api/v1/users/{svc_ab}/api-keys"), Some(key.clone()), StatusCode::FORBIDDEN),
-        ("admin A", "POST", format!("/api/v1/users/{person_admin_ab}/password"), Some(password.clone()), StatusCode::FORBIDDEN),
-        ("admin A", "POST", format!("/api/v1/users/{person_admin_ab}/disable"), None, StatusCode::FORBIDDEN),
-        ("admin A", "PUT", format!("/api/v1/users/{person_admin_ab}/cots"), Some(cots.clone()), StatusCode::FORBIDDEN),
+        (
+            "admin A",
+            "GET",
+            format!("/api/v1/users/{nurse_ab}"),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "admin A",
+            "POST",
+            format!("/api/v1/users/{nurse_ab}/password"),
+            Some(password.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin A",
+            "POST",
+            format!("/api/v1/users/{nurse_ab}/disable"),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin A",
+            "PUT",
+            format!("/api/v1/users/{nurse_ab}/cots"),
+            Some(cots.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin A",
+            "POST",
+            format!("/api/v1/users/{svc_ab}/api-keys"),
+            Some(key.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin A",
+            "POST",
+            format!("/api/v1/users/{person_admin_ab}/password"),
+            Some(password.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin A",
+            "POST",
+            format!("/api/v1/users/{person_admin_ab}/disable"),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin A",
+            "PUT",
+            format!("/api/v1/users/{person_admin_ab}/cots"),
+            Some(cots.clone()),
+            StatusCode::FORBIDDEN,
+        ),
         // Admin of A and B governs them.
-        ("admin AB", "POST", format!("/api/v1/users/{nurse_ab}/password"), Some(password.clone()), StatusCode::NO_CONTENT),
-        ("admin AB", "POST", format!("/api/v1/users/{svc_ab}/api-keys"), Some(key.clone()), StatusCode::CREATED),
-        ("admin AB", "PUT", format!("/api/v1/users/{person_admin_ab}/cots"), Some(json!({"cots": [w.a.cot, w.b.cot]})), StatusCode::OK),
+        (
+            "admin AB",
+            "POST",
+            format!("/api/v1/users/{nurse_ab}/password"),
+            Some(password.clone()),
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            "admin AB",
+            "POST",
+            format!("/api/v1/users/{svc_ab}/api-keys"),
+            Some(key.clone()),
+            StatusCode::CREATED,
+        ),
+        (
+            "admin AB",
+            "PUT",
+            format!("/api/v1/users/{person_admin_ab}/cots"),
+            Some(json!({"cots": [w.a.cot, w.b.cot]})),
+            StatusCode::OK,
+        ),
     ];
     for (who, method, uri, body, expected) in rows {
-        let token = if who == "admin A" { admin_a.as_str() } else { admin_ab.as_str() };
+        let token = if who == "admin A" {
+            admin_a.as_str()
+        } else {
+            admin_ab.as_str()
+        };
         let (status, text) = call(&w, method, &uri, body, Some(token)).await;
         assert_eq!(status, expected, "{who} {method} {uri}: {text}");
     }

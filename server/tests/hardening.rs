@@ -64,7 +64,10 @@ async fn login_from(
     let resp = app(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 async fn actions(f: &Fixture, action: &str) -> usize {
@@ -87,9 +90,15 @@ async fn parallel_wrong_logins_hash_at_most_the_limit() {
     let guesses = (0..50).map(|i| {
         let state = state.clone();
         tokio::spawn(async move {
-            login_from(&state, "10.1.1.1", None, "anna", &format!("wrong guess {i}"))
-                .await
-                .0
+            login_from(
+                &state,
+                "10.1.1.1",
+                None,
+                "anna",
+                &format!("wrong guess {i}"),
+            )
+            .await
+            .0
         })
     });
     let statuses: Vec<StatusCode> = futures_util::future::join_all(guesses)
@@ -123,8 +132,14 @@ async fn a_full_hashing_pool_answers_busy() {
     let guesses = (0..8).map(|i| {
         let state = state.clone();
         tokio::spawn(async move {
-            login_from(&state, &format!("10.2.0.{i}"), None, "nobody", "wrong password")
-                .await
+            login_from(
+                &state,
+                &format!("10.2.0.{i}"),
+                None,
+                "nobody",
+                "wrong password",
+            )
+            .await
         })
     });
     let answers: Vec<(StatusCode, Value)> = futures_util::future::join_all(guesses)
@@ -160,25 +175,40 @@ async fn a_stranger_cannot_lock_a_user_out() {
     };
     // A stranger at 203.0.113.7, behind the proxy, tries 30 passwords.
     for _ in 0..30 {
-        let (status, _) =
-            login_from(&state, PROXY, Some("203.0.113.7"), "anna", "not her password").await;
+        let (status, _) = login_from(
+            &state,
+            PROXY,
+            Some("203.0.113.7"),
+            "anna",
+            "not her password",
+        )
+        .await;
         assert!(
             status == StatusCode::UNAUTHORIZED || status == StatusCode::TOO_MANY_REQUESTS,
             "{status}"
         );
     }
     let (status, _) = login_from(&state, PROXY, Some("203.0.113.7"), "anna", PASSWORD).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "the stranger is throttled");
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the stranger is throttled"
+    );
     // Anna, at 198.51.100.20 behind the same proxy, logs in.
-    let (status, body) =
-        login_from(&state, PROXY, Some("198.51.100.20"), "anna", PASSWORD).await;
+    let (status, body) = login_from(&state, PROXY, Some("198.51.100.20"), "anna", PASSWORD).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // Directly (no proxy), too.
     let (status, _) = login_from(&state, "198.51.100.21", None, "anna", PASSWORD).await;
     assert_eq!(status, StatusCode::OK);
     // A forged header from an untrusted peer is ignored: the stranger stays throttled.
-    let (status, _) =
-        login_from(&state, "203.0.113.7", Some("198.51.100.20"), "anna", "guess").await;
+    let (status, _) = login_from(
+        &state,
+        "203.0.113.7",
+        Some("198.51.100.20"),
+        "anna",
+        "guess",
+    )
+    .await;
     assert_eq!(
         status,
         StatusCode::TOO_MANY_REQUESTS,
@@ -222,21 +252,21 @@ async fn throttled_logins_are_audited_once_per_window() {
     for _ in 0..3 {
         login_from(&state, "10.3.3.4", None, "bruno", "wrong password").await;
     }
-    let rows: Vec<_> = f
-        .db
-        .store
-        .list_audit(10_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.action == "auth.login.throttled" && e.target == "user:bruno")
-        .collect();
+    let rows: Vec<_> =
+        f.db.store
+            .list_audit(10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "auth.login.throttled" && e.target == "user:bruno")
+            .collect();
     assert!(rows.len() <= 3, "{rows:?}");
     assert!(
-        rows.iter()
-            .any(|e| e.detail.as_deref().unwrap_or_default().contains(
-                "\"refused_in_previous_window_unlogged\":9"
-            )),
+        rows.iter().any(|e| e
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("\"refused_in_previous_window_unlogged\":9")),
         "{rows:?}"
     );
 }
@@ -306,7 +336,12 @@ async fn audit_is_scoped_to_the_users_of_an_admins_cots(db: TestDb) {
         let f = &f;
         async move {
             let (status, body) = f
-                .call("GET", "/api/v1/audit?action=auth.&limit=1000", None, Some(&token))
+                .call(
+                    "GET",
+                    "/api/v1/audit?action=auth.&limit=1000",
+                    None,
+                    Some(&token),
+                )
                 .await;
             assert_eq!(status, StatusCode::OK, "{body}");
             let mut t: Vec<String> = body["entries"]
@@ -348,7 +383,10 @@ async fn free_text_and_bodies_are_bounded() {
             "/api/v1/patients",
             json!({"cot": f.cot_id, "code": "P".repeat(65), "display_name": "Ok"}),
         ),
-        ("/api/v1/cots", json!({"code": "COT-L", "name": "x".repeat(201)})),
+        (
+            "/api/v1/cots",
+            json!({"code": "COT-L", "name": "x".repeat(201)}),
+        ),
     ];
     for (uri, body) in cases {
         let (status, answer) = f.call("POST", uri, Some(body), Some(&admin)).await;
@@ -366,8 +404,10 @@ async fn free_text_and_bodies_are_bounded() {
         .call(
             "POST",
             "/api/v1/users",
-            Some(json!({"username": "enorme", "display_name": "x".repeat(1_500_000),
-                        "role": "nurse", "cots": [f.cot_id], "service": true})),
+            Some(
+                json!({"username": "enorme", "display_name": "x".repeat(1_500_000),
+                        "role": "nurse", "cots": [f.cot_id], "service": true}),
+            ),
             Some(&admin),
         )
         .await;
@@ -379,14 +419,22 @@ async fn free_text_and_bodies_are_bounded() {
             .contains("limit"),
         "{answer}"
     );
-    assert!(f.db.store.user_by_username("enorme").await.unwrap().is_none());
+    assert!(
+        f.db.store
+            .user_by_username("enorme")
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Within the bounds: accepted.
     let (status, _) = f
         .call(
             "POST",
             "/api/v1/users",
-            Some(json!({"username": "giusta", "display_name": "x".repeat(200), "role": "nurse",
-                        "cots": [f.cot_id], "service": true})),
+            Some(
+                json!({"username": "giusta", "display_name": "x".repeat(200), "role": "nurse",
+                        "cots": [f.cot_id], "service": true}),
+            ),
             Some(&admin),
         )
         .await;
@@ -399,18 +447,17 @@ async fn free_text_and_bodies_are_bounded() {
 async fn a_device_id_conflict_does_not_tell_cots_apart() {
     let f = fixture(TestDb::sqlite().await).await;
     let other = f.db.store.add_cot("COT-B", "B").await.unwrap();
-    let patient_b = f
-        .db
-        .store
-        .add_patient(&store::NewPatient {
-            cot_id: other.id,
-            code: "PB".into(),
-            display_name: "B".into(),
-            birth_year: None,
-            conditions: vec![],
-        })
-        .await
-        .unwrap();
+    let patient_b =
+        f.db.store
+            .add_patient(&store::NewPatient {
+                cot_id: other.id,
+                code: "PB".into(),
+                display_name: "B".into(),
+                birth_year: None,
+                conditions: vec![],
+            })
+            .await
+            .unwrap();
     f.db.store
         .add_device(&store::NewDevice {
             id: "bp-other-cot".into(),
@@ -459,7 +506,11 @@ fn the_data_dir_and_the_database_are_private() {
             .env_remove("SENTINELLA_CONFIG")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     migrate();
     let db = data.join("sentinella.sqlite");

@@ -668,7 +668,11 @@ async fn identity_provider_logout_and_time_claims(db: TestDb) {
                 .header("authorization", format!("Bearer {token}"))
                 .body(axum::body::Body::empty())
                 .unwrap();
-            server::http::app(state).oneshot(req).await.unwrap().status()
+            server::http::app(state)
+                .oneshot(req)
+                .await
+                .unwrap()
+                .status()
         }
     };
     let future = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;

@@ -10,7 +10,6 @@ use crate::rows::Columns;
 use crate::sql::Val;
 use crate::{Result, Store};
 
-
 /// An audit record to write; the store stamps the time.
 #[derive(Debug, Clone, Default)]
 pub struct NewAudit {
@@ -70,8 +69,7 @@ pub struct AuditQuery {
 
 const MAX_LIMIT: i64 = 10_000;
 
-const COLUMNS: &str =
-    "id, at, actor, action, target, source, detail, patient_id, cot_id, cot_ids";
+const COLUMNS: &str = "id, at, actor, action, target, source, detail, patient_id, cot_id, cot_ids";
 
 /// `",1,4,"` for COTs 1 and 4 (so one COT matches `LIKE '%,1,%'`); `None` for none.
 fn cot_list(ids: &[i64]) -> Option<String> {
@@ -139,7 +137,11 @@ impl Store {
                     .iter()
                     .map(|c| format!("cot_ids LIKE '%,{c},%'"))
                     .collect();
-                format!("cot_id IN ({}) OR {}", list.join(", "), of_user.join(" OR "))
+                format!(
+                    "cot_id IN ({}) OR {}",
+                    list.join(", "),
+                    of_user.join(" OR ")
+                )
             };
             if q.include_unscoped {
                 sql.push_str(&format!(

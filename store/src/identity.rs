@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 
 use crate::error::what;
 use crate::registry::{
-    COT_COLUMNS, DEVICE_COLUMNS, MAX_NAME, PATIENT_COLUMNS, bounded, cot_from_row,
-    device_from_row, non_empty, patient_from_row,
+    COT_COLUMNS, DEVICE_COLUMNS, MAX_NAME, PATIENT_COLUMNS, bounded, cot_from_row, device_from_row,
+    non_empty, patient_from_row,
 };
 use crate::rows::Columns;
 use crate::sql::{AnyRow, Val};

@@ -213,7 +213,9 @@ async fn disable_user(
         .store
         .disable_user(id, OffsetDateTime::now_utc())
         .await?;
-    state.audit_user(&caller, "user.disable", &user, None).await?;
+    state
+        .audit_user(&caller, "user.disable", &user, None)
+        .await?;
     Ok(Json(visible_user(&state, &caller, id).await?))
 }
 

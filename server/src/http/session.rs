@@ -255,7 +255,10 @@ impl LoginLimiter {
             counts.refusals.retain(|_, r| now - r.since < window);
         }
         let mut wait = None;
-        let keys = [(Some(&pair), self.per_user_source), (source_key.as_ref(), self.per_source)];
+        let keys = [
+            (Some(&pair), self.per_user_source),
+            (source_key.as_ref(), self.per_source),
+        ];
         for (key, limit) in keys {
             let Some(q) = key.and_then(|k| counts.attempts.get_mut(k)) else {
                 continue;
@@ -294,7 +297,11 @@ impl LoginLimiter {
                 unlogged_before,
             });
         }
-        counts.attempts.entry(pair.clone()).or_default().push_back(now);
+        counts
+            .attempts
+            .entry(pair.clone())
+            .or_default()
+            .push_back(now);
         if let Some(k) = &source_key {
             counts.attempts.entry(k.clone()).or_default().push_back(now);
         }
