@@ -942,6 +942,7 @@ async fn user(store: &Store, cmd: UserCommand) -> anyhow::Result<()> {
                     action: "user.create".into(),
                     target: format!("user:{}", user.username),
                     detail: Some(format!("role={} cots={cots:?}", role.as_str())),
+                    cot_ids: user.cot_ids.clone(),
                     ..store::NewAudit::default()
                 })
                 .await?;
@@ -968,10 +969,12 @@ async fn user(store: &Store, cmd: UserCommand) -> anyhow::Result<()> {
                     actor: "cli".into(),
                     action: "user.password".into(),
                     target: format!("user:{username}"),
+                    detail: Some("every token of the user revoked".into()),
+                    cot_ids: user.cot_ids.clone(),
                     ..store::NewAudit::default()
                 })
                 .await?;
-            println!("password of {username} changed");
+            println!("password of {username} changed; their tokens are revoked");
         }
         UserCommand::Disable { username } => {
             let user = store
@@ -986,6 +989,7 @@ async fn user(store: &Store, cmd: UserCommand) -> anyhow::Result<()> {
                     actor: "cli".into(),
                     action: "user.disable".into(),
                     target: format!("user:{username}"),
+                    cot_ids: user.cot_ids.clone(),
                     ..store::NewAudit::default()
                 })
                 .await?;
