@@ -129,7 +129,7 @@ async fn a_full_hashing_pool_answers_busy() {
         }),
         ..f.state()
     };
-    let guesses = (0..8).map(|i| {
+    let guesses = (0..16).map(|i| {
         let state = state.clone();
         tokio::spawn(async move {
             login_from(
