@@ -114,6 +114,17 @@ async fn parallel_wrong_logins_hash_at_most_the_limit() {
         .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS || **s == StatusCode::SERVICE_UNAVAILABLE)
         .count();
     assert_eq!(refused, 50 - hashed as usize, "{statuses:?}");
+    // The figure is on /metrics too.
+    let resp = app(f.state())
+        .oneshot(common::request("GET", "/metrics", None, None))
+        .await
+        .unwrap();
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains(&format!("sentinella_api_password_hashes_total {hashed}\n")),
+        "{text}"
+    );
 }
 
 /// M1: the hashing pool is bounded: with one permit and no wait, a second hash at the same

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
@@ -92,7 +92,7 @@ fn dummy_hash() -> &'static str {
 /// this, so it is what keeps a flood of them from taking the process's memory and cores.
 #[derive(Debug)]
 pub struct Hasher {
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     wait: Duration,
     performed: AtomicU64,
 }
@@ -108,7 +108,7 @@ impl Hasher {
     /// At most `permits` (at least one) hashes at once; a caller waits at most `wait`.
     pub fn new(permits: usize, wait: Duration) -> Self {
         Hasher {
-            permits: Semaphore::new(permits.max(1)),
+            permits: Arc::new(Semaphore::new(permits.max(1))),
             wait,
             performed: AtomicU64::new(0),
         }
@@ -123,16 +123,20 @@ impl Hasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let permit = tokio::time::timeout(self.wait, self.permits.acquire())
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| ApiError::Busy)?
             .map_err(|_| ApiError::Busy)?;
         self.performed.fetch_add(1, Ordering::Relaxed);
-        let result = tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|_| ApiError::Busy);
-        drop(permit);
-        result
+        // The permit goes with the work: a client that hangs up mid-login drops this future,
+        // not the hash, which keeps its permit until it is done.
+        tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|_| ApiError::Busy)
     }
 
     /// [`hash_password`] within the bound.
