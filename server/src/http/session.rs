@@ -14,12 +14,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
@@ -71,13 +71,54 @@ fn phc(secret: &[u8]) -> Result<String, argon2::password_hash::Error> {
         .map(|h| h.to_string())
 }
 
-/// Whether `password` matches the PHC string `hash`.
+/// Whether `password` matches the PHC string `hash`. The Argon2 memory (19 MiB) is the
+/// thread's own, allocated once and reused: with a fresh allocation per verification the
+/// allocator kept freed blocks (glibc raises its mmap threshold past them), and the
+/// process's memory grew with every login even with the pool bounded.
 fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &h)
+    thread_local! {
+        static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&parsed) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(argon2::Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let mut salt_buf = [0u8; argon2::password_hash::Salt::MAX_LENGTH];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    // Our hashes use 19 MiB; a stored hash asking for more than 64 MiB is not ours.
+    if params.block_count() > 64 * 1024 {
+        return false;
+    }
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params.clone());
+    let computed = BLOCKS.with(|blocks| {
+        let Ok(mut blocks) = blocks.try_borrow_mut() else {
+            return false;
+        };
+        if blocks.len() < params.block_count() {
+            blocks.resize(params.block_count(), argon2::Block::default());
+        }
+        argon
+            .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut blocks[..])
             .is_ok()
-    })
+    });
+    // `Output`'s equality is constant-time.
+    computed && argon2::password_hash::Output::new(&out).is_ok_and(|computed| computed == expected)
 }
 
 /// A hash to verify against when the user does not exist, so that answer takes as long.
@@ -86,16 +127,22 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| phc(b"no such user, no such password").unwrap_or_default())
 }
 
-/// The API's Argon2id work, bounded: at most `permits` hashes at a time (each holds 19 MiB
-/// for tens of milliseconds), and a caller that cannot get a permit within `wait` is refused
+/// The API's Argon2id work, bounded: at most `permits` hashes at a time, on as many threads of
+/// its own (each hash holds 19 MiB for tens of milliseconds; on threads of their own the
+/// allocator keeps at most that many such blocks, where tokio's blocking pool would keep one
+/// per thread it ever used), and a caller that cannot get a permit within `wait` is refused
 /// with 503 and `Retry-After` instead of queueing without end. Unauthenticated logins reach
 /// this, so it is what keeps a flood of them from taking the process's memory and cores.
 #[derive(Debug)]
 pub struct Hasher {
     permits: Arc<Semaphore>,
+    workers: usize,
     wait: Duration,
     performed: AtomicU64,
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
 }
+
+type Job = Box<dyn FnOnce() + Send>;
 
 impl Default for Hasher {
     /// Two hashes at a time (about 40 MiB), callers wait at most two seconds.
@@ -105,18 +152,56 @@ impl Default for Hasher {
 }
 
 impl Hasher {
-    /// At most `permits` (at least one) hashes at once; a caller waits at most `wait`.
+    /// At most `permits` (at least one) hashes at once; a caller waits at most `wait`. The
+    /// threads start with the first hash and end when the hasher is dropped.
     pub fn new(permits: usize, wait: Duration) -> Self {
         Hasher {
             permits: Arc::new(Semaphore::new(permits.max(1))),
+            workers: permits.max(1),
             wait,
             performed: AtomicU64::new(0),
+            queue: Mutex::new(None),
         }
     }
 
     /// How many Argon2id computations (hashes and verifications) this hasher ran.
     pub fn performed(&self) -> u64 {
         self.performed.load(Ordering::Relaxed)
+    }
+
+    /// The queue of the hashing threads, started on first use.
+    fn queue(&self) -> Option<mpsc::Sender<Job>> {
+        let mut queue = self.queue.lock().ok()?;
+        if let Some(q) = queue.as_ref() {
+            return Some(q.clone());
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..self.workers {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password-hashing thread");
+                if i == 0 {
+                    return None;
+                }
+            }
+        }
+        *queue = Some(tx.clone());
+        Some(tx)
     }
 
     async fn run<T: Send + 'static>(
@@ -127,16 +212,18 @@ impl Hasher {
             .await
             .map_err(|_| ApiError::Busy)?
             .map_err(|_| ApiError::Busy)?;
+        let queue = self.queue().ok_or(ApiError::Busy)?;
         self.performed.fetch_add(1, Ordering::Relaxed);
         // The permit goes with the work: a client that hangs up mid-login drops this future,
         // not the hash, which keeps its permit until it is done.
-        tokio::task::spawn_blocking(move || {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
             let result = work();
             drop(permit);
-            result
-        })
-        .await
-        .map_err(|_| ApiError::Busy)
+            let _ = tx.send(result);
+        });
+        queue.send(job).map_err(|_| ApiError::Busy)?;
+        rx.await.map_err(|_| ApiError::Busy)
     }
 
     /// [`hash_password`] within the bound.
