@@ -360,7 +360,7 @@ impl LoginLimiter {
             if q.len() >= limit
                 && let Some(oldest) = q.front()
             {
-                let secs = (self.window - (now - *oldest)).as_secs().max(1);
+                let secs = self.window.saturating_sub(now - *oldest).as_secs().max(1);
                 wait = Some(wait.map_or(secs, |w: u64| w.max(secs)));
             }
         }
@@ -368,10 +368,10 @@ impl LoginLimiter {
             self.refused.fetch_add(1, Ordering::Relaxed);
             let window = self.window;
             let r = counts.refusals.entry(pair).or_insert(Refusals {
-                since: now - window,
+                since: now,
                 count: 0,
             });
-            let (audit, unlogged_before) = if now - r.since >= window {
+            let (audit, unlogged_before) = if r.count == 0 || now - r.since >= window {
                 let before = r.count.saturating_sub(1);
                 *r = Refusals {
                     since: now,
