@@ -46,6 +46,27 @@ pub struct ApiConfig {
     pub session_ttl: std::time::Duration,
     /// JWTs from a regional identity provider, verified against its JWKS.
     pub oidc: Option<crate::http::oidc::OidcConfig>,
+    /// Connections the API serves at once (TLS handshakes included); at the cap it stops
+    /// accepting until one ends. The API's share of the process's descriptors: the device
+    /// edge needs the rest (about 4 per device).
+    pub max_connections: usize,
+    /// How long a client has to send a request's head, also the longest a kept-alive
+    /// connection may sit idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: std::time::Duration,
+    /// Reverse proxies (exact addresses) whose `X-Forwarded-For` names the client, for login
+    /// throttling and the audit log. From any other peer the header is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl ApiConfig {
+    /// The connection limits of the API's listener.
+    pub fn conn_limits(&self) -> crate::ConnLimits {
+        crate::ConnLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -56,6 +77,9 @@ impl Default for ApiConfig {
             tls_key: None,
             session_ttl: std::time::Duration::from_secs(8 * 3600),
             oidc: None,
+            max_connections: crate::ConnLimits::default().max_connections,
+            header_read_timeout: crate::ConnLimits::default().header_read_timeout,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -158,6 +182,8 @@ mod tests {
             defaults.gateway.revocation_poll
         );
         assert!(!parsed.gateway.allow_plain_on_non_loopback);
+        assert_eq!(parsed.api.conn_limits(), defaults.api.conn_limits());
+        assert_eq!(parsed.api.trusted_proxies, defaults.api.trusted_proxies);
     }
 
     #[test]

@@ -21,20 +21,56 @@ pub mod http;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
-/// Serves the API on `listener` until `cancel`, then finishes in-flight requests.
+/// What one API listener allows its HTTP connections (`[api]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Connections served at once (TLS handshakes included). At the cap the listener stops
+    /// accepting: further clients wait in the kernel's backlog, holding no descriptor of ours.
+    pub max_connections: usize,
+    /// How long a client has to send a request's head: from the connection's start, and
+    /// again each time a kept-alive connection waits for its next request (so it is also
+    /// the idle keep-alive timeout). Past it the connection is closed.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    /// 1,024 connections (the API's share of the process's descriptors, the device edge
+    /// keeps the rest) and 10 seconds for a request head.
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for in-flight requests (as long as the request timeout).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Serves the API on `listener` until `cancel`, then finishes in-flight requests (default
+/// [`ConnLimits`]).
 pub async fn serve(
     listener: TcpListener,
     state: http::AppState,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = http::app(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    serve_with(listener, None, state, ConnLimits::default(), cancel).await
 }
 
 /// [`serve`] over TLS.
@@ -44,10 +80,103 @@ pub async fn serve_tls(
     state: http::AppState,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let app = http::app(state).into_make_service_with_connect_info::<SocketAddr>();
-    let listener = tls::TlsListener::new(listener, acceptor, cancel.clone()).tap_io(|_| {});
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    serve_with(
+        listener,
+        Some(acceptor),
+        state,
+        ConnLimits::default(),
+        cancel,
+    )
+    .await
+}
+
+/// Serves the API on `listener` (over TLS with `tls`) within `limits` until `cancel`. Each
+/// connection runs in its own task (its TLS handshake too, under a timeout), so a silent
+/// client holds up nobody; at `max_connections` the accept loop waits for one to end.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: http::AppState,
+    limits: ConnLimits,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let app = http::app(state);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            () = cancel.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // E.g. out of descriptors: wait a little rather than spin.
+                    tracing::warn!(error = %e, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_connection(tcp, peer, app, limits, watcher).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, app, limits, watcher).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "API TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    // Idle connections close now; in-flight requests finish, within the grace period.
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!("API connections still open after the shutdown grace period");
+        }
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 connection: the router with the peer's address, the head timeout, and the
+/// graceful-shutdown watch.
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    app: axum::Router,
+    limits: ConnLimits,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = app.map_request(move |mut req: axum::http::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "API connection closed");
+    }
 }

@@ -295,8 +295,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let url = config.store_url();
     if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+        private_dir(&config.data_dir)?;
     }
     let store = Store::connect(&url).await.context("connect to the store")?;
     let layout = store.migrate().await.context("apply migrations")?;
@@ -346,6 +345,7 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
             .context("[api] session_ttl is too long")?,
         oidc,
         tls: api_tls.is_some(),
+        trusted_proxies: config.api.trusted_proxies.clone(),
         ..server::http::AuthState::default()
     };
     let state = AppState {
@@ -365,12 +365,13 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
     let api_addr = listener.local_addr().context("API address")?;
     let scheme = if api_tls.is_some() { "https" } else { "http" };
     tracing::info!(%api_addr, api_scheme = scheme, edge_tls = %tls_addr, edge_plain = %gateway.edge_addr, "sentinella running");
-    let api = match api_tls {
-        Some(acceptor) => {
-            tokio::spawn(server::serve_tls(listener, acceptor, state, cancel.clone()))
-        }
-        None => tokio::spawn(server::serve(listener, state, cancel.clone())),
-    };
+    let api = tokio::spawn(server::serve_with(
+        listener,
+        api_tls,
+        state,
+        config.api.conn_limits(),
+        cancel.clone(),
+    ));
 
     // The demo devices stop first, so the gateway does not log them being cut off.
     let demo_cancel = CancellationToken::new();
@@ -551,6 +552,32 @@ async fn demo_users(store: &Store, data_dir: &std::path::Path) -> anyhow::Result
             .await?;
     }
     Ok(password)
+}
+
+/// Creates the data dir readable by its owner only (0700), or brings an existing one down to
+/// 0700: it holds the SQLite database, the device CA and the demo's secrets.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("create data dir {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)
+            .with_context(|| format!("data dir {}", dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("make data dir {} private", dir.display()))?;
+            tracing::info!(dir = %dir.display(), "data dir made private (0700)");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(feature = "demo")]
@@ -929,6 +956,7 @@ async fn user(store: &Store, cmd: UserCommand) -> anyhow::Result<()> {
                     action: "user.create".into(),
                     target: format!("user:{}", user.username),
                     detail: Some(format!("role={} cots={cots:?}", role.as_str())),
+                    cot_ids: user.cot_ids.clone(),
                     ..store::NewAudit::default()
                 })
                 .await?;
@@ -955,10 +983,12 @@ async fn user(store: &Store, cmd: UserCommand) -> anyhow::Result<()> {
                     actor: "cli".into(),
                     action: "user.password".into(),
                     target: format!("user:{username}"),
+                    detail: Some("every token of the user revoked".into()),
+                    cot_ids: user.cot_ids.clone(),
                     ..store::NewAudit::default()
                 })
                 .await?;
-            println!("password of {username} changed");
+            println!("password of {username} changed; their tokens are revoked");
         }
         UserCommand::Disable { username } => {
             let user = store
@@ -973,6 +1003,7 @@ async fn user(store: &Store, cmd: UserCommand) -> anyhow::Result<()> {
                     actor: "cli".into(),
                     action: "user.disable".into(),
                     target: format!("user:{username}"),
+                    cot_ids: user.cot_ids.clone(),
                     ..store::NewAudit::default()
                 })
                 .await?;

@@ -575,3 +575,136 @@ async fn a_user_of_two_cots_sees_both_and_a_user_of_none_sees_nothing() {
     let (status, _) = call(&w, "GET", "/api/v1/patients", None, Some(&both)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// A user of several COTs: an admin changes them (password, disabling, COTs, API keys) only
+/// when they administer EVERY COT of that user. Sharing one COT lets the admin see the user,
+/// never take them over: that was a path from COT A's admin to COT B's patients (reset a
+/// shared nurse's password, log in as her) and to COT B's staff (through a shared admin).
+#[tokio::test]
+async fn shared_users_are_changed_only_by_admins_of_all_their_cots() {
+    let w = world().await;
+    let store = &w.db.store;
+    let admin_a = &w.tokens.iter().find(|(r, _)| *r == Role::Admin).unwrap().1;
+    let admin_ab = auth::service_token(store, "admin-ab", Role::Admin, &[w.a.cot, w.b.cot])
+        .await
+        .unwrap();
+    let shared = |name: &'static str, role: Role, kind: UserKind| async move {
+        store
+            .add_user(&NewUser {
+                username: name,
+                display_name: name,
+                role,
+                kind,
+                password_hash: (kind == UserKind::Person).then_some(DUMMY_HASH),
+                cot_ids: &[w.a.cot, w.b.cot],
+            })
+            .await
+            .unwrap()
+            .id
+    };
+    let nurse_ab = shared("nurse-ab", Role::Nurse, UserKind::Person).await;
+    let person_admin_ab = shared("admin-ab-person", Role::Admin, UserKind::Person).await;
+    let svc_ab = shared("svc-ab", Role::Nurse, UserKind::Service).await;
+    let password = json!({"password": "a takeover password"});
+    let cots = json!({"cots": [w.a.cot]});
+    let key = json!({"name": "takeover"});
+    // (who, method, path, body, expected)
+    let rows: Vec<(&str, &str, String, Option<Value>, StatusCode)> = vec![
+        // Admin of A: sees the shared users, changes none of them.
+        (
+            "admin A",
+            "GET",
+            format!("/api/v1/users/{nurse_ab}"),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "admin A",
+            "POST",
+            format!("/api/v1/users/{nurse_ab}/password"),
+            Some(password.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin A",
+            "POST",
+            format!("/api/v1/users/{nurse_ab}/disable"),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin A",
+            "PUT",
+            format!("/api/v1/users/{nurse_ab}/cots"),
+            Some(cots.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin A",
+            "POST",
+            format!("/api/v1/users/{svc_ab}/api-keys"),
+            Some(key.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin A",
+            "POST",
+            format!("/api/v1/users/{person_admin_ab}/password"),
+            Some(password.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin A",
+            "POST",
+            format!("/api/v1/users/{person_admin_ab}/disable"),
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin A",
+            "PUT",
+            format!("/api/v1/users/{person_admin_ab}/cots"),
+            Some(cots.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        // Admin of A and B governs them.
+        (
+            "admin AB",
+            "POST",
+            format!("/api/v1/users/{nurse_ab}/password"),
+            Some(password.clone()),
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            "admin AB",
+            "POST",
+            format!("/api/v1/users/{svc_ab}/api-keys"),
+            Some(key.clone()),
+            StatusCode::CREATED,
+        ),
+        (
+            "admin AB",
+            "PUT",
+            format!("/api/v1/users/{person_admin_ab}/cots"),
+            Some(json!({"cots": [w.a.cot, w.b.cot]})),
+            StatusCode::OK,
+        ),
+    ];
+    for (who, method, uri, body, expected) in rows {
+        let token = if who == "admin A" {
+            admin_a.as_str()
+        } else {
+            admin_ab.as_str()
+        };
+        let (status, text) = call(&w, method, &uri, body, Some(token)).await;
+        assert_eq!(status, expected, "{who} {method} {uri}: {text}");
+    }
+    // Nothing the admin of A tried took effect.
+    for id in [nurse_ab, person_admin_ab] {
+        let user = store.get_user(id).await.unwrap().unwrap();
+        assert!(user.disabled_at.is_none(), "{}", user.username);
+        assert_eq!(user.cot_ids, vec![w.a.cot, w.b.cot], "{}", user.username);
+    }
+    let keys = store.user_tokens(svc_ab).await.unwrap();
+    assert_eq!(keys.len(), 1, "only admin AB's key: {keys:?}");
+}

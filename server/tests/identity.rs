@@ -234,7 +234,7 @@ async fn wrong_passwords_are_throttled_and_unknown_users_answer_the_same() {
     for _ in 0..4 {
         login(&f, "admin.a", "not the password").await;
     }
-    // Five failures: even the right password waits now.
+    // Five failures from one address: even the right password waits now, from there.
     let (status, body) = login(&f, "admin.a", PASSWORD).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["error"]["code"], "too_many_attempts");
@@ -633,4 +633,78 @@ async fn device_managers_provision_devices_with_certificates() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn identity_provider_logout_and_time_claims_sqlite() {
+    identity_provider_logout_and_time_claims(TestDb::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn identity_provider_logout_and_time_claims_postgres() {
+    identity_provider_logout_and_time_claims(TestDb::postgres().await).await;
+}
+
+/// A JWT whose `nbf` is a string in the future is refused (CVE-2026-25537: jsonwebtoken
+/// before 10.3 skipped the check), and logging out with a JWT ends it until it expires (it
+/// answered 204 and left the token valid).
+async fn identity_provider_logout_and_time_claims(db: TestDb) {
+    let f = fixture(db).await;
+    let idp = idp();
+    let state = AppState {
+        auth: Arc::new(AuthState {
+            oidc: Some(Oidc::load(idp.config.clone()).unwrap()),
+            ..AuthState::default()
+        }),
+        ..f.state()
+    };
+    let call = |method: &'static str, uri: &'static str, token: String| {
+        let state = state.clone();
+        async move {
+            use tower::ServiceExt;
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", format!("Bearer {token}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            server::http::app(state)
+                .oneshot(req)
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let future = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    for nbf in [json!(future.to_string()), json!(future)] {
+        let mut early = claims(&idp, "nurse", &["COT-A"], 7200);
+        early["nbf"] = nbf.clone();
+        let status = call("GET", "/api/v1/patients", sign(&idp, &early, "k1")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "nbf {nbf}");
+    }
+    let mut text_exp = claims(&idp, "nurse", &["COT-A"], 300);
+    text_exp["exp"] = json!(future.to_string());
+    let status = call("GET", "/api/v1/patients", sign(&idp, &text_exp, "k1")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a string exp");
+
+    let token = sign(&idp, &claims(&idp, "nurse", &["COT-A"], 300), "k1");
+    assert_eq!(
+        call("GET", "/api/v1/patients", token.clone()).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call("POST", "/api/v1/auth/logout", token.clone()).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call("GET", "/api/v1/patients", token.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // Another token of the same user still works.
+    let mut other = claims(&idp, "nurse", &["COT-A"], 300);
+    other["jti"] = json!("second");
+    assert_eq!(
+        call("GET", "/api/v1/patients", sign(&idp, &other, "k1")).await,
+        StatusCode::OK
+    );
 }

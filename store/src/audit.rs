@@ -26,6 +26,9 @@ pub struct NewAudit {
     pub patient_id: Option<i64>,
     /// The COT the entry concerns, if any: what an administrator of that COT may see.
     pub cot_id: Option<i64>,
+    /// The COTs of the user an entry is about (a login, a change to the user): the entry is
+    /// shown to the administrators of any of them.
+    pub cot_ids: Vec<i64>,
 }
 
 /// A stored audit record.
@@ -41,13 +44,16 @@ pub struct AuditEntry {
     pub detail: Option<String>,
     pub patient_id: Option<i64>,
     pub cot_id: Option<i64>,
+    /// The COTs of the user the entry is about, if it is about one.
+    pub cot_ids: Vec<i64>,
 }
 
 /// A query of the audit log; every filter is optional.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
-    /// Only entries of these COTs (`None`: all). With `include_unscoped`, entries about no
-    /// COT (logins, failed logins) too.
+    /// Only entries of these COTs (`None`: all): their `cot_id`, or one of the COTs of the
+    /// user they are about. With `include_unscoped`, entries about no COT and no user of a
+    /// COT too (e.g. failed logins of unknown usernames).
     pub cot_ids: Option<Vec<i64>>,
     pub include_unscoped: bool,
     pub patient_id: Option<i64>,
@@ -63,16 +69,35 @@ pub struct AuditQuery {
 
 const MAX_LIMIT: i64 = 10_000;
 
-const COLUMNS: &str = "id, at, actor, action, target, source, detail, patient_id, cot_id";
+const COLUMNS: &str = "id, at, actor, action, target, source, detail, patient_id, cot_id, cot_ids";
+
+/// `",1,4,"` for COTs 1 and 4 (so one COT matches `LIKE '%,1,%'`); `None` for none.
+fn cot_list(ids: &[i64]) -> Option<String> {
+    if ids.is_empty() {
+        return None;
+    }
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let inner: Vec<String> = sorted.iter().map(i64::to_string).collect();
+    Some(format!(",{},", inner.join(",")))
+}
+
+fn parse_cot_list(text: Option<String>) -> Vec<i64> {
+    text.map(|t| t.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
+}
 
 impl Store {
     /// Writes an audit record stamped with the current time.
     pub async fn record_audit(&self, e: &NewAudit) -> Result<()> {
         let now = OffsetDateTime::now_utc();
+        let cots = cot_list(&e.cot_ids);
         let mut tx = self.tx().await?;
         tx.exec(
-            "INSERT INTO audit_log (at, actor, action, target, source, detail, patient_id, cot_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO audit_log \
+             (at, actor, action, target, source, detail, patient_id, cot_id, cot_ids) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 Val::Ts(now),
                 Val::Text(&e.actor),
@@ -82,6 +107,7 @@ impl Store {
                 Val::OptText(e.detail.as_deref()),
                 Val::OptI64(e.patient_id),
                 Val::OptI64(e.cot_id),
+                Val::OptText(cots.as_deref()),
             ],
         )
         .await?;
@@ -102,16 +128,27 @@ impl Store {
         let mut sql = format!("SELECT {COLUMNS} FROM audit_log WHERE 1 = 1");
         let mut vals: Vec<Val<'_>> = Vec::new();
         if let Some(cots) = &q.cot_ids {
+            // Integers formatted here, never caller text.
             let list: Vec<String> = cots.iter().map(i64::to_string).collect();
             let scoped = if list.is_empty() {
                 "1 = 0".to_owned()
             } else {
-                format!("cot_id IN ({})", list.join(", "))
+                let of_user: Vec<String> = list
+                    .iter()
+                    .map(|c| format!("cot_ids LIKE '%,{c},%'"))
+                    .collect();
+                format!(
+                    "cot_id IN ({}) OR {}",
+                    list.join(", "),
+                    of_user.join(" OR ")
+                )
             };
             if q.include_unscoped {
-                sql.push_str(&format!(" AND ({scoped} OR cot_id IS NULL)"));
+                sql.push_str(&format!(
+                    " AND ({scoped} OR (cot_id IS NULL AND cot_ids IS NULL))"
+                ));
             } else {
-                sql.push_str(&format!(" AND {scoped}"));
+                sql.push_str(&format!(" AND ({scoped})"));
             }
         }
         if let Some(p) = q.patient_id {
@@ -163,5 +200,6 @@ fn entry_from_row(row: &impl Columns) -> Result<AuditEntry> {
         detail: row.text_opt("detail")?,
         patient_id: row.bigint_opt("patient_id")?,
         cot_id: row.bigint_opt("cot_id")?,
+        cot_ids: parse_cot_list(row.text_opt("cot_ids")?),
     })
 }

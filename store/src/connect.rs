@@ -91,6 +91,7 @@ async fn connect_sqlite(url: &str) -> Result<Store> {
     if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dir(parent).await?;
     }
+    private_database_files(&file)?;
     let options = options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -108,10 +109,63 @@ async fn connect_sqlite(url: &str) -> Result<Store> {
     })
 }
 
+/// Creates the database's folder (and missing parents) readable by its owner only: it holds
+/// health data, the audit log and password hashes.
 async fn create_dir(dir: &Path) -> Result<()> {
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))
+    let io = |e| StoreError::Database(sqlx::Error::Io(e));
+    let mut builder = tokio::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    builder.mode(0o700);
+    builder.create(dir).await.map_err(io)
+}
+
+/// Creates the SQLite file with mode 0600 before SQLite does (SQLite would use 0644 less the
+/// umask), and brings an existing one and its `-wal`/`-shm` down to 0600. SQLite creates the
+/// `-wal` and `-shm` files with the database file's mode, so they follow.
+fn private_database_files(file: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e| StoreError::Database(sqlx::Error::Io(e));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(file)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+        let mut name = file.as_os_str().to_owned();
+        let base = name.clone();
+        for path in [
+            file.to_path_buf(),
+            {
+                name.push("-wal");
+                std::path::PathBuf::from(&name)
+            },
+            {
+                let mut shm = base;
+                shm.push("-shm");
+                std::path::PathBuf::from(shm)
+            },
+        ] {
+            match std::fs::metadata(&path) {
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(io)?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
 }
 
 /// The part of a URL before `:` (never the credentials), for error messages.

@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 
 use crate::error::what;
 use crate::registry::{
-    COT_COLUMNS, DEVICE_COLUMNS, PATIENT_COLUMNS, cot_from_row, device_from_row, non_empty,
-    patient_from_row,
+    COT_COLUMNS, DEVICE_COLUMNS, MAX_NAME, PATIENT_COLUMNS, bounded, cot_from_row, device_from_row,
+    non_empty, patient_from_row,
 };
 use crate::rows::Columns;
 use crate::sql::{AnyRow, Val};
@@ -143,7 +143,7 @@ impl Store {
     /// username, an empty display name or no COT.
     pub async fn add_user(&self, new: &NewUser<'_>) -> Result<User> {
         validate_username(new.username)?;
-        non_empty("display name", new.display_name)?;
+        bounded("display name", new.display_name, MAX_NAME)?;
         if new.cot_ids.is_empty() {
             return Err(StoreError::Invalid(
                 "a user belongs to at least one COT".into(),
@@ -269,9 +269,11 @@ impl Store {
         self.with_cots(rows.iter().collect()).await
     }
 
-    /// Sets a user's password hash (PHC string).
+    /// Sets a user's password hash (PHC string) and revokes every token of theirs, in one
+    /// transaction: a reset must end the sessions of whoever knew the old password.
     pub async fn set_user_password(&self, user_id: i64, password_hash: &str) -> Result<()> {
         non_empty("password hash", password_hash)?;
+        let now = OffsetDateTime::now_utc();
         let mut tx = self.tx().await?;
         let n = tx
             .exec(
@@ -284,6 +286,11 @@ impl Store {
                 what: format!("user {user_id}"),
             });
         }
+        tx.exec(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            &[Val::Ts(now), Val::I64(user_id)],
+        )
+        .await?;
         tx.commit().await
     }
 
@@ -428,6 +435,39 @@ impl Store {
             .zip(ids)
             .map(|(row, id)| user_from_row(row, cots.remove(&id).unwrap_or_default()))
             .collect()
+    }
+}
+
+/// Identity-provider JWTs ended by a logout, by their SHA-256, kept until they expire.
+impl Store {
+    /// Records that the JWT with this hash is revoked until `expires_at` (idempotent), and
+    /// forgets revocations that have expired.
+    pub async fn revoke_jwt(&self, token_hash: &str, expires_at: OffsetDateTime) -> Result<()> {
+        let now = OffsetDateTime::now_utc();
+        let mut tx = self.tx().await?;
+        tx.exec(
+            "DELETE FROM revoked_jwts WHERE expires_at < $1",
+            &[Val::Ts(now)],
+        )
+        .await?;
+        tx.exec(
+            "INSERT INTO revoked_jwts (token_hash, expires_at, revoked_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (token_hash) DO NOTHING",
+            &[Val::Text(token_hash), Val::Ts(expires_at), Val::Ts(now)],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Whether the JWT with this hash was revoked.
+    pub async fn jwt_revoked(&self, token_hash: &str) -> Result<bool> {
+        let rows = self
+            .read(
+                "SELECT token_hash FROM revoked_jwts WHERE token_hash = $1",
+                &[Val::Text(token_hash)],
+            )
+            .await?;
+        Ok(!rows.is_empty())
     }
 }
 

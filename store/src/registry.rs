@@ -186,7 +186,8 @@ const TOKEN_COLUMNS: &str = "id, name, user_id, kind, created_at, expires_at, re
 impl Store {
     /// Adds a COT. [`StoreError::Conflict`] if the code is taken.
     pub async fn add_cot(&self, code: &str, name: &str) -> Result<Cot> {
-        non_empty("COT code", code)?;
+        bounded("COT code", code, MAX_CODE)?;
+        bounded("COT name", name, MAX_NAME)?;
         let sql = format!(
             "INSERT INTO cots (code, name, created_at) VALUES ($1, $2, $3) RETURNING {COT_COLUMNS}"
         );
@@ -257,7 +258,16 @@ impl Store {
     /// [`StoreError::NotFound`] if the COT does not exist, [`StoreError::Invalid`] for an
     /// empty code or a condition that is empty or contains a comma.
     pub async fn add_patient(&self, new: &NewPatient) -> Result<Patient> {
-        non_empty("patient code", &new.code)?;
+        bounded("patient code", &new.code, MAX_CODE)?;
+        bounded("display name", &new.display_name, MAX_NAME)?;
+        if new.conditions.len() > MAX_CONDITIONS {
+            return Err(StoreError::Invalid(format!(
+                "a patient has at most {MAX_CONDITIONS} conditions"
+            )));
+        }
+        for condition in &new.conditions {
+            bounded("condition", condition, MAX_CODE)?;
+        }
         let conditions = join_conditions(&new.conditions)?;
         let sql = format!(
             "INSERT INTO patients (cot_id, code, display_name, birth_year, conditions, created_at) \
@@ -367,6 +377,9 @@ impl Store {
     /// does not.
     pub async fn add_device(&self, new: &NewDevice) -> Result<Device> {
         validate_device_id(&new.id)?;
+        if let Some(model) = &new.model {
+            bounded("model", model, MAX_NAME)?;
+        }
         if new.secret_hash.len() != 64 || !new.secret_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(StoreError::Invalid(
                 "secret_hash must be a hex SHA-256 (64 hex digits), see credentials::hash_secret"
@@ -573,6 +586,7 @@ impl Store {
     /// [`StoreError::NotFound`] if the user does not.
     pub async fn add_api_token(&self, new: &NewApiToken<'_>) -> Result<ApiToken> {
         non_empty("token hash", new.token_hash)?;
+        bounded("token name", new.name, MAX_NAME)?;
         let sql = format!(
             "INSERT INTO api_tokens (name, user_id, kind, token_hash, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLUMNS}"
@@ -651,6 +665,25 @@ pub(crate) fn validate_device_id(id: &str) -> Result<()> {
             "device id {id:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'"
         )))
     }
+}
+
+/// Longest code (COT, patient, condition), in characters.
+pub(crate) const MAX_CODE: usize = 64;
+/// Longest name (display names, COT names, device models, token names), in characters.
+pub(crate) const MAX_NAME: usize = 200;
+/// Most conditions of one patient.
+const MAX_CONDITIONS: usize = 32;
+
+/// A free-text field: not blank, at most `max` characters (a 1.5 MB display name is refused
+/// here, for the API and the CLI alike).
+pub(crate) fn bounded(name: &str, value: &str, max: usize) -> Result<()> {
+    non_empty(name, value)?;
+    if value.chars().count() > max {
+        return Err(StoreError::Invalid(format!(
+            "{name} must be at most {max} characters"
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn non_empty(name: &str, value: &str) -> Result<()> {

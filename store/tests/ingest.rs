@@ -494,6 +494,7 @@ async fn audit_log(db: TestDb, _layout: ReadingsLayout) {
                 detail: None,
                 patient_id: (i == 1).then_some(7),
                 cot_id: Some(if i == 2 { 2 } else { 1 }),
+                cot_ids: Vec::new(),
             })
             .await
             .unwrap();

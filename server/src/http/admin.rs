@@ -3,6 +3,8 @@
 //! - `GET /api/v1/cots` (anyone): the caller's COTs. `POST /api/v1/cots` `{"code","name"}`
 //!   (admin): a new COT, which the creating administrator joins.
 //! - `GET /api/v1/users`, `GET /api/v1/users/{id}`: users sharing a COT with the admin.
+//! - Changes to a user (below) need an admin of EVERY COT of that user (else 403
+//!   `not_governed`): sharing one COT is not enough to take an account over.
 //! - `POST /api/v1/users` `{"username","display_name","role","cots":[ids],"password"?,
 //!   "service"?}`: a person (password ≥ 12 characters, Argon2id) or a service account (no
 //!   password). Only into the admin's own COTs.
@@ -10,7 +12,9 @@
 //!   `{"password"}`, `PUT /users/{id}/cots` `{"cots":[ids]}`,
 //!   `POST /users/{id}/api-keys` `{"name","expires_in_days"?}` → the key, shown once.
 //! - `GET /api/v1/audit?actor=&action=&patient=&from=&to=&before=&limit=`: entries of the
-//!   admin's COTs plus those about no COT (logins); newest first, page with `before`.
+//!   admin's COTs and about users of them (logins, user changes); entries about no COT at
+//!   all (failed logins of unknown usernames) only for an admin of every COT; newest first,
+//!   page with `before`.
 //! - `GET /api/v1/patients/{id}/access-history`: who read or changed this patient's data.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -27,7 +31,6 @@ use super::AppState;
 use super::auth::{Caller, new_token};
 use super::error::{ApiError, rejection};
 use super::patients::{parse_time, visible_patient};
-use super::session::hash_password_off_thread;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -82,14 +85,34 @@ async fn add_cot(
     Ok((StatusCode::CREATED, Json(cot)))
 }
 
-/// A user the admin may manage: one sharing at least one of their COTs; else 404.
-async fn managed_user(state: &AppState, caller: &Caller, id: i64) -> Result<User, ApiError> {
+/// A user the admin may see: one sharing at least one of their COTs; else 404.
+async fn visible_user(state: &AppState, caller: &Caller, id: i64) -> Result<User, ApiError> {
     state
         .store
         .get_user(id)
         .await?
         .filter(|u| u.cot_ids.iter().any(|c| caller.sees_cot(*c)))
         .ok_or_else(|| ApiError::NotFound(format!("user {id}")))
+}
+
+/// A user the admin may change (credentials, API keys, disabling, COTs): one whose EVERY COT
+/// the admin governs. Sharing one COT is not enough: a user of COTs A and B taken over by
+/// an admin of A would open B's patients to that admin (and, for an admin of A and B, B's
+/// staff). The user's role does not matter past that: whatever it outranks lies in COTs the
+/// admin already governs. A user the admin cannot see answers 404; one the admin sees but
+/// does not wholly govern, 403.
+async fn managed_user(state: &AppState, caller: &Caller, id: i64) -> Result<User, ApiError> {
+    let user = visible_user(state, caller, id).await?;
+    if governs(caller, &user) {
+        Ok(user)
+    } else {
+        Err(ApiError::NotGoverned(format!("user {id}")))
+    }
+}
+
+/// Whether every COT of `user` is one of the caller's (a user of no COT is governed by nobody).
+fn governs(caller: &Caller, user: &User) -> bool {
+    !user.cot_ids.is_empty() && user.cot_ids.iter().all(|c| caller.sees_cot(*c))
 }
 
 fn own_cots(caller: &Caller, cots: &[i64]) -> Result<(), ApiError> {
@@ -119,11 +142,9 @@ async fn show_user(
     id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Path(id) = id.map_err(rejection)?;
-    let user = managed_user(&state, &caller, id).await?;
+    let user = visible_user(&state, &caller, id).await?;
     let tokens = state.store.user_tokens(id).await?;
-    state
-        .audit(&caller, "user.read", format!("user:{}", user.username))
-        .await?;
+    state.audit_user(&caller, "user.read", &user, None).await?;
     Ok(Json(json!({ "user": user, "tokens": tokens })))
 }
 
@@ -156,7 +177,7 @@ async fn add_user(
                 "service accounts use API keys, not passwords".into(),
             ));
         }
-        (false, Some(p)) => (UserKind::Person, Some(hash_password_off_thread(p).await?)),
+        (false, Some(p)) => (UserKind::Person, Some(state.auth.hasher.hash(p).await?)),
         (false, None) => return Err(ApiError::BadRequest("a person needs a password".into())),
     };
     let user = state
@@ -171,10 +192,10 @@ async fn add_user(
         })
         .await?;
     state
-        .audit_detail(
+        .audit_user(
             &caller,
             "user.create",
-            format!("user:{}", user.username),
+            &user,
             Some(json!({"role": role, "cots": user.cot_ids, "service": body.service}).to_string()),
         )
         .await?;
@@ -193,9 +214,9 @@ async fn disable_user(
         .disable_user(id, OffsetDateTime::now_utc())
         .await?;
     state
-        .audit(&caller, "user.disable", format!("user:{}", user.username))
+        .audit_user(&caller, "user.disable", &user, None)
         .await?;
-    Ok(Json(managed_user(&state, &caller, id).await?))
+    Ok(Json(visible_user(&state, &caller, id).await?))
 }
 
 #[derive(Deserialize)]
@@ -218,10 +239,16 @@ async fn set_password(
             "service accounts use API keys, not passwords".into(),
         ));
     }
-    let hash = hash_password_off_thread(body.password).await?;
+    let hash = state.auth.hasher.hash(body.password).await?;
+    // Every token of the user ends with the old password.
     state.store.set_user_password(id, &hash).await?;
     state
-        .audit(&caller, "user.password", format!("user:{}", user.username))
+        .audit_user(
+            &caller,
+            "user.password",
+            &user,
+            Some(json!({"tokens_revoked": true}).to_string()),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -253,15 +280,18 @@ async fn set_cots(
     cots.sort_unstable();
     cots.dedup();
     state.store.set_user_cots(id, &cots).await?;
+    // Shown to the administrators of the COTs before and after.
+    let mut concerned = user.clone();
+    concerned.cot_ids.extend(&cots);
     state
-        .audit_detail(
+        .audit_user(
             &caller,
             "user.cots",
-            format!("user:{}", user.username),
+            &concerned,
             Some(json!({"before": user.cot_ids, "after": cots}).to_string()),
         )
         .await?;
-    Ok(Json(managed_user(&state, &caller, id).await?))
+    Ok(Json(visible_user(&state, &caller, id).await?))
 }
 
 #[derive(Deserialize)]
@@ -313,10 +343,11 @@ async fn add_api_key(
         })
         .await?;
     state
-        .audit(
+        .audit_user(
             &caller,
             "user.api_key",
-            format!("user:{} key:{}", user.username, stored.id),
+            &user,
+            Some(json!({"key": stored.id}).to_string()),
         )
         .await?;
     Ok((
@@ -349,11 +380,15 @@ async fn audit(
             "limit must be between 1 and 1000".into(),
         ));
     }
+    // Entries about no COT and no user of one (failed logins of unknown usernames) are the
+    // whole installation's business: only an administrator of every COT sees them.
+    let all_cots = state.store.list_cots().await?;
+    let governs_all = all_cots.iter().all(|c| caller.sees_cot(c.id));
     let entries = state
         .store
         .query_audit(&AuditQuery {
             cot_ids: caller.cot_scope(),
-            include_unscoped: true,
+            include_unscoped: governs_all,
             patient_id: q.patient,
             actor: q.actor.clone(),
             action: q.action.clone(),

@@ -13,7 +13,7 @@
 //! a fixed set of [`Permission`]s (checked per route by [`super::policy`]) and the COTs are
 //! the caller's [`Caller::cot_scope`], applied to every query of patient data.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -141,8 +141,10 @@ pub struct Caller {
     pub via: Via,
     /// The client's address, when known.
     pub source: Option<String>,
-    /// The hash of the opaque token used, for logout.
+    /// The SHA-256 of the token used (opaque or JWT), for logout.
     pub(crate) token_hash: Option<String>,
+    /// When the JWT used expires (identity-provider callers), for logout.
+    pub(crate) jwt_expires_at: Option<OffsetDateTime>,
 }
 
 impl std::fmt::Debug for Caller {
@@ -173,6 +175,7 @@ impl Caller {
             via,
             source,
             token_hash: Some(token_hash),
+            jwt_expires_at: None,
         }
     }
 
@@ -221,25 +224,52 @@ pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The client address of a request, when the server recorded it.
-pub(crate) fn source(parts: &Parts) -> Option<String> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string())
+/// The client address of a request, when the server recorded it. When the peer is one of
+/// `trusted_proxies`, the client is the right-most `X-Forwarded-For` entry that is not a
+/// trusted proxy (entries left of it were written by the client and prove nothing); from any
+/// other peer the header is ignored, so a client cannot choose its own address.
+pub fn client_address(parts: &Parts, trusted_proxies: &[IpAddr]) -> Option<String> {
+    let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
+    let mut client = peer.ip().to_canonical();
+    if !trusted_proxies.contains(&client) {
+        return Some(client.to_string());
+    }
+    let headers = parts.headers.get_all("x-forwarded-for");
+    for value in headers.iter().rev() {
+        let Ok(text) = value.to_str() else {
+            break;
+        };
+        for hop in text.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip.to_canonical();
+                    if !trusted_proxies.contains(&client) {
+                        return Some(client.to_string());
+                    }
+                }
+                // A malformed entry: the last address vouched for stands.
+                Err(_) => return Some(client.to_string()),
+            }
+        }
+    }
+    Some(client.to_string())
 }
 
 /// Authenticates a request: a session or API key by its hash, or a JWT by the identity
 /// provider's keys. Disabled users' tokens are refused like revoked ones.
 pub(crate) async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
     let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-    let source = source(parts);
+    let source = client_address(parts, &state.auth.trusted_proxies);
     if !token.starts_with(TOKEN_PREFIX) {
         let oidc = state.auth.oidc.as_ref().ok_or(ApiError::Unauthorized)?;
         let identity = oidc.verify(token).map_err(|e| {
             tracing::info!(reason = %e, "identity-provider token refused");
             ApiError::TokenRejected
         })?;
+        let hash = hash_token(token);
+        if state.store.jwt_revoked(&hash).await? {
+            return Err(ApiError::TokenRejected);
+        }
         let mut cots = Vec::new();
         for code in &identity.cot_codes {
             if let Some(cot) = state.store.cot_by_code(code).await? {
@@ -256,7 +286,8 @@ pub(crate) async fn authenticate(parts: &Parts, state: &AppState) -> Result<Call
             cots,
             via: Via::Jwt,
             source,
-            token_hash: None,
+            token_hash: Some(hash),
+            jwt_expires_at: Some(identity.expires_at),
         });
     }
     let hash = hash_token(token);

@@ -130,7 +130,18 @@ async fn provision(
             secret_hash: store::credentials::hash_secret(&secret),
             model: body.model,
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // Device ids are unique across every COT: the answer must not say whether the id
+            // is taken in the caller's COT or another one (nor name it).
+            store::StoreError::Conflict { .. } => ApiError::Conflict {
+                code: "conflict",
+                message: "this device id cannot be used; choose another, or leave id out \
+                          for a generated one"
+                    .into(),
+            },
+            other => other.into(),
+        })?;
     let tls = match &state.device_ca {
         Some(ca) => {
             let issued = ca

@@ -29,6 +29,13 @@ pub enum ApiError {
     /// Too many failed logins from this address or for this user; retry after the seconds given.
     #[error("too many failed logins; retry in {0} s")]
     TooManyAttempts(u64),
+    /// The caller sees the resource but does not govern all of it, e.g. a user who also
+    /// belongs to a COT the administrator is not an administrator of.
+    #[error("{0} belongs to a COT you do not administer")]
+    NotGoverned(String),
+    /// The bounded password-hashing pool is full; retry in a second.
+    #[error("too many logins at once; retry in a second")]
+    Busy,
     /// The route exists, not with this method.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -90,9 +97,11 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::TokenRejected => (StatusCode::UNAUTHORIZED, "token_rejected"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotGoverned(_) => (StatusCode::FORBIDDEN, "not_governed"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             ApiError::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
+            ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, *code),
@@ -130,7 +139,12 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(axum::http::header::WWW_AUTHENTICATE, challenge);
         }
-        if let ApiError::TooManyAttempts(secs) = &self
+        let retry_after = match &self {
+            ApiError::TooManyAttempts(secs) => Some(*secs),
+            ApiError::Busy => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after
             && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
         {
             response

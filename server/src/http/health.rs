@@ -32,8 +32,17 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        (state.metrics)(),
-    )
+    let mut text = (state.metrics)();
+    let auth = &state.auth;
+    text.push_str(&format!(
+        "# HELP sentinella_api_password_hashes_total Argon2id hashes and verifications run by the API.\n\
+         # TYPE sentinella_api_password_hashes_total counter\n\
+         sentinella_api_password_hashes_total {}\n\
+         # HELP sentinella_api_logins_refused_total Login attempts refused by the throttling (429).\n\
+         # TYPE sentinella_api_logins_refused_total counter\n\
+         sentinella_api_logins_refused_total {}\n",
+        auth.hasher.performed(),
+        auth.limiter.refused(),
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -25,10 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+
+/// The largest request body accepted (413 beyond): a whole care plan is a few KiB.
+pub const MAX_BODY: usize = 256 * 1024;
 
 /// A probe the API asks to tell readiness beyond the store (e.g. the gateway's pipeline).
 pub type ReadyProbe = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -58,6 +62,11 @@ pub struct AuthState {
     pub session_ttl: time::Duration,
     /// Failed-login throttling.
     pub limiter: session::LoginLimiter,
+    /// The bounded Argon2id pool (logins, passwords set through the API).
+    pub hasher: session::Hasher,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (exact addresses); from any
+    /// other peer the header is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// JWTs from the regional identity provider, when configured.
     pub oidc: Option<oidc::Oidc>,
     /// Whether the API is served over TLS (adds Strict-Transport-Security).
@@ -65,11 +74,14 @@ pub struct AuthState {
 }
 
 impl Default for AuthState {
-    /// 8-hour sessions (a shift), default throttling, no identity provider, plain HTTP.
+    /// 8-hour sessions (a shift), default throttling and hashing pool, no trusted proxy, no
+    /// identity provider, plain HTTP.
     fn default() -> Self {
         AuthState {
             session_ttl: time::Duration::hours(8),
             limiter: session::LoginLimiter::default(),
+            hasher: session::Hasher::default(),
+            trusted_proxies: Vec::new(),
             oidc: None,
             tls: false,
         }
@@ -149,6 +161,49 @@ impl AppState {
         cot_id: Option<i64>,
         detail: Option<String>,
     ) -> Result<(), error::ApiError> {
+        // An entry about no COT in particular concerns the caller's COTs: their
+        // administrators see it, the administrators of other COTs do not.
+        let cot_ids = if cot_id.is_none() {
+            caller.cots.clone()
+        } else {
+            Vec::new()
+        };
+        self.audit_full(caller, action, target, patient_id, cot_id, cot_ids, detail)
+            .await
+    }
+
+    /// An entry about a user: it is shown to the administrators of the user's COTs (and only
+    /// to them), not to every administrator.
+    pub(crate) async fn audit_user(
+        &self,
+        caller: &auth::Caller,
+        action: &str,
+        user: &store::User,
+        detail: Option<String>,
+    ) -> Result<(), error::ApiError> {
+        self.audit_full(
+            caller,
+            action,
+            format!("user:{}", user.username),
+            None,
+            None,
+            user.cot_ids.clone(),
+            detail,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn audit_full(
+        &self,
+        caller: &auth::Caller,
+        action: &str,
+        target: String,
+        patient_id: Option<i64>,
+        cot_id: Option<i64>,
+        cot_ids: Vec<i64>,
+        detail: Option<String>,
+    ) -> Result<(), error::ApiError> {
         self.store
             .record_audit(&store::NewAudit {
                 actor: caller.actor(),
@@ -158,6 +213,7 @@ impl AppState {
                 detail,
                 patient_id,
                 cot_id,
+                cot_ids,
             })
             .await?;
         Ok(())
@@ -216,6 +272,7 @@ pub fn app(state: AppState) -> Router {
             HeaderName::from_static("referrer-policy"),
             HeaderValue::from_static("no-referrer"),
         ))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),

@@ -52,6 +52,8 @@ pub struct Identity {
     pub display_name: Option<String>,
     pub role: Role,
     pub cot_codes: Vec<String>,
+    /// The token's `exp`.
+    pub expires_at: time::OffsetDateTime,
 }
 
 /// A JWT verifier over a reloadable JWKS file.
@@ -172,6 +174,13 @@ impl Oidc {
         let data = decode::<serde_json::Value>(token, &key, &validation)
             .map_err(|e| format!("rejected: {e}"))?;
         let claims = data.claims;
+        // A time claim that is not a number is refused here too, whatever the library does
+        // with it (jsonwebtoken before 10.3 skipped such an `nbf`: CVE-2026-25537).
+        for name in ["exp", "nbf", "iat"] {
+            if claims.get(name).is_some_and(|v| !v.is_number()) {
+                return Err(format!("{name} is not a number"));
+            }
+        }
         let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_owned);
         let role_name = text(&self.config.role_claim)
             .ok_or_else(|| format!("no {} claim", self.config.role_claim))?;
@@ -188,11 +197,18 @@ impl Oidc {
         let username = text("preferred_username")
             .or_else(|| text("sub"))
             .ok_or("no subject")?;
+        // The library checked `exp` as a number; read it again for the revocation's lifetime.
+        let expires_at = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_i64)
+            .and_then(|e| time::OffsetDateTime::from_unix_timestamp(e).ok())
+            .ok_or("exp is not a unix time")?;
         Ok(Identity {
             username,
             display_name: text("name"),
             role,
             cot_codes,
+            expires_at,
         })
     }
 }

@@ -3,19 +3,23 @@
 //! - `POST /api/v1/auth/login` `{"username","password"}` → `{"token","expires_at","user"}`;
 //!   wrong username or password → 401 `invalid_credentials` (one answer for both, and an
 //!   unknown user costs the same Argon2id verification as a known one); after repeated
-//!   failures per username or per client address → 429 `too_many_attempts` with
-//!   `Retry-After`. Every attempt is audited (`auth.login`, `auth.login.failed`,
-//!   `auth.login.throttled`).
-//! - `POST /api/v1/auth/logout` revokes the session token used → 204.
+//!   failures per (username, client address) or per client address → 429
+//!   `too_many_attempts` with `Retry-After` ([`LoginLimiter`]); when the bounded Argon2id
+//!   pool is full → 503 `busy` ([`Hasher`]). Logins and failed logins are audited one row
+//!   each (failures are bounded by the limiter); refusals one row per (username, address)
+//!   and window, with the count of the previous window (`auth.login.throttled`).
+//! - `POST /api/v1/auth/logout` revokes the token used (a session or API key; an
+//!   identity-provider JWT is refused from then until it expires) → 204.
 //! - `GET /api/v1/auth/me` → the caller with their role and COTs.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
@@ -24,9 +28,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tokio::sync::Semaphore;
 
 use super::AppState;
-use super::auth::{Caller, Via, new_token, source};
+use super::auth::{Caller, Via, client_address, new_token};
 use super::error::{ApiError, rejection};
 
 pub(super) fn router() -> Router<AppState> {
@@ -66,13 +71,54 @@ fn phc(secret: &[u8]) -> Result<String, argon2::password_hash::Error> {
         .map(|h| h.to_string())
 }
 
-/// Whether `password` matches the PHC string `hash`.
+/// Whether `password` matches the PHC string `hash`. The Argon2 memory (19 MiB) is the
+/// thread's own, allocated once and reused: with a fresh allocation per verification the
+/// allocator kept freed blocks (glibc raises its mmap threshold past them), and the
+/// process's memory grew with every login even with the pool bounded.
 fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &h)
+    thread_local! {
+        static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&parsed) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(argon2::Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let mut salt_buf = [0u8; argon2::password_hash::Salt::MAX_LENGTH];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    // Our hashes use 19 MiB; a stored hash asking for more than 64 MiB is not ours.
+    if params.block_count() > 64 * 1024 {
+        return false;
+    }
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params.clone());
+    let computed = BLOCKS.with(|blocks| {
+        let Ok(mut blocks) = blocks.try_borrow_mut() else {
+            return false;
+        };
+        if blocks.len() < params.block_count() {
+            blocks.resize(params.block_count(), argon2::Block::default());
+        }
+        argon
+            .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut blocks[..])
             .is_ok()
-    })
+    });
+    // `Output`'s equality is constant-time.
+    computed && argon2::password_hash::Output::new(&out).is_ok_and(|computed| computed == expected)
 }
 
 /// A hash to verify against when the user does not exist, so that answer takes as long.
@@ -81,90 +127,296 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| phc(b"no such user, no such password").unwrap_or_default())
 }
 
-/// Failed logins per key (a username, a client address) in a sliding window. In memory: a
-/// restart forgets, which an attacker cannot trigger from the login form.
+/// The API's Argon2id work, bounded: at most `permits` hashes at a time, on as many threads of
+/// its own (each hash holds 19 MiB for tens of milliseconds; on threads of their own the
+/// allocator keeps at most that many such blocks, where tokio's blocking pool would keep one
+/// per thread it ever used), and a caller that cannot get a permit within `wait` is refused
+/// with 503 and `Retry-After` instead of queueing without end. Unauthenticated logins reach
+/// this, so it is what keeps a flood of them from taking the process's memory and cores.
+#[derive(Debug)]
+pub struct Hasher {
+    permits: Arc<Semaphore>,
+    workers: usize,
+    wait: Duration,
+    performed: AtomicU64,
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl Default for Hasher {
+    /// Two hashes at a time (about 40 MiB), callers wait at most two seconds.
+    fn default() -> Self {
+        Hasher::new(2, Duration::from_secs(2))
+    }
+}
+
+impl Hasher {
+    /// At most `permits` (at least one) hashes at once; a caller waits at most `wait`. The
+    /// threads start with the first hash and end when the hasher is dropped.
+    pub fn new(permits: usize, wait: Duration) -> Self {
+        Hasher {
+            permits: Arc::new(Semaphore::new(permits.max(1))),
+            workers: permits.max(1),
+            wait,
+            performed: AtomicU64::new(0),
+            queue: Mutex::new(None),
+        }
+    }
+
+    /// How many Argon2id computations (hashes and verifications) this hasher ran.
+    pub fn performed(&self) -> u64 {
+        self.performed.load(Ordering::Relaxed)
+    }
+
+    /// The queue of the hashing threads, started on first use.
+    fn queue(&self) -> Option<mpsc::Sender<Job>> {
+        let mut queue = self.queue.lock().ok()?;
+        if let Some(q) = queue.as_ref() {
+            return Some(q.clone());
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..self.workers {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password-hashing thread");
+                if i == 0 {
+                    return None;
+                }
+            }
+        }
+        *queue = Some(tx.clone());
+        Some(tx)
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| ApiError::Busy)?
+            .map_err(|_| ApiError::Busy)?;
+        let queue = self.queue().ok_or(ApiError::Busy)?;
+        self.performed.fetch_add(1, Ordering::Relaxed);
+        // The permit goes with the work: a client that hangs up mid-login drops this future,
+        // not the hash, which keeps its permit until it is done.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let result = work();
+            drop(permit);
+            let _ = tx.send(result);
+        });
+        queue.send(job).map_err(|_| ApiError::Busy)?;
+        rx.await.map_err(|_| ApiError::Busy)
+    }
+
+    /// [`hash_password`] within the bound.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        // Too short a password is refused before it costs a permit.
+        if password.chars().count() < MIN_PASSWORD {
+            return hash_password(&password);
+        }
+        self.run(move || hash_password(&password)).await?
+    }
+
+    /// Whether `password` matches the PHC string `hash`, within the bound.
+    async fn verify(&self, password: String, hash: String) -> Result<bool, ApiError> {
+        self.run(move || verify_password(&password, &hash)).await
+    }
+}
+
+/// Failed logins in a sliding window, per (username, client address) and per client
+/// address. In memory: a restart forgets, which an attacker cannot trigger from the login
+/// form.
+///
+/// An attempt is counted when it is admitted, before its password is hashed, so parallel
+/// guesses cannot all pass the check before the first one is counted; a successful login
+/// takes its own attempt back. There is no lockout per username alone: failures from one
+/// address never stop the user logging in from another (a stranger cannot lock anyone out),
+/// and behind a trusted proxy the address is the client's (see
+/// [`super::auth::client_address`]).
 #[derive(Debug)]
 pub struct LoginLimiter {
     window: Duration,
-    per_user: usize,
+    per_user_source: usize,
     per_source: usize,
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    state: Mutex<Counts>,
+    refused: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    /// Attempt times (admitted, not taken back) per key.
+    attempts: HashMap<String, VecDeque<Instant>>,
+    /// Refusals per (username, address) in the current audit window.
+    refusals: HashMap<String, Refusals>,
+}
+
+#[derive(Debug)]
+struct Refusals {
+    since: Instant,
+    count: u64,
+}
+
+/// An admitted login attempt, counted already; [`LoginLimiter::succeeded`] takes it back.
+#[derive(Debug)]
+pub struct Attempt {
+    pair: String,
+    source: Option<String>,
+    at: Instant,
+}
+
+/// A refused login attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    /// Seconds until an attempt from this (username, address) may be admitted again.
+    pub retry_after: u64,
+    /// Whether this refusal opens a new audit window for its (username, address): write one
+    /// audit row for it; refusals that follow in the window are only counted.
+    pub audit: bool,
+    /// When `audit`: refusals of the previous window that had no row of their own.
+    pub unlogged_before: u64,
 }
 
 impl Default for LoginLimiter {
-    /// 5 failures per username and 20 per address in 15 minutes.
+    /// 5 failures per (username, address) and 20 per address in 15 minutes.
     fn default() -> Self {
         LoginLimiter::new(Duration::from_secs(15 * 60), 5, 20)
     }
 }
 
 impl LoginLimiter {
-    pub fn new(window: Duration, per_user: usize, per_source: usize) -> Self {
+    /// At most `per_user_source` failed attempts per (username, address) and `per_source`
+    /// per address within `window`.
+    pub fn new(window: Duration, per_user_source: usize, per_source: usize) -> Self {
         LoginLimiter {
             window,
-            per_user,
-            per_source,
-            failures: Mutex::new(HashMap::new()),
+            per_user_source: per_user_source.max(1),
+            per_source: per_source.max(1),
+            state: Mutex::new(Counts::default()),
+            refused: AtomicU64::new(0),
         }
     }
 
-    /// The keys an attempt counts against: the username, and the client address when known
-    /// (an unknown address is not one shared key, or one client could lock everyone out).
-    fn keys(username: &str, source: Option<&str>) -> Vec<(String, bool)> {
-        let mut keys = vec![(format!("user:{}", username.to_lowercase()), true)];
-        if let Some(ip) = source {
-            keys.push((format!("ip:{ip}"), false));
-        }
-        keys
+    /// How many attempts were refused since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
-    /// Seconds to wait when a key is over its limit, else `None`.
-    pub fn blocked(&self, username: &str, source: Option<&str>) -> Option<u64> {
-        let Ok(mut map) = self.failures.lock() else {
-            return Some(self.window.as_secs());
-        };
+    /// The (username, address) key; an unknown address is its own key, never one shared
+    /// with other clients.
+    fn pair_key(username: &str, source: Option<&str>) -> String {
+        format!("{}\n{}", username.to_lowercase(), source.unwrap_or("?"))
+    }
+
+    /// Admits and counts an attempt, or refuses it when its (username, address) or its
+    /// address is over the limit.
+    pub fn admit(&self, username: &str, source: Option<&str>) -> Result<Attempt, Throttled> {
         let now = Instant::now();
+        let pair = Self::pair_key(username, source);
+        let source_key = source.map(|s| format!("ip:{s}"));
+        let Ok(mut counts) = self.state.lock() else {
+            return Err(Throttled {
+                retry_after: self.window.as_secs().max(1),
+                audit: false,
+                unlogged_before: 0,
+            });
+        };
+        if counts.attempts.len() > 100_000 || counts.refusals.len() > 100_000 {
+            let window = self.window;
+            counts
+                .attempts
+                .retain(|_, q| q.back().is_some_and(|t| now - *t < window));
+            counts.refusals.retain(|_, r| now - r.since < window);
+        }
         let mut wait = None;
-        for (key, is_user) in Self::keys(username, source) {
-            let limit = if is_user {
-                self.per_user
-            } else {
-                self.per_source
+        let keys = [
+            (Some(&pair), self.per_user_source),
+            (source_key.as_ref(), self.per_source),
+        ];
+        for (key, limit) in keys {
+            let Some(q) = key.and_then(|k| counts.attempts.get_mut(k)) else {
+                continue;
             };
-            if let Some(q) = map.get_mut(&key) {
-                while q.front().is_some_and(|t| now - *t >= self.window) {
-                    q.pop_front();
-                }
-                if q.len() >= limit
-                    && let Some(oldest) = q.front()
-                {
-                    let secs = (self.window - (now - *oldest)).as_secs().max(1);
-                    wait = Some(wait.map_or(secs, |w: u64| w.max(secs)));
-                }
+            while q.front().is_some_and(|t| now - *t >= self.window) {
+                q.pop_front();
+            }
+            if q.len() >= limit
+                && let Some(oldest) = q.front()
+            {
+                let secs = self.window.saturating_sub(now - *oldest).as_secs().max(1);
+                wait = Some(wait.map_or(secs, |w: u64| w.max(secs)));
             }
         }
-        wait
+        if let Some(retry_after) = wait {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            let window = self.window;
+            let r = counts.refusals.entry(pair).or_insert(Refusals {
+                since: now,
+                count: 0,
+            });
+            let (audit, unlogged_before) = if r.count == 0 || now - r.since >= window {
+                let before = r.count.saturating_sub(1);
+                *r = Refusals {
+                    since: now,
+                    count: 1,
+                };
+                (true, before)
+            } else {
+                r.count += 1;
+                (false, 0)
+            };
+            return Err(Throttled {
+                retry_after,
+                audit,
+                unlogged_before,
+            });
+        }
+        counts
+            .attempts
+            .entry(pair.clone())
+            .or_default()
+            .push_back(now);
+        if let Some(k) = &source_key {
+            counts.attempts.entry(k.clone()).or_default().push_back(now);
+        }
+        Ok(Attempt {
+            pair,
+            source: source_key,
+            at: now,
+        })
     }
 
-    /// Records a failure for both keys.
-    pub fn failed(&self, username: &str, source: Option<&str>) {
-        let Ok(mut map) = self.failures.lock() else {
+    /// A successful login: clears its (username, address) failures and takes its own
+    /// attempt back from the address's count (the address's other failures stay).
+    pub fn succeeded(&self, attempt: Attempt) {
+        let Ok(mut counts) = self.state.lock() else {
             return;
         };
-        let now = Instant::now();
-        if map.len() > 100_000 {
-            let window = self.window;
-            map.retain(|_, q| q.back().is_some_and(|t| now - *t < window));
-        }
-        for (key, _) in Self::keys(username, source) {
-            map.entry(key).or_default().push_back(now);
-        }
-    }
-
-    /// A successful login clears the username's failures (not the address's).
-    pub fn succeeded(&self, username: &str) {
-        if let Ok(mut map) = self.failures.lock() {
-            map.remove(&format!("user:{}", username.to_lowercase()));
+        counts.attempts.remove(&attempt.pair);
+        if let Some(q) = attempt
+            .source
+            .as_ref()
+            .and_then(|k| counts.attempts.get_mut(k))
+            && let Some(i) = q.iter().position(|t| *t == attempt.at)
+        {
+            q.remove(i);
         }
     }
 }
@@ -235,35 +487,59 @@ async fn login(
     body: Result<Json<LoginBody>, JsonRejection>,
 ) -> Result<Json<LoginOut>, ApiError> {
     let Json(body) = body.map_err(rejection)?;
-    let source = source(&parts);
+    let source = client_address(&parts, &state.auth.trusted_proxies);
     let limiter = &state.auth.limiter;
-    let audit = |action: &str, detail: Option<String>| store::NewAudit {
+    // Usernames are at most 64 characters of a small alphabet: a longer one is no user, and
+    // is not echoed into the audit log.
+    if body.username.len() > 64 || body.password.len() > 1024 {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let audit = |action: &str, detail: Option<String>, cot_ids: Vec<i64>| store::NewAudit {
         actor: format!("user:{}", body.username),
         action: action.to_owned(),
         target: format!("user:{}", body.username),
         source: source.clone(),
         detail,
+        cot_ids,
         ..store::NewAudit::default()
     };
-    if body.username.len() > 64 || body.password.len() > 1024 {
-        return Err(ApiError::InvalidCredentials);
-    }
-    if let Some(wait) = limiter.blocked(&body.username, source.as_deref()) {
-        state
-            .store
-            .record_audit(&audit("auth.login.throttled", None))
-            .await?;
-        return Err(ApiError::TooManyAttempts(wait));
-    }
+    // Counted before any work: parallel guesses cannot all pass the check first.
+    let attempt = match limiter.admit(&body.username, source.as_deref()) {
+        Ok(attempt) => attempt,
+        Err(throttled) => {
+            if throttled.audit {
+                let detail = serde_json::json!({
+                    "refused_in_previous_window_unlogged": throttled.unlogged_before,
+                    "note": "further refusals of this username and address in this window are counted, not logged",
+                });
+                let cots = state
+                    .store
+                    .user_by_username(&body.username)
+                    .await?
+                    .map(|u| u.cot_ids)
+                    .unwrap_or_default();
+                state
+                    .store
+                    .record_audit(&audit(
+                        "auth.login.throttled",
+                        Some(detail.to_string()),
+                        cots,
+                    ))
+                    .await?;
+            }
+            return Err(ApiError::TooManyAttempts(throttled.retry_after));
+        }
+    };
     let found = state.store.user_login(&body.username).await?;
     let hash = found
         .as_ref()
         .and_then(|(_, h)| h.clone())
         .unwrap_or_else(|| dummy_hash().to_owned());
-    let password = body.password.clone();
-    let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
+    let matches = state
+        .auth
+        .hasher
+        .verify(body.password.clone(), hash)
+        .await?;
     let user = match found {
         Some((user, Some(_)))
             if matches && user.disabled_at.is_none() && user.kind == store::UserKind::Person =>
@@ -271,21 +547,23 @@ async fn login(
             user
         }
         other => {
-            limiter.failed(&body.username, source.as_deref());
-            let why = match other {
-                None => "unknown user",
-                Some((u, _)) if u.disabled_at.is_some() => "disabled user",
-                Some((u, _)) if u.kind == store::UserKind::Service => "service account",
-                Some(_) => "wrong password",
+            // The attempt stays counted.
+            let (why, cots) = match other {
+                None => ("unknown user", Vec::new()),
+                Some((u, _)) if u.disabled_at.is_some() => ("disabled user", u.cot_ids),
+                Some((u, _)) if u.kind == store::UserKind::Service => {
+                    ("service account", u.cot_ids)
+                }
+                Some((u, _)) => ("wrong password", u.cot_ids),
             };
             state
                 .store
-                .record_audit(&audit("auth.login.failed", Some(why.to_owned())))
+                .record_audit(&audit("auth.login.failed", Some(why.to_owned()), cots))
                 .await?;
             return Err(ApiError::InvalidCredentials);
         }
     };
-    limiter.succeeded(&body.username);
+    limiter.succeeded(attempt);
     let (token, token_hash) = new_token();
     let expires_at = OffsetDateTime::now_utc() + state.auth.session_ttl;
     state
@@ -298,7 +576,10 @@ async fn login(
             expires_at: Some(expires_at),
         })
         .await?;
-    state.store.record_audit(&audit("auth.login", None)).await?;
+    state
+        .store
+        .record_audit(&audit("auth.login", None, user.cot_ids.clone()))
+        .await?;
     let caller = Caller::of_user(user, Via::Session, source, token_hash);
     Ok(Json(LoginOut {
         token,
@@ -308,11 +589,17 @@ async fn login(
 }
 
 async fn logout(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
-    if let Some(hash) = &caller.token_hash {
-        state
-            .store
-            .revoke_api_token(hash, OffsetDateTime::now_utc())
-            .await?;
+    let now = OffsetDateTime::now_utc();
+    match (&caller.token_hash, caller.via, caller.jwt_expires_at) {
+        (Some(hash), Via::Jwt, Some(expires_at)) => {
+            state.store.revoke_jwt(hash, expires_at).await?;
+        }
+        (Some(hash), Via::Session | Via::ApiKey, _) => {
+            state.store.revoke_api_token(hash, now).await?;
+        }
+        // Every token has a hash and every accepted JWT an expiry: nothing is left valid
+        // behind a 204.
+        _ => return Err(ApiError::BadRequest("this token cannot be revoked".into())),
     }
     state
         .audit(&caller, "auth.logout", format!("user:{}", caller.username))
@@ -347,21 +634,33 @@ mod tests {
     }
 
     #[test]
-    fn limiter_blocks_after_failures_per_user_and_per_address() {
+    fn limiter_counts_per_user_and_address_and_per_address() {
         let l = LoginLimiter::new(Duration::from_secs(60), 3, 5);
         for _ in 0..3 {
-            assert_eq!(l.blocked("Anna", Some("10.0.0.1")), None);
-            l.failed("anna", Some("10.0.0.1"));
+            assert!(l.admit("Anna", Some("10.0.0.1")).is_ok());
         }
-        let wait = l.blocked("ANNA", Some("10.0.0.9")).unwrap();
-        assert!((1..=60).contains(&wait));
+        let refused = l.admit("ANNA", Some("10.0.0.1")).unwrap_err();
+        assert!((1..=60).contains(&refused.retry_after));
+        assert!(refused.audit, "the first refusal of a window is audited");
+        assert!(!l.admit("anna", Some("10.0.0.1")).unwrap_err().audit);
+        // Anna from elsewhere is not locked out.
+        let ok = l.admit("anna", Some("10.0.0.9")).unwrap();
+        l.succeeded(ok);
         // Another user from the same address: two more failures block the address too.
-        assert_eq!(l.blocked("bruno", Some("10.0.0.1")), None);
-        l.failed("bruno", Some("10.0.0.1"));
-        l.failed("bruno", Some("10.0.0.1"));
-        assert!(l.blocked("carla", Some("10.0.0.1")).is_some());
-        assert_eq!(l.blocked("carla", Some("10.0.0.2")), None);
-        l.succeeded("anna");
-        assert_eq!(l.blocked("anna", Some("10.0.0.9")), None);
+        assert!(l.admit("bruno", Some("10.0.0.1")).is_ok());
+        assert!(l.admit("bruno", Some("10.0.0.1")).is_ok());
+        assert!(l.admit("carla", Some("10.0.0.1")).is_err());
+        assert!(l.admit("carla", Some("10.0.0.2")).is_ok());
+        assert_eq!(l.refused(), 3);
+    }
+
+    #[test]
+    fn a_successful_login_takes_its_attempt_back() {
+        let l = LoginLimiter::new(Duration::from_secs(60), 2, 2);
+        for _ in 0..10 {
+            let a = l.admit("anna", Some("10.0.0.1")).unwrap();
+            l.succeeded(a);
+        }
+        assert!(l.admit("bruno", Some("10.0.0.1")).is_ok());
     }
 }
