@@ -48,7 +48,8 @@ pub struct ApiConfig {
     pub oidc: Option<crate::http::oidc::OidcConfig>,
     /// Connections the API serves at once (TLS handshakes included); at the cap it stops
     /// accepting until one ends. The API's share of the process's descriptors: the device
-    /// edge needs the rest (about 4 per device).
+    /// edge needs the rest (3 per device: its socket, and both ends of its loopback link to the
+    /// broker).
     pub max_connections: usize,
     /// How long a client has to send a request's head, also the longest a kept-alive
     /// connection may sit idle between requests.

@@ -303,10 +303,6 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// Connections the API may hold at once, which the gateway's descriptor budget leaves room
-/// for (the API's own cap, `[api] max_connections`, defaults to the same number).
-const API_DESCRIPTORS: usize = 1024;
-
 async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> {
     #[cfg(not(feature = "demo"))]
     if args.demo.is_some() {
@@ -320,7 +316,8 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
     // The gateway raises the open-files limit to the hard one and sizes the edge's
     // connection limit from it, leaving the API's and the store's share.
     let mut gateway_config = config.gateway.clone();
-    gateway_config.api_descriptors = API_DESCRIPTORS;
+    // The API's share is its own cap, `[api] max_connections` (1,024 by default).
+    gateway_config.api_descriptors = config.api.max_connections;
     let gateway = gateway::start_with_tls(gateway_config, store.clone(), Some(tls), cancel.clone())
         .await
         .context("start the gateway")?;
