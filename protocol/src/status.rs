@@ -222,13 +222,29 @@ mod tests {
     #[test]
     fn repeat_requests_are_checked() {
         for (payload, ok) in [
-            (r#"{"time_ms":0,"repeat":{"id":1,"kind":"bp","in_s":300}}"#, true),
-            (r#"{"time_ms":0,"repeat":{"id":1,"kind":"weight","in_s":300}}"#, false),
-            (r#"{"time_ms":0,"repeat":{"id":1,"kind":"bp","in_s":90000}}"#, false),
+            (
+                r#"{"time_ms":0,"repeat":{"id":1,"kind":"bp","in_s":300}}"#,
+                true,
+            ),
+            (
+                r#"{"time_ms":0,"repeat":{"id":1,"kind":"weight","in_s":300}}"#,
+                false,
+            ),
+            (
+                r#"{"time_ms":0,"repeat":{"id":1,"kind":"bp","in_s":90000}}"#,
+                false,
+            ),
             (r#"{"time_ms":0,"repeat":{"id":1,"kind":"bp"}}"#, false),
-            (r#"{"time_ms":0,"repeat":{"id":1,"kind":"bp","in_s":1,"x":2}}"#, false),
+            (
+                r#"{"time_ms":0,"repeat":{"id":1,"kind":"bp","in_s":1,"x":2}}"#,
+                false,
+            ),
         ] {
-            assert_eq!(DeviceConfig::decode(payload.as_bytes()).is_ok(), ok, "{payload}");
+            assert_eq!(
+                DeviceConfig::decode(payload.as_bytes()).is_ok(),
+                ok,
+                "{payload}"
+            );
         }
     }
 }
