@@ -11,6 +11,11 @@
 //! `{"time_ms":1763798400000,"repeat":{"id":1763798399000,"kind":"spo2","in_s":300}}`. The
 //! device measures that kind once, `in_s` seconds after it received the config; `id` tells
 //! one request from another, so a retained config delivered again is not measured twice.
+//! The gateway keeps one request per device and republishes it at every connection with
+//! `in_s` shortened by the time gone by; a device that already has the id pending keeps its
+//! first due time. Firmware (`firmware_core::device`) measures in a one-shot slot beside its
+//! regular schedule and remembers the last measured id in flash; a `repeat` that fails
+//! [`DeviceConfig::decode`] makes the whole config invalid (time and schedule included).
 
 use serde::{Deserialize, Serialize};
 

@@ -16,6 +16,14 @@
 //! forgets unacked publishes on reconnect (`session_present = 0`), so every batch in flight is
 //! sent again after a reconnection; a batch without an ack within `resend_after` is sent again
 //! too. The gateway dedupes on (device, seq), so resends are harmless.
+//!
+//! **Repeat requests.** A `config` with a `repeat` (the alert engine asking for a repeat
+//! measurement) is accepted once per id: the gateway republishes its retained config at every
+//! connection, so the same request arrives again. The device does not measure by itself (its
+//! owner feeds it readings), so it hands accepted requests to the owner through
+//! [`DeviceHandle::next_repeat`]; `fleet`'s feeder measures the kind `in_s` simulated seconds
+//! later from the patient's physiology. Unlike the firmware (`firmware_core`), the simulated
+//! device keeps no flash: a restarted simulator may measure a still-retained request again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -27,7 +35,7 @@ use anyhow::{Context, anyhow};
 use hdrhistogram::Histogram;
 use protocol::ack::Ack;
 use protocol::status::{DeviceConfig, Status};
-use protocol::{Channel, DeviceId, MAX_BATCH, MAX_PAYLOAD, Measurement, Reading, Topic};
+use protocol::{Channel, DeviceId, Kind, MAX_BATCH, MAX_PAYLOAD, Measurement, Reading, Topic};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rumqttc::{
@@ -67,6 +75,25 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// How long a clean disconnect may take before the task gives up on it.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+/// Repeat request ids remembered, to apply each once (the gateway's retained config carries
+/// only its latest request, so a few are plenty).
+const REPEAT_IDS_KEPT: usize = 8;
+/// Accepted repeat requests waiting for [`DeviceHandle::next_repeat`]; older ones are dropped.
+const REPEATS_QUEUED: usize = 8;
+
+/// A repeat measurement the gateway asked for (`protocol::status::RepeatRequest`), accepted
+/// once per id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepeatAsk {
+    /// The request's id.
+    pub id: i64,
+    /// What to measure.
+    pub kind: Kind,
+    /// Seconds (simulated: the feeder scales them) to wait before measuring.
+    pub in_s: u32,
+    /// When the config carrying it arrived.
+    pub received: Instant,
+}
 
 /// What a device needs to connect, and how its uplink behaves.
 #[derive(Debug, Clone)]
@@ -199,6 +226,8 @@ pub struct DeviceStats {
     pub acks: u64,
     /// Ack or config messages that could not be decoded (logged and ignored).
     pub bad_messages: u64,
+    /// Repeat requests accepted (each id once).
+    pub repeats_requested: u64,
     /// Successful MQTT connections (CONNACK accepted).
     pub connects: u64,
     /// Whether the device is connected and subscribed right now.
@@ -393,6 +422,17 @@ impl DeviceHandle {
             humantime::format_duration(round_ms(timeout)),
             st.last_error.as_deref().unwrap_or("none"),
         ))
+    }
+
+    /// Waits for the next repeat request the gateway sent (each id once, oldest first).
+    /// Cancel-safe: a request is taken only when this returns it.
+    pub async fn next_repeat(&self) -> RepeatAsk {
+        loop {
+            if let Some(ask) = self.shared.lock().repeats.pop_front() {
+                return ask;
+            }
+            self.wait_until(None, |st| !st.repeats.is_empty()).await;
+        }
     }
 
     /// Waits until the device is connected and subscribed to its ack topic.
@@ -617,6 +657,11 @@ struct State {
     bad_messages: u64,
     connects: u64,
     last_error: Option<String>,
+    /// Ids of the last repeat requests accepted.
+    repeat_ids: VecDeque<i64>,
+    /// Accepted repeat requests not yet taken by [`DeviceHandle::next_repeat`].
+    repeats: VecDeque<RepeatAsk>,
+    repeats_requested: u64,
 }
 
 impl State {
@@ -646,7 +691,27 @@ impl State {
             bad_messages: 0,
             connects: 0,
             last_error: None,
+            repeat_ids: VecDeque::new(),
+            repeats: VecDeque::new(),
+            repeats_requested: 0,
         }
+    }
+
+    /// Accepts a repeat request unless its id was seen already; returns whether it did.
+    fn accept_repeat(&mut self, ask: RepeatAsk) -> bool {
+        if self.repeat_ids.contains(&ask.id) {
+            return false;
+        }
+        if self.repeat_ids.len() == REPEAT_IDS_KEPT {
+            self.repeat_ids.pop_front();
+        }
+        self.repeat_ids.push_back(ask.id);
+        if self.repeats.len() == REPEATS_QUEUED {
+            self.repeats.pop_front();
+        }
+        self.repeats.push_back(ask);
+        self.repeats_requested += 1;
+        true
     }
 
     fn ready(&self) -> bool {
@@ -677,6 +742,7 @@ impl State {
             replayed: self.replayed,
             acks: self.acks,
             bad_messages: self.bad_messages,
+            repeats_requested: self.repeats_requested,
             connects: self.connects,
             connected: self.ready(),
             next_seq: self.next_seq,
@@ -1004,12 +1070,35 @@ fn on_publish(shared: &Shared, topics: &Topics, topic: &str, payload: &[u8]) {
         }
     } else if topic == topics.config {
         match DeviceConfig::decode(payload) {
-            Ok(config) => debug!(
-                device = %shared.id,
-                time_ms = config.time_ms,
-                entries = config.schedule.len(),
-                "config received"
-            ),
+            Ok(config) => {
+                debug!(
+                    device = %shared.id,
+                    time_ms = config.time_ms,
+                    entries = config.schedule.len(),
+                    "config received"
+                );
+                // `decode` checked the kind; one it let through that we do not know is ignored.
+                let ask = config.repeat.and_then(|r| {
+                    Some(RepeatAsk {
+                        id: r.id,
+                        kind: Kind::parse(r.kind)?,
+                        in_s: r.in_s,
+                        received: Instant::now(),
+                    })
+                });
+                if let Some(ask) = ask
+                    && shared.lock().accept_repeat(ask)
+                {
+                    info!(
+                        device = %shared.id,
+                        kind = ask.kind.as_str(),
+                        in_s = ask.in_s,
+                        id = ask.id,
+                        "repeat measurement requested"
+                    );
+                    shared.notify_changed();
+                }
+            }
             Err(e) => {
                 shared.lock().bad_messages += 1;
                 warn!(device = %shared.id, error = %e, "ignoring malformed config");
@@ -1242,6 +1331,28 @@ mod tests {
         assert!(st.outbox.is_empty());
         assert_eq!(st.rejected.to_vec(), [7]);
         assert_eq!(st.committed.len(), 0);
+    }
+
+    #[test]
+    fn repeat_requests_are_accepted_once_per_id_and_bounded() {
+        let spec = DeviceSpec::new("d", "s", "h:1");
+        let (mut st, _) = ready_state(&spec);
+        let ask = |id| RepeatAsk {
+            id,
+            kind: protocol::Kind::Spo2,
+            in_s: 300,
+            received: Instant::now(),
+        };
+        assert!(st.accept_repeat(ask(1)));
+        assert!(!st.accept_repeat(ask(1)), "the same id again");
+        assert_eq!(st.repeats.len(), 1);
+        for id in 2..=20 {
+            assert!(st.accept_repeat(ask(id)));
+        }
+        assert_eq!(st.repeats.len(), REPEATS_QUEUED);
+        assert_eq!(st.repeat_ids.len(), REPEAT_IDS_KEPT);
+        assert!(!st.accept_repeat(ask(20)));
+        assert_eq!(st.stats().repeats_requested, 20);
     }
 
     #[test]

@@ -573,8 +573,12 @@ pub async fn run_fleet(
     Ok(report)
 }
 
-/// Feeds one device its scheduled measurements until `end` or cancellation.
-async fn feed(
+/// Feeds one device its scheduled measurements until `end` or cancellation, and answers the
+/// gateway's repeat requests ([`DeviceHandle::next_repeat`]): `in_s` simulated seconds after a
+/// request arrived, the device measures that kind once more from the patient's physiology at
+/// that moment. A request for a kind this device cannot measure is logged and dropped, as a
+/// real single-sensor device would.
+pub async fn feed(
     handle: DeviceHandle,
     mut patient: Patient,
     kind: Kind,
@@ -584,18 +588,56 @@ async fn feed(
     cancel: CancellationToken,
 ) {
     let mut cursor = clock.now_ms();
-    while let Some((at_ms, slot)) = schedule.next_after(cursor) {
-        let at = clock.instant_at(at_ms);
-        if at >= end {
-            break;
-        }
+    // Simulated due times of accepted repeats, and their request ids.
+    let mut repeats: Vec<(i64, i64)> = Vec::new();
+    loop {
+        let scheduled = schedule
+            .next_after(cursor)
+            .map(|(at_ms, slot)| (clock.instant_at(at_ms), at_ms, slot))
+            .filter(|(at, ..)| *at < end);
+        let repeat = repeats.iter().copied().min();
+        let scheduled_at = scheduled.map(|(at, ..)| at);
+        let repeat_at = repeat.map(|(at_ms, _)| clock.instant_at(at_ms));
+        let wait_for = |at: Option<Instant>| async move {
+            match at {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = sleep_until(at) => {}
+            _ = sleep_until(end) => break,
+            _ = wait_for(scheduled_at) => {
+                if let Some((_, at_ms, slot)) = scheduled {
+                    let sample = patient.measure(kind, at_ms, slot.meal);
+                    handle.record(sample, at_ms);
+                    cursor = at_ms;
+                }
+            }
+            _ = wait_for(repeat_at) => {
+                if let Some((at_ms, id)) = repeat {
+                    repeats.retain(|r| *r != (at_ms, id));
+                    let sample = patient.measure(kind, at_ms, None);
+                    let seq = handle.record(sample, at_ms);
+                    debug!(device = handle.id(), id, seq, "repeat measured");
+                }
+            }
+            ask = handle.next_repeat() => {
+                if ask.kind != kind {
+                    warn!(
+                        device = handle.id(),
+                        asked = ask.kind.as_str(),
+                        has = kind.as_str(),
+                        "repeat request for a kind this device does not measure; ignored"
+                    );
+                    continue;
+                }
+                // Simulated time when the request arrived, plus the wait.
+                let waited_ms = (ask.received.elapsed().as_secs_f64() * 1_000.0 * clock.speed()) as i64;
+                let at_ms = clock.now_ms() - waited_ms + i64::from(ask.in_s) * 1_000;
+                repeats.push((at_ms, ask.id));
+            }
         }
-        let sample = patient.measure(kind, at_ms, slot.meal);
-        handle.record(sample, at_ms);
-        cursor = at_ms;
     }
 }
 

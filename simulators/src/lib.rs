@@ -9,7 +9,8 @@
 //! # Layout
 //! - [`physiology`]: virtual patients (conditions, personal baseline, daily drift, noise).
 //! - [`schedule`]: daily measurement slots per kind and a compressed simulated clock.
-//! - [`device`]: one simulated device: rumqttc client, outbox, batches, acks, back-off.
+//! - [`device`]: one simulated device: rumqttc client, outbox, batches, acks, back-off, the
+//!   gateway's repeat requests (measured by [`fleet::feed`]).
 //! - [`fleet`]: fleet files, provisioning into the store, running a fleet on its schedule.
 //! - [`scenario`]: clinical scenarios injected into a patient's measurements (crisis,
 //!   desaturation, spurious lows, hypoglycaemia, missed measurements, silent devices, low

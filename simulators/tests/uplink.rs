@@ -9,6 +9,7 @@ use common::{FakeGateway, MOSQUITTO, eventually, unique_id};
 use protocol::reading::sensor;
 use protocol::{Kind, MeasurementStatus, Reading};
 use simulators::physiology::{Condition, Patient};
+use simulators::schedule::{Schedule, SimClock};
 use simulators::{DeviceHandle, DeviceSpec, spawn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -322,4 +323,68 @@ async fn refused_connections_back_off_instead_of_spinning() {
     assert!(format!("{err}").contains("refused"), "{err}");
     device.stop().await;
     server.abort();
+}
+
+/// The fleet's feeder (what `sentinella-sim run` and the demo use) answers a repeat request:
+/// one more reading of that kind, `in_s` simulated seconds later; the same request delivered
+/// again (the gateway's retained config, republished on every connection) is not measured
+/// twice; a new request is.
+#[tokio::test]
+async fn a_repeat_request_is_measured_once() {
+    let id = unique_id("repeat");
+    let mut gateway = FakeGateway::start(std::slice::from_ref(&id), true).await;
+    let device = start(DeviceSpec::new(&id, "secret", MOSQUITTO));
+    device.wait_connected(SECS(5)).await.unwrap();
+
+    // No daily slots: every reading is an answer to a repeat request. 60× time: 120 simulated
+    // seconds pass in 2 real ones.
+    let clock = SimClock::starting_now(60.0);
+    let cancel = CancellationToken::new();
+    let feeder = tokio::spawn(simulators::fleet::feed(
+        device.clone(),
+        Patient::new(3, &[Condition::Copd]),
+        Kind::Spo2,
+        Schedule::with_slots(Vec::new(), 1),
+        clock,
+        tokio::time::Instant::now() + SECS(60),
+        cancel.clone(),
+    ));
+    let config = |id: i64, kind: &str| {
+        format!(r#"{{"time_ms":{T0},"repeat":{{"id":{id},"kind":"{kind}","in_s":120}}}}"#)
+    };
+
+    let asked_at = clock.now_ms();
+    gateway.config(&id, &config(41, "spo2"), true).await;
+    let batch = gateway.next_batch(SECS(10)).await;
+    assert_eq!(batch.readings.len(), 1);
+    let reading = batch.readings[0];
+    assert_eq!(reading.measurement.kind(), Kind::Spo2);
+    let waited = reading.ts_ms - asked_at;
+    assert!(
+        (120_000..120_000 + 60_000).contains(&waited),
+        "measured {waited} simulated ms after the request"
+    );
+
+    // The same retained config again (as the gateway republishes it at every connection):
+    // nothing more is measured. A request for a kind this oximeter lacks neither.
+    gateway.config(&id, &config(41, "spo2"), true).await;
+    gateway.config(&id, &config(42, "bp"), false).await;
+    let quiet = gateway.try_next_batch(SECS(4)).await;
+    assert!(quiet.is_none(), "measured again: {quiet:?}");
+    assert_eq!(device.stats().repeats_requested, 2, "{:?}", device.stats());
+
+    // A new request is a new reading.
+    gateway.config(&id, &config(43, "spo2"), true).await;
+    let batch = gateway.next_batch(SECS(10)).await;
+    assert_eq!(batch.readings.len(), 1);
+    assert_eq!(batch.readings[0].measurement.kind(), Kind::Spo2);
+    assert!(batch.readings[0].seq > reading.seq);
+    device.wait_settled(SECS(5)).await.unwrap();
+    assert_eq!(device.stats().generated, 2);
+
+    // Clear the retained config so the broker does not keep it.
+    gateway.config(&id, "", true).await;
+    cancel.cancel();
+    feeder.await.unwrap();
+    device.stop().await;
 }

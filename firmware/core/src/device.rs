@@ -2,13 +2,26 @@
 //!
 //! [`Device`] owns the outbox, the transport, the sensors and the clock, and runs one loop;
 //! each turn ([`Device::step`]):
-//! 1. takes the measurements the [`Schedule`] says are due and appends them to the outbox;
+//! 1. takes the measurements the [`Schedule`] says are due (regular ones and repeats the
+//!    gateway asked for) and appends them to the outbox;
 //! 2. connects if the uplink is down and its back-off has elapsed (then publishes its status);
 //! 3. publishes unsettled readings, oldest first, while the in-flight window has room;
 //! 4. waits for the first of: a message from the gateway (an `ack` settles seqs in the outbox,
-//!    a `config` sets the clock and the schedule), a reading a meter reports on its own, or the
-//!    next deadline (measurement due, resend, reconnection).
+//!    a `config` sets the clock and the schedule and may ask for a repeat), a reading a meter
+//!    reports on its own, or the next deadline (measurement due, resend, reconnection).
 //!
+//! **Repeat requests.** A config's `repeat` (`{"id":…,"kind":"spo2","in_s":300}`) schedules
+//! one extra measurement of that kind `in_s` seconds after the config arrived
+//! ([`Schedule::repeat_once`]: a one-shot slot beside the regular cadence, which stays as it
+//! was). The gateway republishes its retained config at every connection, so a request
+//! arrives more than once; the device applies an id once. It knows the ids of its pending
+//! repeats and the id of the last repeat it measured, which it also keeps in the outbox's meta
+//! region ([`Outbox::set_repeat_done`]), so a reboot does not measure a request again. A
+//! reboot *before* the measurement loses the pending slot; the config delivered at the next
+//! connection (with the wait the gateway shortened by the time gone by) schedules it again. A
+//! repeat of a kind the device cannot measure on its own (a patient-operated meter) ends in
+//! [`Sensors::measure`] returning `Ok(None)`, like a scheduled one; the
+//! [`Event::RepeatRequested`] lets a board prompt the patient instead.//!
 //! Failures never end the loop: a lost session backs off and reconnects, a flash or sensor
 //! error is reported to the [`Observer`] and retried later, a malformed message is ignored.
 
@@ -104,6 +117,16 @@ pub enum Event<'a> {
     },
     /// The gateway's config changed the schedule.
     ScheduleChanged,
+    /// The gateway's config asked for a repeat measurement, scheduled `in_s` seconds from now
+    /// (only the first time a request id arrives).
+    RepeatRequested {
+        /// What to measure.
+        kind: Kind,
+        /// In how many seconds.
+        in_s: u32,
+        /// The request's id.
+        id: i64,
+    },
     /// A message from the gateway could not be decoded; ignored.
     BadMessage {
         /// Where it came.
@@ -147,6 +170,8 @@ pub struct Device<'a, F, T, S, C, O = ()> {
     uplink: Uplink,
     schedule: Schedule,
     wall: WallClock,
+    /// The last repeat request measured (also in the outbox's meta region).
+    repeat_done: Option<i64>,
     firmware: &'a str,
     sensor_pause_until_ms: u64,
     payload: [u8; PAYLOAD_BUF],
@@ -172,6 +197,7 @@ where
         schedule: Schedule,
         settings: DeviceSettings<'a>,
     ) -> Self {
+        let repeat_done = outbox.repeat_done();
         Device {
             outbox,
             transport,
@@ -179,6 +205,7 @@ where
             clock,
             observer,
             uplink: Uplink::new(settings.uplink, settings.seed),
+            repeat_done,
             schedule,
             wall: WallClock::unset(),
             firmware: settings.firmware,
@@ -199,8 +226,11 @@ where
     /// One turn of the loop (see the module docs).
     pub async fn step(&mut self) {
         let now = self.clock.now_ms();
-        while let Some(kind) = self.schedule.take_due(now) {
-            self.measure(kind).await;
+        while let Some(due) = self.schedule.take_due(now) {
+            self.measure(due.kind).await;
+            if let Some(id) = due.repeat {
+                self.repeat_measured(id).await;
+            }
         }
         if self.uplink.should_connect(self.clock.now_ms()) {
             self.connect().await;
@@ -281,6 +311,27 @@ where
                 error: &e,
             }),
         }
+    }
+
+    /// The repeat request `id` has had its measurement (successful or not: a repeat is tried
+    /// once); remember it, in flash too.
+    async fn repeat_measured(&mut self, id: i64) {
+        self.repeat_done = Some(id);
+        if let Err(e) = self.outbox.set_repeat_done(id).await {
+            self.observer.event(Event::FlashError { error: &e });
+        }
+    }
+
+    /// Schedules the repeat request `id` unless it is pending or was measured already.
+    fn request_repeat(&mut self, kind: Kind, id: i64, in_s: u32, now_ms: u64) {
+        let pending = self.schedule.repeats().iter().any(|r| r.id == id);
+        if pending || self.repeat_done == Some(id) {
+            return;
+        }
+        let due_ms = now_ms.saturating_add(u64::from(in_s).saturating_mul(1000));
+        self.schedule.repeat_once(kind, id, due_ms);
+        self.observer
+            .event(Event::RepeatRequested { kind, in_s, id });
     }
 
     /// Appends a sample to the outbox; true if it is stored.
@@ -505,6 +556,15 @@ where
                 }
                 if self.schedule.apply(&config, now) {
                     self.observer.event(Event::ScheduleChanged);
+                }
+                // `decode` checked the kind and the wait; a kind it let through that this
+                // firmware does not know is ignored.
+                let repeat = config
+                    .repeat
+                    .and_then(|r| Some((Kind::parse(r.kind)?, r.id, r.in_s)));
+                drop(config);
+                if let Some((kind, id, in_s)) = repeat {
+                    self.request_repeat(kind, id, in_s, now);
                 }
             }
             Channel::Readings | Channel::Status => {

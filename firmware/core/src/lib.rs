@@ -11,7 +11,7 @@
 //! - [`sampling`]: sensor traits per measurement kind ([`sampling::PulseOximeter`],
 //!   [`sampling::BloodPressureMonitor`], [`sampling::GlucoseMeter`]), the [`sampling::Sensors`]
 //!   set a device carries, and the measurement [`sampling::Schedule`] the gateway's `config`
-//!   topic can change.
+//!   topic can change (and add one-shot repeat measurements to).
 //! - [`clock`]: the monotonic [`clock::Clock`] a board provides and the [`clock::WallClock`]
 //!   set from the gateway's `time_ms` (readings say `clock_unset` until then).
 //! - [`record`]: the fixed binary layout of one reading in flash.

@@ -11,7 +11,9 @@
 //!   block of [`OutboxLayout::seq_reserve`] seqs by storing a new ceiling. After a reboot or a
 //!   power cut the counter restarts at the stored ceiling, so a seq is never used twice; a cut
 //!   costs at most one block of unused seqs (gaps are harmless to the gateway). A larger block
-//!   means fewer writes to the meta region.
+//!   means fewer writes to the meta region. The meta map also keeps the id of the last
+//!   repeat request the device measured ([`Outbox::repeat_done`]), so a retained config
+//!   delivered again after a reboot does not make it measure the same request twice.
 //!
 //! Every operation opens the `sequential-storage` structures anew without a cache: state lives
 //! only in flash, so there is nothing in RAM that a power cut could make disagree with it.
@@ -33,6 +35,9 @@ pub use embedded_storage_async::nor_flash::{MultiwriteNorFlash, NorFlash};
 
 /// Map key of the seq ceiling in the meta region.
 const SEQ_CEILING_KEY: u8 = 1;
+
+/// Map key of the id of the last repeat request measured, in the meta region.
+const REPEAT_DONE_KEY: u8 = 2;
 
 /// Buffer for reading one queue item; larger than a record so that an item written by another
 /// firmware version can still be read (and then discarded) instead of jamming the queue.
@@ -135,6 +140,8 @@ pub struct Outbox<F> {
     /// First seq not reserved in flash.
     ceiling: u32,
     recovered: Recovered,
+    /// The last repeat request measured, as stored in the meta region.
+    repeat_done: Option<i64>,
 }
 
 type QueueCache = Cache<Uncached, Uncached, Uncached>;
@@ -175,6 +182,12 @@ impl<F: NorFlash + MultiwriteNorFlash> Outbox<F> {
             .fetch_item(&mut buf, &SEQ_CEILING_KEY)
             .await?;
         let ceiling = stored.unwrap_or(FIRST_SEQ).max(FIRST_SEQ);
+        // Only a convenience (without it a request may be measured twice): an item this
+        // firmware cannot read never keeps the outbox from opening.
+        let repeat_done: Option<i64> = meta(&mut flash, layout.meta.clone())?
+            .fetch_item(&mut buf, &REPEAT_DONE_KEY)
+            .await
+            .unwrap_or(None);
 
         let mut recovered = Recovered::default();
         let mut max_seq = None::<u32>;
@@ -207,7 +220,30 @@ impl<F: NorFlash + MultiwriteNorFlash> Outbox<F> {
             next_seq,
             ceiling,
             recovered,
+            repeat_done,
         })
+    }
+
+    /// The id of the last repeat request measured (see [`Outbox::set_repeat_done`]), as
+    /// stored in flash; `None` on a new device.
+    pub fn repeat_done(&self) -> Option<i64> {
+        self.repeat_done
+    }
+
+    /// Records in flash that the repeat request `id` has been measured (one small map item,
+    /// written only when the id changes). A power cut before this completes leaves the
+    /// previous id, so the request may be measured once more after the reboot: a duplicate
+    /// reading rather than a lost one.
+    pub async fn set_repeat_done(&mut self, id: i64) -> Result<(), OutboxError<F::Error>> {
+        if self.repeat_done == Some(id) {
+            return Ok(());
+        }
+        let mut buf = [0u8; META_BUF];
+        meta(&mut self.flash, self.layout.meta.clone())?
+            .store_item_generic(&mut buf, &REPEAT_DONE_KEY, &id)
+            .await?;
+        self.repeat_done = Some(id);
+        Ok(())
     }
 
     /// What [`Outbox::open`] found.

@@ -257,17 +257,48 @@ pub struct Entry {
     pub next_ms: u64,
 }
 
-/// When each kind is measured next.
+/// One extra measurement the gateway asked for (a repeat request in its config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeat {
+    /// What to measure.
+    pub kind: Kind,
+    /// The request's id (`protocol::status::RepeatRequest::id`).
+    pub id: i64,
+    /// Monotonic time it is due.
+    pub due_ms: u64,
+}
+
+/// A measurement that is due, from [`Schedule::take_due`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// What to measure.
+    pub kind: Kind,
+    /// The id of the repeat request this measurement answers, if it answers one.
+    pub repeat: Option<i64>,
+}
+
+/// When each kind is measured next: a regular cadence per kind ([`Entry`]), plus at most one
+/// pending one-shot [`Repeat`] per kind.
+///
+/// Repeats are one-shot slots beside the cadence, not a shift of it: a repeat measures its
+/// kind once at its due time and leaves that kind's regular due time where it was (a kind with
+/// no regular entry is measured all the same). When a repeat and the regular slot of its kind
+/// are due at the same turn, one measurement answers both.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Schedule {
     entries: heapless::Vec<Entry, MAX_ENTRIES>,
+    repeats: heapless::Vec<Repeat, MAX_REPEATS>,
 }
+
+/// Most pending repeat requests: one per measurement kind.
+pub const MAX_REPEATS: usize = 3;
 
 impl Schedule {
     /// An empty schedule (nothing measured on schedule).
     pub const fn new() -> Self {
         Schedule {
             entries: heapless::Vec::new(),
+            repeats: heapless::Vec::new(),
         }
     }
 
@@ -291,34 +322,72 @@ impl Schedule {
             .is_ok()
     }
 
+    /// Measures `kind` once at `due_ms`, for the repeat request `id`. A pending repeat of the
+    /// same kind is replaced (the newer request supersedes it: one measurement after the later
+    /// wait answers both). Never fails: there is a slot per kind.
+    pub fn repeat_once(&mut self, kind: Kind, id: i64, due_ms: u64) {
+        let repeat = Repeat { kind, id, due_ms };
+        if let Some(r) = self.repeats.iter_mut().find(|r| r.kind == kind) {
+            *r = repeat;
+        } else {
+            // Cannot fail: at most one repeat per kind, and there are MAX_REPEATS kinds.
+            let _ = self.repeats.push(repeat);
+        }
+    }
+
     /// The entries.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
 
-    /// A kind due at `now_ms`, if any; its next due time moves on by whole intervals, so
-    /// missed slots (the device was busy or asleep) are skipped, not caught up.
-    pub fn take_due(&mut self, now_ms: u64) -> Option<Kind> {
+    /// The pending repeats.
+    pub fn repeats(&self) -> &[Repeat] {
+        &self.repeats
+    }
+
+    /// A measurement due at `now_ms`, if any; repeats first. A regular entry's next due time
+    /// moves on by whole intervals, so missed slots (the device was busy or asleep) are
+    /// skipped, not caught up; a repeat is removed once taken. A repeat taken when the regular
+    /// slot of its kind is also due takes that slot too.
+    pub fn take_due(&mut self, now_ms: u64) -> Option<Due> {
+        if let Some(i) = self.repeats.iter().position(|r| r.due_ms <= now_ms) {
+            let r = self.repeats.swap_remove(i);
+            if let Some(e) = self
+                .entries
+                .iter_mut()
+                .find(|e| e.kind == r.kind && e.next_ms <= now_ms)
+            {
+                advance(e, now_ms);
+            }
+            return Some(Due {
+                kind: r.kind,
+                repeat: Some(r.id),
+            });
+        }
         let e = self.entries.iter_mut().find(|e| e.next_ms <= now_ms)?;
-        let behind = (now_ms - e.next_ms) / e.every_ms + 1;
-        e.next_ms = e.next_ms.saturating_add(behind.saturating_mul(e.every_ms));
-        Some(e.kind)
+        advance(e, now_ms);
+        Some(Due {
+            kind: e.kind,
+            repeat: None,
+        })
     }
 
-    /// The earliest due time.
+    /// The earliest due time (regular or repeat).
     pub fn next_due(&self) -> Option<u64> {
-        self.entries.iter().map(|e| e.next_ms).min()
+        let regular = self.entries.iter().map(|e| e.next_ms);
+        regular.chain(self.repeats.iter().map(|r| r.due_ms)).min()
     }
 
-    /// Applies the gateway's config. An empty schedule keeps the current one (the gateway
-    /// sends only its time then); otherwise the config replaces it. Entries with an unknown
-    /// kind or a zero interval are ignored; intervals under [`MIN_CONFIG_INTERVAL_S`] are
-    /// raised to it. Returns whether the schedule changed.
+    /// Applies the gateway's config schedule (its `repeat` is the device's business: see
+    /// [`Schedule::repeat_once`]). An empty schedule keeps the current one (the gateway sends
+    /// only its time then); otherwise the config replaces it. Entries with an unknown kind or
+    /// a zero interval are ignored; intervals under [`MIN_CONFIG_INTERVAL_S`] are raised to it.
+    /// Pending repeats are kept. Returns whether the schedule changed.
     pub fn apply(&mut self, config: &DeviceConfig<'_>, now_ms: u64) -> bool {
         if config.schedule.is_empty() {
             return false;
         }
-        let mut next = Schedule::new();
+        let mut next: heapless::Vec<Entry, MAX_ENTRIES> = heapless::Vec::new();
         for entry in &config.schedule {
             let Some(kind) = Kind::parse(entry.kind) else {
                 continue;
@@ -335,21 +404,108 @@ impl Schedule {
             if let Some(old) = self.entries.iter().find(|o| o.kind == kind) {
                 e.next_ms = e.next_ms.min(old.next_ms);
             }
-            let _ = next.entries.push(e);
+            let _ = next.push(e);
         }
-        if next.entries.is_empty() {
+        if next.is_empty() {
             return false;
         }
-        let changed = next != *self;
-        *self = next;
+        let changed = next != self.entries;
+        self.entries = next;
         changed
     }
+}
+
+/// Moves a due entry on by whole intervals past `now_ms`.
+fn advance(e: &mut Entry, now_ms: u64) {
+    let behind = now_ms.saturating_sub(e.next_ms) / e.every_ms.max(1) + 1;
+    e.next_ms = e
+        .next_ms
+        .saturating_add(behind.saturating_mul(e.every_ms.max(1)));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use protocol::status::ScheduleEntry;
+
+    fn regular(kind: Kind) -> Due {
+        Due { kind, repeat: None }
+    }
+
+    fn repeat(kind: Kind, id: i64) -> Due {
+        Due {
+            kind,
+            repeat: Some(id),
+        }
+    }
+
+    #[test]
+    fn a_repeat_is_one_extra_slot_beside_the_cadence() {
+        let mut s = Schedule::new();
+        s.set(Kind::Spo2, 10_000, 0);
+        s.repeat_once(Kind::Spo2, 7, 3_000);
+        // A kind with no regular entry is measured too.
+        s.repeat_once(Kind::BloodPressure, 8, 4_000);
+        assert_eq!(s.next_due(), Some(3_000));
+        assert_eq!(s.take_due(2_999), None);
+        assert_eq!(s.take_due(3_000), Some(repeat(Kind::Spo2, 7)));
+        assert_eq!(s.take_due(3_000), None, "once");
+        assert_eq!(s.entries()[0].next_ms, 10_000, "the cadence did not move");
+        assert_eq!(s.next_due(), Some(4_000));
+        assert_eq!(s.take_due(4_000), Some(repeat(Kind::BloodPressure, 8)));
+        assert!(s.repeats().is_empty());
+        assert_eq!(s.entries().len(), 1, "no regular entry was added");
+        assert_eq!(s.take_due(9_999), None);
+        assert_eq!(s.take_due(10_000), Some(regular(Kind::Spo2)));
+        assert_eq!(s.take_due(20_000), Some(regular(Kind::Spo2)));
+    }
+
+    #[test]
+    fn a_repeat_due_with_its_regular_slot_answers_both() {
+        let mut s = Schedule::new();
+        s.set(Kind::Spo2, 10_000, 0);
+        s.repeat_once(Kind::Spo2, 1, 10_000);
+        assert_eq!(s.take_due(10_000), Some(repeat(Kind::Spo2, 1)));
+        assert_eq!(s.take_due(10_000), None, "one measurement, not two");
+        assert_eq!(s.next_due(), Some(20_000));
+    }
+
+    #[test]
+    fn a_newer_repeat_of_a_kind_replaces_the_pending_one() {
+        let mut s = Schedule::new();
+        s.repeat_once(Kind::Spo2, 1, 1_000);
+        s.repeat_once(Kind::Spo2, 2, 5_000);
+        s.repeat_once(Kind::Glucose, 3, 900);
+        assert_eq!(s.repeats().len(), 2);
+        assert_eq!(s.take_due(1_000), Some(repeat(Kind::Glucose, 3)));
+        assert_eq!(s.take_due(4_999), None);
+        assert_eq!(s.take_due(5_000), Some(repeat(Kind::Spo2, 2)));
+        assert_eq!(s.next_due(), None);
+    }
+
+    #[test]
+    fn a_config_schedule_keeps_pending_repeats() {
+        let mut s = Schedule::new();
+        s.set(Kind::Spo2, 1000, 0);
+        s.repeat_once(Kind::BloodPressure, 9, 50_000);
+        let mut cfg = DeviceConfig::with_time(0);
+        cfg.schedule
+            .push(ScheduleEntry {
+                kind: "glucose",
+                every_s: 3600,
+            })
+            .unwrap();
+        assert!(s.apply(&cfg, 0));
+        assert_eq!(
+            s.repeats(),
+            [Repeat {
+                kind: Kind::BloodPressure,
+                id: 9,
+                due_ms: 50_000
+            }]
+        );
+        assert!(!s.apply(&cfg, 0), "same config, no change");
+    }
 
     #[test]
     fn due_times_skip_missed_slots() {
@@ -358,11 +514,11 @@ mod tests {
         assert!(s.set(Kind::BloodPressure, 5000, 0));
         assert_eq!(s.next_due(), Some(1000));
         assert_eq!(s.take_due(999), None);
-        assert_eq!(s.take_due(1000), Some(Kind::Spo2));
+        assert_eq!(s.take_due(1000), Some(regular(Kind::Spo2)));
         assert_eq!(s.next_due(), Some(2000));
         // Asleep until 7.5 s: each kind is due once, then back on its grid.
-        assert_eq!(s.take_due(7500), Some(Kind::Spo2));
-        assert_eq!(s.take_due(7500), Some(Kind::BloodPressure));
+        assert_eq!(s.take_due(7500), Some(regular(Kind::Spo2)));
+        assert_eq!(s.take_due(7500), Some(regular(Kind::BloodPressure)));
         assert_eq!(s.take_due(7500), None);
         assert_eq!(s.next_due(), Some(8000));
         assert_eq!(s.entries()[1].next_ms, 10_000);

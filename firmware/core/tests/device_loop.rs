@@ -15,7 +15,7 @@ use firmware_core::outbox::{Outbox, OutboxLayout, dummy_reading};
 use firmware_core::sampling::{Sample, Schedule, Sensors};
 use firmware_core::transport::{Incoming, Transport};
 use firmware_core::uplink::UplinkConfig;
-use protocol::{Channel, Kind, Measurement, Spo2};
+use protocol::{BloodPressure, Channel, Kind, Measurement, PressureUnit, Spo2};
 
 const PAGE: usize = 1024;
 type Flash = Blocking<RamFlash<{ 16 * PAGE }, PAGE>>;
@@ -99,6 +99,9 @@ struct Probe {
     records: VecDeque<Sample>,
     confirms: u32,
     fail_measure: bool,
+    /// What was measured on schedule, and when (the rig's clock).
+    measured: Vec<(Kind, u64)>,
+    clock: Rc<RefCell<u64>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -112,7 +115,24 @@ impl Sensors for FakeSensors {
         if p.fail_measure {
             return Err("no finger");
         }
-        assert_eq!(kind, Kind::Spo2);
+        let now = *p.clock.borrow();
+        p.measured.push((kind, now));
+        match kind {
+            Kind::Spo2 => {}
+            Kind::BloodPressure => {
+                return Ok(Some(Sample::plain(Measurement::BloodPressure(
+                    BloodPressure {
+                        systolic: 150.0,
+                        diastolic: 95.0,
+                        mean: None,
+                        pulse: None,
+                        unit: PressureUnit::MmHg,
+                    },
+                ))));
+            }
+            // A patient-operated meter: nothing to measure on request.
+            Kind::Glucose => return Ok(None),
+        }
         p.spo2 = if p.spo2 >= 99.0 { 90.0 } else { p.spo2 + 1.0 };
         Ok(Some(Sample::plain(Measurement::Spo2(Spo2 {
             percent: p.spo2,
@@ -179,6 +199,7 @@ fn rig_on(flash: Flash, now: u64) -> Rig {
         ..Probe::default()
     }));
     let clock = Rc::new(RefCell::new(now));
+    probe.borrow_mut().clock = clock.clone();
     let log = Rc::new(RefCell::new(Vec::new()));
     let outbox = block_on(Outbox::open(flash, layout())).expect("open");
     let mut schedule = Schedule::new();
@@ -241,6 +262,29 @@ impl Rig {
         let mut buf = [dummy_reading(); 64];
         let n = block_on(self.device.outbox().pending(|_| false, &mut buf)).expect("read");
         buf[..n].iter().map(|r| r.seq).collect()
+    }
+    fn measured(&self, kind: Kind) -> Vec<u64> {
+        self.probe
+            .borrow()
+            .measured
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, at)| *at)
+            .collect()
+    }
+    /// Steps until the virtual clock reaches `at_ms`.
+    fn run_until(&mut self, at_ms: u64) {
+        while self.now() < at_ms {
+            self.step();
+        }
+    }
+    /// Sends a config and steps until the device has read it; returns the time it did.
+    fn config(&mut self, payload: &str) -> u64 {
+        self.gateway_sends(Channel::Config, payload);
+        while !self.net.borrow().incoming.is_empty() {
+            self.step();
+        }
+        self.now()
     }
     fn logged(&self, needle: &str) -> usize {
         self.log
@@ -483,4 +527,145 @@ fn reboot_resends_pending_and_continues_the_seq() {
     r.step(); // measures: a seq after the reserved block, never a repeat
     let next: Vec<u32> = r.readings_published().concat();
     assert!(next.iter().any(|s| *s >= 17), "{next:?}");
+}
+
+fn repeat_config(id: i64, kind: &str, in_s: u32) -> String {
+    format!(r#"{{"time_ms":{T0},"repeat":{{"id":{id},"kind":"{kind}","in_s":{in_s}}}}}"#)
+}
+
+#[test]
+fn a_repeat_is_measured_once_at_its_time_and_the_schedule_goes_on() {
+    let mut r = rig();
+    r.step();
+    // Blood pressure is not in this device's schedule (SpO2 every second): measured anyway.
+    let received = r.config(&repeat_config(5, "bp", 30));
+    assert_eq!(
+        r.logged("RepeatRequested { kind: BloodPressure, in_s: 30, id: 5 }"),
+        1
+    );
+    r.run_until(received + 29_000);
+    assert!(
+        r.measured(Kind::BloodPressure).is_empty(),
+        "not before its time"
+    );
+    r.run_until(received + 60_000);
+    assert_eq!(r.measured(Kind::BloodPressure), [received + 30_000]);
+    // The regular cadence went on, once a second, untouched.
+    let spo2 = r.measured(Kind::Spo2);
+    let expected: Vec<u64> = (1..=spo2.len() as u64).map(|s| s * 1_000).collect();
+    assert_eq!(spo2, expected);
+    assert!(spo2.len() >= 60, "{spo2:?}");
+    assert_eq!(r.device.schedule().entries().len(), 1);
+    assert!(r.device.schedule().repeats().is_empty());
+    // The repeat reading went into the outbox like any other.
+    assert_eq!(r.logged("kind: BloodPressure, clock_unset: false"), 1);
+}
+
+#[test]
+fn the_same_request_delivered_again_is_measured_once() {
+    let mut r = rig();
+    r.step();
+    let received = r.config(&repeat_config(9, "bp", 10));
+    // The gateway republishes its retained config on every connection, with the wait
+    // shortened by the time gone by: before the measurement…
+    r.run_until(received + 4_000);
+    r.config(&repeat_config(9, "bp", 6));
+    r.run_until(received + 20_000);
+    // …and after it.
+    r.config(&repeat_config(9, "bp", 0));
+    r.run_until(received + 40_000);
+    assert_eq!(r.measured(Kind::BloodPressure), [received + 10_000]);
+    assert_eq!(r.logged("RepeatRequested"), 1);
+
+    // A new request is a new measurement.
+    let again = r.config(&repeat_config(10, "bp", 5));
+    r.run_until(again + 10_000);
+    assert_eq!(
+        r.measured(Kind::BloodPressure),
+        [received + 10_000, again + 5_000]
+    );
+}
+
+#[test]
+fn a_measured_request_is_remembered_across_a_reboot() {
+    let mut r = rig();
+    r.step();
+    let received = r.config(&repeat_config(11, "bp", 5));
+    r.run_until(received + 10_000);
+    assert_eq!(r.measured(Kind::BloodPressure).len(), 1);
+    let now = r.now();
+    let (outbox, ..) = r.device.into_parts();
+    let mut r = rig_on(outbox.into_flash(), now);
+    assert_eq!(r.device.outbox().repeat_done(), Some(11));
+    r.step();
+    let again = r.config(&repeat_config(11, "bp", 0));
+    r.run_until(again + 10_000);
+    assert!(r.measured(Kind::BloodPressure).is_empty());
+    assert_eq!(r.logged("RepeatRequested"), 0);
+}
+
+#[test]
+fn a_reboot_before_the_measurement_takes_it_from_the_next_config() {
+    let mut r = rig();
+    r.step();
+    let received = r.config(&repeat_config(12, "bp", 60));
+    r.run_until(received + 20_000);
+    let now = r.now();
+    let (outbox, ..) = r.device.into_parts();
+    let mut r = rig_on(outbox.into_flash(), now);
+    r.step();
+    // The gateway's config at the new connection: 40 s left.
+    let again = r.config(&repeat_config(12, "bp", 40));
+    r.run_until(again + 60_000);
+    assert_eq!(r.measured(Kind::BloodPressure), [again + 40_000]);
+}
+
+#[test]
+fn a_malformed_repeat_is_ignored_and_the_schedule_kept() {
+    let mut r = rig();
+    r.step();
+    let cadence = |r: &Rig| -> Vec<(Kind, u64)> {
+        let entries = r.device.schedule().entries();
+        entries.iter().map(|e| (e.kind, e.every_ms)).collect()
+    };
+    let before = cadence(&r);
+    for payload in [
+        format!(r#"{{"time_ms":{T0},"repeat":{{"id":1,"kind":"weight","in_s":30}}}}"#),
+        format!(r#"{{"time_ms":{T0},"repeat":{{"id":1,"kind":"bp","in_s":90000}}}}"#),
+        format!(r#"{{"time_ms":{T0},"repeat":{{"id":1,"kind":"bp","in_s":-1}}}}"#),
+        format!(r#"{{"time_ms":{T0},"repeat":{{"id":1,"kind":"bp"}}}}"#),
+        format!(r#"{{"time_ms":{T0},"repeat":{{"id":"x","kind":"bp","in_s":30}}}}"#),
+        format!(r#"{{"time_ms":{T0},"repeat":{{"id":1,"kind":"b\u0070","in_s":30}}}}"#),
+        format!(r#"{{"time_ms":{T0},"repeat":[1,"bp",30]}}"#),
+        format!(r#"{{"time_ms":{T0},"repeat":{{"id":1,"kind":"bp","in_s":30,"x":0}}}}"#),
+    ] {
+        r.config(&payload);
+    }
+    assert_eq!(r.logged("BadMessage"), 8, "{:#?}", r.log.borrow());
+    assert_eq!(r.logged("RepeatRequested"), 0);
+    assert!(r.device.schedule().repeats().is_empty());
+    assert_eq!(cadence(&r), before);
+    // The whole config is refused, its time too.
+    assert!(!r.device.wall_clock().is_set());
+    r.run_until(r.now() + 30_000);
+    assert!(r.measured(Kind::BloodPressure).is_empty());
+    // SpO2 still once a second, without a gap, up to now.
+    let spo2 = r.measured(Kind::Spo2);
+    let expected: Vec<u64> = (1..=spo2.len() as u64).map(|s| s * 1_000).collect();
+    assert_eq!(spo2, expected, "cadence kept");
+    assert!(
+        spo2.last().is_some_and(|t| *t + 1_000 >= r.now()),
+        "{spo2:?}"
+    );
+}
+
+#[test]
+fn a_repeat_the_sensors_cannot_take_is_tried_once() {
+    let mut r = rig();
+    r.step();
+    let received = r.config(&repeat_config(13, "glucose", 2));
+    r.run_until(received + 10_000);
+    assert_eq!(r.measured(Kind::Glucose), [received + 2_000]);
+    assert!(r.device.schedule().repeats().is_empty());
+    assert_eq!(r.device.outbox().repeat_done(), Some(13));
 }

@@ -529,6 +529,13 @@ impl Observer for Log {
                 s.clock_set = true;
             }
             Event::ScheduleChanged => tracing::info!(device, "schedule changed by the gateway"),
+            Event::RepeatRequested { kind, in_s, id } => tracing::info!(
+                device,
+                kind = kind.as_str(),
+                in_s,
+                id,
+                "repeat measurement requested by the gateway"
+            ),
             Event::BadMessage { channel } => {
                 tracing::warn!(
                     device,

@@ -200,6 +200,19 @@ impl FakeGateway {
         self.raw_ack(device, encode(&ack)).await;
     }
 
+    /// Publishes the device's `config` at QoS 1, retained or not, as the gateway does.
+    pub async fn config(&self, device: &str, payload: &str, retain: bool) {
+        self.client
+            .publish(
+                topic(device, Channel::Config),
+                QoS::AtLeastOnce,
+                retain,
+                payload.as_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+
     pub async fn raw_ack(&self, device: &str, payload: Vec<u8>) {
         self.client
             .publish(topic(device, Channel::Ack), QoS::AtMostOnce, false, payload)
