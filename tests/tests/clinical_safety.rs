@@ -459,7 +459,9 @@ async fn repeat_round_trip(db: Db) -> anyhow::Result<()> {
     // (conditions, kind, first reading, repeat, expected after the repeat:
     //  confirmation, severity, condition)
     type Reading = fn(u32, i64) -> String;
-    let cases: [(&[&str], DeviceKind, Reading, Reading, (&str, &str, &str)); 3] = [
+    type Settled = (&'static str, &'static str, &'static str);
+    type RepeatCase = (&'static [&'static str], DeviceKind, Reading, Reading, Settled);
+    let cases: [RepeatCase; 3] = [
         (
             &["heart_failure"],
             DeviceKind::Spo2,
