@@ -460,7 +460,13 @@ async fn repeat_round_trip(db: Db) -> anyhow::Result<()> {
     //  confirmation, severity, condition)
     type Reading = fn(u32, i64) -> String;
     type Settled = (&'static str, &'static str, &'static str);
-    type RepeatCase = (&'static [&'static str], DeviceKind, Reading, Reading, Settled);
+    type RepeatCase = (
+        &'static [&'static str],
+        DeviceKind,
+        Reading,
+        Reading,
+        Settled,
+    );
     let cases: [RepeatCase; 3] = [
         (
             &["heart_failure"],
