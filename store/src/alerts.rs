@@ -628,9 +628,9 @@ impl Store {
         Ok(Some(event))
     }
 
-    /// Records what a repeat made of the open, unconfirmed (patient, rule) alert: confirmed,
-    /// or downgraded (severity and due time replaced). Event `confirmed` or `downgraded`.
-    /// `None` if there is no such alert (resolved meanwhile, or already settled).
+    /// Records what a repeat made of the newest unconfirmed (patient, rule) alert: confirmed,
+    /// or downgraded (severity and due time replaced; on a resolved alert only the record).
+    /// Event `confirmed` or `downgraded`. `None` if there is no such alert (already settled).
     pub async fn confirm_alert(
         &self,
         patient_id: i64,
@@ -641,14 +641,22 @@ impl Store {
     ) -> Result<Option<AlertEvent>> {
         let mut tx = self.tx().await?;
         tx.lock_events().await?;
-        let Some(a) = open_alert(&mut tx, patient_id, rule_id).await? else {
+        // The newest unconfirmed (patient, rule) alert, resolved or not: a nurse may resolve
+        // a critical alert before its repeat lands, and the repeat still belongs on record.
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE patient_id = $1 AND rule_id = $2 \
+             AND confirmation = 'unconfirmed' ORDER BY id DESC LIMIT 1"
+        );
+        let found = tx
+            .one(&sql, &[Val::I64(patient_id), Val::Text(rule_id)])
+            .await?
+            .as_ref()
+            .map(alert_from_row)
+            .transpose()?;
+        let Some(a) = found else {
             tx.commit().await?;
             return Ok(None);
         };
-        if a.confirmation.as_deref() != Some("unconfirmed") {
-            tx.commit().await?;
-            return Ok(None);
-        }
         let (kind, severity) = match what {
             Confirmation::Confirmed => {
                 tx.exec(
@@ -660,6 +668,7 @@ impl Store {
             }
             Confirmation::Downgraded { severity, due_at } => {
                 let severity = severity.min(a.severity);
+                let due_at = due_at.filter(|_| a.workflow != Workflow::Resolved);
                 tx.exec(
                     "UPDATE alerts SET confirmation = 'not_confirmed', severity = $2, \
                      severity_rank = $3, due_at = $4, updated_at = $5 WHERE id = $1",

@@ -115,6 +115,13 @@ fn cases() -> Vec<Case> {
             expect: Alert("spo2-low", "critical"),
         },
         Case {
+            name: "COPD, SpO2 85 % once (NEWS2 scale 2 scores 2: urgent)",
+            conditions: &["copd"],
+            device: Ox,
+            readings: |t| vec![spo2(1, t, 85, 90)],
+            expect: Alert("spo2-low", "high"),
+        },
+        Case {
             name: "COPD stable at 88-92 %",
             conditions: &["copd"],
             device: Ox,
@@ -450,9 +457,9 @@ async fn guideline_cases_postgres() -> anyhow::Result<()> {
     guideline_cases(Db::Postgres).await
 }
 
-/// A critical single reading asks the device for a repeat on its `config` topic; the repeat
-/// settles the alert: confirmed, downgraded to a milder band, or downgraded to low (and the
-/// condition cleared) by a normal value.
+/// A critical single reading of a cuff or an oximeter asks the device for a repeat on its
+/// `config` topic; the repeat settles the alert: confirmed, downgraded to a milder band, or
+/// downgraded to low (and the condition cleared) by a normal value.
 async fn repeat_round_trip(db: Db) -> anyhow::Result<()> {
     let stack = Stack::start(db).await?;
     let t = now_ms();
@@ -483,11 +490,11 @@ async fn repeat_round_trip(db: Db) -> anyhow::Result<()> {
             ("not_confirmed", "low", "cleared"),
         ),
         (
-            &["diabetes"],
-            DeviceKind::Glucose,
-            |s, t| glucose(s, t, 45.0, "mg/dL"),
-            |s, t| glucose(s, t, 62.0, "mg/dL"),
-            ("not_confirmed", "high", "active"),
+            &[],
+            DeviceKind::Spo2,
+            |s, t| spo2(s, t, 87, 90),
+            |s, t| spo2(s, t, 93, 84),
+            ("not_confirmed", "medium", "active"),
         ),
     ];
     for (conditions, kind, first, repeat, (confirmation, severity, condition)) in cases {

@@ -30,11 +30,12 @@
 //! A reading in a band of medium severity or worse (or a questionable one) makes the engine
 //! ask its device for a repeat ([`RepeatRequest`], delivered on the device's `config` topic),
 //! at most once per device and kind in [`REPEAT_EVERY`]. An alert opened by a single reading
-//! in a high or critical band is *unconfirmed*; the next good reading of its metric within
+//! of a cuff or an oximeter in a high or critical band is *unconfirmed*; the next good reading of its metric within
 //! [`CONFIRM_WITHIN`] settles it: in the same band or a worse one, `confirmed`; in a milder
 //! band, `downgraded` to that band's severity; in none, `downgraded` to low (and its
 //! condition clears). No repeat within that time: it stays unconfirmed at its severity, so a
-//! device that cannot repeat never silences an alert.
+//! device that cannot repeat never silences an alert. A repeat that lands after the nurse
+//! resolved the alert is still recorded on it.
 //!
 //! # Adherence
 //! Judged on measurement time: a late reading (a backlog) counts as a measurement taken. No
@@ -835,9 +836,14 @@ impl Engine {
                 if rule_kind == "average" && !self.average_may_open(patient, &rule_id, now).await? {
                     return Ok(());
                 }
-                // One reading in a high or critical band: an alert at once, unconfirmed.
-                let single =
-                    rule_kind == "threshold" && readings.len() == 1 && severity >= Severity::High;
+                // One reading in a high or critical band: an alert at once, unconfirmed until a
+                // repeat. Only for the artefact-prone kinds (cuff, oximeter): a meter's glucose
+                // is what it is, and its retest after treatment (the "rule of 15") measures
+                // the treatment, not the reading.
+                let single = rule_kind == "threshold"
+                    && readings.len() == 1
+                    && severity >= Severity::High
+                    && o.kind != ReadingKind::Glucose;
                 let t = Trigger {
                     patient_id: patient,
                     rule_id: rule_id.clone(),
@@ -901,29 +907,40 @@ impl Engine {
         Ok(())
     }
 
-    /// Whether an average rule may open an alert: not within a week of its last one, so a
-    /// resolved review is not raised again by the next reading of the same week.
+    /// Whether an average rule may trigger: its open alert may always be updated, but a new
+    /// one opens at most a week after the last one, so a review the nurse resolved is not
+    /// raised again by the next reading of the same week.
     async fn average_may_open(
         &mut self,
         patient: i64,
         rule_id: &str,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let Some(state) = self.patients.get(&patient) else {
-            return Ok(true);
+        let until = match self
+            .patients
+            .get(&patient)
+            .and_then(|s| s.quiet_until.get(rule_id))
+        {
+            Some(until) => *until,
+            None => {
+                let last = self.store.last_alert_opened(patient, rule_id).await?;
+                let until = last.map_or(now, |t| t + time::Duration::days(7));
+                if let Some(state) = self.patients.get_mut(&patient) {
+                    state.quiet_until.insert(rule_id.to_owned(), until);
+                }
+                until
+            }
         };
-        if state.active.contains(rule_id) {
+        if now >= until {
             return Ok(true);
         }
-        if let Some(until) = state.quiet_until.get(rule_id) {
-            return Ok(now >= *until);
-        }
-        let last = self.store.last_alert_opened(patient, rule_id).await?;
-        let until = last.map_or(now, |t| t + time::Duration::days(7));
-        if let Some(state) = self.patients.get_mut(&patient) {
-            state.quiet_until.insert(rule_id.to_owned(), until);
-        }
-        Ok(now >= until)
+        // Quiet: only an alert still open (not resolved) takes the trigger.
+        Ok(self
+            .store
+            .open_alerts(patient)
+            .await?
+            .iter()
+            .any(|a| a.rule_id == rule_id))
     }
 
     /// Clears the adherence alerts of `kind` whose schedule the latest measurement meets.

@@ -4,7 +4,7 @@
 //! | rule | critical (one reading) | high (one reading) | medium |
 //! | --- | --- | --- | --- |
 //! | `spo2-low`, NEWS2 scale 1 | SpO2 ≤ 91 % (scores 3) | | ≤ 93 % (scores 2) on 2 readings within 60 min |
-//! | `spo2-low`, NEWS2 scale 2 | SpO2 ≤ 83 % (scores 3) | | ≤ 85 % (scores 2) on 2 readings within 60 min |
+//! | `spo2-low`, NEWS2 scale 2 | SpO2 ≤ 83 % (scores 3) | ≤ 85 % (scores 2; urgent on scale 2, §5.3) | |
 //! | `bp-high` | SBP ≥ 180 or DBP ≥ 110 (ESC/ESH grade 3) | | |
 //! | `bp-low` | SBP ≤ 90 (NEWS2 scores 3) | | SBP ≤ 100 (scores 2) on 2 readings within 60 min |
 //! | `pulse` | ≤ 40 or ≥ 131 /min (NEWS2 scores 3) | | ≥ 111 /min (scores 2) on 2 readings within 60 min |
@@ -12,9 +12,10 @@
 //! | `glucose-high` | ≥ 600 mg/dL (hyperosmolar range) | ≥ 350 mg/dL | > 250 mg/dL (ADA level 2 range) |
 //!
 //! A single reading in a critical or high band alerts at once: a patient who measures once a
-//! day must not wait a day for a confirmation. The engine marks such an alert *unconfirmed*
-//! and asks the device for a repeat; the repeat confirms it or downgrades it (see
-//! [`super::engine`]). Medium bands of BP, pulse and SpO2 need the repeat itself: a
+//! day must not wait a day for a confirmation. For a cuff or an oximeter the engine marks such
+//! an alert *unconfirmed* and asks the device for a repeat; the repeat confirms it or
+//! downgrades it (see [`super::engine`]). A meter's glucose is not marked: its retest after
+//! treatment measures the treatment. Medium bands of BP, pulse and SpO2 need the repeat itself: a
 //! moderately low SpO2 or a fast pulse is often a measurement artefact.
 //!
 //! How the net joins a plan ([`effective`]): a plan rule with the same id as a net rule keeps
@@ -199,10 +200,11 @@ pub fn rules(net: &SafetyNet) -> Vec<Rule> {
             "SpO2 low (safety net, NEWS2 scale 2)",
             vec![
                 single(Critical, vec![at_most(Spo2, 83.0)]),
-                repeated(Medium, vec![at_most(Spo2, 85.0)]),
+                single(High, vec![at_most(Spo2, 85.0)]),
             ],
             "NEWS2 SpO2 scale 2 (hypercapnic respiratory failure, target 88-92 %): ≤83 % \
-             scores 3, 84-85 % scores 2 (RCP 2017; clinical-defaults §5.1)",
+             scores 3, 84-85 % scores 2, urgent on scale 2 (RCP 2017; clinical-defaults \
+             §5.1, §5.3)",
         )
     } else {
         rule(
