@@ -61,7 +61,8 @@ use tokio::sync::mpsc;
 
 use crate::physiology::{Condition, mix};
 use crate::scenario::{
-    DAY_MS, GroundTruth, HOUR_MS, Habits, MINUTE_MS, Scenario, ScenarioKind, SimPatient, TimedReading,
+    DAY_MS, GroundTruth, HOUR_MS, Habits, MINUTE_MS, Scenario, ScenarioKind, SimPatient,
+    TimedReading,
 };
 
 /// The cohort's condition combinations and their shares. **An assumption**, shaped by what is
@@ -415,8 +416,7 @@ fn devices_for(
     let none = conditions.is_empty();
     if has(Condition::Hypertension) {
         out.push((Kind::BloodPressure, 2));
-    } else if has(Condition::HeartFailure) || none || (has(Condition::Copd) && rng.gen_bool(0.5))
-    {
+    } else if has(Condition::HeartFailure) || none || (has(Condition::Copd) && rng.gen_bool(0.5)) {
         out.push((Kind::BloodPressure, 1));
     }
     if has(Condition::Copd) {
@@ -570,18 +570,16 @@ fn draw_scenarios(
         ),
         (
             ScenarioKind::Tachycardia,
-            pulse.then(|| {
-                if cuff {
-                    Kind::BloodPressure
-                } else {
-                    Kind::Spo2
-                }
+            pulse.then_some(if cuff {
+                Kind::BloodPressure
+            } else {
+                Kind::Spo2
             }),
             r.tachycardia,
         ),
         (
             ScenarioKind::Bradycardia,
-            pulse.then(|| if ox { Kind::Spo2 } else { Kind::BloodPressure }),
+            pulse.then_some(if ox { Kind::Spo2 } else { Kind::BloodPressure }),
             r.bradycardia,
         ),
         (
@@ -794,11 +792,12 @@ async fn run_on(
             .iter()
             .filter_map(|d| {
                 let (_, rk) = store_kind(d.kind);
-                composed
-                    .schedule
-                    .iter()
-                    .find(|e| e.kind == rk)
-                    .map(|e| (d.kind, ((e.every_hours + e.grace_hours) * HOUR_MS as f64) as i64))
+                composed.schedule.iter().find(|e| e.kind == rk).map(|e| {
+                    (
+                        d.kind,
+                        ((e.every_hours + e.grace_hours) * HOUR_MS as f64) as i64,
+                    )
+                })
             })
             .collect();
         let (sys, dia) = home_bp_mean(&sim);
@@ -1281,7 +1280,11 @@ async fn score(
                         c.patient_id,
                         c.label,
                         at_ms(s.start_ms),
-                        if any { " (alerted below the severity)" } else { "" }
+                        if any {
+                            " (alerted below the severity)"
+                        } else {
+                            ""
+                        }
                     )),
                 }
             } else {
@@ -1528,7 +1531,17 @@ impl fmt::Display for QualityReport {
         writeln!(
             f,
             "{:<24} {:<9} {:>5} {:>8} {:>7} {:>5} {:>8} {:>8} {:>5} {:>5} {:>5}  expected",
-            "event", "category", "n", "detected", "sens", "any", "med min", "max min", "down", "viol", "trans"
+            "event",
+            "category",
+            "n",
+            "detected",
+            "sens",
+            "any",
+            "med min",
+            "max min",
+            "down",
+            "viol",
+            "trans"
         )?;
         for r in &self.by_scenario {
             let m = |v: Option<f64>| v.map_or("-".to_owned(), |m| format!("{m:.0}"));

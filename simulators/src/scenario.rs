@@ -390,9 +390,7 @@ impl Scenario {
                 f64::from(rng.gen_range(32..=40)),
             ),
             ScenarioKind::Hypoglycaemia => (15 * MINUTE_MS, f64::from(rng.gen_range(36..=52))),
-            ScenarioKind::MildHypoglycaemia => {
-                (15 * MINUTE_MS, f64::from(rng.gen_range(56..=68)))
-            }
+            ScenarioKind::MildHypoglycaemia => (15 * MINUTE_MS, f64::from(rng.gen_range(56..=68))),
             ScenarioKind::Hyperglycaemia => (
                 rng.gen_range(2..=6) * HOUR_MS,
                 f64::from(rng.gen_range(255..=345)),
