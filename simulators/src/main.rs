@@ -245,13 +245,17 @@ enum Command {
         /// An empty store (`postgres://…`, `sqlite:…`); default: a temporary SQLite file.
         #[arg(long)]
         database_url: Option<String>,
-        /// Share of patients with a critical clinical event.
-        #[arg(long, default_value_t = 0.08)]
-        critical_rate: f64,
+        /// Multiplies every injected event rate (1: the rates documented in BENCHMARKS.md).
+        #[arg(long, default_value_t = 1.0)]
+        event_scale: f64,
+        /// Share of patients whose device honours the engine's repeat requests.
+        #[arg(long, default_value_t = 0.85)]
+        repeat_compliance: f64,
         /// Chance that a patient skips a scheduled measurement.
         #[arg(long, default_value_t = 0.03)]
         skip_rate: f64,
-        /// Store the plans with the template changes this benchmark proposes (BENCHMARKS.md).
+        /// Store each patient's composed plan with the changes this benchmark proposes
+        /// (BENCHMARKS.md) instead of letting the engine compose it.
         #[arg(long)]
         tuned: bool,
         /// Print the report as JSON.
@@ -522,7 +526,8 @@ async fn main() -> anyhow::Result<()> {
             days,
             seed,
             database_url,
-            critical_rate,
+            event_scale,
+            repeat_compliance,
             skip_rate,
             tuned,
             json,
@@ -533,7 +538,8 @@ async fn main() -> anyhow::Result<()> {
                 days,
                 seed,
                 database_url,
-                critical_rate,
+                event_scale,
+                repeat_compliance,
                 tuned,
                 ..QualityOptions::default()
             };
