@@ -278,6 +278,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         print!("{SAMPLE}");
         return Ok(());
     }
+    #[cfg(not(feature = "demo"))]
+    if let Command::Run(RunArgs { demo: Some(_), .. }) = &command {
+        bail!(
+            "this sentinella was built without the demo; build it with the `demo` feature: \
+             cargo run --release -p server --features demo -- run --demo 20"
+        );
+    }
     let store = open_store(&config).await?;
     match command {
         Command::Run(args) => run(config, store, args).await,
@@ -303,14 +310,8 @@ async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+#[cfg_attr(not(feature = "demo"), allow(unused_variables))]
 async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> {
-    #[cfg(not(feature = "demo"))]
-    if args.demo.is_some() {
-        bail!(
-            "this sentinella was built without the demo; build it with the `demo` feature: \
-             cargo run --release -p server --features demo -- run --demo 20"
-        );
-    }
     let (tls, ca) = edge_tls(&config)?;
     let cancel = CancellationToken::new();
     // The gateway raises the open-files limit to the hard one and sizes the edge's
