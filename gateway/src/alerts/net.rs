@@ -28,7 +28,7 @@
 use serde::{Deserialize, Serialize};
 use store::Severity;
 
-use super::plan::{Band, CarePlan, Check, Condition, Metric, Rule};
+use super::plan::{Band, CarePlan, Check, Condition, Metric, Rule, band, threshold};
 
 /// A plan's choices about the safety net.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,34 +159,20 @@ fn above(metric: Metric, v: f64) -> Condition {
     bound(metric, |c| c.above = Some(v))
 }
 
+/// A band one reading decides.
 fn single(severity: Severity, any: Vec<Condition>) -> Band {
-    Band {
-        severity,
-        any,
-        consecutive: 1,
-        within_minutes: None,
-    }
+    band(severity, any, 1, None)
 }
 
+/// A band a repeat within the hour must confirm.
 fn repeated(severity: Severity, any: Vec<Condition>) -> Band {
-    Band {
-        severity,
-        any,
-        consecutive: 2,
-        within_minutes: Some(60),
-    }
+    band(severity, any, 2, Some(60))
 }
 
 fn rule(id: &str, title: &str, bands: Vec<Band>, source: &str) -> Rule {
     Rule {
-        id: id.into(),
-        title: title.into(),
-        check: Check::Threshold {
-            bands,
-            hysteresis: None,
-        },
-        source: Some(source.into()),
         origin: Some(ORIGIN_NET.into()),
+        ..threshold(id, title, bands, source)
     }
 }
 

@@ -634,7 +634,12 @@ fn cond(metric: Metric) -> Condition {
     }
 }
 
-fn band(severity: Severity, any: Vec<Condition>, consecutive: u32, within: Option<u32>) -> Band {
+pub(super) fn band(
+    severity: Severity,
+    any: Vec<Condition>,
+    consecutive: u32,
+    within: Option<u32>,
+) -> Band {
     Band {
         severity,
         any,
@@ -643,7 +648,7 @@ fn band(severity: Severity, any: Vec<Condition>, consecutive: u32, within: Optio
     }
 }
 
-fn threshold(id: &str, title: &str, bands: Vec<Band>, source: &str) -> Rule {
+pub(super) fn threshold(id: &str, title: &str, bands: Vec<Band>, source: &str) -> Rule {
     Rule {
         id: id.into(),
         title: title.into(),
