@@ -679,25 +679,31 @@ fn bp_high_hf() -> Rule {
     )
 }
 
+/// Pulse below 50 or above 110 on 2 readings within 36 h: same-day review (§5.3; the HL7
+/// Italia HF plan's HR range).
+fn pulse_outside_50_110() -> Band {
+    band(
+        Severity::Medium,
+        vec![
+            Condition {
+                below: Some(50.0),
+                ..cond(Metric::Pulse)
+            },
+            Condition {
+                above: Some(110.0),
+                ..cond(Metric::Pulse)
+            },
+        ],
+        2,
+        Some(36 * 60),
+    )
+}
+
 fn pulse_hf() -> Rule {
     threshold(
         "pulse",
         "Heart rate out of range",
-        vec![band(
-            Severity::Medium,
-            vec![
-                Condition {
-                    below: Some(50.0),
-                    ..cond(Metric::Pulse)
-                },
-                Condition {
-                    above: Some(110.0),
-                    ..cond(Metric::Pulse)
-                },
-            ],
-            2,
-            Some(36 * 60),
-        )],
+        vec![pulse_outside_50_110()],
         "HL7 Italia telemonitoring heart-failure plan: HR 50-110 /min; 2 readings outside → \
          review (clinical-defaults §2.5)",
     )
@@ -822,21 +828,7 @@ fn pulse_rule() -> Rule {
                 1,
                 None,
             ),
-            band(
-                Severity::Medium,
-                vec![
-                    Condition {
-                        below: Some(50.0),
-                        ..cond(Metric::Pulse)
-                    },
-                    Condition {
-                        above: Some(110.0),
-                        ..cond(Metric::Pulse)
-                    },
-                ],
-                2,
-                Some(36 * 60),
-            ),
+            pulse_outside_50_110(),
         ],
         "NEWS2 pulse ≤40 or ≥131 scores 3; 2 consecutive <50 or >110 → same-day review \
          (clinical-defaults §5.3)",
