@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use gateway::GatewayConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The documented sample configuration.
 pub const SAMPLE: &str = include_str!("../../sentinella.sample.toml");
 
 /// Everything the `sentinella` binary reads.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the embedded SQLite database and the demo fleet live.
@@ -32,7 +32,7 @@ pub struct Config {
 }
 
 /// The HTTP API's settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Where the API listens.
@@ -185,6 +185,24 @@ mod tests {
         assert!(!parsed.gateway.allow_plain_on_non_loopback);
         assert_eq!(parsed.api.conn_limits(), defaults.api.conn_limits());
         assert_eq!(parsed.api.trusted_proxies, defaults.api.trusted_proxies);
+    }
+
+    #[test]
+    fn the_packaged_configuration_is_the_sample_with_the_state_directory() {
+        let packaged = include_str!("../../packaging/debian/sentinella.toml");
+        let expected = format!(
+            "# Installed by the sentinella Debian package: the sample (`sentinella config sample`) \
+             with\n# data_dir in /var/lib/sentinella, the service's state directory.\n{}",
+            SAMPLE.replacen(
+                "data_dir = \"data\"\n",
+                "data_dir = \"/var/lib/sentinella\"\n",
+                1
+            )
+        );
+        assert_eq!(
+            packaged, expected,
+            "packaging/debian/sentinella.toml must follow sentinella.sample.toml"
+        );
     }
 
     #[test]

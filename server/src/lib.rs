@@ -1,12 +1,14 @@
 //! The COT-facing side of Sentinella and the `sentinella` binary that composes everything.
 //!
 //! # Layout
-//! - [`config`]: the typed configuration file.
+//! - [`config`]: the typed configuration file; [`config_check`]: `sentinella config check`,
+//!   the checks `run` also makes before it starts.
 //! - [`http`]: the API under `/api/v1` plus `/healthz`, `/readyz`, `/metrics`;
 //!   [`http::app`] builds the router from an [`http::AppState`].
 //! - [`console`]: the web console for COT staff (static files of our own, compiled in),
 //!   served at `/console/`.
 //! - [`tls`]: HTTPS for the API when a certificate is configured.
+//! - [`notify`]: systemd readiness (`Type=notify`).
 //! - [`fhir`]: the read-only FHIR R4 API under `/fhir/r4` (same tokens, scope and audit).
 //! - `main.rs`: the `sentinella` binary: `run` (gateway + API in one process), `migrate`,
 //!   and the provisioning commands.
@@ -15,9 +17,11 @@
 //! wires a gateway's readiness and metrics into the API's state.
 
 pub mod config;
+pub mod config_check;
 pub mod console;
 pub mod fhir;
 pub mod http;
+pub mod notify;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -227,16 +227,54 @@ enum TokenCommand {
 enum ConfigCommand {
     /// Print the documented sample configuration.
     Sample,
+    /// Check a configuration (with --config, the environment and the flags, as `run` reads
+    /// them): print what `run` would use, secrets redacted, and every problem; exit 0 when it
+    /// is valid, 1 with problems, 2 when the file cannot be read or parsed. `run` refuses to
+    /// start on the same problems.
+    Check,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_json)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start tokio")?;
-    runtime.block_on(dispatch(cli))
+    if let Some(Command::Config(ConfigCommand::Check)) = &cli.command {
+        return Ok(runtime.block_on(config_check(cli)));
+    }
+    runtime.block_on(dispatch(cli))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The configuration `cli` names: defaults, then the file, the environment and the flags.
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    config.apply_env()?;
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(url) = &cli.database_url {
+        config.database_url = Some(url.clone());
+    }
+    Ok(config)
+}
+
+/// `sentinella config check`.
+async fn config_check(cli: Cli) -> std::process::ExitCode {
+    use server::config_check as check;
+    let code = match load_config(&cli) {
+        Ok(config) => check::report(&config, cli.config.as_deref()).await,
+        Err(e) => {
+            eprintln!("{e:#}");
+            check::EXIT_UNREADABLE
+        }
+    };
+    std::process::ExitCode::from(code)
 }
 
 fn init_tracing(filter: &str, json: bool) -> anyhow::Result<()> {
@@ -262,17 +300,7 @@ fn init_tracing(filter: &str, json: bool) -> anyhow::Result<()> {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let mut config = match &cli.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
-    };
-    config.apply_env()?;
-    if let Some(dir) = cli.data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(url) = cli.database_url {
-        config.database_url = Some(url);
-    }
+    let config = load_config(&cli)?;
     let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
     if let Command::Config(ConfigCommand::Sample) = command {
         print!("{SAMPLE}");
@@ -284,6 +312,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             "this sentinella was built without the demo; build it with the `demo` feature: \
              cargo run --release -p server --features demo -- run --demo 20"
         );
+    }
+    if let Command::Run(_) = &command {
+        // The checks of `sentinella config check`, with the same messages.
+        server::config_check::refuse_invalid(&config).await?;
     }
     let store = open_store(&config).await?;
     match command {
@@ -363,6 +395,7 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
     let api_addr = listener.local_addr().context("API address")?;
     let scheme = if api_tls.is_some() { "https" } else { "http" };
     tracing::info!(%api_addr, api_scheme = scheme, edge_tls = %tls_addr, edge_plain = %gateway.edge_addr, "sentinella running");
+    server::notify::ready();
     let api = tokio::spawn(server::serve_with(
         listener,
         api_tls,
@@ -394,6 +427,7 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
 
     shutdown_signal().await;
     tracing::info!("shutting down: flushing in-flight batches and acks");
+    server::notify::stopping();
     demo_cancel.cancel();
     if let Some(demo) = demo {
         let _ = demo.await;
