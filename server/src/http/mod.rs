@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod error;
 pub mod oidc;
+pub mod openapi;
 pub mod policy;
 pub mod session;
 
@@ -229,7 +230,8 @@ pub fn app(state: AppState) -> Router {
         .merge(devices::router())
         .merge(quarantine::router())
         .merge(alerts::router())
-        .merge(careplans::router());
+        .merge(careplans::router())
+        .route("/openapi.json", axum::routing::get(openapi::serve));
     let hsts = state.auth.tls.then(|| {
         SetResponseHeaderLayer::overriding(
             HeaderName::from_static("strict-transport-security"),
