@@ -19,6 +19,7 @@ mod alerts;
 mod careplans;
 mod devices;
 mod health;
+mod json_numbers;
 pub(crate) mod patients;
 mod quarantine;
 
@@ -231,7 +232,8 @@ pub fn app(state: AppState) -> Router {
         .merge(quarantine::router())
         .merge(alerts::router())
         .merge(careplans::router())
-        .route("/openapi.json", axum::routing::get(openapi::serve));
+        .route("/openapi.json", axum::routing::get(openapi::serve))
+        .layer(axum::middleware::from_fn(json_numbers::normalize));
     let hsts = state.auth.tls.then(|| {
         SetResponseHeaderLayer::overriding(
             HeaderName::from_static("strict-transport-security"),

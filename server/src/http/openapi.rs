@@ -62,9 +62,6 @@ fn string() -> Value {
 fn date_time() -> Value {
     json!({"type": "string", "format": "date-time"})
 }
-fn limit() -> Value {
-    json!({"type": "integer", "format": "int64", "minimum": 1})
-}
 fn offset() -> Value {
     json!({"type": "integer", "format": "int64", "minimum": 0})
 }
@@ -74,13 +71,42 @@ fn reading_kind() -> Value {
 fn object() -> Value {
     json!({"type": "object"})
 }
+/// Free text as the store takes it: not blank, at most `max` characters.
+fn text(max: usize) -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": max, "pattern": "\\S"})
+}
+fn clamped_limit() -> Value {
+    json!({"type": "integer", "format": "int64", "description": "taken as 1 to 1000 (default 100)"})
+}
+fn limit_to(max: i64) -> Value {
+    json!({"type": "integer", "format": "int64", "minimum": 1, "maximum": max})
+}
+fn audit_limit() -> Value {
+    limit_to(1000)
+}
+fn readings_limit() -> Value {
+    limit_to(10_000)
+}
+fn severity() -> Value {
+    json!({"type": "string", "enum": ["info", "low", "medium", "high", "critical"]})
+}
+fn workflow_list() -> Value {
+    json!({"type": "string", "description": "comma-separated workflow states",
+        "pattern": "^(new|acknowledged|resolved)(,(new|acknowledged|resolved))*$"})
+}
+fn alert_condition() -> Value {
+    json!({"type": "string", "enum": ["active", "cleared"]})
+}
+fn ids() -> Value {
+    json!({"type": "array", "minItems": 1, "items": {"type": "integer", "format": "int64"}})
+}
 fn list_of(key: &str) -> Value {
     json!({"type": "object", "required": [key], "properties": {key: {"type": "array", "items": {"type": "object"}}}})
 }
 
 fn cot_body() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["code", "name"],
-        "properties": {"code": {"type": "string"}, "name": {"type": "string"}}})
+        "properties": {"code": text(64), "name": text(200)}})
 }
 fn login_body() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["username", "password"],
@@ -91,108 +117,498 @@ fn login_answer() -> Value {
         "token": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"},
         "user": {"$ref": "#/components/schemas/Me"}}})
 }
-fn me() -> Value {
-    json!({"$ref": "#/components/schemas/Me"})
+fn me_answer() -> Value {
+    json!({"type": "object", "required": ["user"],
+        "properties": {"user": {"$ref": "#/components/schemas/Me"}}})
+}
+fn password() -> Value {
+    json!({"type": "string", "minLength": super::session::MIN_PASSWORD})
 }
 fn user_body() -> Value {
     json!({"type": "object", "additionalProperties": false,
-        "required": ["username", "display_name", "role", "cots"], "properties": {
-        "username": {"type": "string"}, "display_name": {"type": "string"},
-        "role": {"$ref": "#/components/schemas/Role"},
-        "cots": {"type": "array", "items": {"type": "integer", "format": "int64"}},
-        "password": {"type": ["string", "null"]}, "service": {"type": "boolean"}}})
+    "required": ["username", "display_name", "role", "cots"], "properties": {
+    "username": {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$"},
+    "display_name": text(200),
+    "role": {"$ref": "#/components/schemas/Role"},
+    "cots": ids(),
+    "password": {"type": ["string", "null"]}, "service": {"type": "boolean"}},
+    "description": "A person has a password; a service account (`service: true`) has none \
+        and authenticates with API keys.",
+    "oneOf": [
+        {"required": ["service"], "properties": {"service": {"const": true},
+            "password": {"type": "null"}}},
+        {"required": ["password"], "properties": {"service": {"const": false},
+            "password": password()}}
+    ]})
 }
 fn password_body() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["password"],
-        "properties": {"password": {"type": "string"}}})
+        "properties": {"password": password()}})
 }
 fn cots_body() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["cots"],
-        "properties": {"cots": {"type": "array", "items": {"type": "integer", "format": "int64"}}}})
+        "properties": {"cots": ids()}})
 }
 fn api_key_body() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
-        "name": {"type": "string"},
-        "expires_in_days": {"type": ["integer", "null"], "format": "int64"}}})
+        "name": text(200),
+        "expires_in_days": {"type": ["integer", "null"], "format": "int64", "minimum": 1,
+            "maximum": 3650}}})
 }
 fn patient_body() -> Value {
     json!({"type": "object", "additionalProperties": false,
         "required": ["cot", "code", "display_name"], "properties": {
-        "cot": {"type": "integer", "format": "int64"}, "code": {"type": "string"},
-        "display_name": {"type": "string"},
+        "cot": {"type": "integer", "format": "int64"}, "code": text(64),
+        "display_name": text(200),
         "birth_year": {"type": ["integer", "null"], "format": "int32"},
-        "conditions": {"type": "array", "items": {"type": "string"}}}})
+        "conditions": {"type": "array", "maxItems": 32, "items": {"type": "string",
+            "minLength": 1, "maxLength": 64, "pattern": "^[^,]*\\S[^,]*$"}}}})
 }
 fn care_plan_body() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["reason"],
-        "description": "One of `template` (a template name), `plan` (a whole plan) or \
-            `overrides` (a JSON merge patch over the plan in force), with the reason.",
+        "description": "Exactly one of `template` (a template name), `plan` (a whole plan, \
+            validated by the alert engine's rules: see GET /care-plan-templates for examples) \
+            or `overrides` (a JSON merge patch over the plan in force), with the reason.",
         "properties": {
-        "template": {"type": ["string", "null"]}, "plan": {"type": ["object", "null"]},
-        "overrides": {"type": ["object", "null"]}, "reason": {"type": "string"}}})
+        "template": {"type": ["string", "null"], "enum": template_names()},
+        "plan": {"type": ["object", "null"]},
+        "overrides": {"type": ["object", "null"]}, "reason": text(2000)}})
+}
+fn template_names() -> Value {
+    let mut names: Vec<Value> = gateway::alerts::plan::TEMPLATE_NAMES
+        .iter()
+        .map(|n| json!(n))
+        .collect();
+    names.push(Value::Null);
+    Value::Array(names)
 }
 fn device_body() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["patient", "kind"],
         "properties": {
         "patient": {"type": "integer", "format": "int64"},
-        "kind": {"type": "string", "enum": ["bp", "spo2", "glucose"]},
+        "kind": reading_kind(),
         "id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-        "model": {"type": ["string", "null"]}}})
+        "model": {"oneOf": [text(200), {"type": "null"}]}}})
 }
 fn assign_body() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["assignee"],
-        "properties": {"assignee": {"type": ["string", "null"],
+        "properties": {"assignee": {"oneOf": [text(200), {"type": "null"}],
             "description": "a username, or null to unassign"}}})
 }
 fn comment_body() -> Value {
     json!({"type": "object", "additionalProperties": false, "required": ["text"],
-        "properties": {"text": {"type": "string"}}})
+        "properties": {"text": text(4000)}})
 }
 fn resolve_body() -> Value {
+    let outcomes: Vec<&str> = super::alerts::OUTCOMES.iter().map(|(o, _)| *o).collect();
     json!({"type": "object", "additionalProperties": false, "required": ["outcome"],
-        "properties": {"outcome": {"type": "string"}, "note": {"type": ["string", "null"]}}})
+        "properties": {"outcome": {"type": "string", "enum": outcomes},
+            "note": {"type": ["string", "null"], "maxLength": 4000}}})
 }
 
 /// Every `/api/v1` operation beyond what the policy table says.
 pub const OPERATIONS: &[Operation] = &[
-    Operation { method: "GET", path: "/api/v1/openapi.json", summary: "This contract (OpenAPI 3.1)", tag: "meta", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "POST", path: "/api/v1/auth/login", summary: "Log in: a session token for a shift", tag: "auth", query: &[], body: Some(login_body), status: 200, answer: J(login_answer) },
-    Operation { method: "POST", path: "/api/v1/auth/logout", summary: "Revoke the session token", tag: "auth", query: &[], body: None, status: 204, answer: Empty },
-    Operation { method: "GET", path: "/api/v1/auth/me", summary: "Who the token names: role, COTs, how authenticated", tag: "auth", query: &[], body: None, status: 200, answer: J(me) },
-    Operation { method: "GET", path: "/api/v1/cots", summary: "The caller's COTs", tag: "admin", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "POST", path: "/api/v1/cots", summary: "Add a COT", tag: "admin", query: &[], body: Some(cot_body), status: 201, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/users", summary: "Users of the COTs the caller administers", tag: "admin", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "POST", path: "/api/v1/users", summary: "Add a person or a service account", tag: "admin", query: &[], body: Some(user_body), status: 201, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/users/{id}", summary: "A user", tag: "admin", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "POST", path: "/api/v1/users/{id}/disable", summary: "Disable a user and revoke their tokens", tag: "admin", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "POST", path: "/api/v1/users/{id}/password", summary: "Set a person's password (revokes their tokens)", tag: "admin", query: &[], body: Some(password_body), status: 204, answer: Empty },
-    Operation { method: "PUT", path: "/api/v1/users/{id}/cots", summary: "Set a user's COTs", tag: "admin", query: &[], body: Some(cots_body), status: 200, answer: J(object) },
-    Operation { method: "POST", path: "/api/v1/users/{id}/api-keys", summary: "Create an API key for a service account (shown once)", tag: "admin", query: &[], body: Some(api_key_body), status: 201, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/audit", summary: "The audit log of the caller's COTs", tag: "admin", query: &[("actor", string), ("action", string), ("patient", integer), ("from", date_time), ("to", date_time), ("before", integer), ("limit", limit)], body: None, status: 200, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/patients", summary: "Patients of the caller's COTs", tag: "patients", query: &[("cot", integer)], body: None, status: 200, answer: J(|| list_of("patients")) },
-    Operation { method: "POST", path: "/api/v1/patients", summary: "Enrol a patient with one of the caller's COTs", tag: "patients", query: &[], body: Some(patient_body), status: 201, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/patients/{id}", summary: "A patient with their devices and care-plan template", tag: "patients", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/patients/{id}/readings", summary: "A patient's readings by measurement time, oldest first", tag: "patients", query: &[("from", date_time), ("to", date_time), ("kind", reading_kind), ("limit", limit)], body: None, status: 200, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/patients/{id}/access-history", summary: "Who read or changed a patient's data", tag: "admin", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/patients/{id}/care-plan", summary: "The care plan in force", tag: "care plans", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "POST", path: "/api/v1/patients/{id}/care-plan", summary: "A new care-plan version, with its reason", tag: "care plans", query: &[], body: Some(care_plan_body), status: 201, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/patients/{id}/care-plan/effective", summary: "The plan the alert engine runs, with each rule's origin", tag: "care plans", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/patients/{id}/care-plan/versions", summary: "Every care-plan version", tag: "care plans", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/patients/{id}/care-plan/versions/{version}", summary: "One care-plan version", tag: "care plans", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/care-plan-templates", summary: "The clinical templates, with their sources", tag: "care plans", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/devices", summary: "Devices of the caller's COTs' patients", tag: "devices", query: &[("patient", integer)], body: None, status: 200, answer: J(|| list_of("devices")) },
-    Operation { method: "POST", path: "/api/v1/devices", summary: "Provision a device (secret and certificate shown once)", tag: "devices", query: &[], body: Some(device_body), status: 201, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/devices/{id}", summary: "A device: battery, firmware, last seen, last acknowledged seq", tag: "devices", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "POST", path: "/api/v1/devices/{id}/revoke", summary: "Revoke a device: it is disconnected and cannot connect again", tag: "devices", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/quarantine", summary: "Quarantined device input, newest first", tag: "devices", query: &[("limit", limit)], body: None, status: 200, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/alerts", summary: "The alert queue of the caller's COTs, most urgent first", tag: "alerts", query: &[("status", string), ("severity", string), ("min_severity", string), ("patient", integer), ("condition", string), ("limit", limit), ("offset", offset)], body: None, status: 200, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/alerts/outcomes", summary: "The outcomes an alert can be resolved with", tag: "alerts", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "GET", path: "/api/v1/alerts/stream", summary: "Alert events as Server-Sent Events, resumable by Last-Event-ID or ?after=", tag: "alerts", query: &[("after", integer)], body: None, status: 200, answer: EventStream },
-    Operation { method: "GET", path: "/api/v1/alerts/{id}", summary: "An alert with its readings and history", tag: "alerts", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "POST", path: "/api/v1/alerts/{id}/ack", summary: "Acknowledge an alert", tag: "alerts", query: &[], body: None, status: 200, answer: J(object) },
-    Operation { method: "POST", path: "/api/v1/alerts/{id}/assign", summary: "Assign an alert to a user, or unassign it", tag: "alerts", query: &[], body: Some(assign_body), status: 200, answer: J(object) },
-    Operation { method: "POST", path: "/api/v1/alerts/{id}/comments", summary: "Comment on an alert", tag: "alerts", query: &[], body: Some(comment_body), status: 200, answer: J(object) },
-    Operation { method: "POST", path: "/api/v1/alerts/{id}/resolve", summary: "Resolve an alert with an outcome", tag: "alerts", query: &[], body: Some(resolve_body), status: 200, answer: J(object) },
+    Operation {
+        method: "GET",
+        path: "/api/v1/openapi.json",
+        summary: "This contract (OpenAPI 3.1)",
+        tag: "meta",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/auth/login",
+        summary: "Log in: a session token for a shift",
+        tag: "auth",
+        query: &[],
+        body: Some(login_body),
+        status: 200,
+        answer: J(login_answer),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/auth/logout",
+        summary: "Revoke the session token",
+        tag: "auth",
+        query: &[],
+        body: None,
+        status: 204,
+        answer: Empty,
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/auth/me",
+        summary: "Who the token names: role, COTs, how authenticated",
+        tag: "auth",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(me_answer),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/cots",
+        summary: "The caller's COTs",
+        tag: "admin",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/cots",
+        summary: "Add a COT",
+        tag: "admin",
+        query: &[],
+        body: Some(cot_body),
+        status: 201,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/users",
+        summary: "Users of the COTs the caller administers",
+        tag: "admin",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/users",
+        summary: "Add a person or a service account",
+        tag: "admin",
+        query: &[],
+        body: Some(user_body),
+        status: 201,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/users/{id}",
+        summary: "A user",
+        tag: "admin",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/users/{id}/disable",
+        summary: "Disable a user and revoke their tokens",
+        tag: "admin",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/users/{id}/password",
+        summary: "Set a person's password (revokes their tokens)",
+        tag: "admin",
+        query: &[],
+        body: Some(password_body),
+        status: 204,
+        answer: Empty,
+    },
+    Operation {
+        method: "PUT",
+        path: "/api/v1/users/{id}/cots",
+        summary: "Set a user's COTs",
+        tag: "admin",
+        query: &[],
+        body: Some(cots_body),
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/users/{id}/api-keys",
+        summary: "Create an API key for a service account (shown once)",
+        tag: "admin",
+        query: &[],
+        body: Some(api_key_body),
+        status: 201,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/audit",
+        summary: "The audit log of the caller's COTs",
+        tag: "admin",
+        query: &[
+            ("actor", string),
+            ("action", string),
+            ("patient", integer),
+            ("from", date_time),
+            ("to", date_time),
+            ("before", integer),
+            ("limit", audit_limit),
+        ],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/patients",
+        summary: "Patients of the caller's COTs",
+        tag: "patients",
+        query: &[("cot", integer)],
+        body: None,
+        status: 200,
+        answer: J(|| list_of("patients")),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/patients",
+        summary: "Enrol a patient with one of the caller's COTs",
+        tag: "patients",
+        query: &[],
+        body: Some(patient_body),
+        status: 201,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/patients/{id}",
+        summary: "A patient with their devices and care-plan template",
+        tag: "patients",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/patients/{id}/readings",
+        summary: "A patient's readings by measurement time, oldest first (from inclusive, to exclusive; from must not be after to)",
+        tag: "patients",
+        query: &[
+            ("from", date_time),
+            ("to", date_time),
+            ("kind", reading_kind),
+            ("limit", readings_limit),
+        ],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/patients/{id}/access-history",
+        summary: "Who read or changed a patient's data",
+        tag: "admin",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/patients/{id}/care-plan",
+        summary: "The care plan in force",
+        tag: "care plans",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/patients/{id}/care-plan",
+        summary: "A new care-plan version, with its reason",
+        tag: "care plans",
+        query: &[],
+        body: Some(care_plan_body),
+        status: 201,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/patients/{id}/care-plan/effective",
+        summary: "The plan the alert engine runs, with each rule's origin",
+        tag: "care plans",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/patients/{id}/care-plan/versions",
+        summary: "Every care-plan version",
+        tag: "care plans",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/patients/{id}/care-plan/versions/{version}",
+        summary: "One care-plan version",
+        tag: "care plans",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/care-plan-templates",
+        summary: "The clinical templates, with their sources",
+        tag: "care plans",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/devices",
+        summary: "Devices of the caller's COTs' patients",
+        tag: "devices",
+        query: &[("patient", integer)],
+        body: None,
+        status: 200,
+        answer: J(|| list_of("devices")),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/devices",
+        summary: "Provision a device (secret and certificate shown once)",
+        tag: "devices",
+        query: &[],
+        body: Some(device_body),
+        status: 201,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/devices/{id}",
+        summary: "A device: battery, firmware, last seen, last acknowledged seq",
+        tag: "devices",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/devices/{id}/revoke",
+        summary: "Revoke a device: it is disconnected and cannot connect again",
+        tag: "devices",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/quarantine",
+        summary: "Quarantined device input, newest first",
+        tag: "devices",
+        query: &[("limit", clamped_limit)],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/alerts",
+        summary: "The alert queue of the caller's COTs, most urgent first (severity or min_severity, not both)",
+        tag: "alerts",
+        query: &[
+            ("status", workflow_list),
+            ("severity", severity),
+            ("min_severity", severity),
+            ("patient", integer),
+            ("condition", alert_condition),
+            ("limit", audit_limit),
+            ("offset", offset),
+        ],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/alerts/outcomes",
+        summary: "The outcomes an alert can be resolved with",
+        tag: "alerts",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/alerts/stream",
+        summary: "Alert events as Server-Sent Events, resumable by Last-Event-ID or ?after=",
+        tag: "alerts",
+        query: &[("after", integer)],
+        body: None,
+        status: 200,
+        answer: EventStream,
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/alerts/{id}",
+        summary: "An alert with its readings and history",
+        tag: "alerts",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/alerts/{id}/ack",
+        summary: "Acknowledge an alert",
+        tag: "alerts",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/alerts/{id}/assign",
+        summary: "Assign an alert to a user, or unassign it",
+        tag: "alerts",
+        query: &[],
+        body: Some(assign_body),
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/alerts/{id}/comments",
+        summary: "Comment on an alert",
+        tag: "alerts",
+        query: &[],
+        body: Some(comment_body),
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/alerts/{id}/resolve",
+        summary: "Resolve an alert with an outcome",
+        tag: "alerts",
+        query: &[],
+        body: Some(resolve_body),
+        status: 200,
+        answer: J(object),
+    },
 ];
 
 /// The schema of every error answer.
@@ -218,11 +634,7 @@ pub fn undocumented() -> Vec<(&'static str, &'static str)> {
     ROUTES
         .iter()
         .filter(|(_, path, _)| path.starts_with("/api/v1/"))
-        .filter(|(m, p, _)| {
-            !OPERATIONS
-                .iter()
-                .any(|op| op.method == *m && op.path == *p)
-        })
+        .filter(|(m, p, _)| !OPERATIONS.iter().any(|op| op.method == *m && op.path == *p))
         .map(|(m, p, _)| (*m, *p))
         .collect()
 }
@@ -242,7 +654,10 @@ pub fn document() -> Value {
             .or_insert_with(|| json!({}))
             .as_object_mut()
         {
-            item.insert(method.to_ascii_lowercase(), operation(method, path, *access, op));
+            item.insert(
+                method.to_ascii_lowercase(),
+                operation(method, path, *access, op),
+            );
         }
     }
     json!({
