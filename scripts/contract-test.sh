@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The OpenAPI contract of /api/v1 against the real service (part of scripts/test.sh):
-#   1. openapi-spec-validator on the committed document (server/openapi/api-v1.json, which
-#      server/tests/openapi.rs keeps equal to what the code generates);
+#   1. openapi-spec-validator on the committed document (api/openapi/api-v1.json, which
+#      api/tests/openapi.rs keeps equal to what the code generates);
 #   2. a live `sentinella run` on a fresh SQLite store with a provisioned COT (and a second
 #      one), a patient with a device, and one user per role;
 #   3. schemathesis (examples, coverage and fuzzing phases, a bounded number of cases per
 #      operation) once per role with that role's session token: no 5xx, every status, content
 #      type, header and body as the contract says, for every operation but the endless alert
-#      stream (an SSE response never completes; server/tests/alerts_api.rs covers it).
+#      stream (an SSE response never completes; api/tests/alert_stream.rs covers it).
 # SENTINELLA_CONTRACT_EXAMPLES sets the cases per operation (default 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ log "schemathesis and openapi-spec-validator (PyPI, pinned) in $VENV"
 "$VENV/bin/python" -m pip install -q -r tests/contract/requirements.txt
 
 log "openapi-spec-validator"
-"$VENV/bin/openapi-spec-validator" server/openapi/api-v1.json
+"$VENV/bin/openapi-spec-validator" api/openapi/api-v1.json
 
 log "a live sentinella with a COT and a user per role"
 # The binary as `cargo test --workspace` builds it (scripts/test.sh has just done so).

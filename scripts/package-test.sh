@@ -2,7 +2,7 @@
 # The Debian package, installed and started as a host would (part of scripts/test.sh).
 #
 # 1. Builds `sentinella_*.deb` with cargo-deb (pinned) from the dev-profile binary, so CI does
-#    not compile a release build; operators build theirs with `cargo deb -p server`.
+#    not compile a release build; operators build theirs with `cargo deb -p sentinella`.
 # 2. In a private mount namespace, lays copy-on-write overlays over /etc, /usr and /var (the
 #    host's own files are never changed; everything written lands in a temporary folder) and
 #    installs the package with dpkg: the maintainer scripts create the `sentinella` user, the
@@ -42,8 +42,8 @@ if [ "${1:-}" != "--inside" ]; then
   rm -rf "$OUT" && mkdir -p "$OUT"
   # The dev profile draws a warning from cargo-deb (it is meant for release builds).
   mkdir -p "$OUT/1" "$OUT/2"
-  cargo deb -p server --profile dev --no-build --fast --quiet --locked -o "$OUT/1/" >/dev/null
-  cargo deb -p server --profile dev --no-build --fast --quiet --locked --deb-revision 2 \
+  cargo deb -p sentinella --profile dev --no-build --fast --quiet --locked -o "$OUT/1/" >/dev/null
+  cargo deb -p sentinella --profile dev --no-build --fast --quiet --locked --deb-revision 2 \
     -o "$OUT/2/" >/dev/null
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT
