@@ -27,7 +27,8 @@ log "openapi-spec-validator"
 
 log "a live sentinella with a COT and a user per role"
 # The binary as `cargo test --workspace` builds it (scripts/test.sh has just done so).
-${SENTINELLA_CONTRACT_NO_BUILD:+:} cargo test --workspace --no-run --locked -q >&2
+# SENTINELLA_NO_BUILD=1 uses the binary already there (a developer's quick rerun).
+${SENTINELLA_NO_BUILD:+:} cargo test --workspace --no-run --locked -q >&2
 BIN="$TARGET/debug/sentinella"
 [ -x "$BIN" ] || { echo "no $BIN" >&2; exit 1; }
 WORK=$(mktemp -d)

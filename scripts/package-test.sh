@@ -37,7 +37,8 @@ if [ "${1:-}" != "--inside" ]; then
   # The binary as `cargo test --workspace` builds it (scripts/test.sh has just done so: this
   # compiles nothing there); a build with another feature resolution would recompile most
   # dependencies.
-  cargo test --workspace --no-run --locked -q >&2
+  # SENTINELLA_NO_BUILD=1 packages the binary already there (a developer's quick rerun).
+  ${SENTINELLA_NO_BUILD:+:} cargo test --workspace --no-run --locked -q >&2
   OUT="$TARGET/debian"
   rm -rf "$OUT" && mkdir -p "$OUT"
   # The dev profile draws a warning from cargo-deb (it is meant for release builds).
