@@ -5,6 +5,8 @@
 //! After changing a route: `SENTINELLA_BLESS=1 cargo test -p api --test openapi` rewrites
 //! `api/openapi/api-v1.json`; review the diff and commit it.
 
+#![allow(clippy::unwrap_used)] // Test set-up: a failure is the test failing.
+
 use api::app;
 use api::http::AppState;
 use api::http::openapi::{OPERATIONS, document, undocumented};

@@ -2,6 +2,8 @@
 //! it must print and the exit code; `sentinella run` refuses the same configurations with the
 //! same messages. Every row writes its configuration (and files) into a fresh folder.
 
+#![allow(clippy::unwrap_used)] // Test set-up: a failure is the test failing.
+
 use std::path::Path;
 use std::process::{Command, Output};
 

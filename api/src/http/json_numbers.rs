@@ -53,26 +53,31 @@ pub(crate) async fn normalize(request: Request, next: Next) -> Response {
 /// Rewrites every float with no fractional part within the `i64` range as an integer;
 /// returns whether any was.
 fn integral_floats(value: &mut Value) -> bool {
+    // 2^63 is the first float beyond i64::MAX.
+    const I64_RANGE: std::ops::Range<f64> =
+        -9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0;
     match value {
-        Value::Number(n) if n.is_f64() => {
-            let Some(f) = n.as_f64() else { return false };
-            // 2^63 is the first float beyond i64::MAX.
-            if f.fract() == 0.0
-                && f >= -9_223_372_036_854_775_808.0
-                && f < 9_223_372_036_854_775_808.0
-            {
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && I64_RANGE.contains(&f) => {
                 *value = Value::from(f as i64);
                 true
-            } else {
-                false
             }
+            _ => false,
+        },
+        Value::Array(items) => {
+            let mut any = false;
+            for item in items {
+                any |= integral_floats(item);
+            }
+            any
         }
-        Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |any, v| integral_floats(v) || any),
-        Value::Object(map) => map
-            .values_mut()
-            .fold(false, |any, v| integral_floats(v) || any),
+        Value::Object(map) => {
+            let mut any = false;
+            for item in map.values_mut() {
+                any |= integral_floats(item);
+            }
+            any
+        }
         _ => false,
     }
 }

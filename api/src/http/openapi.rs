@@ -19,6 +19,9 @@ use serde_json::{Map, Value, json};
 
 use super::policy::{Access, ROUTES};
 
+/// A query parameter: its name and JSON schema.
+pub type Param = (&'static str, fn() -> Value);
+
 /// What the policy table does not say about an operation.
 #[derive(Debug)]
 pub struct Operation {
@@ -31,7 +34,7 @@ pub struct Operation {
     /// The resource group (OpenAPI tag).
     pub tag: &'static str,
     /// Query parameters: name and JSON schema.
-    pub query: &'static [(&'static str, fn() -> Value)],
+    pub query: &'static [Param],
     /// The JSON request body's schema, when there is one.
     pub body: Option<fn() -> Value>,
     /// The success status.
