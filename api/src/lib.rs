@@ -9,6 +9,8 @@
 //! - [`console`]: the web console for COT staff (static files of our own, compiled in),
 //!   served at `/console/`.
 //! - [`tls`]: HTTPS for the API when a certificate is configured.
+//! - [`ops`]: use cases shared by the REST handlers, the CLI, the simulators and the tests
+//!   (provisioning a device and its certificate, API keys, service accounts).
 //! - [`fhir`]: the read-only FHIR R4 API under `/fhir/r4` (same tokens, scope and audit).
 //! - [`serve_with`]: the connection loop (limits, timeouts, graceful shutdown).
 //!
@@ -21,6 +23,7 @@ pub mod config;
 pub mod console;
 pub mod fhir;
 pub mod http;
+pub mod ops;
 pub mod tls;
 
 pub use app::app;

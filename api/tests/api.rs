@@ -66,9 +66,10 @@ async fn fixture() -> Fixture {
         });
     }
     store.commit_batch(&batch).await.unwrap();
-    let token = auth::service_token(store, "nurse-console", store::Role::Nurse, &[cot.id])
-        .await
-        .unwrap();
+    let token =
+        api::ops::identity::service_account(store, "nurse-console", store::Role::Nurse, &[cot.id])
+            .await
+            .unwrap();
     Fixture {
         db,
         token,

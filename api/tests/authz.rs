@@ -178,7 +178,7 @@ async fn world() -> World {
     let mut expired = Vec::new();
     for role in Role::ALL {
         let name = format!("svc-{}", role.as_str());
-        let token = auth::service_token(&db.store, &name, role, &[a.cot])
+        let token = api::ops::identity::service_account(&db.store, &name, role, &[a.cot])
             .await
             .unwrap();
         tokens.push((role, token));
@@ -406,9 +406,14 @@ async fn every_route_every_role_every_tenancy_case() {
                 let (uri, body, success) = request(&w, method, path, side).await;
                 let token = if path == "/api/v1/auth/logout" {
                     // Logging out revokes the token: use a fresh one of the same role.
-                    auth::service_token(&w.db.store, &unique("logout-"), role, &[w.a.cot])
-                        .await
-                        .unwrap()
+                    api::ops::identity::service_account(
+                        &w.db.store,
+                        &unique("logout-"),
+                        role,
+                        &[w.a.cot],
+                    )
+                    .await
+                    .unwrap()
                 } else {
                     token.clone()
                 };
@@ -455,9 +460,10 @@ async fn every_route_every_role_every_tenancy_case() {
     assert!(cells > 500, "only {cells} cells");
 
     // The checks above can fail: COT B's own staff do see COT B's markers.
-    let nurse_b = auth::service_token(&w.db.store, "nurse-b", Role::Nurse, &[w.b.cot])
-        .await
-        .unwrap();
+    let nurse_b =
+        api::ops::identity::service_account(&w.db.store, "nurse-b", Role::Nurse, &[w.b.cot])
+            .await
+            .unwrap();
     let (_, patients) = call(&w, "GET", "/api/v1/patients", None, Some(&nurse_b)).await;
     assert!(patients.contains(&w.b.markers[0]) && !patients.contains(&w.a.markers[0]));
     let (_, stream) = call(
@@ -561,9 +567,10 @@ fn the_matrix_covers_every_route_in_the_source() {
 #[tokio::test]
 async fn a_user_of_two_cots_sees_both_and_a_user_of_none_sees_nothing() {
     let w = world().await;
-    let both = auth::service_token(&w.db.store, "both", Role::Nurse, &[w.a.cot, w.b.cot])
-        .await
-        .unwrap();
+    let both =
+        api::ops::identity::service_account(&w.db.store, "both", Role::Nurse, &[w.a.cot, w.b.cot])
+            .await
+            .unwrap();
     let (status, body) = call(&w, "GET", "/api/v1/patients", None, Some(&both)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains(&w.a.markers[0]) && body.contains(&w.b.markers[0]));
@@ -586,9 +593,10 @@ async fn shared_users_are_changed_only_by_admins_of_all_their_cots() {
     let w = world().await;
     let store = &w.db.store;
     let admin_a = &w.tokens.iter().find(|(r, _)| *r == Role::Admin).unwrap().1;
-    let admin_ab = auth::service_token(store, "admin-ab", Role::Admin, &[w.a.cot, w.b.cot])
-        .await
-        .unwrap();
+    let admin_ab =
+        api::ops::identity::service_account(store, "admin-ab", Role::Admin, &[w.a.cot, w.b.cot])
+            .await
+            .unwrap();
     let shared = |name: &'static str, role: Role, kind: UserKind| async move {
         store
             .add_user(&NewUser {

@@ -539,7 +539,7 @@ async fn fixture(db: TestDb) -> Fixture {
         .unwrap()
         .unwrap();
     let _ = a_new;
-    let token = auth::service_token(
+    let token = api::ops::identity::service_account(
         store,
         "fhir-client",
         store::Role::Physician,
@@ -547,9 +547,10 @@ async fn fixture(db: TestDb) -> Fixture {
     )
     .await
     .unwrap();
-    let token_a = auth::service_token(store, "fhir-client-a", store::Role::Nurse, &[cot.id])
-        .await
-        .unwrap();
+    let token_a =
+        api::ops::identity::service_account(store, "fhir-client-a", store::Role::Nurse, &[cot.id])
+            .await
+            .unwrap();
     Fixture {
         db,
         token,

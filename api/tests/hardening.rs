@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use api::app;
 use api::http::session::{Hasher, LoginLimiter};
-use api::http::{AppState, AuthState, auth};
+use api::http::{AppState, AuthState};
 use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
 use common::{Fixture, fixture};
@@ -288,9 +288,10 @@ async fn throttled_logins_are_audited_once_per_window() {
 async fn a_password_reset_ends_the_users_sessions() {
     let f = fixture(TestDb::sqlite().await).await;
     let nurse = person(&f, "anna", Role::Nurse, &[f.cot_id]).await;
-    let admin = auth::service_token(&f.db.store, "admin-a", Role::Admin, &[f.cot_id])
-        .await
-        .unwrap();
+    let admin =
+        api::ops::identity::service_account(&f.db.store, "admin-a", Role::Admin, &[f.cot_id])
+            .await
+            .unwrap();
     let state = f.state();
     let (_, session) = login_from(&state, "10.4.4.4", None, "anna", PASSWORD).await;
     let old = session["token"].as_str().unwrap().to_owned();
@@ -334,16 +335,22 @@ async fn audit_is_scoped_to_the_users_of_an_admins_cots(db: TestDb) {
     login_from(&state, "10.5.5.5", None, "anna", PASSWORD).await;
     login_from(&state, "10.5.5.5", None, "bice", PASSWORD).await;
     login_from(&state, "10.5.5.5", None, "nessuno", "wrong password").await;
-    let admin_a = auth::service_token(&f.db.store, "admin-a", Role::Admin, &[f.cot_id])
-        .await
-        .unwrap();
-    let admin_b = auth::service_token(&f.db.store, "admin-b", Role::Admin, &[other.id])
-        .await
-        .unwrap();
-    let admin_all =
-        auth::service_token(&f.db.store, "admin-all", Role::Admin, &[f.cot_id, other.id])
+    let admin_a =
+        api::ops::identity::service_account(&f.db.store, "admin-a", Role::Admin, &[f.cot_id])
             .await
             .unwrap();
+    let admin_b =
+        api::ops::identity::service_account(&f.db.store, "admin-b", Role::Admin, &[other.id])
+            .await
+            .unwrap();
+    let admin_all = api::ops::identity::service_account(
+        &f.db.store,
+        "admin-all",
+        Role::Admin,
+        &[f.cot_id, other.id],
+    )
+    .await
+    .unwrap();
     let targets = |token: String| {
         let f = &f;
         async move {
@@ -378,9 +385,10 @@ async fn audit_is_scoped_to_the_users_of_an_admins_cots(db: TestDb) {
 #[tokio::test]
 async fn free_text_and_bodies_are_bounded() {
     let f = fixture(TestDb::sqlite().await).await;
-    let admin = auth::service_token(&f.db.store, "admin-a", Role::Admin, &[f.cot_id])
-        .await
-        .unwrap();
+    let admin =
+        api::ops::identity::service_account(&f.db.store, "admin-a", Role::Admin, &[f.cot_id])
+            .await
+            .unwrap();
     let cases = [
         (
             "/api/v1/users",
@@ -480,9 +488,14 @@ async fn a_device_id_conflict_does_not_tell_cots_apart() {
         })
         .await
         .unwrap();
-    let manager = auth::service_token(&f.db.store, "tecnico", Role::DeviceManager, &[f.cot_id])
-        .await
-        .unwrap();
+    let manager = api::ops::identity::service_account(
+        &f.db.store,
+        "tecnico",
+        Role::DeviceManager,
+        &[f.cot_id],
+    )
+    .await
+    .unwrap();
     let mut answers = Vec::new();
     for id in ["bp-1", "bp-other-cot"] {
         let (status, body) = f

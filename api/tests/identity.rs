@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use api::http::oidc::{Oidc, OidcConfig};
 use api::http::session::LoginLimiter;
-use api::http::{AppState, AuthState, auth};
+use api::http::{AppState, AuthState};
 use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -568,9 +568,14 @@ async fn https_serves_the_api_and_silent_sockets_block_nobody() {
 #[tokio::test]
 async fn device_managers_provision_devices_with_certificates() {
     let f = fixture(TestDb::sqlite().await).await;
-    let manager = auth::service_token(&f.db.store, "tecnico", Role::DeviceManager, &[f.cot_id])
-        .await
-        .unwrap();
+    let manager = api::ops::identity::service_account(
+        &f.db.store,
+        "tecnico",
+        Role::DeviceManager,
+        &[f.cot_id],
+    )
+    .await
+    .unwrap();
     let state = AppState {
         device_ca: Some(Arc::new(pki::DeviceCa::generate("test CA").unwrap())),
         ..f.state()

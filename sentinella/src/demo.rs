@@ -86,7 +86,7 @@ async fn demo_users(store: &Store, data_dir: &std::path::Path) -> anyhow::Result
         Ok(p) => p.trim().to_owned(),
         Err(_) => {
             let p = hex::encode(rand::random::<[u8; 8]>());
-            write_private(&path, p.as_bytes()).context("write the demo password")?;
+            pki::write_private(&path, p.as_bytes()).context("write the demo password")?;
             p
         }
     };
@@ -118,16 +118,6 @@ async fn demo_users(store: &Store, data_dir: &std::path::Path) -> anyhow::Result
             .await?;
     }
     Ok(password)
-}
-
-/// Writes a file only its owner can read.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(bytes)
 }
 
 /// Provisions (once) a demo fleet and its COT's staff, then runs the simulated patients.

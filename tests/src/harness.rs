@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use api::http::auth;
+use api::ops;
 use gateway::Metrics;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use sentinella::{Config, Node, NodeTls};
 use simulators::device::DeviceTls;
 use store::testing::TestDb;
-use store::{DeviceKind, NewDevice, NewPatient, Patient};
+use store::{DeviceKind, NewPatient, Patient};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -155,8 +155,13 @@ impl Stack {
             None => store.add_cot(&cot_code, "COT di prova").await?,
         };
         // A physician of the stack's COT: reads every patient's data and works alerts.
-        let token =
-            auth::service_token(&store, &unique("e2e-"), store::Role::Physician, &[cot.id]).await?;
+        let token = ops::identity::service_account(
+            &store,
+            &unique("e2e-"),
+            store::Role::Physician,
+            &[cot.id],
+        )
+        .await?;
         Ok(Stack {
             db,
             edge: node.edge_addr,
@@ -190,21 +195,15 @@ impl Stack {
         Ok(self.store().add_patient(&new).await?)
     }
 
-    /// Provisions a device for `patient_id`.
+    /// Provisions a device for `patient_id` (as `sentinella device add` does).
     pub async fn device(&self, patient_id: i64, kind: DeviceKind) -> anyhow::Result<DeviceCreds> {
         let id = unique(&format!("{}-", kind.as_str()));
-        let secret = store::credentials::generate_secret();
-        let new = NewDevice {
-            id: id.clone(),
-            patient_id,
-            kind,
-            secret_hash: store::credentials::hash_secret(&secret),
-            model: Some("e2e".into()),
-        };
-        self.store().add_device(&new).await?;
+        let p =
+            ops::devices::provision(self.store(), patient_id, kind, Some(id), Some("e2e".into()))
+                .await?;
         Ok(DeviceCreds {
-            id,
-            secret,
+            id: p.device.id,
+            secret: p.secret,
             patient_id,
         })
     }
@@ -212,20 +211,8 @@ impl Stack {
     /// Issues `device_id` a client certificate from the stack's CA and records it in the store
     /// (as `sentinella device add` does).
     pub async fn device_tls(&self, device_id: &str) -> anyhow::Result<DeviceTls> {
-        let cert = self.ca.issue_device(device_id)?;
-        self.store()
-            .set_device_cert(
-                device_id,
-                &cert.serial,
-                &cert.sha256,
-                time::OffsetDateTime::now_utc(),
-            )
-            .await?;
-        Ok(DeviceTls {
-            cert_pem: cert.cert_pem,
-            key_pem: cert.key_pem,
-            ca_pem: self.ca.cert_pem().to_owned(),
-        })
+        let cert = ops::devices::issue_cert(self.store(), &self.ca, device_id).await?;
+        Ok(DeviceTls::issued(cert, self.ca.cert_pem()))
     }
 
     /// GET on the API with the test token; returns status and JSON body.
@@ -323,7 +310,7 @@ impl RawDevice {
     pub fn connect_tls(edge: SocketAddr, id: &str, tls: &DeviceTls) -> anyhow::Result<RawDevice> {
         let mut opts = MqttOptions::new(id, edge.ip().to_string(), edge.port());
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.client_config()?,
+            simulators::device::client_config(tls)?,
         )));
         Ok(RawDevice::start(opts))
     }

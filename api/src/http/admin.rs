@@ -28,7 +28,7 @@ use store::{AuditQuery, NewUser, Role, User, UserKind};
 use time::OffsetDateTime;
 
 use super::AppState;
-use super::auth::{Caller, new_token};
+use super::auth::Caller;
 use super::error::{ApiError, rejection};
 use super::patients::{parse_time, visible_patient};
 
@@ -331,17 +331,8 @@ async fn add_api_key(
         }
         None => None,
     };
-    let (token, hash) = new_token();
-    let stored = state
-        .store
-        .add_api_token(&store::NewApiToken {
-            user_id: id,
-            name: &body.name,
-            kind: store::TokenKind::ApiKey,
-            token_hash: &hash,
-            expires_at,
-        })
-        .await?;
+    let (token, stored) =
+        crate::ops::identity::issue_api_key(&state.store, id, &body.name, expires_at).await?;
     state
         .audit_user(
             &caller,

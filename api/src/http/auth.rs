@@ -17,58 +17,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use sha2::{Digest, Sha256};
 use store::Role;
 use time::OffsetDateTime;
 
 use super::AppState;
 use super::error::ApiError;
 
-/// Prefix of every opaque token, so a leaked one is recognisable in a secret scanner.
-pub const TOKEN_PREFIX: &str = "stk_";
-
-/// A fresh token (shown once) and the hash to store.
-pub fn new_token() -> (String, String) {
-    let token = format!("{TOKEN_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
-    let hash = hash_token(&token);
-    (token, hash)
-}
-
-/// The stored form of a token.
-pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// Creates a service account with `role` in `cot_ids` and returns an API key for it: for
-/// tests and tooling that need a caller without a login.
-pub async fn service_token(
-    store: &store::Store,
-    username: &str,
-    role: Role,
-    cot_ids: &[i64],
-) -> Result<String, store::StoreError> {
-    let user = store
-        .add_user(&store::NewUser {
-            username,
-            display_name: username,
-            role,
-            kind: store::UserKind::Service,
-            password_hash: None,
-            cot_ids,
-        })
-        .await?;
-    let (token, hash) = new_token();
-    store
-        .add_api_token(&store::NewApiToken {
-            user_id: user.id,
-            name: username,
-            kind: store::TokenKind::ApiKey,
-            token_hash: &hash,
-            expires_at: None,
-        })
-        .await?;
-    Ok(token)
-}
+pub use crate::ops::identity::{TOKEN_PREFIX, hash_token, new_token};
 
 /// What a role may do. Tenancy (which COTs) is separate: see [`Caller::cot_scope`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

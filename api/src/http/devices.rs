@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, rejection};
+use crate::ops;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -111,51 +112,14 @@ async fn provision(
     let patient = super::patients::visible_patient(&state, &caller, body.patient).await?;
     let kind = store::DeviceKind::parse(&body.kind)
         .ok_or_else(|| ApiError::BadRequest("kind must be bp, spo2 or glucose".into()))?;
-    let id = body.id.unwrap_or_else(|| {
-        format!(
-            "{}-{}",
-            kind.as_str(),
-            hex::encode(rand::random::<[u8; 4]>())
-        )
-    });
-    protocol::DeviceId::parse(&id)
-        .map_err(|e| ApiError::BadRequest(format!("device id {id:?}: {e}")))?;
-    let secret = store::credentials::generate_secret();
-    let device = state
-        .store
-        .add_device(&store::NewDevice {
-            id: id.clone(),
-            patient_id: patient.id,
-            kind,
-            secret_hash: store::credentials::hash_secret(&secret),
-            model: body.model,
-        })
-        .await
-        .map_err(|e| match e {
-            // Device ids are unique across every COT: the answer must not say whether the id
-            // is taken in the caller's COT or another one (nor name it).
-            store::StoreError::Conflict { .. } => ApiError::Conflict {
-                code: "conflict",
-                message: "this device id cannot be used; choose another, or leave id out \
-                          for a generated one"
-                    .into(),
-            },
-            other => other.into(),
-        })?;
+    // Device ids are unique across every COT: a refusal must not say whether the id is taken
+    // in the caller's COT or another one (nor name it).
+    let ops::devices::Provisioned { device, secret } =
+        ops::devices::provision(&state.store, patient.id, kind, body.id, body.model).await?;
+    let id = device.id.clone();
     let tls = match &state.device_ca {
         Some(ca) => {
-            let issued = ca
-                .issue_device(&id)
-                .map_err(|e| ApiError::BadRequest(format!("cannot issue a certificate: {e}")))?;
-            state
-                .store
-                .set_device_cert(
-                    &id,
-                    &issued.serial,
-                    &issued.sha256,
-                    time::OffsetDateTime::now_utc(),
-                )
-                .await?;
+            let issued = ops::devices::issue_cert(&state.store, ca, &id).await?;
             Some(serde_json::json!({
                 "cert_pem": issued.cert_pem,
                 "key_pem": issued.key_pem,

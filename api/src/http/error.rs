@@ -159,3 +159,17 @@ impl IntoResponse for ApiError {
 pub(crate) fn rejection(e: impl std::fmt::Display) -> ApiError {
     ApiError::BadRequest(e.to_string())
 }
+
+impl From<crate::ops::OpsError> for ApiError {
+    fn from(e: crate::ops::OpsError) -> Self {
+        use crate::ops::OpsError;
+        match e {
+            OpsError::Invalid(m) | OpsError::Certificate(m) => ApiError::BadRequest(m),
+            OpsError::DeviceIdTaken => ApiError::Conflict {
+                code: "conflict",
+                message: OpsError::DeviceIdTaken.to_string(),
+            },
+            OpsError::Store(e) => e.into(),
+        }
+    }
+}

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, dead_code, unreachable_pub)]
 
 use api::app;
-use api::http::{AppState, auth};
+use api::http::AppState;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -65,9 +65,10 @@ pub async fn fixture(db: TestDb) -> Fixture {
         batch.readings.push(bp_reading("bp-1", patients[0], seq));
     }
     store.commit_batch(&batch).await.unwrap();
-    let token = auth::service_token(store, TOKEN_NAME, store::Role::Physician, &[cot.id])
-        .await
-        .unwrap();
+    let token =
+        api::ops::identity::service_account(store, TOKEN_NAME, store::Role::Physician, &[cot.id])
+            .await
+            .unwrap();
     Fixture {
         db,
         token,

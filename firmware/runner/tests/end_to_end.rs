@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use api::ops;
 use firmware_core::uplink::UplinkConfig;
 use firmware_runner::{
     BundleFiles, DeviceTls, MeterSource, OximeterSource, Runner, RunnerConfig, Stats,
@@ -24,7 +25,7 @@ use gateway::{EdgeTls, Metrics};
 use pki::DeviceCa;
 use sentinella::{Config, Node, NodeTls};
 use store::testing::TestDb;
-use store::{DeviceKind, NewDevice, NewPatient, ReadingKind, ReadingQuery, Store};
+use store::{DeviceKind, NewPatient, ReadingKind, ReadingQuery, Store};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -119,25 +120,16 @@ async fn provision(
             conditions: vec!["copd".into()],
         })
         .await?;
-    let secret = store::credentials::generate_secret();
-    store
-        .add_device(&NewDevice {
-            id: id.to_owned(),
-            patient_id: patient.id,
-            kind,
-            secret_hash: store::credentials::hash_secret(&secret),
-            model: Some("firmware-runner".into()),
-        })
-        .await?;
-    let cert = ca.issue_device(id)?;
-    store
-        .set_device_cert(
-            id,
-            &cert.serial,
-            &cert.sha256,
-            time::OffsetDateTime::now_utc(),
-        )
-        .await?;
+    let secret = ops::devices::provision(
+        store,
+        patient.id,
+        kind,
+        Some(id.to_owned()),
+        Some("firmware-runner".into()),
+    )
+    .await?
+    .secret;
+    let cert = ops::devices::issue_cert(store, ca, id).await?;
     let bundle_dir = dir.join(id);
     pki::write_device_bundle(&bundle_dir, id, &cert, ca.cert_pem())?;
     let tls = DeviceTls::from_files(&BundleFiles::in_dir(&bundle_dir, id))?;

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use api::ops;
 use clap::Subcommand;
-use store::{DeviceKind, NewDevice, Store};
+use store::{DeviceKind, Store};
 use time::OffsetDateTime;
 
 use crate::config::Config;
@@ -72,22 +73,12 @@ async fn issue_device_cert(
     if created {
         eprintln!("device CA created in {}", dir.display());
     }
-    let issued = ca
-        .issue_device(id)
+    let issued = ops::devices::issue_cert(store, &ca, id)
+        .await
         .context("issue the device certificate")?;
     let out = out.unwrap_or_else(|| PathBuf::from(id));
-    let paths = pki::write_device_bundle(&out, id, &issued, ca.cert_pem())
-        .context("write the device certificate")?;
-    store
-        .set_device_cert(
-            id,
-            &issued.serial,
-            &issued.sha256,
-            OffsetDateTime::now_utc(),
-        )
-        .await
-        .context("record the device certificate")?;
-    Ok(paths)
+    pki::write_device_bundle(&out, id, &issued, ca.cert_pem())
+        .context("write the device certificate")
 }
 
 /// Runs a `device` command.
@@ -109,23 +100,11 @@ pub async fn run(store: &Store, config: &Config, cmd: DeviceCommand) -> anyhow::
                 .patient_by_code(&patient)
                 .await?
                 .with_context(|| format!("no patient with code {patient}"))?;
-            let id = id.unwrap_or_else(|| {
-                format!(
-                    "{}-{}",
-                    kind.as_str(),
-                    hex::encode(rand::random::<[u8; 4]>())
-                )
-            });
-            protocol::DeviceId::parse(&id).map_err(|e| anyhow::anyhow!("device id {id:?}: {e}"))?;
-            let secret = store::credentials::generate_secret();
-            let new = NewDevice {
-                id: id.clone(),
-                patient_id: patient.id,
-                kind,
-                secret_hash: store::credentials::hash_secret(&secret),
-                model,
-            };
-            store.add_device(&new).await.context("add device")?;
+            let ops::devices::Provisioned { device, secret } =
+                ops::devices::provision(store, patient.id, kind, id, model)
+                    .await
+                    .context("add device")?;
+            let id = device.id;
             let paths = if no_cert {
                 None
             } else {

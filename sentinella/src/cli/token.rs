@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use api::http::auth;
+use api::ops;
 use clap::Subcommand;
 use store::Store;
 use time::OffsetDateTime;
@@ -41,19 +41,11 @@ pub async fn run(store: &Store, cmd: TokenCommand) -> anyhow::Result<()> {
                     "{user} is a person, who logs in; API keys are for service accounts (user add --service)"
                 );
             }
-            let (token, hash) = auth::new_token();
             let expires_at = expires_in
                 .map(|d| time::Duration::try_from(d).map(|d| OffsetDateTime::now_utc() + d))
                 .transpose()
                 .context("--expires-in is too long")?;
-            store
-                .add_api_token(&store::NewApiToken {
-                    user_id: account.id,
-                    name: &name,
-                    kind: store::TokenKind::ApiKey,
-                    token_hash: &hash,
-                    expires_at,
-                })
+            let (token, _) = ops::identity::issue_api_key(store, account.id, &name, expires_at)
                 .await
                 .context("create token")?;
             println!("{token}");
