@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod error;
 pub mod oidc;
+pub mod openapi;
 pub mod policy;
 pub mod session;
 
@@ -18,6 +19,7 @@ mod alerts;
 mod careplans;
 mod devices;
 mod health;
+mod json_numbers;
 pub(crate) mod patients;
 mod quarantine;
 
@@ -225,6 +227,8 @@ pub(crate) fn routes() -> (Router<AppState>, Router<AppState>) {
         .merge(quarantine::router())
         .merge(alerts::router())
         .merge(alert_stream::router())
-        .merge(careplans::router());
+        .merge(careplans::router())
+        .route("/openapi.json", axum::routing::get(openapi::serve))
+        .layer(axum::middleware::from_fn(json_numbers::normalize));
     (api, health::router())
 }
