@@ -8,8 +8,9 @@
 //!   inside its own topics before forwarding to the broker.
 //! - [`tls`]: the TLS listener's rustls configuration ([`EdgeTls`]) and per-IP limits.
 //! - [`descriptors`]: the process's descriptor budget, which sets the edge's connection limit.
-//! - `broker`: rumqttd on loopback, the ingest link (watched by a heartbeat, rebuilt when it
-//!   dies) and the threads bridging it to tokio.
+//! - `broker`: rumqttd's router in-process, the links the edge opens to it (one per device
+//!   connection), the ingest link (watched by a heartbeat, rebuilt when it dies) and the threads
+//!   bridging it to tokio.
 //! - `registry`: a short-lived cache of the devices table.
 //! - `ingest`: decode → batch → commit → ack.
 //! - [`telemetry`]: counters every stage bumps, rendered for Prometheus.
@@ -80,8 +81,6 @@ pub struct Gateway {
     pub edge_addr: SocketAddr,
     /// Where devices connect over mutual TLS, when the TLS listener runs.
     pub tls_addr: Option<SocketAddr>,
-    /// The loopback address of the embedded broker (internal; only the edge may log in).
-    pub broker_addr: SocketAddr,
     /// Counters of every stage.
     pub metrics: Arc<Metrics>,
     /// Counters of the alert engine (zero when it is disabled).
@@ -291,11 +290,10 @@ pub async fn start_with_clock(
         cancel.clone(),
         tracker.clone(),
     ));
-    tracing::info!(plain = %edge_addr, tls = ?tls_addr, broker = %broker.addr, "gateway listening for devices");
+    tracing::info!(plain = %edge_addr, tls = ?tls_addr, "gateway listening for devices");
     Ok(Gateway {
         edge_addr,
         tls_addr,
-        broker_addr: broker.addr,
         metrics,
         alert_metrics,
         max_connections,
