@@ -197,7 +197,7 @@ pub async fn start_with_clock(
     let alert_metrics = Arc::new(alerts::EngineMetrics::default());
     let repeats = Arc::new(repeats::Repeats::default());
     let engine = if config.alerts.enabled {
-        let (tx, rx) = mpsc::channel(64);
+        let handoff = Arc::new(alerts::Handoff::new(config.alerts.queue_batches));
         let (repeat_tx, repeat_rx) = mpsc::unbounded_channel();
         tracker.spawn(
             repeats
@@ -211,9 +211,9 @@ pub async fn start_with_clock(
             alert_metrics.clone(),
         )
         .with_repeats(repeat_tx);
-        // The engine stops when the writer, its only sender, is gone: after the last batch.
-        tracker.spawn(engine.run(rx, cancel.clone()));
-        Some(tx)
+        // The engine stops when the writer closes the handoff: after the last batch.
+        tracker.spawn(engine.run_handoff(handoff.clone(), cancel.clone()));
+        Some(handoff)
     } else {
         None
     };

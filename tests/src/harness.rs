@@ -66,6 +66,8 @@ pub struct Stack {
     pub token: String,
     /// The gateway's counters.
     pub metrics: Arc<Metrics>,
+    /// The alert engine's counters.
+    pub alert_metrics: Arc<gateway::alerts::EngineMetrics>,
     cancel: CancellationToken,
     gateway: Gateway,
     api_task: JoinHandle<std::io::Result<()>>,
@@ -157,6 +159,7 @@ impl Stack {
                 .context("start gateway")?;
         let tls_edge = gateway.tls_addr.context("TLS listener")?;
         let metrics = gateway.metrics.clone();
+        let alert_metrics = gateway.alert_metrics.clone();
         let m = metrics.clone();
         let state = AppState {
             store: store.clone(),
@@ -187,6 +190,7 @@ impl Stack {
             api,
             token,
             metrics,
+            alert_metrics,
             cancel,
             gateway,
             api_task,

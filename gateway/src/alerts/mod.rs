@@ -8,8 +8,11 @@
 //! - [`engine`]: the task that feeds committed batches through the rules, runs the
 //!   time-driven rules, and writes alerts to the store; see its docs for restarts and late
 //!   readings.
+//! - [`handoff`]: committed batches from the writer to the engine, never waiting; a lagging
+//!   engine catches up from the store's outbox.
 
 pub mod engine;
+pub mod handoff;
 pub mod net;
 pub mod plan;
 pub mod rules;
@@ -17,3 +20,4 @@ pub mod rules;
 pub use engine::{
     AlertsConfig, Clock, Committed, Engine, EngineMetrics, RepeatRequest, system_clock,
 };
+pub use handoff::Handoff;
