@@ -48,6 +48,7 @@ mod connect;
 pub mod credentials;
 mod error;
 mod fhir;
+pub mod handoff;
 mod identity;
 mod quarantine;
 mod readings;
@@ -64,11 +65,12 @@ pub use alerts::{
 pub use audit::{AuditEntry, AuditQuery, NewAudit};
 pub use careplans::{CarePlanRow, NewCarePlan};
 pub use error::{Result, StoreError};
+pub use handoff::Handoff;
 pub use identity::{NewUser, Role, User, UserKind};
 pub use quarantine::{NewQuarantine, QuarantineEntry};
 pub use readings::{
-    CommitBatch, CommitOutcome, DeviceStatusUpdate, NewReading, ReadingKind, ReadingQuery,
-    StoredReading,
+    CommitBatch, CommitOutcome, Committed, DeviceStatusUpdate, NewReading, ReadingKind,
+    ReadingQuery, StoredReading,
 };
 pub use registry::{
     ApiToken, Cot, Device, DeviceAuth, DeviceKind, NewApiToken, NewDevice, NewPatient, Patient,

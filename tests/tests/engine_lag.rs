@@ -41,7 +41,7 @@ async fn a_lagging_alert_engine_does_not_slow_commit_acks() -> anyhow::Result<()
     let stack = Stack::start_with(Db::Postgres, |c| {
         c.alerts.evaluation_delay = SLOW;
         c.alerts.queue_batches = 8;
-        c.batch_max_delay = Duration::from_millis(5);
+        c.gateway.batch_max_delay = Duration::from_millis(5);
     })
     .await?;
     let patient = stack.patient(&["hypertension"]).await?;

@@ -32,7 +32,7 @@ pub(crate) struct Writer {
     pub(crate) metrics: Arc<Metrics>,
     /// The alert engine, offered every batch's newly stored readings after its commit
     /// (never waited for).
-    pub(crate) engine: Option<Arc<crate::alerts::Handoff>>,
+    pub(crate) engine: Option<Arc<store::Handoff>>,
 }
 
 impl Writer {
@@ -192,7 +192,7 @@ impl Writer {
         if fresh.is_empty() {
             return;
         }
-        let committed = crate::alerts::Committed {
+        let committed = store::Committed {
             readings: fresh,
             outbox_id: outcome.outbox_id,
             committed: Instant::now(),
