@@ -257,6 +257,9 @@ struct PatientState {
     touched: u64,
 }
 
+/// How long the engine keeps evaluating queued batches once shutdown has begun.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Outbox spans of one patient this close together are read back in one query.
 const CATCH_UP_GAP: time::Duration = time::Duration::seconds(1);
 
@@ -363,8 +366,20 @@ impl Engine {
         let start = tokio::time::Instant::now() + self.config.tick;
         let mut tick = tokio::time::interval_at(start, self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // At shutdown the queue is drained for at most STOP_GRACE; what is left stays in the
+        // outbox, which the next start evaluates (so SIGTERM never waits on a lagging engine).
+        let mut stop_by: Option<tokio::time::Instant> = None;
         loop {
+            if stop_by.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                tracing::info!(
+                    "alert engine stopping; batches not yet evaluated stay in the outbox"
+                );
+                break;
+            }
             tokio::select! {
+                _ = cancel.cancelled(), if stop_by.is_none() => {
+                    stop_by = Some(tokio::time::Instant::now() + STOP_GRACE);
+                }
                 next = handoff.next() => match next {
                     Next::Batch(batch) => {
                         let done = batch
