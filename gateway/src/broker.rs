@@ -39,7 +39,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{Notification, Router, RouterConfig, SegmentConfig};
 use time::OffsetDateTime;
@@ -89,7 +89,11 @@ pub(crate) struct BrokerHandle {
 /// A new in-process link: its sending and receiving halves, and the router's CONNACK.
 pub(crate) type Link = (LinkTx, LinkRx, Notification);
 
-type Connect = dyn Fn(&str) -> Result<Link, LinkError> + Send + Sync;
+type Connect = dyn Fn(&str) -> Result<Link, String> + Send + Sync;
+
+/// The router has dropped a link (or stopped): nothing sent through it arrives any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LinkGone;
 type Busy = dyn Fn() -> bool + Send + Sync;
 
 /// Opens in-process links to the router and feeds them without stalling tokio's workers.
@@ -118,7 +122,6 @@ impl RouterHandle {
         tokio::task::spawn_blocking(move || connect(&client_id))
             .await
             .map_err(|e| format!("link task: {e}"))?
-            .map_err(|e| e.to_string())
     }
 
     /// Hands `packets` to the router through `link`, with one router event for all of them.
@@ -128,7 +131,7 @@ impl RouterHandle {
         &self,
         link: &mut LinkTx,
         mut packets: Vec<Packet>,
-    ) -> Result<(), LinkError> {
+    ) -> Result<(), LinkGone> {
         let Some(last) = packets.pop() else {
             return Ok(());
         };
@@ -142,7 +145,7 @@ impl RouterHandle {
             wait = (wait * 2).min(Duration::from_millis(20));
         }
         // Room was there a moment ago: at worst this blocks briefly on a race.
-        link.send(last).await.map(|_| ())
+        link.send(last).await.map(|_| ()).map_err(|_| LinkGone)
     }
 }
 
@@ -208,6 +211,7 @@ pub(crate) fn start(
                 LinkBuilder::new(client_id, router_tx.clone())
                     .clean_session(true)
                     .build()
+                    .map_err(|e| e.to_string())
             }
         }),
         busy: Arc::new({
