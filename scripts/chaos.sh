@@ -31,7 +31,7 @@
 # Results, per run: $OUT/<run>.txt (summary), <run>.json (full report with a per-second
 # timeline), <run>.gateway.log, <run>.sim.log, <run>.metrics.*.txt, <run>.readyz.txt.
 # As root the script raises the open-file limit to 200,000 first (each device costs the
-# gateway three descriptors and the simulator one).
+# gateway one descriptor and the simulator one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=${1:-all}

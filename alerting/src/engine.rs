@@ -58,6 +58,7 @@ use tokio_util::sync::CancellationToken;
 use super::net;
 use super::plan::{self, CarePlan, Check, Metric};
 use super::rules::{self, Effect, Obs, Quality};
+use store::handoff::{Handoff, Next};
 use telemetry::Histogram;
 
 /// The engine's clock (a fixed or fast clock in tests).
@@ -92,6 +93,14 @@ pub struct AlertsConfig {
     /// Patients whose reading windows are cached; beyond it the least recently used are
     /// dropped (and reloaded from the store when they measure again).
     pub max_cached_patients: usize,
+    /// Committed batches held in memory for the engine; when it lags further, batches wait
+    /// in the store's outbox instead and the engine catches up from there (the writer never
+    /// waits for the engine).
+    pub queue_batches: usize,
+    /// A pause before each reading is evaluated: makes the engine slow on purpose, for tests
+    /// and benchmarks of a lagging engine. Not read from the file; zero otherwise.
+    #[serde(skip)]
+    pub evaluation_delay: Duration,
 }
 
 impl Default for AlertsConfig {
@@ -105,6 +114,8 @@ impl Default for AlertsConfig {
             low: Duration::from_secs(24 * 3600),
             late_after: Duration::from_secs(6 * 3600),
             max_cached_patients: 50_000,
+            queue_batches: 256,
+            evaluation_delay: Duration::ZERO,
         }
     }
 }
@@ -135,6 +146,8 @@ pub struct EngineMetrics {
     pub alerts_cleared: AtomicU64,
     pub alerts_escalated: AtomicU64,
     pub errors: AtomicU64,
+    /// Times the engine read lagging batches back from the outbox.
+    pub catch_ups: AtomicU64,
     /// From a batch's commit to its alert events being written.
     pub commit_to_alert_seconds: Histogram,
 }
@@ -178,6 +191,11 @@ impl EngineMetrics {
                 "alert_engine_errors_total",
                 "Store errors met by the alert engine.",
                 &self.errors,
+            ),
+            (
+                "alert_engine_catch_ups_total",
+                "Times the alert engine, lagging, read committed batches back from the outbox.",
+                &self.catch_ups,
             ),
         ] {
             let _ = writeln!(out, "# HELP sentinella_{name} {help}");
@@ -239,6 +257,12 @@ struct PatientState {
     touched: u64,
 }
 
+/// How long the engine keeps evaluating queued batches once shutdown has begun.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Outbox spans of one patient this close together are read back in one query.
+const CATCH_UP_GAP: time::Duration = time::Duration::seconds(1);
+
 /// How much history a window keeps (the longest baseline plus margin).
 const WINDOW: time::Duration = time::Duration::days(15);
 
@@ -267,6 +291,8 @@ pub struct Engine {
     stopping: CancellationToken,
     touch: u64,
     done_outbox: Vec<i64>,
+    /// The newest outbox entry a catch-up evaluated: queued batches up to it are done.
+    caught_up_to: Option<i64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -301,6 +327,7 @@ impl Engine {
             stopping: CancellationToken::new(),
             touch: 0,
             done_outbox: Vec::new(),
+            caught_up_to: None,
         }
     }
 
@@ -329,6 +356,104 @@ impl Engine {
         }
         self.flush_outbox().await;
         tracing::debug!("alert engine stopped");
+    }
+
+    /// [`Engine::run`] fed through a [`Handoff`]: the writer never waits for the engine;
+    /// when the engine lags, it catches up from the outbox (see `store::handoff`).
+    pub async fn run_handoff(mut self, handoff: Arc<Handoff>, cancel: CancellationToken) {
+        self.stopping = cancel.clone();
+        self.start_up(&cancel).await;
+        let start = tokio::time::Instant::now() + self.config.tick;
+        let mut tick = tokio::time::interval_at(start, self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // At shutdown the queue is drained for at most STOP_GRACE; what is left stays in the
+        // outbox, which the next start evaluates (so SIGTERM never waits on a lagging engine).
+        let mut stop_by: Option<tokio::time::Instant> = None;
+        loop {
+            if stop_by.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                tracing::info!(
+                    "alert engine stopping; batches not yet evaluated stay in the outbox"
+                );
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled(), if stop_by.is_none() => {
+                    stop_by = Some(tokio::time::Instant::now() + STOP_GRACE);
+                }
+                next = handoff.next() => match next {
+                    Next::Batch(batch) => {
+                        let done = batch
+                            .outbox_id
+                            .zip(self.caught_up_to)
+                            .is_some_and(|(id, upto)| id <= upto);
+                        if !done {
+                            self.on_batch(batch).await;
+                        }
+                    }
+                    Next::CatchUp => {
+                        // Until it works: the handoff queues nothing meanwhile.
+                        while let Err(e) = self.catch_up().await {
+                            if !self.wait_after(&e, &cancel).await {
+                                break;
+                            }
+                        }
+                    }
+                    Next::Closed => break,
+                },
+                _ = tick.tick(), if !cancel.is_cancelled() => self.on_tick().await,
+            }
+        }
+        self.flush_outbox().await;
+        tracing::debug!("alert engine stopped");
+    }
+
+    /// Evaluates every pending outbox entry from the store: per patient, the readings received
+    /// in its entries' time spans (adjacent spans merged into one query), in measurement
+    /// order. Returns how many entries it evaluated.
+    pub async fn catch_up(&mut self) -> Result<usize, StoreError> {
+        // What was evaluated from memory is not pending any more.
+        self.flush_outbox().await;
+        let pending = self.store.pending_outbox().await?;
+        let Some(newest) = pending.iter().map(|e| e.id).max() else {
+            return Ok(0);
+        };
+        self.metrics.catch_ups.fetch_add(1, Ordering::Relaxed);
+        let mut spans: std::collections::BTreeMap<i64, Vec<(OffsetDateTime, OffsetDateTime)>> =
+            std::collections::BTreeMap::new();
+        for entry in &pending {
+            for &patient in &entry.patients {
+                spans
+                    .entry(patient)
+                    .or_default()
+                    .push((entry.min_received_at, entry.max_received_at));
+            }
+        }
+        for (patient, mut list) in spans {
+            list.sort();
+            let mut merged: Vec<(OffsetDateTime, OffsetDateTime)> = Vec::new();
+            for (lo, hi) in list {
+                match merged.last_mut() {
+                    Some(last) if lo <= last.1 + CATCH_UP_GAP => last.1 = last.1.max(hi),
+                    _ => merged.push((lo, hi)),
+                }
+            }
+            for (lo, hi) in merged {
+                let stored = self
+                    .store
+                    .readings_received_between(patient, lo, hi)
+                    .await?;
+                let readings: Vec<NewReading> = stored.into_iter().map(to_new).collect();
+                self.evaluate_patient(patient, &readings).await?;
+            }
+        }
+        let ids: Vec<i64> = pending.iter().map(|e| e.id).collect();
+        self.store.finish_outbox(&ids).await?;
+        self.caught_up_to = Some(newest);
+        tracing::info!(
+            batches = ids.len(),
+            "alert engine lagged: caught up from the outbox"
+        );
+        Ok(ids.len())
     }
 
     async fn start_up(&mut self, cancel: &CancellationToken) {
@@ -604,6 +729,9 @@ impl Engine {
         let mut late_review: Vec<(Obs, Severity)> = Vec::new();
         let mut clock_devices: Vec<(String, i64, OffsetDateTime)> = Vec::new();
         for o in obs {
+            if !self.config.evaluation_delay.is_zero() {
+                tokio::time::sleep(self.config.evaluation_delay).await;
+            }
             self.metrics
                 .readings_evaluated
                 .fetch_add(1, Ordering::Relaxed);

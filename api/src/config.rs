@@ -23,8 +23,7 @@ pub struct ApiConfig {
     pub oidc: Option<crate::http::oidc::OidcConfig>,
     /// Connections the API serves at once (TLS handshakes included); at the cap it stops
     /// accepting until one ends. The API's share of the process's descriptors: the device
-    /// edge needs the rest (3 per device: its socket, and both ends of its loopback link to the
-    /// broker).
+    /// edge needs the rest (1 per device: its socket; the edge reaches the broker in-process).
     pub max_connections: usize,
     /// How long a client has to send a request's head, also the longest a kept-alive
     /// connection may sit idle between requests.

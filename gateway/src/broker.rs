@@ -1,13 +1,17 @@
-//! rumqttd embedded in-process, reachable only on loopback and only by the edge.
+//! rumqttd's router embedded in-process, reachable only through in-process links.
 //!
 //! The broker routes; it is not the durability point (its PUBACK means "in my memory") and it
-//! cannot authorize per device, so devices never reach it directly (see ARCHITECTURE.md). Three
+//! cannot authorize per device, so devices never reach it directly (see ARCHITECTURE.md). Two
 //! things are set up here, in this order:
 //! 1. the router, with bounded commit-log segments for the ingest filters;
-//! 2. the ingest link, subscribed to every device's readings and status topics *before* any
-//!    listener accepts a connection (rumqttd acks and drops publishes nobody subscribed to);
-//! 3. a v4 listener on `127.0.0.1:<free port>` that accepts only the edge's internal login, a
-//!    random secret made at start-up, so no other local process can publish as a device.
+//! 2. the ingest link, subscribed to every device's readings and status topics *before* the
+//!    edge accepts a connection (rumqttd acks and drops publishes nobody subscribed to).
+//!
+//! rumqttd has no network listener here: the edge gives each device connection its own
+//! in-process link to the router ([`RouterHandle::link`]) and moves the packets it has decoded
+//! and checked straight into it, so a device costs one descriptor (its own socket) and each
+//! packet is decoded once (by the edge) and encoded once (towards the device). No other process
+//! can reach the router at all.
 //!
 //! Two OS threads bridge rumqttd's blocking link API to tokio: the inbound thread moves
 //! publishes from the link into the bounded ingest queue (blocking when it is full, which is the
@@ -28,7 +32,7 @@
 //! its sender to the outbound thread.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread;
@@ -36,11 +40,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
-use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{Packet, Publish};
-use rumqttd::{
-    ConnectionSettings, Notification, Router, RouterConfig, SegmentConfig, Server, ServerSettings,
-};
+use rumqttd::{Notification, Router, RouterConfig, SegmentConfig};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -79,17 +80,74 @@ pub(crate) struct Outbound {
 /// The running broker, as the rest of the gateway needs it.
 #[derive(Debug, Clone)]
 pub(crate) struct BrokerHandle {
-    /// Loopback address of the internal listener.
-    pub(crate) addr: SocketAddr,
-    /// Login the edge presents on behalf of devices.
-    pub(crate) username: String,
-    pub(crate) password: String,
+    /// In-process links to the router, one per device connection.
+    pub(crate) router: RouterHandle,
     /// Queue to the outbound thread.
     pub(crate) outbound: mpsc::Sender<Outbound>,
 }
 
-/// The login the edge presents to rumqttd on behalf of devices (with a random password).
-const INTERNAL_USER: &str = "sentinella-edge";
+/// A new in-process link: its sending and receiving halves, and the router's CONNACK.
+pub(crate) type Link = (LinkTx, LinkRx, Notification);
+
+type Connect = dyn Fn(&str) -> Result<Link, String> + Send + Sync;
+
+/// The router has dropped a link (or stopped): nothing sent through it arrives any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LinkGone;
+type Busy = dyn Fn() -> bool + Send + Sync;
+
+/// Opens in-process links to the router and feeds them without stalling tokio's workers.
+///
+/// rumqttd's link API blocks: building a link waits for the router's answer, and every send
+/// is a blocking `flume` send on the router's bounded event channel. The router's channel type
+/// is private to rumqttd, so the handle keeps it inside closures.
+#[derive(Clone)]
+pub(crate) struct RouterHandle {
+    connect: Arc<Connect>,
+    busy: Arc<Busy>,
+}
+
+impl fmt::Debug for RouterHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouterHandle").finish_non_exhaustive()
+    }
+}
+
+impl RouterHandle {
+    /// Registers `client_id` with the router as a clean session (on a blocking thread, since
+    /// rumqttd waits for the router there). A client id already connected loses its link: the
+    /// router drops the older one, whose [`LinkRx`] then fails.
+    pub(crate) async fn link(&self, client_id: String) -> Result<Link, String> {
+        let connect = self.connect.clone();
+        tokio::task::spawn_blocking(move || connect(&client_id))
+            .await
+            .map_err(|e| format!("link task: {e}"))?
+    }
+
+    /// Hands `packets` to the router through `link`, with one router event for all of them.
+    /// While the router's event channel is full this waits here (without blocking a tokio
+    /// worker), which pushes back on the device's socket.
+    pub(crate) async fn push(
+        &self,
+        link: &mut LinkTx,
+        mut packets: Vec<Packet>,
+    ) -> Result<(), LinkGone> {
+        let Some(last) = packets.pop() else {
+            return Ok(());
+        };
+        {
+            let mut buffer = link.buffer();
+            buffer.extend(packets);
+        }
+        let mut wait = Duration::from_micros(200);
+        while (self.busy)() {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(20));
+        }
+        // Room was there a moment ago: at worst this blocks briefly on a race.
+        link.send(last).await.map(|_| ()).map_err(|_| LinkGone)
+    }
+}
 
 /// Client id of the broker's in-process ingest link (it also publishes acks and configs).
 /// Outside the device-id space: no device id contains `:`.
@@ -146,6 +204,21 @@ pub(crate) fn start(
         shared_subscriptions_strategy: Default::default(),
     };
     let router_tx = Router::new(0, router_config).spawn();
+    let router = RouterHandle {
+        connect: Arc::new({
+            let router_tx = router_tx.clone();
+            move |client_id: &str| {
+                LinkBuilder::new(client_id, router_tx.clone())
+                    .clean_session(true)
+                    .build()
+                    .map_err(|e| e.to_string())
+            }
+        }),
+        busy: Arc::new({
+            let router_tx = router_tx.clone();
+            move || router_tx.is_full()
+        }),
+    };
 
     let connect_link = {
         let router_tx = router_tx.clone();
@@ -168,20 +241,6 @@ pub(crate) fn start(
     };
     let (link_tx, link_rx) = connect_link()?;
     metrics.ingest_link_up.store(true, Ordering::Relaxed);
-
-    let password = hex::encode(rand::random::<[u8; 32]>());
-    let mut auth = HashMap::new();
-    auth.insert(INTERNAL_USER.to_owned(), password.clone());
-    let connections = ConnectionSettings {
-        connection_timeout_ms: 10_000,
-        max_payload_size: config.max_packet_size + 1024,
-        max_inflight_count: 100,
-        auth: Some(auth),
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    let make_server = move |settings| Server::new(settings, router_tx.clone(), V4);
-    let addr = spawn_listener(make_server, connections)?;
 
     let (outbound_tx, outbound_rx) = mpsc::channel(4096);
     let (relinked_tx, relinked_rx) = std::sync::mpsc::channel();
@@ -214,77 +273,9 @@ pub(crate) fn start(
     ));
 
     Ok(BrokerHandle {
-        addr,
-        username: INTERNAL_USER.to_owned(),
-        password,
+        router,
         outbound: outbound_tx,
     })
-}
-
-/// Runs rumqttd's v4 listener on a free loopback port on its own thread and waits until it
-/// listens. rumqttd binds the address itself, so a port is picked, released and handed over;
-/// if another process takes it in between, rumqttd's bind fails and another port is tried.
-fn spawn_listener<F>(
-    make_server: F,
-    connections: ConnectionSettings,
-) -> Result<SocketAddr, GatewayError>
-where
-    F: Fn(ServerSettings) -> Server<V4> + Clone + Send + 'static,
-{
-    for _attempt in 0..5 {
-        let port = StdListener::bind(("127.0.0.1", 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| GatewayError::Broker(format!("pick a loopback port: {e}")))?
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let settings = ServerSettings {
-            name: "sentinella-internal".into(),
-            listen: addr,
-            tls: None,
-            next_connection_delay_ms: 0,
-            connections: connections.clone(),
-        };
-        let (failed_tx, failed_rx) = std::sync::mpsc::channel();
-        let make_server = make_server.clone();
-        thread::Builder::new()
-            .name("broker-listener".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = failed_tx.send(e.to_string());
-                        return;
-                    }
-                };
-                let mut server = make_server(settings);
-                let result = runtime.block_on(server.start(rumqttd::LinkType::Remote));
-                let _ = failed_tx.send(format!("{result:?}"));
-            })
-            .map_err(|e| GatewayError::Broker(format!("listener thread: {e}")))?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(why) = failed_rx.try_recv() {
-                tracing::warn!(%addr, %why, "broker listener failed to start, trying another port");
-                break;
-            }
-            // Once the port is taken and rumqttd has not reported a failed bind, it is
-            // rumqttd's. (Probing with a connection would make rumqttd log errors.)
-            if StdListener::bind(addr).is_err() {
-                thread::sleep(Duration::from_millis(50));
-                if failed_rx.try_recv().is_err() {
-                    return Ok(addr);
-                }
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-    Err(GatewayError::Broker(
-        "could not start the internal broker listener".into(),
-    ))
 }
 
 /// Publishes the link's heartbeat every `every` until `cancel`.
@@ -458,10 +449,6 @@ fn outbound_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
-    use rumqttd::protocol::{Connect, Login, Protocol};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
 
     #[test]
     fn internal_identities_are_not_device_ids() {
@@ -471,31 +458,6 @@ mod tests {
             assert!(!id.contains(['+', '$', '#', '/']), "{id}");
         }
         assert!(protocol::topic::Topic::parse(HEARTBEAT_TOPIC).is_err());
-    }
-
-    /// Logs in to the internal listener as `client_id` with the edge's login.
-    async fn connect(broker: &BrokerHandle, client_id: &str) -> TcpStream {
-        let mut stream = TcpStream::connect(broker.addr).await.unwrap();
-        let connect = Connect {
-            keep_alive: 30,
-            client_id: client_id.to_owned(),
-            clean_session: true,
-        };
-        let login = Login {
-            username: broker.username.clone(),
-            password: broker.password.clone(),
-        };
-        let mut out = BytesMut::new();
-        V4.write(
-            Packet::Connect(connect, None, None, None, Some(login)),
-            &mut out,
-        )
-        .unwrap();
-        stream.write_all(&out).await.unwrap();
-        let mut connack = [0u8; 4];
-        stream.read_exact(&mut connack).await.unwrap();
-        assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK accepted");
-        stream
     }
 
     async fn wait_until(what: &str, cond: impl Fn() -> bool) {
@@ -520,8 +482,8 @@ mod tests {
         assert!(metrics.ingest_link_up.load(Ordering::Relaxed));
 
         // Whatever takes the link's client id makes rumqttd drop the link without a word
-        // (devices cannot any more: the id is outside theirs; the edge's login is the only way).
-        let _intruder = connect(&broker, INGEST_LINK_ID).await;
+        // (devices cannot: the id is outside theirs, and only the edge opens links).
+        let _intruder = broker.router.link(INGEST_LINK_ID.to_owned()).await.unwrap();
         // Declared dead, then rebuilt: the restart counter says so (the "down" state may
         // last less than one poll of this test, the new link beats within 100 ms).
         wait_until("the link is declared dead", || {
@@ -534,16 +496,28 @@ mod tests {
         .await;
         assert_eq!(Metrics::get(&metrics.ingest_link_restarts_total), 1);
 
-        // Publishes reach the pipeline again.
-        let mut device = connect(&broker, "bp-1").await;
+        // Publishes reach the pipeline again, through a device's own link as the edge makes
+        // them (QoS 1, acked by the router).
+        let (mut device, mut device_rx, connack) = broker.router.link("bp-1".into()).await.unwrap();
+        assert!(matches!(
+            Option::<Packet>::from(connack),
+            Some(Packet::ConnAck(..))
+        ));
         let topic = "sentinella/v1/devices/bp-1/readings";
-        let mut out = BytesMut::new();
-        V4.write(
-            Packet::Publish(Publish::new(topic, "{}", false), None),
-            &mut out,
-        )
-        .unwrap();
-        device.write_all(&out).await.unwrap();
+        // PUBLISH, QoS 1, packet id 7, as the edge decodes it from a device.
+        let mut wire = bytes::BytesMut::new();
+        wire.extend_from_slice(&[0x32, (2 + topic.len() + 2 + 2) as u8, 0, topic.len() as u8]);
+        wire.extend_from_slice(topic.as_bytes());
+        wire.extend_from_slice(&[0, 7]);
+        wire.extend_from_slice(b"{}");
+        let publish =
+            rumqttd::protocol::Protocol::read_mut(&mut rumqttd::protocol::v4::V4, &mut wire, 1024)
+                .unwrap();
+        broker
+            .router
+            .push(&mut device, vec![publish])
+            .await
+            .unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("a publish within 5 s")
@@ -551,6 +525,17 @@ mod tests {
         assert!(
             matches!(&got, Inbound::Publish { topic: t, .. } if t == topic),
             "{got:?}"
+        );
+        let ack = tokio::time::timeout(Duration::from_secs(5), device_rx.next())
+            .await
+            .expect("a PUBACK within 5 s")
+            .unwrap();
+        assert!(
+            matches!(
+                ack.and_then(Option::<Packet>::from),
+                Some(Packet::PubAck(ref a, _)) if a.pkid == 7
+            ),
+            "no PUBACK"
         );
         cancel.cancel();
     }

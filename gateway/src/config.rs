@@ -49,8 +49,8 @@ pub struct GatewayConfig {
     pub revocation_poll: Duration,
     /// Most device connections held at once over both listeners; further ones are closed at
     /// accept. Unset (the default): as many as the process's descriptor budget allows, i.e.
-    /// (open-files limit − `api_descriptors` − the store's pool − 256 spare) / 3, since each
-    /// device holds three descriptors. A value above that budget is refused at start.
+    /// open-files limit − `api_descriptors` − the store's pool − 256 spare, since each device
+    /// holds one descriptor (its socket). A value above that budget is refused at start.
     pub max_connections: Option<usize>,
     /// Descriptors the API's connections may hold, counted in the budget above. Not read from
     /// the file: the program composing the process sets it (`sentinella run`: the API's

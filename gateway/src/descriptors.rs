@@ -1,9 +1,9 @@
 //! The process's file-descriptor budget and the edge's share of it.
 //!
-//! Every device connection costs three descriptors: the device's socket, the edge's loopback
-//! socket to rumqttd and rumqttd's end of it. The API's connections and the store's pool draw
-//! on the same limit (`RLIMIT_NOFILE`), so the edge may hold at most
-//! `(limit − API share − store pool − reserve) / 3` devices. At start the soft limit is raised
+//! Every device connection costs one descriptor, the device's socket: the edge talks to
+//! rumqttd's router through an in-process link, not a loopback connection. The API's
+//! connections and the store's pool draw on the same limit (`RLIMIT_NOFILE`), so the edge may
+//! hold at most `limit − API share − store pool − reserve` devices. At start the soft limit is raised
 //! to the hard one (which an unprivileged process cannot exceed) and `max_connections` is
 //! derived from it, or checked against it when configured: a configuration that would let
 //! devices exhaust descriptors the API and the store need is refused at start.
@@ -11,10 +11,10 @@
 use std::fmt;
 
 /// Descriptors one device connection holds.
-pub const PER_DEVICE: usize = 3;
+pub const PER_DEVICE: usize = 1;
 
 /// Descriptors kept spare for everything else: listeners, the database files of migrations,
-/// the broker's own sockets, TLS and configuration files, logs.
+/// TLS and configuration files, logs.
 pub const RESERVE: usize = 256;
 
 /// How the process's descriptors are shared out.
@@ -70,7 +70,7 @@ impl DescriptorBudget {
             Some(0) => Err("[gateway] max_connections must be at least 1".into()),
             Some(n) if n > most => Err(format!(
                 "[gateway] max_connections = {n} needs {} descriptors ({PER_DEVICE} per device: \
-                 its socket, the edge's socket to the broker and the broker's end), but {self}, \
+                 its socket), but {self}, \
                  which leaves room for at most {most} device connections. Lower \
                  max_connections (or leave it unset to get {most}), or raise the hard limit \
                  (e.g. LimitNOFILE= in the systemd unit)",
@@ -104,11 +104,13 @@ mod tests {
             store: 16,
             reserve: RESERVE,
         };
-        assert_eq!(budget.device_connections(), (20_000 - 1024 - 16 - 256) / 3);
-        assert_eq!(budget.resolve(None), Ok(6234));
-        assert_eq!(budget.resolve(Some(5000)), Ok(5000));
+        // One descriptor per device: 18,704 devices under this machine's 20,000.
+        assert_eq!(budget.device_connections(), 20_000 - 1024 - 16 - 256);
+        assert_eq!(budget.resolve(None), Ok(18_704));
+        assert_eq!(budget.resolve(Some(18_000)), Ok(18_000));
         let err = budget.resolve(Some(20_000)).unwrap_err();
-        assert!(err.contains("at most 6234"), "{err}");
+        assert!(err.contains("at most 18704"), "{err}");
+        assert!(err.contains("20000 descriptors"), "{err}");
         assert!(budget.resolve(Some(0)).is_err());
         let tiny = DescriptorBudget {
             limit: 1000,

@@ -10,19 +10,23 @@
 //!   secret.
 //!
 //! The edge reads the MQTT CONNECT (with a timeout), checks the device against the registry
-//! (unknown, revoked, wrong secret, superseded certificate), and only then opens a connection
-//! to the loopback broker, presenting the gateway's internal login instead of the device's. From then on it forwards every packet the device
-//! sends after checking it: PUBLISH only on the device's own `readings` or `status` topic,
-//! SUBSCRIBE only to its own `ack` and `config` topics (exactly those, no wildcards, at most
-//! [`MAX_FILTERS`] distinct filters per connection), a will only on its own status topic. A
-//! violation is quarantined (so nothing a device sent vanishes unrecorded) and closes the
-//! connection: MQTT 3.1.1 has no way to refuse a single publish. Broker → device bytes are
-//! copied as they are.
+//! (unknown, revoked, wrong secret, superseded certificate, keep-alive 0), and only then opens
+//! the device's own in-process link to rumqttd's router (`broker::RouterHandle::link`, no
+//! socket: the device's is the connection's only descriptor); the router answers the CONNACK,
+//! PUBACKs, SUBACKs and PINGRESPs as it would over TCP. From then on the edge hands the router
+//! every packet the device sends, decoded once, after checking it: PUBLISH only on the device's
+//! own `readings` or `status` topic, SUBSCRIBE only to its own `ack` and `config` topics
+//! (exactly those, no wildcards, at most [`MAX_FILTERS`] distinct filters per connection), a
+//! will only on its own status topic. A violation is quarantined (so nothing a device sent
+//! vanishes unrecorded) and closes the connection: MQTT 3.1.1 has no way to refuse a single
+//! publish. What the router sends the device is encoded once and written as it comes. The edge
+//! enforces the keep-alive (1.5 × the device's), and publishes a device's will itself when the
+//! connection ends without DISCONNECT (except at shutdown).
 //!
 //! rumqttd never frees the commit log it makes for each distinct filter, and keeps a persistent
 //! session's subscriptions after a disconnect, so both are bounded here: the exact-topic rule
-//! caps the filters the broker ever sees at two per provisioned device, and the CONNECT is
-//! forwarded with `clean_session = true` whatever the device asked, so nothing of a device's
+//! caps the filters the broker ever sees at two per provisioned device, and the link is opened
+//! with `clean_session = true` whatever the device asked, so nothing of a device's
 //! session outlives its connection (devices subscribe again after every CONNACK, and the end-to-
 //! end acks make a lost broker session harmless).
 //!
@@ -43,8 +47,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use rumqttd::Notification;
 use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{ConnAck, ConnectReturnCode, Login, Packet, Protocol};
+use rumqttd::protocol::{
+    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Login, Packet, Protocol, Publish,
+};
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -228,6 +235,21 @@ enum EdgeError {
     Revoked,
     #[error("gateway shutting down")]
     ShuttingDown,
+    #[error("nothing from the device within 1.5 times its keep-alive")]
+    KeepAlive,
+    #[error("the broker dropped the device's link (a newer connection with its id)")]
+    BrokerDropped,
+}
+
+/// How a device connection ended without error.
+#[derive(Debug)]
+enum End {
+    /// The device sent DISCONNECT.
+    Disconnected,
+    /// The device closed its socket without DISCONNECT.
+    Closed,
+    /// The gateway is shutting down.
+    Shutdown,
 }
 
 /// Accepts device connections until `cancel`.
@@ -359,7 +381,7 @@ async fn connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let max = ctx.config.max_packet_size;
     let first = tokio::select! {
         _ = cancel.cancelled() => return Err(EdgeError::ShuttingDown),
@@ -368,18 +390,24 @@ where
             read_packet(&mut client, &mut buf, max),
         ) => first.map_err(|_| EdgeError::ConnectTimeout)??,
     };
-    let Some(Packet::Connect(mut connect, _, will, _, login)) = first else {
+    let Some(Packet::Connect(connect, _, will, _, login)) = first else {
         return Err(EdgeError::NotConnect);
     };
 
-    let authorized = authorize(
-        &connect.client_id,
-        login.as_ref(),
-        will.as_ref(),
-        &identity,
-        ctx,
-    )
-    .await;
+    // Without a keep-alive a vanished device would hold its slot for ever (rumqttd refuses
+    // these too, silently).
+    let authorized = if connect.keep_alive == 0 {
+        Err((ConnectReturnCode::NotAuthorized, "keep-alive 0 (disabled)"))
+    } else {
+        authorize(
+            &connect.client_id,
+            login.as_ref(),
+            will.as_ref(),
+            &identity,
+            ctx,
+        )
+        .await
+    };
     let device_id = match authorized {
         Ok(id) => id,
         Err((code, why)) => {
@@ -411,28 +439,81 @@ where
         .send(ctx.repeats.config_message(device))
         .await;
 
-    let mut broker = TcpStream::connect(ctx.broker.addr).await?;
-    let _ = broker.set_nodelay(true);
-    let login = Login {
-        username: ctx.broker.username.clone(),
-        password: ctx.broker.password.clone(),
+    // The device's own in-process link to the router, a clean session whatever the device
+    // asked: nothing of its session may outlive its connection in the broker.
+    let (mut link_tx, mut link_rx, connack) = match ctx.broker.router.link(device_id.clone()).await
+    {
+        Ok(link) => link,
+        Err(why) => {
+            tracing::error!(device = %device_id, %why, "the broker refused the device's link");
+            let mut out = BytesMut::new();
+            let connack = ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::ServiceUnavailable,
+            };
+            let _ = V4.write(Packet::ConnAck(connack, None), &mut out);
+            let _ = client.write_all(&out).await;
+            let _ = client.shutdown().await;
+            return Err(EdgeError::Refused("broker unavailable"));
+        }
     };
-    // Nothing of the device's session may outlive its connection in the broker.
-    connect.clean_session = true;
-    let mut out = BytesMut::new();
-    V4.write(
-        Packet::Connect(connect, None, will, None, Some(login)),
-        &mut out,
-    )
-    .map_err(EdgeError::Mqtt)?;
-    broker.write_all(&out).await?;
+    let mut out = BytesMut::with_capacity(64);
+    if let Some(packet) = Option::<Packet>::from(connack) {
+        V4.write(packet, &mut out).map_err(EdgeError::Mqtt)?;
+    }
+    client.write_all(&out).await?;
+    client.flush().await?;
     let _ = ctx.inbound.send(presence(&device_id, true)).await;
 
-    let (mut from_broker, mut to_broker) = broker.into_split();
+    // The device must send something within 1.5 × its keep-alive (MQTT 3.1.1 §3.1.2.10).
+    let idle = Duration::from_millis(u64::from(connect.keep_alive) * 1500);
+    let router = &ctx.broker.router;
     let (mut from_client, mut to_client) = tokio::io::split(client);
-    let downstream = tokio::io::copy(&mut from_broker, &mut to_client);
+    let downstream = async {
+        let mut out = BytesMut::new();
+        loop {
+            let mut next = link_rx.next().await.map_err(|_| EdgeError::BrokerDropped)?;
+            let mut unscheduled = false;
+            let mut dropped = false;
+            out.clear();
+            // Everything the router has already handed over goes out in one write.
+            loop {
+                match next {
+                    Some(Notification::Unschedule) => unscheduled = true,
+                    Some(Notification::Disconnect(..)) => dropped = true,
+                    Some(notification) => {
+                        if let Some(packet) = Option::<Packet>::from(notification) {
+                            V4.write(packet, &mut out).map_err(EdgeError::Mqtt)?;
+                        }
+                    }
+                    None => {}
+                }
+                match now_or_never(link_rx.next()) {
+                    Some(Ok(more)) => next = more,
+                    Some(Err(_)) => {
+                        dropped = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if !out.is_empty() {
+                to_client.write_all(&out).await?;
+                to_client.flush().await?;
+            }
+            if dropped {
+                return Err::<End, EdgeError>(EdgeError::BrokerDropped);
+            }
+            if unscheduled {
+                link_rx.wake().await.map_err(|_| EdgeError::BrokerDropped)?;
+            }
+            // An idle connection keeps no write buffer.
+            if out.capacity() > 4096 {
+                out = BytesMut::new();
+            }
+        }
+    };
     let upstream = async {
-        let mut out = BytesMut::with_capacity(4096);
         let mut filters = HashSet::new();
         loop {
             let read = tokio::select! {
@@ -441,33 +522,86 @@ where
                 // (downstream) until the pipeline has sent its last acks.
                 _ = cancel.cancelled() => {
                     ctx.close.cancelled().await;
-                    return Ok::<(), EdgeError>(());
+                    return Ok::<End, EdgeError>(End::Shutdown);
                 }
-                read = read_packet(&mut from_client, &mut buf, max) => read,
+                read = tokio::time::timeout(idle, read_packet(&mut from_client, &mut buf, max)) => read,
             };
-            let Some(packet) = read? else {
-                return Ok(());
+            let Some(packet) = read.map_err(|_| EdgeError::KeepAlive)?? else {
+                return Ok(End::Closed);
             };
-            check_packet(&packet, device, &mut filters, &ctx.inbound).await?;
-            if matches!(packet, Packet::Publish(..)) {
+            // Whatever else the device has already sent goes to the router in the same event.
+            let mut packets = vec![packet];
+            let mut failed = None;
+            while failed.is_none() && packets.len() < MAX_PACKETS_PER_PUSH {
+                match decode(&mut buf, max) {
+                    Ok(Some(packet)) => packets.push(packet),
+                    Ok(None) => break,
+                    Err(e) => failed = Some(e),
+                }
+            }
+            // Checked in order: what precedes a violation (or a DISCONNECT) still counts.
+            let mut end = None;
+            let mut publishes = false;
+            for (i, packet) in packets.iter().enumerate() {
+                if let Err(e) = check_packet(packet, device, &mut filters, &ctx.inbound).await {
+                    end = Some((i, Err(e)));
+                    break;
+                }
+                publishes |= matches!(packet, Packet::Publish(..));
+                if matches!(packet, Packet::Disconnect(..)) {
+                    end = Some((i + 1, Ok(End::Disconnected)));
+                    break;
+                }
+            }
+            if let Some((keep, _)) = &end {
+                packets.truncate(*keep);
+            }
+            if publishes {
                 wait_for_room(ctx).await;
             }
-            let disconnect = matches!(packet, Packet::Disconnect(..));
-            out.clear();
-            V4.write(packet, &mut out).map_err(EdgeError::Mqtt)?;
-            to_broker.write_all(&out).await?;
-            if disconnect {
-                // Let the broker close its side first (it then drops the will cleanly).
-                std::future::pending::<()>().await;
+            router
+                .push(&mut link_tx, packets)
+                .await
+                .map_err(|_| EdgeError::BrokerDropped)?;
+            if let Some((_, outcome)) = end {
+                return outcome;
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            // An idle connection keeps only a small read buffer.
+            if buf.is_empty() && buf.capacity() > READ_BUFFER {
+                buf = BytesMut::new();
             }
         }
     };
     let result = tokio::select! {
         r = upstream => r,
-        r = downstream => r.map(|_| ()).map_err(EdgeError::from),
-        _ = ctx.close.cancelled() => Ok(()),
+        r = downstream => r,
+        _ = ctx.close.cancelled() => Ok(End::Shutdown),
         _ = live.token.cancelled() => Err(EdgeError::Revoked),
     };
+    // Leave the router. A DISCONNECT the device sent is already there; a link the router
+    // dropped is gone (its id may already belong to another connection). Otherwise the
+    // connection ended without DISCONNECT, so the device's will is published first, except
+    // at shutdown, when nothing would store it.
+    let mut leave = Vec::new();
+    match &result {
+        Ok(End::Disconnected) | Err(EdgeError::BrokerDropped) => {}
+        Ok(End::Shutdown) => leave.push(Packet::Disconnect(normal_disconnect(), None)),
+        _ => {
+            if let Some(will) = will {
+                // At QoS 0: nobody is left to take a PUBACK.
+                let publish = Publish::new(will.topic, will.message, will.retain);
+                leave.push(Packet::Publish(publish, None));
+            }
+            leave.push(Packet::Disconnect(normal_disconnect(), None));
+        }
+    }
+    if router.push(&mut link_tx, leave).await.is_err() {
+        tracing::debug!(device = %device_id, "the broker link was already gone");
+    }
+    let result = result.map(|_| ());
     drop(live);
     let _ = ctx.inbound.send(presence(&device_id, false)).await;
     tracing::info!(device = %device_id, %peer, "device disconnected");
@@ -677,6 +811,25 @@ async fn wait_for_room(ctx: &EdgeContext) {
     }
 }
 
+/// Initial capacity of a connection's read buffer; device packets are small. It grows for a
+/// larger packet and is given back once that packet is handled.
+const READ_BUFFER: usize = 512;
+
+/// Most packets read ahead and handed to the router in one event.
+const MAX_PACKETS_PER_PUSH: usize = 64;
+
+/// Decodes one complete packet from `buf`, `None` if more bytes are needed.
+fn decode(buf: &mut BytesMut, max: usize) -> Result<Option<Packet>, EdgeError> {
+    match V4.read_mut(buf, max) {
+        Ok(packet) => Ok(Some(packet)),
+        Err(rumqttd::protocol::Error::InsufficientBytes(_)) => Ok(None),
+        Err(rumqttd::protocol::Error::PayloadSizeLimitExceeded(size)) => {
+            Err(EdgeError::TooLarge(size))
+        }
+        Err(e) => Err(EdgeError::Mqtt(e)),
+    }
+}
+
 /// Reads one MQTT packet, `None` at a clean end of stream.
 async fn read_packet<R: AsyncReadExt + Unpin>(
     stream: &mut R,
@@ -684,15 +837,12 @@ async fn read_packet<R: AsyncReadExt + Unpin>(
     max: usize,
 ) -> Result<Option<Packet>, EdgeError> {
     loop {
-        match V4.read_mut(buf, max) {
-            Ok(packet) => return Ok(Some(packet)),
-            Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {}
-            Err(rumqttd::protocol::Error::PayloadSizeLimitExceeded(size)) => {
-                return Err(EdgeError::TooLarge(size));
-            }
-            Err(e) => return Err(EdgeError::Mqtt(e)),
+        if let Some(packet) = decode(buf, max)? {
+            return Ok(Some(packet));
         }
-        buf.reserve(4096);
+        if buf.capacity() - buf.len() < READ_BUFFER / 2 {
+            buf.reserve(buf.capacity().max(READ_BUFFER));
+        }
         if stream.read_buf(buf).await? == 0 {
             return if buf.is_empty() {
                 Ok(None)
@@ -700,6 +850,22 @@ async fn read_packet<R: AsyncReadExt + Unpin>(
                 Err(EdgeError::Violation("truncated packet"))
             };
         }
+    }
+}
+
+/// Polls `future` once: its output if it is ready now.
+fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
+fn normal_disconnect() -> Disconnect {
+    Disconnect {
+        reason_code: DisconnectReasonCode::NormalDisconnection,
     }
 }
 

@@ -8,8 +8,9 @@
 //!   inside its own topics before forwarding to the broker.
 //! - [`tls`]: the TLS listener's rustls configuration ([`EdgeTls`]) and per-IP limits.
 //! - [`descriptors`]: the process's descriptor budget, which sets the edge's connection limit.
-//! - `broker`: rumqttd on loopback, the ingest link (watched by a heartbeat, rebuilt when it
-//!   dies) and the threads bridging it to tokio.
+//! - `broker`: rumqttd's router in-process, the links the edge opens to it (one per device
+//!   connection), the ingest link (watched by a heartbeat, rebuilt when it dies) and the threads
+//!   bridging it to tokio.
 //! - `registry`: a short-lived cache of the devices table.
 //! - `ingest`: decode → batch → commit → ack.
 //! - [`telemetry`]: counters every stage bumps, rendered for Prometheus.
@@ -80,8 +81,6 @@ pub struct Gateway {
     pub edge_addr: SocketAddr,
     /// Where devices connect over mutual TLS, when the TLS listener runs.
     pub tls_addr: Option<SocketAddr>,
-    /// The loopback address of the embedded broker (internal; only the edge may log in).
-    pub broker_addr: SocketAddr,
     /// Counters of every stage.
     pub metrics: Arc<Metrics>,
     /// Where to send repeat requests for devices (delivered in their retained `config`).
@@ -111,14 +110,15 @@ const REVOCATION_LOOKBACK: time::Duration = time::Duration::minutes(10);
 /// `config.tls_listen` when `tls` is given), so no device publish can arrive before something
 /// is listening for it. Everything stops when `cancel` fires.
 ///
-/// Each committed batch is handed to `committed` when given (the alert engine, wired by the
-/// composition root; the batch's outbox entry keeps it until evaluated). The gateway knows
+/// Each committed batch is offered to `committed` when given (the alert engine, wired by the
+/// composition root), never waiting for it: the batch's outbox entry keeps it until evaluated,
+/// and a consumer that lags catches up from there (`store::handoff`). The gateway knows
 /// nothing of what consumes it.
 pub async fn start(
     config: GatewayConfig,
     store: Store,
     tls: Option<EdgeTls>,
-    committed: Option<mpsc::Sender<store::Committed>>,
+    committed: Option<Arc<store::Handoff>>,
     cancel: CancellationToken,
 ) -> Result<Gateway, GatewayError> {
     if !config.listen.ip().is_loopback() && !config.allow_plain_on_non_loopback {
@@ -259,11 +259,10 @@ pub async fn start(
         cancel.clone(),
         tracker.clone(),
     ));
-    tracing::info!(plain = %edge_addr, tls = ?tls_addr, broker = %broker.addr, "gateway listening for devices");
+    tracing::info!(plain = %edge_addr, tls = ?tls_addr, "gateway listening for devices");
     Ok(Gateway {
         edge_addr,
         tls_addr,
-        broker_addr: broker.addr,
         metrics,
         repeats: repeat_tx,
         max_connections,

@@ -18,10 +18,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 
-/// Committed batches waiting for the alert engine. The writer waits when it is full; each
-/// batch is also in the store's outbox, so nothing is lost at a crash.
-const ENGINE_QUEUE: usize = 64;
-
 /// The device-side TLS material: the edge's server certificate and the CA it trusts for
 /// device certificates, with the device CA itself when this node issues certificates (the
 /// API's provisioning routes need it).
@@ -129,17 +125,17 @@ impl Node {
         // leaving the API's share: its own cap.
         let mut gateway_config = config.gateway.clone();
         gateway_config.api_descriptors = config.api.max_connections;
-        let (committed_tx, committed_rx) = if config.alerts.enabled {
-            let (tx, rx) = mpsc::channel(ENGINE_QUEUE);
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
+        // Committed batches for the alert engine: the writer never waits for it; each batch is
+        // also in the store's outbox, where a lagging engine (or the next start) finds it.
+        let handoff = config
+            .alerts
+            .enabled
+            .then(|| Arc::new(store::Handoff::new(config.alerts.queue_batches)));
         let gateway = gateway::start(
             gateway_config,
             store.clone(),
             Some(tls.edge),
-            committed_tx,
+            handoff.clone(),
             cancel.clone(),
         )
         .await
@@ -147,7 +143,7 @@ impl Node {
         let tls_addr = gateway.tls_addr.context("TLS listener address")?;
 
         let alert_metrics = Arc::new(EngineMetrics::default());
-        if let Some(rx) = committed_rx {
+        if let Some(handoff) = handoff {
             // The engine's repeat requests go to the gateway, which delivers them to devices.
             let (repeat_tx, mut repeat_rx) = mpsc::unbounded_channel::<alerting::RepeatRequest>();
             let to_devices = gateway.repeats.clone();
@@ -171,8 +167,8 @@ impl Node {
                 alert_metrics.clone(),
             )
             .with_repeats(repeat_tx);
-            // The engine stops when the writer, its only sender, is gone: after the last batch.
-            tasks.spawn(engine.run(rx, cancel.clone()));
+            // The engine stops when the writer closes the handoff: after the last batch.
+            tasks.spawn(engine.run_handoff(handoff, cancel.clone()));
         }
 
         let (listener, api_addr, api_tls, state) =

@@ -48,6 +48,7 @@ mod connect;
 pub mod credentials;
 mod error;
 mod fhir;
+pub mod handoff;
 mod identity;
 mod quarantine;
 mod readings;
@@ -64,6 +65,7 @@ pub use alerts::{
 pub use audit::{AuditEntry, AuditQuery, NewAudit};
 pub use careplans::{CarePlanRow, NewCarePlan};
 pub use error::{Result, StoreError};
+pub use handoff::Handoff;
 pub use identity::{NewUser, Role, User, UserKind};
 pub use quarantine::{NewQuarantine, QuarantineEntry};
 pub use readings::{

@@ -68,6 +68,8 @@ pub struct Stack {
     pub token: String,
     /// The gateway's counters.
     pub metrics: Arc<Metrics>,
+    /// The alert engine's counters.
+    pub alert_metrics: Arc<alerting::EngineMetrics>,
     cancel: CancellationToken,
     node: Node,
     http: reqwest::Client,
@@ -149,6 +151,7 @@ impl Stack {
         .await
         .context("start the node")?;
         let metrics = node.metrics.clone();
+        let alert_metrics = node.alert_metrics.clone();
         let cot_code = unique("COT-");
         let cot = match store.cot_by_code(&cot_code).await? {
             Some(c) => c,
@@ -170,6 +173,7 @@ impl Stack {
             api: node.api_addr,
             token,
             metrics,
+            alert_metrics,
             cancel,
             node,
             http: reqwest::Client::new(),

@@ -30,8 +30,9 @@ pub(crate) struct Writer {
     pub(crate) store: Store,
     pub(crate) outbound: mpsc::Sender<Outbound>,
     pub(crate) metrics: Arc<Metrics>,
-    /// The alert engine, fed with every batch's newly stored readings after its commit.
-    pub(crate) engine: Option<mpsc::Sender<store::Committed>>,
+    /// The alert engine, offered every batch's newly stored readings after its commit
+    /// (never waited for).
+    pub(crate) engine: Option<Arc<store::Handoff>>,
 }
 
 impl Writer {
@@ -76,6 +77,9 @@ impl Writer {
                     .ingest_latency_seconds
                     .observe(oldest.elapsed());
             }
+        }
+        if let Some(engine) = &self.engine {
+            engine.close();
         }
         tracing::debug!("writer stopped");
     }
@@ -173,9 +177,8 @@ impl Writer {
         }
     }
 
-    /// Hands the readings stored now to the alert engine. Waiting here when the engine
-    /// lags is backpressure like any other stage (its outbox entry already guarantees the
-    /// readings get evaluated, even after a crash).
+    /// Offers the readings stored now to the alert engine, without waiting: when the engine
+    /// lags, the batch's outbox entry (committed with it) is how the engine gets it.
     async fn to_engine(&self, readings: &[store::NewReading], outcome: &store::CommitOutcome) {
         let Some(engine) = &self.engine else {
             return;
@@ -194,8 +197,8 @@ impl Writer {
             outbox_id: outcome.outbox_id,
             committed: Instant::now(),
         };
-        if engine.send(committed).await.is_err() {
-            tracing::warn!("alert engine stopped; readings stay in its outbox for the next start");
+        if !engine.offer(committed) {
+            Metrics::add(&self.metrics.engine_lagging_batches_total, 1);
         }
     }
 
