@@ -179,7 +179,7 @@ metrics=$(curl -fsS "http://127.0.0.1:$API_PORT/metrics")
 grep -qx "sentinella_process_open_files_limit $LIMIT" <<<"$metrics" ||
   fail "open-files limit: $(grep open_files <<<"$metrics")"
 devices=$(sed -n 's/^sentinella_edge_max_connections //p' <<<"$metrics")
-expected=$(( (LIMIT - 1024 - 24 - 256) / 3 ))
+expected=$(( LIMIT - 1024 - 24 - 256 ))
 [ "$devices" = "$expected" ] || fail "max device connections $devices, expected $expected"
 echo "an open-files limit of $LIMIT gives $devices device connections (SQLite)" >&2
 [ -f "$STATE/sentinella.sqlite" ] || fail "the store is not in $STATE"
