@@ -98,6 +98,40 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// How [`Stack::start_on`] starts a node, beyond the database.
+pub struct Launch<'a> {
+    /// The store the node reaches the database through (e.g. a [`crate::faults::FaultProxy`]);
+    /// default: the database's own. The test keeps the direct way in either way.
+    pub store: Option<store::Store>,
+    /// The alert engine's clock (scenarios in compressed time); default: the system clock.
+    pub clock: Option<alerting::Clock>,
+    /// Adjusts the node's configuration (edge and API are on free loopback ports before).
+    pub config: Box<dyn FnOnce(&mut Config) + 'a>,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Launch::configured(|_| {})
+    }
+}
+
+impl std::fmt::Debug for Launch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launch").finish_non_exhaustive()
+    }
+}
+
+impl<'a> Launch<'a> {
+    /// The defaults, with `config` adjusting the node's configuration.
+    pub fn configured(config: impl FnOnce(&mut Config) + 'a) -> Launch<'a> {
+        Launch {
+            store: None,
+            clock: None,
+            config: Box::new(config),
+        }
+    }
+}
+
 impl Stack {
     /// Starts the stack with the default gateway configuration (edge and API on free ports).
     pub async fn start(db: Db) -> anyhow::Result<Stack> {
@@ -108,37 +142,20 @@ impl Stack {
     pub async fn start_with(db: Db, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Stack> {
         init_logging();
         let db = db.create().await;
-        Stack::start_on(db, tweak).await
+        Stack::start_on(db, Launch::configured(tweak)).await
     }
 
-    /// Starts the stack on an existing database (e.g. to restart over the same data).
-    pub async fn start_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Stack> {
-        let store = db.store.clone();
-        Stack::start_with_store(db, store, tweak).await
-    }
-
-    /// Starts the stack with the gateway and the API reaching the database through `store`
-    /// (e.g. through a [`crate::faults::FaultProxy`]); `db` stays the direct way in.
-    pub async fn start_with_store(
-        db: TestDb,
-        store: store::Store,
-        tweak: impl FnOnce(&mut Config),
-    ) -> anyhow::Result<Stack> {
-        Stack::start_clocked(db, store, alerting::system_clock(), tweak).await
-    }
-
-    /// Starts the stack with the alert engine on `clock` (scenarios in compressed time).
-    pub async fn start_clocked(
-        db: TestDb,
-        store: store::Store,
-        clock: alerting::Clock,
-        tweak: impl FnOnce(&mut Config),
-    ) -> anyhow::Result<Stack> {
+    /// Starts the stack on an existing database (e.g. to restart over the same data), with
+    /// the choices of [`Launch`]; [`Stack::start`] and [`Stack::start_with`] are this on a
+    /// fresh database.
+    pub async fn start_on(db: TestDb, launch: Launch<'_>) -> anyhow::Result<Stack> {
+        let store = launch.store.unwrap_or_else(|| db.store.clone());
+        let clock = launch.clock.unwrap_or_else(alerting::system_clock);
         let mut config = Config::default();
         config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.gateway.tls_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.api.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        tweak(&mut config);
+        (launch.config)(&mut config);
         let ca = Arc::new(pki::DeviceCa::generate("e2e device CA")?);
         let cancel = CancellationToken::new();
         let node = Node::start(

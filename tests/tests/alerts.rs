@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alerting::plan;
-use e2e::harness::{Db, RawDevice, Stack, now_ms, topic};
+use e2e::harness::{Db, Launch, RawDevice, Stack, now_ms, topic};
 use store::{
     Alert, AlertQuery, DeviceKind, NewCarePlan, NewReading, ReadingKind, Severity, Workflow,
 };
@@ -111,7 +111,15 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
     let clock = TestClock::new();
     let db = db.create().await;
     let store = db.store.clone();
-    let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
+    let stack = Stack::start_on(
+        db,
+        Launch {
+            store: Some(store),
+            clock: Some(clock.clock()),
+            config: Box::new(fast),
+        },
+    )
+    .await?;
     let t = now_ms();
 
     // Hypertensive crisis: critical on the first reading (unconfirmed), confirmed by the
@@ -262,7 +270,15 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
     copd.dev.close();
     let db = stack.stop().await;
     let store = db.store.clone();
-    let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
+    let stack = Stack::start_on(
+        db,
+        Launch {
+            store: Some(store),
+            clock: Some(clock.clock()),
+            config: Box::new(fast),
+        },
+    )
+    .await?;
     // (30 h have passed on the engine's clock: the crisis patient has missed BP readings too.)
     let bp_high = |a: &[Alert]| {
         a.iter()
@@ -301,7 +317,15 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
         .await?;
     let db = stack.stop().await;
     let store = db.store.clone();
-    let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
+    let stack = Stack::start_on(
+        db,
+        Launch {
+            store: Some(store),
+            clock: Some(clock.clock()),
+            config: Box::new(fast),
+        },
+    )
+    .await?;
     let after = wait_alerts(&stack, crisis.id, "outbox re-evaluation", |a| {
         bp_high(a).first().is_some_and(|x| x.count > before)
     })
@@ -329,7 +353,15 @@ async fn late_backlog(db: Db) -> anyhow::Result<()> {
     let clock = TestClock::new();
     let db = db.create().await;
     let store = db.store.clone();
-    let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
+    let stack = Stack::start_on(
+        db,
+        Launch {
+            store: Some(store),
+            clock: Some(clock.clock()),
+            config: Box::new(fast),
+        },
+    )
+    .await?;
     let t = now_ms();
     let day = 24 * 60 * MIN;
     let p = patient(&stack, &["hypertension"], DeviceKind::BloodPressure).await?;
@@ -386,7 +418,15 @@ async fn adherence_on_measurement_time(db: Db) -> anyhow::Result<()> {
     let clock = TestClock::at(start);
     let db = db.create().await;
     let store = db.store.clone();
-    let stack = Stack::start_clocked(db, store, clock.clock(), fast).await?;
+    let stack = Stack::start_on(
+        db,
+        Launch {
+            store: Some(store),
+            clock: Some(clock.clock()),
+            config: Box::new(fast),
+        },
+    )
+    .await?;
     let p = patient(
         &stack,
         &["hypertension", "diabetes"],

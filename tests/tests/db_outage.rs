@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use e2e::faults::FaultProxy;
-use e2e::harness::{Db, Stack, now_ms};
+use e2e::harness::{Db, Launch, Stack, now_ms};
 use gateway::Metrics;
 use protocol::{Measurement, Spo2};
 use simulators::device::{DeviceSpec, spawn};
@@ -23,7 +23,14 @@ async fn postgres_outage_loses_nothing_and_duplicates_nothing() -> anyhow::Resul
     let pg: std::net::SocketAddr = "127.0.0.1:5432".parse()?;
     let proxy = FaultProxy::start(pg).await?;
     let via_proxy = store::Store::connect(&proxy.proxied_url(&db.url)?).await?;
-    let stack = Stack::start_with_store(db, via_proxy, |_| {}).await?;
+    let stack = Stack::start_on(
+        db,
+        Launch {
+            store: Some(via_proxy),
+            ..Launch::default()
+        },
+    )
+    .await?;
 
     let cancel = CancellationToken::new();
     let mut devices = Vec::new();

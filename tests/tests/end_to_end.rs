@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use e2e::harness::{Db, Stack, now_ms};
+use e2e::harness::{Db, Launch, Stack, now_ms};
 use protocol::{
     BloodPressure, Glucose, GlucoseUnit, MealContext, Measurement, PressureUnit, SampleType, Spo2,
 };
@@ -264,7 +264,7 @@ async fn restart_keeps_everything_once() -> anyhow::Result<()> {
     let db = stack.stop().await;
     assert_eq!(db.store.count_readings(Some(&creds.id)).await?, 100);
 
-    let stack = Stack::start_on(db, |_| {}).await?;
+    let stack = Stack::start_on(db, Launch::default()).await?;
     let mut spec = DeviceSpec::new(&creds.id, &creds.secret, stack.edge.to_string());
     spec.first_seq = next_seq;
     let dev = spawn(spec, cancel.clone());
