@@ -8,6 +8,8 @@
 //!   served at `/console/`.
 //! - [`tls`]: HTTPS for the API when a certificate is configured.
 //! - [`fhir`]: the read-only FHIR R4 API under `/fhir/r4` (same tokens, scope and audit).
+//! - [`report`]: the telemonitoring report of a patient over a period (PDF in Italian or
+//!   English; FHIR DiagnosticReport and DocumentReference through [`fhir`]).
 //! - `main.rs`: the `sentinella` binary: `run` (gateway + API in one process), `migrate`,
 //!   and the provisioning commands.
 //!
@@ -18,6 +20,7 @@ pub mod config;
 pub mod console;
 pub mod fhir;
 pub mod http;
+pub mod report;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -16,10 +16,12 @@ mod admin;
 mod alert_stream;
 mod alerts;
 mod careplans;
+mod contacts;
 mod devices;
 mod health;
 pub(crate) mod patients;
 mod quarantine;
+mod reports;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,7 +231,9 @@ pub fn app(state: AppState) -> Router {
         .merge(devices::router())
         .merge(quarantine::router())
         .merge(alerts::router())
-        .merge(careplans::router());
+        .merge(careplans::router())
+        .merge(contacts::router())
+        .merge(reports::router());
     let hsts = state.auth.tls.then(|| {
         SetResponseHeaderLayer::overriding(
             HeaderName::from_static("strict-transport-security"),
