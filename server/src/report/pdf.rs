@@ -402,7 +402,7 @@ fn header(doc: &mut Doc, r: &Report) {
     doc.line(MARGIN, 18.0, true, INK, tr(l, "title"));
     doc.y -= 4.0;
     doc.line(MARGIN, 14.0, true, INK, &r.patient.display_name);
-    let mut facts = vec![
+    let facts = [
         format!("{}: {}", tr(l, "code"), r.patient.code),
         format!(
             "{}: {}",
@@ -411,16 +411,17 @@ fn header(doc: &mut Doc, r: &Report) {
                 .birth_year
                 .map_or("—".to_owned(), |y| y.to_string())
         ),
-        format!(
-            "{}: {}",
-            tr(l, "conditions"),
-            if r.patient.conditions.is_empty() {
-                "—".to_owned()
-            } else {
-                r.patient.conditions.join(", ")
-            }
-        ),
     ];
+    doc.line(MARGIN, 10.0, false, INK, &facts.join("   ·   "));
+    let mut facts = vec![format!(
+        "{}: {}",
+        tr(l, "conditions"),
+        if r.patient.conditions.is_empty() {
+            "—".to_owned()
+        } else {
+            r.patient.conditions.join(", ")
+        }
+    )];
     if let Some(cot) = &r.cot_name {
         facts.push(format!("{}: {cot}", tr(l, "cot")));
     }
@@ -565,7 +566,7 @@ fn chart(doc: &mut Doc, r: &Report, trend: &Trend) {
     let step = tick_step(hi - lo + 2.0 * pad, 5.0);
     let lo = ((lo - pad) / step).floor() * step;
     let hi = ((hi + pad) / step).ceil() * step;
-    let (x0, x1) = (MARGIN + 34.0, W - MARGIN - 70.0);
+    let (x0, x1) = (MARGIN + 34.0, W - MARGIN - 92.0);
     let y1 = doc.y - 6.0;
     let y0 = y1 - CHART_H;
     let (t0, t1) = (r.period.start(), r.period.end());
@@ -611,7 +612,8 @@ fn chart(doc: &mut Doc, r: &Report, trend: &Trend) {
         c.rect(x0, y0, x1 - x0, y1 - y0);
         c.stroke();
     }
-    // Threshold lines, dashed, labelled at the right.
+    // Threshold lines, dashed, labelled at the right (labels pushed apart so none overlap).
+    let mut labels: Vec<(f32, Rgb, String)> = Vec::new();
     for th in &trend.thresholds {
         if th.value < lo || th.value > hi {
             continue;
@@ -629,13 +631,25 @@ fn chart(doc: &mut Doc, r: &Report, trend: &Trend) {
             c.stroke();
             c.restore_state();
         }
+        let metric = if trend.series.len() > 1 {
+            format!(" {}", tr(l, th.metric.as_str()))
+        } else {
+            String::new()
+        };
         let label = format!(
-            "{} {} {}",
+            "{} {}{metric} {}",
             if th.upper { ">=" } else { "<=" },
             number(l, th.value, 0),
             severity_name(l, th.severity)
         );
-        doc.text_at(x1 + 3.0, y - 2.5, 6.5, false, colour, &label);
+        labels.push((y, colour, label));
+    }
+    labels.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut last = f32::INFINITY;
+    for (y, colour, label) in labels {
+        let y = y.min(last - 7.0);
+        last = y;
+        doc.text_at(x1 + 3.0, y - 2.5, 6.0, false, colour, &label);
     }
     // Series: a line through the points and a small square on each.
     for s in &trend.series {
