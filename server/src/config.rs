@@ -29,6 +29,18 @@ pub struct Config {
     pub api: ApiConfig,
     /// The device side: edge, broker, ingest.
     pub gateway: GatewayConfig,
+    /// The telemonitoring reports.
+    pub reports: ReportsConfig,
+}
+
+/// Scheduled telemonitoring reports.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportsConfig {
+    /// When set, every patient's report of the previous calendar month is written here once,
+    /// in Italian and English (`{COT}/{patient}/{yyyy-mm}-{it|en}.pdf`); absent: no scheduled
+    /// reports (they are always available on request through the API and FHIR).
+    pub monthly_dir: Option<PathBuf>,
 }
 
 /// The HTTP API's settings.
@@ -93,6 +105,7 @@ impl Default for Config {
             pki_dir: None,
             api: ApiConfig::default(),
             gateway: GatewayConfig::default(),
+            reports: ReportsConfig::default(),
         }
     }
 }
@@ -185,6 +198,9 @@ mod tests {
         assert!(!parsed.gateway.allow_plain_on_non_loopback);
         assert_eq!(parsed.api.conn_limits(), defaults.api.conn_limits());
         assert_eq!(parsed.api.trusted_proxies, defaults.api.trusted_proxies);
+        assert_eq!(parsed.reports.monthly_dir, defaults.reports.monthly_dir);
+        let on: Config = toml::from_str("[reports]\nmonthly_dir = \"data/reports\"").unwrap();
+        assert_eq!(on.reports.monthly_dir, Some(PathBuf::from("data/reports")));
     }
 
     #[test]

@@ -371,6 +371,15 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
         cancel.clone(),
     ));
 
+    let monthly = config.reports.monthly_dir.clone().map(|dir| {
+        tracing::info!(dir = %dir.display(), "monthly reports on");
+        tokio::spawn(server::report::monthly::run(
+            store.clone(),
+            dir,
+            cancel.clone(),
+        ))
+    });
+
     // The demo devices stop first, so the gateway does not log them being cut off.
     let demo_cancel = CancellationToken::new();
     #[cfg(feature = "demo")]
@@ -399,6 +408,9 @@ async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<()> 
         let _ = demo.await;
     }
     cancel.cancel();
+    if let Some(monthly) = monthly {
+        let _ = monthly.await;
+    }
     api.await.context("API task")?.context("API server")?;
     gateway.join().await;
     store.close().await;

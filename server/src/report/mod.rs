@@ -5,11 +5,14 @@
 //!
 //! - [`Report::gather`] reads it from the store (one patient, one period; nothing stored);
 //! - [`pdf::render`] draws it as a PDF in Italian or English (`pdf-writer`, standard fonts);
+//! - [`monthly`] writes every patient's report of the previous month to a folder, when
+//!   configured;
 //! - `crate::fhir::report` maps it to a FHIR `DiagnosticReport` (with the Observations it
 //!   summarises as `result`) and a `DocumentReference` carrying the PDF.
 //!
 //! A period is whole UTC days: `from` and `to` are dates, both included.
 
+pub mod monthly;
 pub mod pdf;
 
 use gateway::alerts::plan::{self, CarePlan, Check, Metric};
@@ -284,9 +287,9 @@ impl Report {
             .await?;
         alerts.retain(|a| a.opened_at < end && a.resolved_at.is_none_or(|r| r >= start));
         alerts.sort_by_key(|a| (a.opened_at, a.id));
-        let interventions = store
-            .patient_interventions(patient.id, None, Some(end))
-            .await?;
+        // What was done about the period's alerts, also after the period's end (as their
+        // outcome is).
+        let interventions = store.patient_interventions(patient.id, None, None).await?;
         let alerts = alerts
             .into_iter()
             .map(|alert| AlertLine {
