@@ -409,7 +409,7 @@ async fn nurse_works_sixty_alerts_from_the_worklist_and_downloads_a_report() -> 
     let store = stack.store();
     let cot = store.add_cot(&unique("COT-W"), "COT Lodi").await?;
     // The patient reported on has a cuff with three days of readings; 19 others have none.
-    let mut maria = home(&stack, cot.id, "Maria Rossi").await?;
+    let maria = home(&stack, cot.id, "Maria Rossi").await?;
     let mut patients = vec![maria.patient.clone()];
     for i in 1..20 {
         let conditions = match i % 3 {
