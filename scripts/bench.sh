@@ -17,7 +17,7 @@ PG=${PG:-postgres://postgres@127.0.0.1:5432}
 OUT=${OUT:-artifacts/bench}
 mkdir -p "$OUT"
 
-cargo build --release --locked -p server -p simulators >&2
+cargo build --release --locked -p sentinella -p simulators >&2
 BIN=target/release
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

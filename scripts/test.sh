@@ -60,7 +60,7 @@ trap 'kill "$TSDB_PID" 2>/dev/null || true' EXIT
 export TSDB_DATABASE_URL
 
 log "FHIR validator"
-# The independent FHIR R4 validator of server/tests/fhir.rs (tests/fhir/validate.py, pinned
+# The independent FHIR R4 validator of api/tests/fhir.rs (tests/fhir/validate.py, pinned
 # fhir.resources from PyPI), in a virtualenv under target/.
 FHIR_VENV="${CARGO_TARGET_DIR:-target}/fhir-venv"
 if ! command -v python3 >/dev/null || ! python3 -c "import ensurepip, venv" 2>/dev/null; then
@@ -82,15 +82,18 @@ if ! command -v cargo-deny >/dev/null; then cargo install --locked cargo-deny@0.
 cargo deny --log-level error check bans licenses sources
 # The `sentinella` binary without the `demo` feature links no MQTT client (rumqttc and its
 # rustls-webpki 0.102 / rustls-pemfile) and no simulator.
-prod_graph=$(cargo tree -p server -e normal --locked --prefix none)
+prod_graph=$(cargo tree -p sentinella -e normal --locked --prefix none)
 if grep -E '^(rumqttc|simulators|rustls-webpki v0\.102|rustls-pemfile) ' <<<"$prod_graph"; then
-  echo "the production graph of server holds the crates above; they belong behind the demo feature" >&2
+  echo "the production graph of sentinella holds the crates above; they belong behind the demo feature" >&2
   exit 1
 fi
 
+log "architecture: crate boundaries, one composition root, no import circles"
+python3 scripts/check-layout.py
+
 log "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo clippy -p server --features demo --all-targets --locked -- -D warnings
+cargo clippy -p sentinella --features demo --all-targets --locked -- -D warnings
 
 log "without std (what the firmware builds on)"
 cargo build -p protocol --no-default-features --locked

@@ -81,8 +81,6 @@ pub struct GatewayConfig {
     /// store is down (older data is dropped by the broker, and devices resend it because it was
     /// never acknowledged).
     pub broker_segment_count: usize,
-    /// The alert engine (`[gateway.alerts]`).
-    pub alerts: crate::alerts::AlertsConfig,
 }
 
 impl Default for GatewayConfig {
@@ -110,7 +108,6 @@ impl Default for GatewayConfig {
             registry_ttl: Duration::from_secs(30),
             broker_segment_size: 16 * 1024 * 1024,
             broker_segment_count: 8,
-            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }

@@ -16,7 +16,6 @@
 //!
 //! Start at [`start`]: it wires the stages together in the order the data flows.
 
-pub mod alerts;
 pub mod config;
 pub mod descriptors;
 pub mod telemetry;
@@ -42,6 +41,7 @@ use tokio_util::task::TaskTracker;
 pub use broker::{INGEST_LINK_ID, INTERNAL_CLIENT_IDS};
 pub use config::GatewayConfig;
 pub use descriptors::DescriptorBudget;
+pub use repeats::RepeatRequest;
 pub use telemetry::Metrics;
 pub use tls::EdgeTls;
 
@@ -84,8 +84,8 @@ pub struct Gateway {
     pub broker_addr: SocketAddr,
     /// Counters of every stage.
     pub metrics: Arc<Metrics>,
-    /// Counters of the alert engine (zero when it is disabled).
-    pub alert_metrics: Arc<alerts::EngineMetrics>,
+    /// Where to send repeat requests for devices (delivered in their retained `config`).
+    pub repeats: mpsc::UnboundedSender<RepeatRequest>,
     /// Most device connections the edge holds at once, over both listeners.
     pub max_connections: usize,
     /// The descriptor budget `max_connections` was checked against.
@@ -106,36 +106,20 @@ impl Gateway {
 /// difference between the host that revokes (`sentinella device revoke`) and the gateway.
 const REVOCATION_LOOKBACK: time::Duration = time::Duration::minutes(10);
 
-/// Starts the gateway with the plain listener only; see [`start_with_tls`].
-pub async fn start(
-    config: GatewayConfig,
-    store: Store,
-    cancel: CancellationToken,
-) -> Result<Gateway, GatewayError> {
-    start_with_tls(config, store, None, cancel).await
-}
-
-/// [`start_with_clock`] on the system clock.
-pub async fn start_with_tls(
-    config: GatewayConfig,
-    store: Store,
-    tls: Option<EdgeTls>,
-    cancel: CancellationToken,
-) -> Result<Gateway, GatewayError> {
-    start_with_clock(config, store, tls, cancel, alerts::system_clock()).await
-}
-
 /// Starts the gateway: checks the store, starts the broker with its ingest link subscribed,
 /// then the pipeline, and only then the edge listeners (plain, and TLS on
 /// `config.tls_listen` when `tls` is given), so no device publish can arrive before something
 /// is listening for it. Everything stops when `cancel` fires.
-/// The alert engine runs on `clock` (tests run scenarios on a fast clock).
-pub async fn start_with_clock(
+///
+/// Each committed batch is handed to `committed` when given (the alert engine, wired by the
+/// composition root; the batch's outbox entry keeps it until evaluated). The gateway knows
+/// nothing of what consumes it.
+pub async fn start(
     config: GatewayConfig,
     store: Store,
     tls: Option<EdgeTls>,
+    committed: Option<mpsc::Sender<store::Committed>>,
     cancel: CancellationToken,
-    clock: alerts::Clock,
 ) -> Result<Gateway, GatewayError> {
     if !config.listen.ip().is_loopback() && !config.allow_plain_on_non_loopback {
         return Err(GatewayError::Config(format!(
@@ -195,34 +179,18 @@ pub async fn start_with_clock(
         max_delay: config.batch_max_delay,
     };
     tracker.spawn(batcher.run(inbound_rx, batch_tx, cancel.clone()));
-    let alert_metrics = Arc::new(alerts::EngineMetrics::default());
     let repeats = Arc::new(repeats::Repeats::default());
-    let engine = if config.alerts.enabled {
-        let (tx, rx) = mpsc::channel(64);
-        let (repeat_tx, repeat_rx) = mpsc::unbounded_channel();
-        tracker.spawn(
-            repeats
-                .clone()
-                .run(repeat_rx, broker.outbound.clone(), cancel.clone()),
-        );
-        let engine = alerts::Engine::new(
-            store.clone(),
-            config.alerts.clone(),
-            clock,
-            alert_metrics.clone(),
-        )
-        .with_repeats(repeat_tx);
-        // The engine stops when the writer, its only sender, is gone: after the last batch.
-        tracker.spawn(engine.run(rx, cancel.clone()));
-        Some(tx)
-    } else {
-        None
-    };
+    let (repeat_tx, repeat_rx) = mpsc::unbounded_channel();
+    tracker.spawn(
+        repeats
+            .clone()
+            .run(repeat_rx, broker.outbound.clone(), cancel.clone()),
+    );
     let writer = ingest::writer::Writer {
         store: store.clone(),
         outbound: broker.outbound.clone(),
         metrics: metrics.clone(),
-        engine,
+        engine: committed,
     };
     // Device connections close only after the writer has committed and acked what was in
     // flight at shutdown, plus a moment for the broker to deliver those acks.
@@ -297,7 +265,7 @@ pub async fn start_with_clock(
         tls_addr,
         broker_addr: broker.addr,
         metrics,
-        alert_metrics,
+        repeats: repeat_tx,
         max_connections,
         descriptor_budget,
         tracker,

@@ -1,7 +1,7 @@
 //! Repeat requests from the alert engine to devices.
 //!
 //! The engine asks for a repeat measurement when a reading falls in a care-plan band (see
-//! `alerts::engine`). The request travels in the device's retained `config` message
+//! the `alerting` crate). The request travels in the device's retained `config` message
 //! (`protocol::status::RepeatRequest`): published at once, so a connected device gets it
 //! within the broker's delivery time, and kept here while it is fresh, so a device that
 //! connects later (most home devices connect, publish and drop) still gets it in the config
@@ -17,8 +17,21 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::RepeatRequest;
 use crate::broker::Outbound;
+
+/// A repeat measurement to ask a device for (from the alert engine, through the composition
+/// root).
+#[derive(Debug, Clone)]
+pub struct RepeatRequest {
+    /// The device to ask.
+    pub device_id: String,
+    /// What to measure again.
+    pub kind: store::ReadingKind,
+    /// In how many minutes.
+    pub in_minutes: u32,
+    /// When it was asked for (also the request's id on the wire).
+    pub at: OffsetDateTime,
+}
 
 /// A request stays deliverable this long after its measurement was due.
 const FRESH_AFTER_DUE: Duration = Duration::from_secs(3600);

@@ -335,8 +335,9 @@ fn write_public(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
     std::fs::write(path, bytes).map_err(io(path))
 }
 
-/// Writes a file readable by its owner only (mode 0600 from creation on, also when replacing).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+/// Writes a file readable by its owner only (mode 0600 from creation on, also when replacing):
+/// keys, and every other secret the tools write (fleet files, the demo password).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
     #[cfg(unix)]
     {
         use std::io::Write;

@@ -21,8 +21,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use alerting::{AlertsConfig, Committed, Engine, EngineMetrics, plan, system_clock};
 use anyhow::Context;
-use gateway::alerts::{AlertsConfig, Committed, Engine, EngineMetrics, plan, system_clock};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -46,8 +46,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use alerting::{AlertsConfig, Clock, Committed, Engine, EngineMetrics, plan};
 use anyhow::Context;
-use gateway::alerts::{AlertsConfig, Clock, Committed, Engine, EngineMetrics, plan};
 use protocol::{Kind, MealContext, Measurement};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

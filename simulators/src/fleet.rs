@@ -20,7 +20,7 @@ use protocol::{DeviceId, Kind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use store::{DeviceKind, NewDevice, NewPatient, Store, StoreError};
+use store::{DeviceKind, NewPatient, Store, StoreError};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -92,28 +92,9 @@ impl FleetFile {
     /// device secrets).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(self).context("serializing the fleet")?;
-        write_private(path, text.as_bytes())
+        pki::write_private(path, format!("{text}\n").as_bytes())
             .with_context(|| format!("writing fleet file {}", path.display()))
     }
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.write_all(b"\n")
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
 }
 
 /// Enrolls `patients` simulated patients in the COT `cot_code` (created if missing) with 1-3
@@ -178,17 +159,16 @@ pub async fn provision(
             let number = numbers.entry(kind.as_str()).or_default();
             *number += 1;
             let id = device_id(prefix, kind, *number);
-            let secret = store::credentials::generate_secret();
-            store
-                .add_device(&NewDevice {
-                    id: id.clone(),
-                    patient_id: patient.id,
-                    kind,
-                    secret_hash: store::credentials::hash_secret(&secret),
-                    model: Some(model(kind).to_owned()),
-                })
-                .await
-                .with_context(|| format!("provisioning device {id}"))?;
+            let secret = api::ops::devices::provision(
+                store,
+                patient.id,
+                kind,
+                Some(id.clone()),
+                Some(model(kind).to_owned()),
+            )
+            .await
+            .with_context(|| format!("provisioning device {id}"))?
+            .secret;
             fleet.devices.push(FleetDevice {
                 id,
                 secret,
@@ -302,18 +282,9 @@ pub async fn issue_certs(
 ) -> anyhow::Result<usize> {
     let mut issued = 0;
     for d in fleet.devices.iter_mut().filter(|d| d.tls.is_none()) {
-        let cert = ca
-            .issue_device(&d.id)
-            .with_context(|| format!("issuing a certificate to {}", d.id))?;
-        store
-            .set_device_cert(
-                &d.id,
-                &cert.serial,
-                &cert.sha256,
-                time::OffsetDateTime::now_utc(),
-            )
+        let cert = api::ops::devices::issue_cert(store, ca, &d.id)
             .await
-            .with_context(|| format!("recording the certificate of {}", d.id))?;
+            .with_context(|| format!("issuing a certificate to {}", d.id))?;
         d.tls = Some(device::DeviceTls {
             cert_pem: cert.cert_pem,
             key_pem: cert.key_pem,

@@ -337,7 +337,7 @@ pub struct Extra {
     pub may_repeat: bool,
 }
 
-/// The adherence rule id for a device kind (see `gateway::alerts::plan`).
+/// The adherence rule id for a device kind (see `alerting::plan`).
 pub fn missed_rule(kind: Kind) -> String {
     format!("missed-{}", kind.as_str())
 }

@@ -1,5 +1,5 @@
 //! Care plans: one row per version per patient. The plan body is JSON the store does not
-//! interpret (its schema lives with the alert engine, `gateway::alerts::plan`).
+//! interpret (its schema lives with the alert engine, `alerting::plan`).
 
 use serde::Serialize;
 use time::OffsetDateTime;

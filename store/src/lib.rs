@@ -74,8 +74,8 @@ pub use error::{Result, StoreError};
 pub use identity::{NewUser, Role, User, UserKind};
 pub use quarantine::{NewQuarantine, QuarantineEntry};
 pub use readings::{
-    CommitBatch, CommitOutcome, DeviceStatusUpdate, NewReading, ReadingKind, ReadingQuery,
-    StoredReading,
+    CommitBatch, CommitOutcome, Committed, DeviceStatusUpdate, NewReading, ReadingKind,
+    ReadingQuery, StoredReading,
 };
 pub use registry::{
     ApiToken, Cot, Device, DeviceAuth, DeviceKind, NewApiToken, NewDevice, NewPatient, Patient,

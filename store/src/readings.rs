@@ -211,6 +211,18 @@ fn fresh_flags(readings: &[NewReading], keys: FreshKeys) -> Vec<bool> {
         .collect()
 }
 
+/// A batch the ingest writer committed, handed to the alert engine: the readings stored now
+/// (duplicates left out), with the outbox entry that keeps it until the engine has evaluated it.
+#[derive(Debug)]
+pub struct Committed {
+    /// The readings newly stored.
+    pub readings: Vec<NewReading>,
+    /// Its outbox entry, deleted once evaluated.
+    pub outbox_id: Option<i64>,
+    /// When the commit finished (for the commit → alert latency).
+    pub committed: std::time::Instant,
+}
+
 /// Writes the outbox row of a batch (if asked for and something was stored).
 async fn write_outbox(tx: &mut Tx, batch: &CommitBatch, fresh: &FreshKeys) -> Result<Option<i64>> {
     if !batch.outbox || fresh.is_empty() {

@@ -1,4 +1,5 @@
-//! Starts the gateway and the API in-process against a fresh database, and drives them.
+//! Starts a node (`sentinella::Node::start`, as the binary does) against a fresh database,
+//! and drives it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,12 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use gateway::{Gateway, GatewayConfig, Metrics};
+use api::ops;
+use gateway::Metrics;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use server::http::{AppState, auth};
+use sentinella::{Config, Node, NodeTls};
 use simulators::device::DeviceTls;
 use store::testing::TestDb;
-use store::{DeviceKind, NewDevice, NewPatient, Patient};
+use store::{DeviceKind, NewPatient, Patient};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -67,8 +69,7 @@ pub struct Stack {
     /// The gateway's counters.
     pub metrics: Arc<Metrics>,
     cancel: CancellationToken,
-    gateway: Gateway,
-    api_task: JoinHandle<std::io::Result<()>>,
+    node: Node,
     http: reqwest::Client,
     cot_id: i64,
 }
@@ -101,21 +102,15 @@ impl Stack {
         Stack::start_with(db, |_| {}).await
     }
 
-    /// Starts the stack after `tweak` adjusts the gateway configuration.
-    pub async fn start_with(
-        db: Db,
-        tweak: impl FnOnce(&mut GatewayConfig),
-    ) -> anyhow::Result<Stack> {
+    /// Starts the stack after `tweak` adjusts the node's configuration.
+    pub async fn start_with(db: Db, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Stack> {
         init_logging();
         let db = db.create().await;
         Stack::start_on(db, tweak).await
     }
 
     /// Starts the stack on an existing database (e.g. to restart over the same data).
-    pub async fn start_on(
-        db: TestDb,
-        tweak: impl FnOnce(&mut GatewayConfig),
-    ) -> anyhow::Result<Stack> {
+    pub async fn start_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<Stack> {
         let store = db.store.clone();
         Stack::start_with_store(db, store, tweak).await
     }
@@ -125,71 +120,58 @@ impl Stack {
     pub async fn start_with_store(
         db: TestDb,
         store: store::Store,
-        tweak: impl FnOnce(&mut GatewayConfig),
+        tweak: impl FnOnce(&mut Config),
     ) -> anyhow::Result<Stack> {
-        Stack::start_clocked(db, store, gateway::alerts::system_clock(), tweak).await
+        Stack::start_clocked(db, store, alerting::system_clock(), tweak).await
     }
 
     /// Starts the stack with the alert engine on `clock` (scenarios in compressed time).
     pub async fn start_clocked(
         db: TestDb,
         store: store::Store,
-        clock: gateway::alerts::Clock,
-        tweak: impl FnOnce(&mut GatewayConfig),
+        clock: alerting::Clock,
+        tweak: impl FnOnce(&mut Config),
     ) -> anyhow::Result<Stack> {
-        let mut config = GatewayConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tls_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..Default::default()
-        };
+        let mut config = Config::default();
+        config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.gateway.tls_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.api.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         tweak(&mut config);
         let ca = Arc::new(pki::DeviceCa::generate("e2e device CA")?);
-        let server = ca.issue_server(&["localhost".into(), "127.0.0.1".into()])?;
-        let tls = gateway::EdgeTls {
-            cert_chain_pem: server.cert_pem,
-            key_pem: server.key_pem,
-            client_ca_pem: ca.cert_pem().to_owned(),
-        };
         let cancel = CancellationToken::new();
-        let gateway =
-            gateway::start_with_clock(config, store.clone(), Some(tls), cancel.clone(), clock)
-                .await
-                .context("start gateway")?;
-        let tls_edge = gateway.tls_addr.context("TLS listener")?;
-        let metrics = gateway.metrics.clone();
-        let m = metrics.clone();
-        let state = AppState {
-            store: store.clone(),
-            ready: Arc::new(move || m.ready()),
-            metrics: {
-                let m = metrics.clone();
-                Arc::new(move || m.render_prometheus())
-            },
-            auth: Arc::default(),
-            device_ca: None,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let api = listener.local_addr()?;
-        let api_task = tokio::spawn(server::serve(listener, state, cancel.clone()));
+        let node = Node::start(
+            &config,
+            store.clone(),
+            NodeTls::from_ca(ca.clone())?,
+            clock,
+            cancel.clone(),
+        )
+        .await
+        .context("start the node")?;
+        let metrics = node.metrics.clone();
         let cot_code = unique("COT-");
         let cot = match store.cot_by_code(&cot_code).await? {
             Some(c) => c,
             None => store.add_cot(&cot_code, "COT di prova").await?,
         };
         // A physician of the stack's COT: reads every patient's data and works alerts.
-        let token =
-            auth::service_token(&store, &unique("e2e-"), store::Role::Physician, &[cot.id]).await?;
+        let token = ops::identity::service_account(
+            &store,
+            &unique("e2e-"),
+            store::Role::Physician,
+            &[cot.id],
+        )
+        .await?;
         Ok(Stack {
             db,
-            edge: gateway.edge_addr,
-            tls_edge,
+            edge: node.edge_addr,
+            tls_edge: node.tls_addr,
             ca,
-            api,
+            api: node.api_addr,
             token,
             metrics,
             cancel,
-            gateway,
-            api_task,
+            node,
             http: reqwest::Client::new(),
             cot_id: cot.id,
         })
@@ -213,21 +195,15 @@ impl Stack {
         Ok(self.store().add_patient(&new).await?)
     }
 
-    /// Provisions a device for `patient_id`.
+    /// Provisions a device for `patient_id` (as `sentinella device add` does).
     pub async fn device(&self, patient_id: i64, kind: DeviceKind) -> anyhow::Result<DeviceCreds> {
         let id = unique(&format!("{}-", kind.as_str()));
-        let secret = store::credentials::generate_secret();
-        let new = NewDevice {
-            id: id.clone(),
-            patient_id,
-            kind,
-            secret_hash: store::credentials::hash_secret(&secret),
-            model: Some("e2e".into()),
-        };
-        self.store().add_device(&new).await?;
+        let p =
+            ops::devices::provision(self.store(), patient_id, kind, Some(id), Some("e2e".into()))
+                .await?;
         Ok(DeviceCreds {
-            id,
-            secret,
+            id: p.device.id,
+            secret: p.secret,
             patient_id,
         })
     }
@@ -235,15 +211,7 @@ impl Stack {
     /// Issues `device_id` a client certificate from the stack's CA and records it in the store
     /// (as `sentinella device add` does).
     pub async fn device_tls(&self, device_id: &str) -> anyhow::Result<DeviceTls> {
-        let cert = self.ca.issue_device(device_id)?;
-        self.store()
-            .set_device_cert(
-                device_id,
-                &cert.serial,
-                &cert.sha256,
-                time::OffsetDateTime::now_utc(),
-            )
-            .await?;
+        let cert = ops::devices::issue_cert(self.store(), &self.ca, device_id).await?;
         Ok(DeviceTls {
             cert_pem: cert.cert_pem,
             key_pem: cert.key_pem,
@@ -315,8 +283,7 @@ impl Stack {
     /// Stops the stack gracefully and returns the database for inspection or a restart.
     pub async fn stop(self) -> TestDb {
         self.cancel.cancel();
-        let _ = self.api_task.await;
-        self.gateway.join().await;
+        let _ = self.node.join().await;
         self.db
     }
 }

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use alerting::plan;
 use e2e::harness::{Db, RawDevice, Stack, now_ms, topic};
-use gateway::alerts::plan;
 use store::{
     Alert, AlertQuery, DeviceKind, NewCarePlan, NewReading, ReadingKind, Severity, Workflow,
 };
@@ -23,7 +23,7 @@ impl TestClock {
     fn at(t: OffsetDateTime) -> TestClock {
         TestClock(Arc::new(Mutex::new(t)))
     }
-    fn clock(&self) -> gateway::alerts::Clock {
+    fn clock(&self) -> alerting::Clock {
         let t = self.0.clone();
         Arc::new(move || *t.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -33,7 +33,7 @@ impl TestClock {
     }
 }
 
-fn fast(config: &mut gateway::GatewayConfig) {
+fn fast(config: &mut sentinella::Config) {
     config.alerts.tick = Duration::from_millis(100);
 }
 

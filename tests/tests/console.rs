@@ -90,7 +90,7 @@ async fn staff(
     role: Role,
     cot_id: i64,
 ) -> anyhow::Result<store::User> {
-    let hash = tokio::task::spawn_blocking(|| server::http::session::hash_password(PASSWORD))
+    let hash = tokio::task::spawn_blocking(|| api::http::session::hash_password(PASSWORD))
         .await?
         .map_err(|e| anyhow::anyhow!("hash the password: {e}"))?;
     let username = unique(&format!("{}.", role.as_str()));

@@ -326,7 +326,7 @@ async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> anyhow::Result<TcpStrea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_limit_fits_the_descriptor_budget() -> anyhow::Result<()> {
     // Configured beyond the budget: refused at start, saying why.
-    let refused = Stack::start_with(Db::Sqlite, |c| c.max_connections = Some(20_000)).await;
+    let refused = Stack::start_with(Db::Sqlite, |c| c.gateway.max_connections = Some(20_000)).await;
     let err = format!("{:#}", refused.err().context("started with 20,000")?);
     assert!(
         err.contains("max_connections = 20000") && err.contains("descriptors"),
@@ -358,7 +358,7 @@ async fn the_edge_limit_fits_the_descriptor_budget() -> anyhow::Result<()> {
     stack.stop().await;
 
     // Both listeners share the one limit.
-    let stack = Stack::start_with(Db::Sqlite, |c| c.max_connections = Some(2)).await?;
+    let stack = Stack::start_with(Db::Sqlite, |c| c.gateway.max_connections = Some(2)).await?;
     let mut a = TcpStream::connect(stack.tls_edge).await?;
     let mut b = TcpStream::connect(stack.edge).await?;
     let mut c = TcpStream::connect(stack.tls_edge).await?;
@@ -390,16 +390,16 @@ fn rlimit_nofile() -> anyhow::Result<(u64, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exempt_networks_pass_the_per_ip_limits() -> anyhow::Result<()> {
     let refused = Stack::start_with(Db::Sqlite, |c| {
-        c.per_ip_exempt = vec!["127.0.0.0/33".into()];
+        c.gateway.per_ip_exempt = vec!["127.0.0.0/33".into()];
     })
     .await;
     let err = format!("{:#}", refused.err().context("started with a bad network")?);
     assert!(err.contains("per_ip_exempt"), "{err}");
 
     let stack = Stack::start_with(Db::Sqlite, |c| {
-        c.max_connections_per_ip = 5;
-        c.max_new_connections_per_ip_per_sec = 100;
-        c.per_ip_exempt = vec!["127.0.0.64/30".into()];
+        c.gateway.max_connections_per_ip = 5;
+        c.gateway.max_new_connections_per_ip_per_sec = 100;
+        c.gateway.per_ip_exempt = vec!["127.0.0.64/30".into()];
     })
     .await?;
     let edge = stack.tls_edge;

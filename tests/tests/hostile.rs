@@ -18,8 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_do_not_starve_honest_devices() -> anyhow::Result<()> {
-    let stack =
-        Stack::start_with(Db::Sqlite, |c| c.connect_timeout = Duration::from_secs(2)).await?;
+    let stack = Stack::start_with(Db::Sqlite, |c| {
+        c.gateway.connect_timeout = Duration::from_secs(2)
+    })
+    .await?;
     let edge = stack.edge;
     let patient = stack.patient(&["copd"]).await?;
     let honest = stack.device(patient.id, DeviceKind::Spo2).await?;

@@ -64,7 +64,7 @@ async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
 async fn stalled_handshakes_do_not_block_tls_devices() -> anyhow::Result<()> {
     let handshake_timeout = Duration::from_secs(3);
     let stack = Stack::start_with(Db::Sqlite, |c| {
-        c.tls_handshake_timeout = handshake_timeout;
+        c.gateway.tls_handshake_timeout = handshake_timeout;
     })
     .await?;
     let patient = stack.patient(&["hypertension"]).await?;
@@ -158,8 +158,8 @@ impl<T> ContextMsg<T> for Option<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_limits_refuse_floods_at_accept() -> anyhow::Result<()> {
     let stack = Stack::start_with(Db::Sqlite, |c| {
-        c.max_connections_per_ip = 10;
-        c.max_new_connections_per_ip_per_sec = 20;
+        c.gateway.max_connections_per_ip = 10;
+        c.gateway.max_new_connections_per_ip_per_sec = 20;
     })
     .await?;
     let edge = stack.tls_edge;
@@ -459,14 +459,14 @@ async fn revoking_closes_a_live_connection() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_listener_stays_on_loopback_unless_allowed() -> anyhow::Result<()> {
     let refused = Stack::start_with(Db::Sqlite, |c| {
-        c.listen = SocketAddr::from(([0, 0, 0, 0], 0));
+        c.gateway.listen = SocketAddr::from(([0, 0, 0, 0], 0));
     })
     .await;
     let err = format!("{:#}", refused.err().context_msg("started")?);
     assert!(err.contains("loopback"), "{err}");
     let stack = Stack::start_with(Db::Sqlite, |c| {
-        c.listen = SocketAddr::from(([0, 0, 0, 0], 0));
-        c.allow_plain_on_non_loopback = true;
+        c.gateway.listen = SocketAddr::from(([0, 0, 0, 0], 0));
+        c.gateway.allow_plain_on_non_loopback = true;
     })
     .await?;
     assert!(stack.edge.ip().is_unspecified());

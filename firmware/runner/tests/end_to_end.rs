@@ -16,14 +16,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use api::ops;
 use firmware_core::uplink::UplinkConfig;
 use firmware_runner::{
     BundleFiles, DeviceTls, MeterSource, OximeterSource, Runner, RunnerConfig, Stats,
 };
-use gateway::{EdgeTls, Gateway, GatewayConfig, Metrics};
+use gateway::{EdgeTls, Metrics};
 use pki::DeviceCa;
+use sentinella::{Config, Node, NodeTls};
 use store::testing::TestDb;
-use store::{DeviceKind, NewDevice, NewPatient, ReadingKind, ReadingQuery, Store};
+use store::{DeviceKind, NewPatient, ReadingKind, ReadingQuery, Store};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -43,40 +45,49 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Starts a gateway with its TLS listener on `tls_port` (kept across restarts) and its plain
-/// listener on an ephemeral loopback port; the server certificate is issued from `ca` at every
-/// start, as `sentinella run` does.
+/// Starts a node (as `sentinella run` does) with its TLS listener on `tls_port` (kept across
+/// restarts), its plain listener and API on ephemeral loopback ports; the server certificate
+/// is issued from `ca` at every start.
 async fn start_gateway(
     store: &Store,
     ca: &DeviceCa,
     tls_port: u16,
-) -> anyhow::Result<(Gateway, CancellationToken)> {
+) -> anyhow::Result<(Node, CancellationToken)> {
     let cancel = CancellationToken::new();
-    let config = GatewayConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls_listen: SocketAddr::from(([127, 0, 0, 1], tls_port)),
-        ..Default::default()
-    };
+    let mut config = Config::default();
+    config.gateway.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.gateway.tls_listen = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    config.api.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     let server = ca.issue_server(&["localhost".into(), "127.0.0.1".into()])?;
     let tls = EdgeTls {
         cert_chain_pem: server.cert_pem,
         key_pem: server.key_pem,
         client_ca_pem: ca.cert_pem().to_owned(),
     };
-    let gateway = gateway::start_with_tls(config, store.clone(), Some(tls), cancel.clone())
-        .await
-        .context("start gateway")?;
+    let tls = NodeTls {
+        edge: tls,
+        ca: None,
+    };
+    let node = Node::start(
+        &config,
+        store.clone(),
+        tls,
+        alerting::system_clock(),
+        cancel.clone(),
+    )
+    .await
+    .context("start the node")?;
     assert_eq!(
-        gateway.tls_addr.map(|a| a.port()),
-        Some(tls_port),
+        node.tls_addr.port(),
+        tls_port,
         "TLS listener on the chosen port"
     );
-    Ok((gateway, cancel))
+    Ok((node, cancel))
 }
 
-async fn stop_gateway(gateway: Gateway, cancel: CancellationToken) {
+async fn stop_gateway(node: Node, cancel: CancellationToken) {
     cancel.cancel();
-    gateway.join().await;
+    node.join().await.expect("the node stops cleanly");
 }
 
 struct Provisioned {
@@ -109,25 +120,16 @@ async fn provision(
             conditions: vec!["copd".into()],
         })
         .await?;
-    let secret = store::credentials::generate_secret();
-    store
-        .add_device(&NewDevice {
-            id: id.to_owned(),
-            patient_id: patient.id,
-            kind,
-            secret_hash: store::credentials::hash_secret(&secret),
-            model: Some("firmware-runner".into()),
-        })
-        .await?;
-    let cert = ca.issue_device(id)?;
-    store
-        .set_device_cert(
-            id,
-            &cert.serial,
-            &cert.sha256,
-            time::OffsetDateTime::now_utc(),
-        )
-        .await?;
+    let secret = ops::devices::provision(
+        store,
+        patient.id,
+        kind,
+        Some(id.to_owned()),
+        Some("firmware-runner".into()),
+    )
+    .await?
+    .secret;
+    let cert = ops::devices::issue_cert(store, ca, id).await?;
     let bundle_dir = dir.join(id);
     pki::write_device_bundle(&bundle_dir, id, &cert, ca.cert_pem())?;
     let tls = DeviceTls::from_files(&BundleFiles::in_dir(&bundle_dir, id))?;

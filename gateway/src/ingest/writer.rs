@@ -31,7 +31,7 @@ pub(crate) struct Writer {
     pub(crate) outbound: mpsc::Sender<Outbound>,
     pub(crate) metrics: Arc<Metrics>,
     /// The alert engine, fed with every batch's newly stored readings after its commit.
-    pub(crate) engine: Option<mpsc::Sender<crate::alerts::Committed>>,
+    pub(crate) engine: Option<mpsc::Sender<store::Committed>>,
 }
 
 impl Writer {
@@ -189,7 +189,7 @@ impl Writer {
         if fresh.is_empty() {
             return;
         }
-        let committed = crate::alerts::Committed {
+        let committed = store::Committed {
             readings: fresh,
             outbox_id: outcome.outbox_id,
             committed: Instant::now(),

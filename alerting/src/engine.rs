@@ -1,0 +1,1282 @@
+//! The engine task: evaluates every committed batch per patient in measurement order, and
+//! runs the time-driven rules (adherence, escalation, device health) from a timer.
+//!
+//! # State and restarts
+//! Nothing the engine decides lives only in memory. Alerts, their condition and workflow are
+//! in the store; the per-patient reading windows are a cache rebuilt from the readings table;
+//! the care plans are read from the store (and re-read when their version changes). Each
+//! committed batch leaves an outbox row in its own commit transaction; the engine deletes it
+//! once the batch is evaluated. At start-up, the engine re-evaluates the readings of every
+//! outbox row left by a crash. Re-evaluating a reading is harmless: a trigger whose readings
+//! are already linked to the alert changes nothing (`Store::trigger_alert`), so a restart
+//! neither loses nor duplicates alerts.
+//!
+//! # Late readings
+//! A reading delivered more than `late_after` (default 6 h) after it was measured (a backlog
+//! from a device that was offline, or a replay) is stored and joins the window (baselines,
+//! persistence of later readings) but raises no current alert and clears none: it describes a
+//! moment that has passed. If it would have fallen in a band of medium severity or worse, the
+//! patient gets one low-severity `late-review` alert listing such readings, so a nurse looks
+//! at them without treating them as an emergency. A reading whose device clock is unset or
+//! implausible is dated at its receive time, evaluated as current, and raises the device's
+//! `clock` alert.
+//!
+//! # Plans
+//! The plan a patient is evaluated with is their stored plan, or without one the templates
+//! of all their conditions composed ([`plan::for_conditions`]); either way with the safety
+//! net joined in ([`super::net::effective`]), so every reading of every kind is judged.
+//!
+//! # Single readings and repeats
+//! A reading in a band of medium severity or worse (or a questionable one) makes the engine
+//! ask its device for a repeat ([`RepeatRequest`], delivered on the device's `config` topic),
+//! at most once per device and kind in [`REPEAT_EVERY`]. An alert opened by a single reading
+//! of a cuff or an oximeter in a high or critical band is *unconfirmed*; the next good reading of its metric within
+//! [`CONFIRM_WITHIN`] settles it: in the same band or a worse one, `confirmed`; in a milder
+//! band, `downgraded` to that band's severity; in none, `downgraded` to low (and its
+//! condition clears). No repeat within that time: it stays unconfirmed at its severity, so a
+//! device that cannot repeat never silences an alert. A repeat that lands after the nurse
+//! resolved the alert is still recorded on it.
+//!
+//! # Adherence
+//! Judged on measurement time: a late reading (a backlog) counts as a measurement taken. No
+//! adherence alert fires while a backlog of that kind is arriving (a late reading received
+//! within [`BACKLOG_QUIET`]), and none for a kind the patient has no device for.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use store::{
+    AlertReading, Confirmation, NewReading, ReadingKind, ReadingQuery, Severity, Store, StoreError,
+    Trigger, TriggerOutcome,
+};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::net;
+use super::plan::{self, CarePlan, Check, Metric};
+use super::rules::{self, Effect, Obs, Quality};
+use telemetry::Histogram;
+
+/// The engine's clock (a fixed or fast clock in tests).
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(OffsetDateTime::now_utc)
+}
+
+/// The `[gateway.alerts]` table.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Run the alert engine in this process.
+    pub enabled: bool,
+    /// How often time-driven rules run (adherence, escalation, device health).
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// Response time per severity: an alert not acknowledged within it escalates.
+    #[serde(with = "humantime_serde")]
+    pub critical: Duration,
+    #[serde(with = "humantime_serde")]
+    pub high: Duration,
+    #[serde(with = "humantime_serde")]
+    pub medium: Duration,
+    #[serde(with = "humantime_serde")]
+    pub low: Duration,
+    /// A reading delivered later than this after its measurement raises no current alert.
+    #[serde(with = "humantime_serde")]
+    pub late_after: Duration,
+    /// Patients whose reading windows are cached; beyond it the least recently used are
+    /// dropped (and reloaded from the store when they measure again).
+    pub max_cached_patients: usize,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            enabled: true,
+            tick: Duration::from_secs(30),
+            critical: Duration::from_secs(15 * 60),
+            high: Duration::from_secs(2 * 3600),
+            medium: Duration::from_secs(8 * 3600),
+            low: Duration::from_secs(24 * 3600),
+            late_after: Duration::from_secs(6 * 3600),
+            max_cached_patients: 50_000,
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// How long an alert of `severity` may wait for acknowledgement (`None`: never escalates).
+    pub fn response(&self, severity: Severity) -> Option<Duration> {
+        match severity {
+            Severity::Critical => Some(self.critical),
+            Severity::High => Some(self.high),
+            Severity::Medium => Some(self.medium),
+            Severity::Low => Some(self.low),
+            Severity::Info => None,
+        }
+    }
+}
+
+pub use store::Committed;
+
+/// Counters of the engine, rendered on `/metrics`.
+#[derive(Debug, Default)]
+pub struct EngineMetrics {
+    pub readings_evaluated: AtomicU64,
+    pub readings_late: AtomicU64,
+    pub readings_suppressed: AtomicU64,
+    pub alerts_opened: AtomicU64,
+    pub alerts_updated: AtomicU64,
+    pub alerts_cleared: AtomicU64,
+    pub alerts_escalated: AtomicU64,
+    pub errors: AtomicU64,
+    /// From a batch's commit to its alert events being written.
+    pub commit_to_alert_seconds: Histogram,
+}
+
+impl EngineMetrics {
+    pub fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        for (name, help, v) in [
+            (
+                "alert_readings_evaluated_total",
+                "Readings evaluated by the alert engine.",
+                &self.readings_evaluated,
+            ),
+            (
+                "alert_readings_late_total",
+                "Readings evaluated as late (no current alert).",
+                &self.readings_late,
+            ),
+            (
+                "alert_readings_suppressed_total",
+                "Readings excluded from clinical rules (invalid, test, demo, control solution).",
+                &self.readings_suppressed,
+            ),
+            ("alerts_opened_total", "Alerts opened.", &self.alerts_opened),
+            (
+                "alerts_updated_total",
+                "Open alerts updated (count, severity, reactivation).",
+                &self.alerts_updated,
+            ),
+            (
+                "alerts_cleared_total",
+                "Alert conditions cleared.",
+                &self.alerts_cleared,
+            ),
+            (
+                "alerts_escalated_total",
+                "Alerts escalated for lack of acknowledgement.",
+                &self.alerts_escalated,
+            ),
+            (
+                "alert_engine_errors_total",
+                "Store errors met by the alert engine.",
+                &self.errors,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP sentinella_{name} {help}");
+            let _ = writeln!(out, "# TYPE sentinella_{name} counter");
+            let _ = writeln!(out, "sentinella_{name} {}", v.load(Ordering::Relaxed));
+        }
+        self.commit_to_alert_seconds.render(
+            out,
+            "sentinella_commit_to_alert_seconds",
+            "From a batch's commit to the alert engine having written its events.",
+        );
+    }
+}
+
+/// A repeat measurement the engine asks a device for (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepeatRequest {
+    pub device_id: String,
+    pub kind: ReadingKind,
+    pub in_minutes: u32,
+    /// When it was asked for, by the engine's clock (also the request's id on the wire).
+    pub at: OffsetDateTime,
+}
+
+/// At most one repeat request per device and kind within this time.
+pub const REPEAT_EVERY: time::Duration = time::Duration::minutes(30);
+/// A repeat settles an unconfirmed alert only within this time of the reading that opened it.
+pub const CONFIRM_WITHIN: time::Duration = time::Duration::hours(2);
+/// A late reading of a kind received within this time: its backlog is still arriving.
+pub const BACKLOG_QUIET: time::Duration = time::Duration::minutes(15);
+
+/// An unconfirmed alert waiting for its repeat.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    severity: Severity,
+    metric: Metric,
+    at: OffsetDateTime,
+}
+
+/// A patient's plan as the engine uses it.
+#[derive(Debug)]
+struct LoadedPlan {
+    plan: CarePlan,
+    /// `None`: no stored plan, the template for the patient's conditions applies.
+    version: Option<i64>,
+}
+
+#[derive(Debug)]
+struct PatientState {
+    plan: Arc<LoadedPlan>,
+    /// Recent readings of every kind.
+    window: Vec<Obs>,
+    /// Rules whose condition is active in the store (so a reading back in range clears).
+    active: HashSet<String>,
+    /// Unconfirmed alerts by rule, waiting for a repeat.
+    unconfirmed: HashMap<String, Pending>,
+    /// Average rules that opened an alert recently: quiet until then.
+    quiet_until: HashMap<String, OffsetDateTime>,
+    touched: u64,
+}
+
+/// How much history a window keeps (the longest baseline plus margin).
+const WINDOW: time::Duration = time::Duration::days(15);
+
+/// The alert engine.
+pub struct Engine {
+    store: Store,
+    config: AlertsConfig,
+    clock: Clock,
+    metrics: Arc<EngineMetrics>,
+    patients: HashMap<i64, PatientState>,
+    /// Latest measurement per (patient, kind), for adherence.
+    last_measured: HashMap<(i64, ReadingKind), OffsetDateTime>,
+    /// Time-driven conditions known active (not to re-trigger every tick).
+    timed_active: HashSet<(i64, String)>,
+    plans: HashMap<i64, Arc<LoadedPlan>>,
+    /// Composed plans shared by every patient without a stored plan, by conditions.
+    templates: HashMap<String, Arc<LoadedPlan>>,
+    /// Where repeat requests go (`None`: nowhere, e.g. a benchmark without devices).
+    repeats: Option<mpsc::UnboundedSender<RepeatRequest>>,
+    last_repeat: HashMap<(String, ReadingKind), OffsetDateTime>,
+    /// When a late reading of (patient, kind) last arrived, by the engine's clock.
+    last_late: HashMap<(i64, ReadingKind), OffsetDateTime>,
+    /// The (patient, kind) pairs with a device (`None` until the first device tick).
+    device_kinds: Option<HashSet<(i64, ReadingKind)>>,
+    /// Fires at shutdown: timers stop, the remaining batches are still evaluated.
+    stopping: CancellationToken,
+    touch: u64,
+    done_outbox: Vec<i64>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("patients", &self.patients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        config: AlertsConfig,
+        clock: Clock,
+        metrics: Arc<EngineMetrics>,
+    ) -> Engine {
+        Engine {
+            store,
+            config,
+            clock,
+            metrics,
+            patients: HashMap::new(),
+            last_measured: HashMap::new(),
+            timed_active: HashSet::new(),
+            plans: HashMap::new(),
+            templates: HashMap::new(),
+            repeats: None,
+            last_repeat: HashMap::new(),
+            last_late: HashMap::new(),
+            device_kinds: None,
+            stopping: CancellationToken::new(),
+            touch: 0,
+            done_outbox: Vec::new(),
+        }
+    }
+
+    /// Sends repeat requests to `tx` (the gateway delivers them to the devices).
+    pub fn with_repeats(mut self, tx: mpsc::UnboundedSender<RepeatRequest>) -> Engine {
+        self.repeats = Some(tx);
+        self
+    }
+
+    /// Runs until `cancel` fires and the channel is drained: recovers the outbox first, then
+    /// evaluates batches as they come and runs the timers.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Committed>, cancel: CancellationToken) {
+        self.stopping = cancel.clone();
+        self.start_up(&cancel).await;
+        let start = tokio::time::Instant::now() + self.config.tick;
+        let mut tick = tokio::time::interval_at(start, self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                batch = rx.recv() => match batch {
+                    Some(batch) => self.on_batch(batch).await,
+                    None => break,
+                },
+                _ = tick.tick(), if !cancel.is_cancelled() => self.on_tick().await,
+            }
+        }
+        self.flush_outbox().await;
+        tracing::debug!("alert engine stopped");
+    }
+
+    async fn start_up(&mut self, cancel: &CancellationToken) {
+        let now = (self.clock)();
+        loop {
+            match self.load_all_plans().await {
+                Ok(()) => break,
+                Err(e) => {
+                    if !self.wait_after(&e, cancel).await {
+                        return;
+                    }
+                }
+            }
+        }
+        loop {
+            match self
+                .store
+                .last_measured(now - time::Duration::days(31))
+                .await
+            {
+                Ok(rows) => {
+                    for (patient, kind, at) in rows {
+                        if let Some(kind) = ReadingKind::parse(&kind) {
+                            self.last_measured.insert((patient, kind), at);
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if !self.wait_after(&e, cancel).await {
+                        return;
+                    }
+                }
+            }
+        }
+        loop {
+            match self.recover().await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(
+                            batches = n,
+                            "alert engine re-evaluated batches left by a stop"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if !self.wait_after(&e, cancel).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs a store error and waits a moment; false if shutting down.
+    async fn wait_after(&self, e: &StoreError, cancel: &CancellationToken) -> bool {
+        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "alert engine: store error; retrying");
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => true,
+        }
+    }
+
+    /// Re-evaluates the readings of every pending outbox entry; returns how many entries.
+    pub async fn recover(&mut self) -> Result<usize, StoreError> {
+        let pending = self.store.pending_outbox().await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        for entry in &pending {
+            for &patient in &entry.patients {
+                let stored = self
+                    .store
+                    .readings_received_between(
+                        patient,
+                        entry.min_received_at,
+                        entry.max_received_at,
+                    )
+                    .await?;
+                let readings: Vec<NewReading> = stored.into_iter().map(to_new).collect();
+                self.evaluate_patient(patient, &readings).await?;
+            }
+        }
+        let ids: Vec<i64> = pending.iter().map(|e| e.id).collect();
+        self.store.finish_outbox(&ids).await?;
+        Ok(pending.len())
+    }
+
+    /// Evaluates one committed batch.
+    pub async fn on_batch(&mut self, batch: Committed) {
+        let mut by_patient: HashMap<i64, Vec<NewReading>> = HashMap::new();
+        for r in batch.readings {
+            by_patient.entry(r.patient_id).or_default().push(r);
+        }
+        let mut ok = true;
+        for (patient, readings) in by_patient {
+            if let Err(e) = self.evaluate_patient(patient, &readings).await {
+                ok = false;
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                // The outbox entry stays: a restart evaluates these readings again.
+                tracing::warn!(error = %e, patient, "alert engine: evaluation failed; kept for re-evaluation");
+                self.patients.remove(&patient);
+            }
+        }
+        self.metrics
+            .commit_to_alert_seconds
+            .observe(batch.committed.elapsed());
+        if ok && let Some(id) = batch.outbox_id {
+            self.done_outbox.push(id);
+            if self.done_outbox.len() >= 64 {
+                self.flush_outbox().await;
+            }
+        }
+    }
+
+    async fn flush_outbox(&mut self) {
+        if self.done_outbox.is_empty() {
+            return;
+        }
+        match self.store.finish_outbox(&self.done_outbox).await {
+            Ok(()) => self.done_outbox.clear(),
+            Err(e) => {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "alert engine: could not clear the outbox; will retry");
+            }
+        }
+    }
+
+    /// Every patient's plan in two queries: stored plans, and the shared template for the
+    /// conditions of everyone else.
+    async fn load_all_plans(&mut self) -> Result<(), StoreError> {
+        let stored: HashMap<i64, store::CarePlanRow> = self
+            .store
+            .current_care_plans()
+            .await?
+            .into_iter()
+            .map(|r| (r.patient_id, r))
+            .collect();
+        for p in self.store.list_patients(None).await? {
+            let loaded = match stored.get(&p.id) {
+                Some(row) => Arc::new(parse_stored(row)),
+                None => self.template_plan(&p.conditions),
+            };
+            self.plans.insert(p.id, loaded);
+        }
+        Ok(())
+    }
+
+    fn template_plan(&mut self, conditions: &[String]) -> Arc<LoadedPlan> {
+        self.templates
+            .entry(plan::template_label(conditions))
+            .or_insert_with(|| {
+                Arc::new(LoadedPlan {
+                    plan: net::effective(&plan::for_conditions(conditions).normalized()),
+                    version: None,
+                })
+            })
+            .clone()
+    }
+
+    async fn load_plan(&mut self, patient: i64) -> Result<Arc<LoadedPlan>, StoreError> {
+        if let Some(p) = self.plans.get(&patient) {
+            return Ok(p.clone());
+        }
+        let loaded = match self.store.current_care_plan(patient).await? {
+            Some(row) => Arc::new(parse_stored(&row)),
+            None => {
+                let conditions = self
+                    .store
+                    .get_patient(patient)
+                    .await?
+                    .map(|p| p.conditions)
+                    .unwrap_or_default();
+                self.template_plan(&conditions)
+            }
+        };
+        self.plans.insert(patient, loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn load_patient(&mut self, patient: i64, from: OffsetDateTime) -> Result<(), StoreError> {
+        if self.patients.contains_key(&patient) {
+            return Ok(());
+        }
+        let plan = self.load_plan(patient).await?;
+        let stored = self
+            .store
+            .readings(&ReadingQuery {
+                patient_id: patient,
+                from: Some(from - WINDOW),
+                to: None,
+                kind: None,
+                limit: 10_000,
+            })
+            .await?;
+        let window = stored
+            .into_iter()
+            .map(|r| Obs::from_new(&to_new(r)))
+            .collect();
+        let open = self.store.open_alerts(patient).await?;
+        let active = open
+            .iter()
+            .filter(|a| a.condition == "active")
+            .map(|a| a.rule_id.clone())
+            .collect();
+        let unconfirmed = open
+            .iter()
+            .filter(|a| a.confirmation.as_deref() == Some("unconfirmed"))
+            .filter_map(|a| {
+                let metric = metric_named(a.metric.as_deref()?)?;
+                Some((
+                    a.rule_id.clone(),
+                    Pending {
+                        severity: a.severity,
+                        metric,
+                        at: a.last_measured_at.unwrap_or(a.opened_at),
+                    },
+                ))
+            })
+            .collect();
+        if self.patients.len() >= self.config.max_cached_patients {
+            self.evict();
+        }
+        self.patients.insert(
+            patient,
+            PatientState {
+                plan,
+                window,
+                active,
+                unconfirmed,
+                quiet_until: HashMap::new(),
+                touched: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops the least recently used tenth of the cache.
+    fn evict(&mut self) {
+        let mut ages: Vec<(u64, i64)> = self
+            .patients
+            .iter()
+            .map(|(id, s)| (s.touched, *id))
+            .collect();
+        ages.sort_unstable();
+        for (_, id) in ages
+            .into_iter()
+            .take(self.config.max_cached_patients / 10 + 1)
+        {
+            self.patients.remove(&id);
+        }
+    }
+
+    /// Evaluates a patient's new readings in measurement order.
+    async fn evaluate_patient(
+        &mut self,
+        patient: i64,
+        readings: &[NewReading],
+    ) -> Result<(), StoreError> {
+        let now = (self.clock)();
+        let mut obs: Vec<Obs> = readings.iter().map(Obs::from_new).collect();
+        obs.sort_by(|a, b| a.at.cmp(&b.at).then(a.seq.cmp(&b.seq)));
+        let Some(first) = obs.first().map(|o| o.at) else {
+            return Ok(());
+        };
+        self.load_patient(patient, first).await?;
+        self.touch += 1;
+        let touch = self.touch;
+        let late_after =
+            time::Duration::try_from(self.config.late_after).unwrap_or(time::Duration::HOUR);
+        let mut late_review: Vec<(Obs, Severity)> = Vec::new();
+        let mut clock_devices: Vec<(String, i64, OffsetDateTime)> = Vec::new();
+        for o in obs {
+            self.metrics
+                .readings_evaluated
+                .fetch_add(1, Ordering::Relaxed);
+            let (plan, effects, late) = {
+                let Some(state) = self.patients.get_mut(&patient) else {
+                    return Ok(());
+                };
+                state.touched = touch;
+                if !state
+                    .window
+                    .iter()
+                    .any(|w| w.seq == o.seq && w.device_id == o.device_id)
+                {
+                    state.window.push(o.clone());
+                }
+                let newest = state.window.iter().map(|w| w.at).max().unwrap_or(o.at);
+                state.window.retain(|w| w.at >= newest - WINDOW);
+                let late = !o.clock_bad && o.received_at - o.at > late_after;
+                let effects = rules::evaluate(&state.plan.plan, &state.window, &o);
+                (state.plan.clone(), effects, late)
+            };
+            if o.quality == Quality::Excluded {
+                self.metrics
+                    .readings_suppressed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let key = (patient, o.kind);
+            if self.last_measured.get(&key).is_none_or(|t| *t < o.at) {
+                self.last_measured.insert(key, o.at);
+            }
+            // Measured is measured, late or not: adherence may be met again.
+            self.adherence_met(patient, &plan, o.kind, now).await?;
+            if o.clock_bad && has_rule(&plan.plan, |c| matches!(c, Check::Clock { .. })) {
+                clock_devices.push((o.device_id.clone(), o.seq, o.at));
+            }
+            if late {
+                self.last_late.insert(key, now);
+                self.metrics.readings_late.fetch_add(1, Ordering::Relaxed);
+                for e in effects {
+                    if let Effect::Trigger { severity, .. } = e
+                        && severity >= Severity::Medium
+                    {
+                        late_review.push((o.clone(), severity));
+                        break;
+                    }
+                }
+                continue;
+            }
+            let pending: Vec<(String, Pending)> = match self.patients.get(&patient) {
+                Some(state) if o.quality == Quality::Good => state
+                    .unconfirmed
+                    .iter()
+                    .filter(|(_, p)| {
+                        o.at > p.at
+                            && o.at - p.at <= CONFIRM_WITHIN
+                            && p.metric.kinds().contains(&o.kind)
+                            && o.values.get(p.metric).is_some()
+                    })
+                    .map(|(r, p)| (r.clone(), *p))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mut fired: HashMap<String, Severity> = HashMap::new();
+            for effect in effects {
+                if let Effect::Trigger {
+                    rule_id, severity, ..
+                } = &effect
+                {
+                    fired.insert(rule_id.clone(), *severity);
+                }
+                self.apply(patient, &plan, effect, &o, now).await?;
+            }
+            for (rule_id, p) in pending {
+                let what = match fired.get(&rule_id) {
+                    Some(s) if *s >= p.severity => Confirmation::Confirmed,
+                    other => {
+                        let severity = other.copied().unwrap_or(Severity::Low);
+                        Confirmation::Downgraded {
+                            severity,
+                            due_at: self.due(severity, now),
+                        }
+                    }
+                };
+                let detail = serde_json::json!({
+                    "device": o.device_id,
+                    "seq": o.seq,
+                    "value": o.values.get(p.metric),
+                })
+                .to_string();
+                self.store
+                    .confirm_alert(patient, &rule_id, now, what, Some(&detail))
+                    .await?;
+                if let Some(state) = self.patients.get_mut(&patient) {
+                    state.unconfirmed.remove(&rule_id);
+                }
+            }
+        }
+        for (device, seq, at) in clock_devices {
+            let severity = clock_severity(&plan_of(self, patient));
+            let t = Trigger {
+                patient_id: patient,
+                rule_id: format!("device-clock:{device}"),
+                rule_kind: "device".into(),
+                title: format!("Device {device}: clock not set or wrong"),
+                severity,
+                plan_version: plan_of(self, patient).version,
+                metric: None,
+                unit: None,
+                value: None,
+                higher_is_worse: true,
+                readings: vec![AlertReading {
+                    device_id: device,
+                    seq,
+                    measured_at: at,
+                    value: None,
+                }],
+                at: now,
+                due_at: self.due(severity, now),
+                detail: None,
+                unconfirmed: false,
+            };
+            self.record(self.store.trigger_alert(&t).await?);
+        }
+        if !late_review.is_empty() {
+            let plan = plan_of(self, patient);
+            let worst = late_review
+                .iter()
+                .map(|(_, s)| *s)
+                .max()
+                .unwrap_or(Severity::Medium);
+            let t = Trigger {
+                patient_id: patient,
+                rule_id: "late-review".into(),
+                rule_kind: "retrospective".into(),
+                title: "Late readings out of range: review".into(),
+                severity: Severity::Low,
+                plan_version: plan.version,
+                metric: None,
+                unit: None,
+                value: None,
+                higher_is_worse: true,
+                readings: late_review
+                    .iter()
+                    .map(|(o, _)| AlertReading {
+                        device_id: o.device_id.clone(),
+                        seq: o.seq,
+                        measured_at: o.at,
+                        value: None,
+                    })
+                    .collect(),
+                at: now,
+                due_at: self.due(Severity::Low, now),
+                detail: Some(serde_json::json!({ "worst_band": worst.as_str() }).to_string()),
+                unconfirmed: false,
+            };
+            self.record(self.store.trigger_alert(&t).await?);
+        }
+        Ok(())
+    }
+
+    fn due(&self, severity: Severity, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        self.config
+            .response(severity)
+            .and_then(|d| time::Duration::try_from(d).ok())
+            .map(|d| now + d)
+    }
+
+    fn record(&self, outcome: TriggerOutcome) {
+        match outcome {
+            TriggerOutcome::Opened { .. } => {
+                self.metrics.alerts_opened.fetch_add(1, Ordering::Relaxed);
+            }
+            TriggerOutcome::Updated { .. } => {
+                self.metrics.alerts_updated.fetch_add(1, Ordering::Relaxed);
+            }
+            TriggerOutcome::Unchanged { .. } => {}
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        patient: i64,
+        plan: &LoadedPlan,
+        effect: Effect,
+        o: &Obs,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        match effect {
+            Effect::Repeat {
+                device_id,
+                kind,
+                in_minutes,
+            } => {
+                let key = (device_id, kind);
+                if self
+                    .last_repeat
+                    .get(&key)
+                    .is_some_and(|t| now - *t < REPEAT_EVERY)
+                {
+                    return Ok(());
+                }
+                if let Some(tx) = &self.repeats {
+                    let _ = tx.send(RepeatRequest {
+                        device_id: key.0.clone(),
+                        kind,
+                        in_minutes,
+                        at: now,
+                    });
+                }
+                self.last_repeat.insert(key, now);
+            }
+            Effect::Trigger {
+                rule_id,
+                rule_kind,
+                title,
+                severity,
+                metric,
+                value,
+                higher_is_worse,
+                readings,
+            } => {
+                if rule_kind == "average" && !self.average_may_open(patient, &rule_id, now).await? {
+                    return Ok(());
+                }
+                // One reading in a high or critical band: an alert at once, unconfirmed until a
+                // repeat. Only for the artefact-prone kinds (cuff, oximeter): a meter's glucose
+                // is what it is, and its retest after treatment (the "rule of 15") measures
+                // the treatment, not the reading.
+                let single = rule_kind == "threshold"
+                    && readings.len() == 1
+                    && severity >= Severity::High
+                    && o.kind != ReadingKind::Glucose;
+                let t = Trigger {
+                    patient_id: patient,
+                    rule_id: rule_id.clone(),
+                    rule_kind: rule_kind.into(),
+                    title,
+                    severity,
+                    plan_version: plan.version,
+                    metric: Some(metric.as_str().into()),
+                    unit: Some(metric.unit().into()),
+                    value,
+                    higher_is_worse,
+                    readings: readings
+                        .into_iter()
+                        .map(|(device_id, seq, measured_at, value)| AlertReading {
+                            device_id,
+                            seq,
+                            measured_at,
+                            value,
+                        })
+                        .collect(),
+                    at: now,
+                    due_at: self.due(severity, now),
+                    detail: None,
+                    unconfirmed: single,
+                };
+                let outcome = self.store.trigger_alert(&t).await?;
+                let opened = matches!(outcome, TriggerOutcome::Opened { .. });
+                self.record(outcome);
+                if let Some(state) = self.patients.get_mut(&patient) {
+                    if single && opened {
+                        state.unconfirmed.insert(
+                            rule_id.clone(),
+                            Pending {
+                                severity,
+                                metric,
+                                at: o.at,
+                            },
+                        );
+                    }
+                    if rule_kind == "average" && opened {
+                        state
+                            .quiet_until
+                            .insert(rule_id.clone(), now + time::Duration::days(7));
+                    }
+                    state.active.insert(rule_id);
+                }
+            }
+            Effect::Clear { rule_id } => {
+                let active = self
+                    .patients
+                    .get(&patient)
+                    .is_some_and(|s| s.active.contains(&rule_id));
+                if active {
+                    self.clear(patient, &rule_id, now, None).await?;
+                    if let Some(state) = self.patients.get_mut(&patient) {
+                        state.active.remove(&rule_id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an average rule may trigger: its open alert may always be updated, but a new
+    /// one opens at most a week after the last one, so a review the nurse resolved is not
+    /// raised again by the next reading of the same week.
+    async fn average_may_open(
+        &mut self,
+        patient: i64,
+        rule_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let until = match self
+            .patients
+            .get(&patient)
+            .and_then(|s| s.quiet_until.get(rule_id))
+        {
+            Some(until) => *until,
+            None => {
+                let last = self.store.last_alert_opened(patient, rule_id).await?;
+                let until = last.map_or(now, |t| t + time::Duration::days(7));
+                if let Some(state) = self.patients.get_mut(&patient) {
+                    state.quiet_until.insert(rule_id.to_owned(), until);
+                }
+                until
+            }
+        };
+        if now >= until {
+            return Ok(true);
+        }
+        // Quiet: only an alert still open (not resolved) takes the trigger.
+        Ok(self
+            .store
+            .open_alerts(patient)
+            .await?
+            .iter()
+            .any(|a| a.rule_id == rule_id))
+    }
+
+    /// Clears the adherence alerts of `kind` whose schedule the latest measurement meets.
+    async fn adherence_met(
+        &mut self,
+        patient: i64,
+        plan: &LoadedPlan,
+        kind: ReadingKind,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let Some(last) = self.last_measured.get(&(patient, kind)).copied() else {
+            return Ok(());
+        };
+        for rule in &plan.plan.rules {
+            let Check::Adherence { kind: k, .. } = &rule.check else {
+                continue;
+            };
+            let Some(expected) = plan.plan.schedule.iter().find(|e| e.kind == *k) else {
+                continue;
+            };
+            if *k == kind
+                && now - last <= hours(expected.every_hours + expected.grace_hours)
+                && self.timed_active.remove(&(patient, rule.id.clone()))
+            {
+                self.clear(patient, &rule.id, now, Some(last)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn clear(
+        &self,
+        patient: i64,
+        rule_id: &str,
+        now: OffsetDateTime,
+        measured: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError> {
+        if self
+            .store
+            .clear_alert(patient, rule_id, now, measured, None)
+            .await?
+            .is_some()
+        {
+            self.metrics.alerts_cleared.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The time-driven rules.
+    pub async fn on_tick(&mut self) {
+        self.flush_outbox().await;
+        let now = (self.clock)();
+        if let Err(e) = self.refresh_plans().await {
+            self.note_error(&e);
+        }
+        if let Err(e) = self.escalate(now).await {
+            self.note_error(&e);
+        }
+        if let Err(e) = self.devices(now).await {
+            self.note_error(&e);
+        }
+        if let Err(e) = self.adherence(now).await {
+            self.note_error(&e);
+        }
+    }
+
+    fn note_error(&self, e: &StoreError) {
+        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "alert engine timer: store error; next tick retries");
+    }
+
+    /// Drops cached plans whose stored version changed, and loads plans of patients the
+    /// engine has not met yet (their adherence clocks run too).
+    async fn refresh_plans(&mut self) -> Result<(), StoreError> {
+        let versions = self.store.care_plan_versions().await?;
+        for (patient, version) in versions {
+            let stale = self
+                .plans
+                .get(&patient)
+                .is_none_or(|p| p.version != Some(version));
+            if stale {
+                self.plans.remove(&patient);
+                let plan = self.load_plan(patient).await?;
+                if let Some(state) = self.patients.get_mut(&patient) {
+                    state.plan = plan;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn escalate(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
+        for alert in self.store.overdue_alerts(now, 500).await? {
+            if self.stopping.is_cancelled() {
+                break;
+            }
+            let Some(response) = self.config.response(alert.severity) else {
+                continue;
+            };
+            let next = now + time::Duration::try_from(response).unwrap_or(time::Duration::HOUR);
+            if self
+                .store
+                .escalate_alert(alert.id, now, next)
+                .await?
+                .is_some()
+            {
+                self.metrics
+                    .alerts_escalated
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    alert = alert.id,
+                    patient = alert.patient_id,
+                    severity = alert.severity.as_str(),
+                    "alert escalated: not acknowledged in time"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn adherence(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
+        let plans: Vec<(i64, Arc<LoadedPlan>)> =
+            self.plans.iter().map(|(p, l)| (*p, l.clone())).collect();
+        for (patient, loaded) in plans {
+            if self.stopping.is_cancelled() {
+                break;
+            }
+            for rule in &loaded.plan.rules {
+                let Check::Adherence { kind, severity } = &rule.check else {
+                    continue;
+                };
+                let Some(expected) = loaded.plan.schedule.iter().find(|e| e.kind == *kind) else {
+                    continue;
+                };
+                let key = (patient, rule.id.clone());
+                if self.timed_active.contains(&key) {
+                    continue;
+                }
+                // No device of that kind: nothing can be measured, nothing is missed.
+                if self
+                    .device_kinds
+                    .as_ref()
+                    .is_some_and(|k| !k.contains(&(patient, *kind)))
+                {
+                    continue;
+                }
+                // A backlog of that kind is arriving: wait until it is in.
+                if self
+                    .last_late
+                    .get(&(patient, *kind))
+                    .is_some_and(|t| now - *t < BACKLOG_QUIET)
+                {
+                    continue;
+                }
+                let limit = hours(expected.every_hours + expected.grace_hours);
+                let since = match self.last_measured.get(&(patient, *kind)) {
+                    Some(t) => *t,
+                    // Never measured: the clock starts when the engine met the plan.
+                    None => {
+                        self.last_measured.insert((patient, *kind), now);
+                        continue;
+                    }
+                };
+                if now - since > limit {
+                    let t = Trigger {
+                        patient_id: patient,
+                        rule_id: rule.id.clone(),
+                        rule_kind: "adherence".into(),
+                        title: rule.title.clone(),
+                        severity: *severity,
+                        plan_version: loaded.version,
+                        metric: None,
+                        unit: None,
+                        value: None,
+                        higher_is_worse: true,
+                        readings: Vec::new(),
+                        at: now,
+                        due_at: self.due(*severity, now),
+                        detail: Some(serde_json::json!({ "last_measured": since.unix_timestamp(), "expected_every_hours": expected.every_hours }).to_string()),
+                        unconfirmed: false,
+                    };
+                    self.record(self.store.trigger_alert(&t).await?);
+                    self.timed_active.insert(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn devices(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
+        let devices = self.store.list_devices(None).await?;
+        self.device_kinds = Some(
+            devices
+                .iter()
+                .filter(|d| d.revoked_at.is_none())
+                .map(|d| (d.patient_id, ReadingKind::from(d.kind)))
+                .collect(),
+        );
+        for d in devices {
+            if self.stopping.is_cancelled() {
+                break;
+            }
+            if d.revoked_at.is_some() {
+                continue;
+            }
+            let loaded = self.load_plan(d.patient_id).await?;
+            for rule in &loaded.plan.rules {
+                let (rule_id, firing, severity, clears) = match &rule.check {
+                    Check::DeviceOffline {
+                        after_hours,
+                        severity,
+                    } => {
+                        let seen = d.last_seen_at.unwrap_or(d.created_at);
+                        let limit = hours(*after_hours);
+                        (
+                            format!("device-offline:{}", d.id),
+                            now - seen > limit,
+                            *severity,
+                            now - seen <= limit,
+                        )
+                    }
+                    Check::LowBattery {
+                        below_pct,
+                        severity,
+                    } => {
+                        let low = d.battery_pct.is_some_and(|b| b < i16::from(*below_pct));
+                        let fine = d
+                            .battery_pct
+                            .is_some_and(|b| b >= i16::from(*below_pct) + 5);
+                        (format!("device-battery:{}", d.id), low, *severity, fine)
+                    }
+                    _ => continue,
+                };
+                let key = (d.patient_id, rule_id.clone());
+                if firing && !self.timed_active.contains(&key) {
+                    let t = Trigger {
+                        patient_id: d.patient_id,
+                        rule_id: rule_id.clone(),
+                        rule_kind: "device".into(),
+                        title: format!("{}: {}", rule.title, d.id),
+                        severity,
+                        plan_version: loaded.version,
+                        metric: None,
+                        unit: None,
+                        value: d.battery_pct.map(f64::from),
+                        higher_is_worse: false,
+                        readings: Vec::new(),
+                        at: now,
+                        due_at: self.due(severity, now),
+                        detail: None,
+                        unconfirmed: false,
+                    };
+                    self.record(self.store.trigger_alert(&t).await?);
+                    self.timed_active.insert(key);
+                } else if clears && self.timed_active.remove(&key) {
+                    self.clear(d.patient_id, &rule_id, now, None).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn empty_plan() -> CarePlan {
+    CarePlan {
+        schedule: Vec::new(),
+        rules: Vec::new(),
+        safety_net: plan::SafetyNet::default(),
+    }
+}
+
+/// A stored plan with the safety net, or (unreadable: logged) the general template with it,
+/// under its version.
+fn parse_stored(row: &store::CarePlanRow) -> LoadedPlan {
+    let plan = match CarePlan::from_json(&row.plan) {
+        Ok(plan) => plan.normalized(),
+        Err(e) => {
+            tracing::error!(patient = row.patient_id, version = row.version, error = %e, "stored care plan unreadable; using the general template");
+            plan::template("general").unwrap_or_else(empty_plan)
+        }
+    };
+    LoadedPlan {
+        plan: net::effective(&plan),
+        version: Some(row.version),
+    }
+}
+
+fn metric_named(name: &str) -> Option<Metric> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+}
+
+fn plan_of(engine: &Engine, patient: i64) -> Arc<LoadedPlan> {
+    engine
+        .patients
+        .get(&patient)
+        .map(|s| s.plan.clone())
+        .unwrap_or_else(|| {
+            Arc::new(LoadedPlan {
+                plan: empty_plan(),
+                version: None,
+            })
+        })
+}
+
+fn clock_severity(plan: &LoadedPlan) -> Severity {
+    plan.plan
+        .rules
+        .iter()
+        .find_map(|r| match r.check {
+            Check::Clock { severity } => Some(severity),
+            _ => None,
+        })
+        .unwrap_or(Severity::Low)
+}
+
+fn has_rule(plan: &CarePlan, f: impl Fn(&Check) -> bool) -> bool {
+    plan.rules.iter().any(|r| f(&r.check))
+}
+
+/// `h` hours, saturating (plans are validated, but a stored one is not trusted blindly).
+fn hours(h: f64) -> time::Duration {
+    time::Duration::checked_seconds_f64(h * 3600.0).unwrap_or(time::Duration::days(3650))
+}
+
+fn to_new(r: store::StoredReading) -> NewReading {
+    NewReading {
+        device_id: r.device_id,
+        seq: r.seq,
+        patient_id: r.patient_id,
+        kind: r.kind,
+        measured_at: r.measured_at,
+        received_at: r.received_at,
+        clock_unset: r.clock_unset,
+        status: r.status,
+        sensor: r.sensor,
+        systolic: r.systolic,
+        diastolic: r.diastolic,
+        mean_arterial: r.mean_arterial,
+        pulse: r.pulse,
+        spo2: r.spo2,
+        perfusion_index: r.perfusion_index,
+        glucose_mg_dl: r.glucose_mg_dl,
+        glucose_sample: r.glucose_sample,
+        glucose_meal: r.glucose_meal,
+        source_unit: r.source_unit,
+    }
+}
