@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 globalThis.localStorage = { getItem: () => null, setItem() {} };
 globalThis.document = { documentElement: {} };
 
-const console_ = new URL('../../server/console/', import.meta.url);
+const console_ = new URL('../../api/console/', import.meta.url);
 const { SseParser } = await import(new URL('sse.js', console_));
 const { diffPlans } = await import(new URL('careplan.js', console_));
 const { thresholdsFor } = await import(new URL('chart.js', console_));
