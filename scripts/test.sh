@@ -6,7 +6,10 @@
 #   - TimescaleDB 2.23 on PGlite (scripts/tsdb, from the npm registry), for the hypertable path;
 #   - Debian's chromium and playwright-core (npm ci in tests/browser), for the console's
 #     browser tests; poppler-utils (pdftoppm, pdftotext) for the report the worklist test downloads;
-#   - Python 3 venv with the pinned FHIR validator (tests/fhir/requirements.txt, from PyPI).
+#   - Python 3 venv with the pinned FHIR validator (tests/fhir/requirements.txt, from PyPI);
+#   - cargo-deb (crates.io, pinned) for the Debian package's install test;
+#   - schemathesis and openapi-spec-validator (tests/contract/requirements.txt, from PyPI) in a
+#     virtualenv, for the OpenAPI contract tests.
 # Then: formatting, cargo deny (bans, licences, sources) and the check that the production
 # binary links no MQTT client, clippy with warnings as errors (also with the demo feature), the protocol and firmware core crates built without std, and
 # `cargo test` over the whole workspace. No test is skipped: a missing service fails the run.
@@ -103,4 +106,10 @@ cargo build -p max30102 -p meter-uart --no-default-features --features protocol 
 
 log "tests"
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${SENTINELLA_TEST_THREADS:-4}"
+
+log "Debian package: installed with dpkg in a namespace, started as the unit, upgraded, purged"
+bash scripts/package-test.sh
+
+log "OpenAPI contract: openapi-spec-validator, schemathesis against a live sentinella per role"
+bash scripts/contract-test.sh
 log "all tests passed"

@@ -69,7 +69,7 @@ pub fn system_clock() -> Clock {
 }
 
 /// The `[gateway.alerts]` table.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
     /// Run the alert engine in this process.

@@ -272,8 +272,59 @@ pub fn device_id_from_cert(der: &[u8]) -> Result<String, PkiError> {
     Ok(id.to_owned())
 }
 
-/// What [`write_device_bundle`] wrote.
-#[derive(Debug, Clone)]
+/// A device's mutual-TLS credentials, all PEM: its certificate (from the device CA), its
+/// private key, and the CA certificate the edge's server certificate must chain to. What
+/// provisioning hands a device, what the simulators keep in their fleet files.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceBundle {
+    /// The device's certificate chain.
+    pub cert_pem: String,
+    /// The device's private key. Never logged.
+    pub key_pem: String,
+    /// The CA certificates the edge's server certificate must chain to.
+    pub ca_pem: String,
+}
+
+impl fmt::Debug for DeviceBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceBundle").finish_non_exhaustive()
+    }
+}
+
+impl DeviceBundle {
+    /// The bundle of a certificate just issued by a CA whose certificate is `ca_pem`.
+    pub fn issued(issued: IssuedCert, ca_pem: &str) -> Self {
+        DeviceBundle {
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
+            ca_pem: ca_pem.to_owned(),
+        }
+    }
+
+    /// Writes the bundle of device `id` into `dir` (created with mode 0700): `{id}.crt`,
+    /// `{id}.key` (mode 0600) and `ca.crt`. An existing key file is replaced.
+    pub fn write(&self, dir: &Path, id: &str) -> Result<BundlePaths, PkiError> {
+        create_private_dir(dir)?;
+        let paths = BundlePaths::in_dir(dir, id);
+        write_private(&paths.key, self.key_pem.as_bytes())?;
+        write_public(&paths.cert, self.cert_pem.as_bytes())?;
+        write_public(&paths.ca, self.ca_pem.as_bytes())?;
+        Ok(paths)
+    }
+
+    /// Reads the three files of a bundle.
+    pub fn read(paths: &BundlePaths) -> Result<Self, PkiError> {
+        Ok(DeviceBundle {
+            cert_pem: read(&paths.cert)?,
+            key_pem: read(&paths.key)?,
+            ca_pem: read(&paths.ca)?,
+        })
+    }
+}
+
+/// Where the files of a [`DeviceBundle`] are.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundlePaths {
     /// The device certificate.
     pub cert: PathBuf,
@@ -283,24 +334,25 @@ pub struct BundlePaths {
     pub ca: PathBuf,
 }
 
-/// Writes a device's certificate (`{id}.crt`), key (`{id}.key`, mode 0600) and the CA bundle
-/// (`ca.crt`) into `dir`, creating it (mode 0700). An existing key file is replaced.
+impl BundlePaths {
+    /// The files `sentinella device add --cert-out DIR` writes for device `id`.
+    pub fn in_dir(dir: &Path, id: &str) -> Self {
+        BundlePaths {
+            cert: dir.join(format!("{id}.crt")),
+            key: dir.join(format!("{id}.key")),
+            ca: dir.join("ca.crt"),
+        }
+    }
+}
+
+/// Writes a device's bundle from a certificate just issued: see [`DeviceBundle::write`].
 pub fn write_device_bundle(
     dir: &Path,
     id: &str,
     issued: &IssuedCert,
     ca_pem: &str,
 ) -> Result<BundlePaths, PkiError> {
-    create_private_dir(dir)?;
-    let paths = BundlePaths {
-        cert: dir.join(format!("{id}.crt")),
-        key: dir.join(format!("{id}.key")),
-        ca: dir.join("ca.crt"),
-    };
-    write_private(&paths.key, issued.key_pem.as_bytes())?;
-    write_public(&paths.cert, issued.cert_pem.as_bytes())?;
-    write_public(&paths.ca, ca_pem.as_bytes())?;
-    Ok(paths)
+    DeviceBundle::issued(issued.clone(), ca_pem).write(dir, id)
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {

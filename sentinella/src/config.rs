@@ -204,6 +204,24 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_configuration_is_the_sample_with_the_state_directory() {
+        let packaged = include_str!("../../packaging/debian/sentinella.toml");
+        let expected = format!(
+            "# Installed by the sentinella Debian package: the sample (`sentinella config sample`) \
+             with\n# data_dir in /var/lib/sentinella, the service's state directory.\n{}",
+            SAMPLE.replacen(
+                "data_dir = \"data\"\n",
+                "data_dir = \"/var/lib/sentinella\"\n",
+                1
+            )
+        );
+        assert_eq!(
+            packaged, expected,
+            "packaging/debian/sentinella.toml must follow sentinella.sample.toml"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         assert!(toml::from_str::<Config>("[api]\nlisten = \"127.0.0.1:1\"\nport = 3").is_err());
         assert!(toml::from_str::<Config>("[gateway]\nbatch_size = 3").is_err());

@@ -6,7 +6,7 @@ use clap::Parser;
 use sentinella::cli::Cli;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_json)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use alerting::{AlertsConfig, Clock, Committed, Engine, EngineMetrics, plan};
 use anyhow::Context;
-use protocol::{Kind, MealContext, Measurement};
+use protocol::{Kind, MealContext};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -668,28 +668,7 @@ pub fn new_reading(device_id: &str, patient_id: i64, seq: i64, r: &TimedReading)
             at_ms(r.delivered_ms),
         )
     };
-    match r.sample.measurement {
-        Measurement::BloodPressure(bp) => {
-            let (sys, dia, map) = bp.mmhg();
-            row.systolic = Some(sys);
-            row.diastolic = Some(dia);
-            row.mean_arterial = map;
-            row.pulse = bp.pulse;
-            row.source_unit = Some(bp.unit.as_str().to_owned());
-        }
-        Measurement::Spo2(ox) => {
-            row.spo2 = Some(ox.percent);
-            row.pulse = ox.pulse;
-            row.perfusion_index = ox.perfusion_index;
-            row.source_unit = Some("%".to_owned());
-        }
-        Measurement::Glucose(g) => {
-            row.glucose_mg_dl = Some(g.mg_dl());
-            row.glucose_sample = Some(g.sample.as_str().to_owned());
-            row.glucose_meal = g.meal.map(|m| m.as_str().to_owned());
-            row.source_unit = Some(g.unit.as_str().to_owned());
-        }
-    }
+    row.set_measurement(&r.sample.measurement);
     row
 }
 

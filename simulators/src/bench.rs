@@ -315,7 +315,7 @@ pub async fn run_bench(
     let gateway = match (opts.gateway_pid, memory) {
         (Some(pid), Some(sampler)) => {
             let max_sampled_rss_kib = sampler.await.ok().flatten();
-            let vm_hwm_kib = read_status_kib(pid, "VmHWM:");
+            let vm_hwm_kib = crate::observe::read_status_kib(pid, "VmHWM:");
             if vm_hwm_kib.is_none() {
                 warn!(pid, "cannot read VmHWM from /proc/{pid}/status");
             }
@@ -388,51 +388,21 @@ async fn sample_rss(pid: u32, stop: CancellationToken) -> Option<u64> {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {
-                if let Some(rss) = read_status_kib(pid, "VmRSS:") {
+                if let Some(rss) = crate::observe::read_status_kib(pid, "VmRSS:") {
                     max = max.max(Some(rss));
                 }
             }
         }
     }
-    if let Some(rss) = read_status_kib(pid, "VmRSS:") {
+    if let Some(rss) = crate::observe::read_status_kib(pid, "VmRSS:") {
         max = max.max(Some(rss));
     }
     max
 }
 
-/// A `kB` field of `/proc/<pid>/status`.
-fn read_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_status_kib(&status, field)
-}
-
-fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_proc_status() {
-        let status = "Name:\tsentinella\nVmHWM:\t  123456 kB\nVmRSS:\t   99999 kB\n";
-        assert_eq!(parse_status_kib(status, "VmHWM:"), Some(123_456));
-        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(99_999));
-        assert_eq!(parse_status_kib(status, "VmSwap:"), None);
-        assert_eq!(parse_status_kib("VmRSS:\tlots kB", "VmRSS:"), None);
-    }
-
-    #[test]
-    fn reads_own_memory() {
-        let me = std::process::id();
-        assert!(read_status_kib(me, "VmRSS:").is_some_and(|k| k > 0));
-        assert!(read_status_kib(me, "VmHWM:").is_some_and(|k| k > 0));
-    }
 
     #[test]
     fn latency_summary_in_ms() {

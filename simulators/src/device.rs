@@ -42,7 +42,7 @@ use rumqttc::{
     AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, SubscribeFilter,
     SubscribeReasonCode, TlsConfiguration, Transport,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
@@ -142,67 +142,32 @@ impl DeviceSpec {
     }
 }
 
-/// A device's mutual-TLS credentials, all PEM: its certificate (issued by the device CA, see
-/// the `pki` crate), its private key and the CA that signed the edge's certificate.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceTls {
-    /// The device's certificate chain.
-    pub cert_pem: String,
-    /// The device's private key. Never logged.
-    pub key_pem: String,
-    /// The CA certificates the edge's server certificate must chain to.
-    pub ca_pem: String,
-}
+/// A device's mutual-TLS credentials (the `pki` crate's bundle).
+pub use pki::DeviceBundle as DeviceTls;
 
-impl fmt::Debug for DeviceTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceTls").finish_non_exhaustive()
+/// A rustls client configuration (ring provider) presenting the device certificate and
+/// trusting only the given CA.
+pub fn client_config(tls: &DeviceTls) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
+        roots
+            .add(ca.context("CA certificate PEM")?)
+            .context("CA certificate")?;
     }
-}
-
-impl DeviceTls {
-    /// Reads the three PEM files `sentinella device add` writes.
-    pub fn from_files(
-        cert: &std::path::Path,
-        key: &std::path::Path,
-        ca: &std::path::Path,
-    ) -> anyhow::Result<Self> {
-        let read = |p: &std::path::Path| {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-        };
-        Ok(DeviceTls {
-            cert_pem: read(cert)?,
-            key_pem: read(key)?,
-            ca_pem: read(ca)?,
-        })
-    }
-
-    /// A rustls client configuration (ring provider) presenting the device certificate and
-    /// trusting only the given CA.
-    pub fn client_config(&self) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots
-                .add(ca.context("CA certificate PEM")?)
-                .context("CA certificate")?;
-        }
-        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .context("device certificate PEM")?;
-        let key =
-            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).context("device key PEM")?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("TLS versions")?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .context("device certificate and key")?;
-        Ok(Arc::new(config))
-    }
+    let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("device certificate PEM")?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).context("device key PEM")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .context("device certificate and key")?;
+    Ok(Arc::new(config))
 }
 
 /// Counters of one device.
@@ -559,7 +524,7 @@ fn mqtt_options(spec: &DeviceSpec, topics: &Topics) -> anyhow::Result<MqttOption
     match &spec.tls {
         // The certificate is the credential; no password crosses the wire.
         Some(tls) => {
-            let config = tls.client_config()?;
+            let config = client_config(tls)?;
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
         }
         None => {

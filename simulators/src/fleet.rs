@@ -285,11 +285,7 @@ pub async fn issue_certs(
         let cert = api::ops::devices::issue_cert(store, ca, &d.id)
             .await
             .with_context(|| format!("issuing a certificate to {}", d.id))?;
-        d.tls = Some(device::DeviceTls {
-            cert_pem: cert.cert_pem,
-            key_pem: cert.key_pem,
-            ca_pem: ca.cert_pem().to_owned(),
-        });
+        d.tls = Some(device::DeviceTls::issued(cert, ca.cert_pem()));
         issued += 1;
     }
     Ok(issued)

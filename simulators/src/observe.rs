@@ -188,6 +188,12 @@ fn parse_stat_ticks(stat: &str) -> Option<u64> {
 }
 
 /// A `kB` field of `/proc/<pid>/status`.
+/// A `kB` field of `/proc/<pid>/status`.
+pub(crate) fn read_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kib(&status, field)
+}
+
 fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
@@ -329,6 +335,22 @@ impl FaultTimes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_proc_status() {
+        let status = "Name:\tsentinella\nVmHWM:\t  123456 kB\nVmRSS:\t   99999 kB\n";
+        assert_eq!(status_kib(status, "VmHWM:"), Some(123_456));
+        assert_eq!(status_kib(status, "VmRSS:"), Some(99_999));
+        assert_eq!(status_kib(status, "VmSwap:"), None);
+        assert_eq!(status_kib("VmRSS:\tlots kB", "VmRSS:"), None);
+    }
+
+    #[test]
+    fn reads_own_memory() {
+        let me = std::process::id();
+        assert!(read_status_kib(me, "VmRSS:").is_some_and(|k| k > 0));
+        assert!(read_status_kib(me, "VmHWM:").is_some_and(|k| k > 0));
+    }
 
     #[test]
     fn parses_stat_with_odd_names() {

@@ -121,6 +121,38 @@ impl NewReading {
             source_unit: None,
         }
     }
+
+    /// Sets what a device measured: the kind, the values in canonical units (mmHg, %, mg/dL)
+    /// and the unit the device sent. The one mapping from the wire reading to the row, used
+    /// by the gateway's ingest and by the alert benchmarks.
+    pub fn set_measurement(&mut self, m: &protocol::reading::Measurement) {
+        use protocol::reading::Measurement;
+        match m {
+            Measurement::BloodPressure(bp) => {
+                let (sys, dia, map) = bp.mmhg();
+                self.kind = ReadingKind::BloodPressure;
+                self.systolic = Some(sys);
+                self.diastolic = Some(dia);
+                self.mean_arterial = map;
+                self.pulse = bp.pulse;
+                self.source_unit = Some(bp.unit.as_str().to_owned());
+            }
+            Measurement::Spo2(ox) => {
+                self.kind = ReadingKind::Spo2;
+                self.spo2 = Some(ox.percent);
+                self.pulse = ox.pulse;
+                self.perfusion_index = ox.perfusion_index;
+                self.source_unit = Some("%".to_owned());
+            }
+            Measurement::Glucose(g) => {
+                self.kind = ReadingKind::Glucose;
+                self.glucose_mg_dl = Some(g.mg_dl());
+                self.glucose_sample = Some(g.sample.as_str().to_owned());
+                self.glucose_meal = g.meal.map(|m| m.as_str().to_owned());
+                self.source_unit = Some(g.unit.as_str().to_owned());
+            }
+        }
+    }
 }
 
 /// A stored reading; the same fields as [`NewReading`].

@@ -212,11 +212,7 @@ impl Stack {
     /// (as `sentinella device add` does).
     pub async fn device_tls(&self, device_id: &str) -> anyhow::Result<DeviceTls> {
         let cert = ops::devices::issue_cert(self.store(), &self.ca, device_id).await?;
-        Ok(DeviceTls {
-            cert_pem: cert.cert_pem,
-            key_pem: cert.key_pem,
-            ca_pem: self.ca.cert_pem().to_owned(),
-        })
+        Ok(DeviceTls::issued(cert, self.ca.cert_pem()))
     }
 
     /// GET on the API with the test token; returns status and JSON body.
@@ -314,7 +310,7 @@ impl RawDevice {
     pub fn connect_tls(edge: SocketAddr, id: &str, tls: &DeviceTls) -> anyhow::Result<RawDevice> {
         let mut opts = MqttOptions::new(id, edge.ip().to_string(), edge.port());
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.client_config()?,
+            simulators::device::client_config(tls)?,
         )));
         Ok(RawDevice::start(opts))
     }

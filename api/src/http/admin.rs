@@ -315,7 +315,7 @@ async fn add_api_key(
             "API keys are for service accounts; people log in".into(),
         ));
     }
-    if body.name.trim().is_empty() || body.name.len() > 200 {
+    if body.name.trim().is_empty() || body.name.chars().count() > 200 {
         return Err(ApiError::BadRequest(
             "name must be 1 to 200 characters".into(),
         ));

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod error;
 pub mod oidc;
+pub mod openapi;
 pub mod policy;
 pub mod session;
 
@@ -19,6 +20,7 @@ mod careplans;
 mod contacts;
 mod devices;
 mod health;
+mod json_numbers;
 pub(crate) mod patients;
 mod quarantine;
 mod reports;
@@ -229,6 +231,8 @@ pub(crate) fn routes() -> (Router<AppState>, Router<AppState>) {
         .merge(alert_stream::router())
         .merge(careplans::router())
         .merge(contacts::router())
-        .merge(reports::router());
+        .merge(reports::router())
+        .route("/openapi.json", axum::routing::get(openapi::serve))
+        .layer(axum::middleware::from_fn(json_numbers::normalize));
     (api, health::router())
 }

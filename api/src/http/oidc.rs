@@ -20,7 +20,7 @@ use serde::Deserialize;
 use store::Role;
 
 /// `[api.oidc]` in the configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
     /// The provider's issuer URL, compared exactly with `iss`.

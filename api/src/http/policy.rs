@@ -38,6 +38,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/console", Public),
     ("GET", "/console/", Public),
     ("GET", "/console/{file}", Public),
+    ("GET", "/api/v1/openapi.json", Public),
     ("POST", "/api/v1/auth/login", Public),
     ("POST", "/api/v1/auth/logout", Authenticated),
     ("GET", "/api/v1/auth/me", Authenticated),

@@ -1,6 +1,6 @@
 //! Topic + payload → store rows, or a quarantine record saying why not.
 
-use protocol::reading::{Measurement, Reading};
+use protocol::reading::Reading;
 use protocol::status::Status;
 use store::{DeviceStatusUpdate, NewQuarantine, NewReading, ReadingKind};
 use time::OffsetDateTime;
@@ -113,31 +113,7 @@ pub(crate) fn to_row(src: Source<'_>, r: &Reading) -> NewReading {
             src.received_at,
         )
     };
-    match r.measurement {
-        Measurement::BloodPressure(bp) => {
-            let (sys, dia, map) = bp.mmhg();
-            row.kind = ReadingKind::BloodPressure;
-            row.systolic = Some(sys);
-            row.diastolic = Some(dia);
-            row.mean_arterial = map;
-            row.pulse = bp.pulse;
-            row.source_unit = Some(bp.unit.as_str().to_owned());
-        }
-        Measurement::Spo2(ox) => {
-            row.kind = ReadingKind::Spo2;
-            row.spo2 = Some(ox.percent);
-            row.pulse = ox.pulse;
-            row.perfusion_index = ox.perfusion_index;
-            row.source_unit = Some("%".to_owned());
-        }
-        Measurement::Glucose(g) => {
-            row.kind = ReadingKind::Glucose;
-            row.glucose_mg_dl = Some(g.mg_dl());
-            row.glucose_sample = Some(g.sample.as_str().to_owned());
-            row.glucose_meal = g.meal.map(|m| m.as_str().to_owned());
-            row.source_unit = Some(g.unit.as_str().to_owned());
-        }
-    }
+    row.set_measurement(&r.measurement);
     row
 }
 

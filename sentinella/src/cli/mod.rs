@@ -74,19 +74,34 @@ pub enum Command {
     Config(config::ConfigCommand),
 }
 
-/// Runs the command `cli` names (`run` when none).
-pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+/// The configuration `cli` names: defaults, then the file, the environment and the flags.
+pub fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let mut config = match &cli.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
     config.apply_env()?;
-    if let Some(dir) = cli.data_dir {
-        config.data_dir = dir;
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = dir.clone();
     }
-    if let Some(url) = cli.database_url {
-        config.database_url = Some(url);
+    if let Some(url) = &cli.database_url {
+        config.database_url = Some(url.clone());
     }
+    Ok(config)
+}
+
+/// Runs the command `cli` names (`run` when none); the process's exit code.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(Command::Config(config::ConfigCommand::Check)) = &cli.command {
+        let code = config::check(load_config(&cli), cli.config.as_deref()).await;
+        return Ok(std::process::ExitCode::from(code));
+    }
+    run_command(cli).await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(&cli)?;
     let command = cli.command.unwrap_or(Command::Run(run::RunArgs::default()));
     if let Command::Config(cmd) = &command {
         config::run(cmd);
@@ -98,6 +113,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             "this sentinella was built without the demo; build it with the `demo` feature: \
              cargo run --release -p sentinella --features demo -- run --demo 20"
         );
+    }
+    if let Command::Run(_) = &command {
+        // The checks of `sentinella config check`, with the same messages.
+        crate::config_check::refuse_invalid(&config).await?;
     }
     let store = open_store(&config).await?;
     match command {

@@ -38,6 +38,7 @@ pub async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<
     .await?;
     let scheme = if node.api_https { "https" } else { "http" };
     tracing::info!(api_addr = %node.api_addr, api_scheme = scheme, edge_tls = %node.tls_addr, edge_plain = %node.edge_addr, "sentinella running");
+    crate::notify::ready();
 
     // The demo devices stop first, so the gateway does not log them being cut off.
     let demo_cancel = CancellationToken::new();
@@ -59,6 +60,7 @@ pub async fn run(config: Config, store: Store, args: RunArgs) -> anyhow::Result<
 
     shutdown_signal().await;
     tracing::info!("shutting down: flushing in-flight batches and acks");
+    crate::notify::stopping();
     demo_cancel.cancel();
     if let Some(demo) = demo {
         let _ = demo.await;
