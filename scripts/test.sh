@@ -5,7 +5,7 @@
 #     interoperability tests;
 #   - TimescaleDB 2.23 on PGlite (scripts/tsdb, from the npm registry), for the hypertable path;
 #   - Debian's chromium and playwright-core (npm ci in tests/browser), for the console's
-#     browser test;
+#     browser tests; poppler-utils (pdftoppm, pdftotext) for the report the worklist test downloads;
 #   - Python 3 venv with the pinned FHIR validator (tests/fhir/requirements.txt, from PyPI);
 #   - cargo-deb (crates.io, pinned) for the Debian package's install test;
 #   - schemathesis and openapi-spec-validator (tests/contract/requirements.txt, from PyPI) in a
@@ -46,6 +46,8 @@ log "browser tests: Chromium and playwright-core"
 # download). The test fails, never skips, when either is missing.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then apt_install nodejs npm; fi
 if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
+# pdftoppm/pdftotext: the worklist browser test reads the telemonitoring report's PDF.
+if ! command -v pdftoppm >/dev/null; then apt_install poppler-utils; fi
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >&2)
 /usr/bin/chromium --version 2>/dev/null || true
 

@@ -164,6 +164,12 @@ export const acknowledge = (id) => change(id, 'ack');
 export const assign = (id, assignee) => change(id, 'assign', { assignee });
 export const comment = (id, text) => change(id, 'comments', { text });
 export const resolve = (id, outcome, note) => change(id, 'resolve', { outcome, note: note || null });
+/** Records what was done: `kind` one of INTERVENTION_KINDS; a phone call has a `result`. */
+export const intervene = (id, kind, result, note) =>
+  change(id, 'interventions', kind === 'phone_call' ? { kind, result, note: note || null } : { kind, note: note || null });
+
+export const INTERVENTION_KINDS = ['phone_call', 'advice_given', 'gp_informed', 'home_visit_requested', 'emergency_services'];
+export const CALL_RESULTS = ['reached', 'not_reached', 'wrong_number'];
 
 let outcomes = null;
 export async function loadOutcomes() {

@@ -80,6 +80,22 @@ export async function api(path, { method = 'GET', body, auth = true } = {}) {
   return response.json();
 }
 
+/** A file from the API (e.g. a PDF), as a Blob, with the same errors as `api`. */
+export async function download(path) {
+  let response;
+  try {
+    response = await fetch(BASE + path, { headers: authHeaders(), cache: 'no-store' });
+  } catch (e) {
+    throw new ApiError(0, 'network', e.message);
+  }
+  if (!response.ok) {
+    const err = await errorOf(response);
+    if (response.status === 401) onUnauthorized(err);
+    throw err;
+  }
+  return response.blob();
+}
+
 export const get = (path) => api(path);
 export const post = (path, body) => api(path, { method: 'POST', body: body ?? {} });
 

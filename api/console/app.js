@@ -6,6 +6,7 @@ import { h, replace } from './dom.js';
 import { t, getLang, setLang, onLangChange, ruleTitle } from './i18n.js';
 import * as alerts from './alerts.js';
 import { inboxPage } from './inbox.js';
+import { worklistPage } from './worklist.js';
 import { patientsPage } from './patients.js';
 import { patientPage } from './patient.js';
 import { devicePage } from './device.js';
@@ -37,6 +38,7 @@ function renderShell() {
   const logged = Boolean(user);
   document.getElementById('nav').hidden = !logged;
   document.querySelector('#nav a[data-route="inbox"]').hidden = !isClinical();
+  document.querySelector('#nav a[data-route="worklist"]').hidden = !isClinical();
   document.getElementById('logout').hidden = !logged;
   const who = document.getElementById('whoami');
   who.hidden = !logged;
@@ -94,6 +96,7 @@ async function route(event) {
   const pages = {
     inbox: home,
     '': home,
+    worklist: () => (isClinical() ? worklistPage(main) : patientsPage(main)),
     patients: () => (arg ? patientPage(main, arg) : patientsPage(main)),
     devices: () => devicePage(main, arg),
   };

@@ -119,10 +119,20 @@ function eventText(e) {
   if (e.kind === 'commented' && e.detail?.text) what += `: “${e.detail.text}”`;
   if (e.kind === 'assigned') what += `: ${e.detail?.assignee ?? t('nobody')}`;
   if (e.kind === 'resolved' && e.detail?.outcome) what += `: ${t(`outcome_${e.detail.outcome}`)}`;
+  if (e.kind === 'intervention') what = interventionText(e.detail || {});
   return `${fmtTime(e.at)} · ${what} · ${who}`;
 }
 
-function alertCard(initial) {
+/** One intervention (an event's detail or a stored intervention) as a sentence. */
+export function interventionText(i) {
+  let text = t(`intervention_${i.kind}`);
+  if (i.call_result) text += ` (${t(`call_${i.call_result}`)})`;
+  if (i.note) text += `: “${i.note}”`;
+  if (i.retry_at) text += ` · ${t('retry_at', { time: fmtTime(i.retry_at) })}`;
+  return text;
+}
+
+export function alertCard(initial) {
   let alert = initial;
   const headingId = id('alert-title');
   const el = h('li', { class: 'alert-card', dataset: { alertId: String(alert.id) }, 'aria-labelledby': headingId });
@@ -159,6 +169,36 @@ function alertCard(initial) {
     h('button', { type: 'submit', class: 'primary', text: t('resolve_submit') }),
   );
 
+  const kindId = id('intervention-kind');
+  const resultId = id('call-result');
+  const contactNoteId = id('contact-note');
+  const kind = h(
+    'select',
+    { id: kindId, required: true },
+    alerts.INTERVENTION_KINDS.map((k) => h('option', { value: k, text: t(`intervention_${k}`) })),
+  );
+  const result = h(
+    'select',
+    { id: resultId },
+    alerts.CALL_RESULTS.map((r) => h('option', { value: r, text: t(`call_${r}`) })),
+  );
+  const resultLabel = h('label', { for: resultId, text: t('call_result_label') });
+  const contactNote = h('textarea', { id: contactNoteId, rows: 2, maxlength: 4000 });
+  const interveneForm = h(
+    'form',
+    { class: 'inline-form', 'data-action': 'intervene' },
+    h('label', { for: kindId, text: t('intervention_label') }),
+    kind,
+    resultLabel,
+    result,
+    h('label', { for: contactNoteId, text: t('note_label') }),
+    contactNote,
+    h('button', { type: 'submit', class: 'primary', text: t('intervention_submit') }),
+  );
+  kind.addEventListener('change', () => {
+    result.hidden = resultLabel.hidden = kind.value !== 'phone_call';
+  });
+
   const history = h('ol', { class: 'event-list' });
   const historyDetails = h('details', { class: 'action-details' }, h('summary', { text: t('history') }), history);
   historyDetails.addEventListener('toggle', () => {
@@ -170,6 +210,7 @@ function alertCard(initial) {
     ack,
     take,
     h('details', { class: 'action-details' }, h('summary', { text: t('comment') }), commentForm),
+    h('details', { class: 'action-details', 'data-action': 'intervene-details' }, h('summary', { text: t('intervention') }), interveneForm),
     h('details', { class: 'action-details', 'data-action': 'resolve-details' }, h('summary', { text: t('resolve') }), resolveForm),
     historyDetails,
   );
@@ -210,6 +251,13 @@ function alertCard(initial) {
       commentText.value = '';
     }
   });
+  interveneForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const done = kind.value === 'phone_call' && result.value === 'not_reached' ? t('done_requeued') : t('done_intervention');
+    if (await act(() => alerts.intervene(alert.id, kind.value, result.value, contactNote.value.trim()), done)) {
+      contactNote.value = '';
+    }
+  });
   resolveForm.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     if (!outcome.value) {
@@ -244,6 +292,8 @@ function alertCard(initial) {
       h('dd', { class: 'assignee', text: alert.assignee || t('nobody') }),
       alert.due_at && [h('dt', { text: t('due') }), h('dd', {}, h('time', { datetime: alert.due_at, text: fmtTime(alert.due_at) }))],
       alert.escalation_level > 0 && [h('dt', { text: t('escalation') }), h('dd', { text: String(alert.escalation_level) })],
+      alert.retry_at && [h('dt', { text: t('retry') }), h('dd', { class: 'retry' }, h('time', { datetime: alert.retry_at, text: fmtTime(alert.retry_at) }))],
+      alert.interventions > 0 && [h('dt', { text: t('interventions') }), h('dd', { class: 'interventions', text: String(alert.interventions) })],
       alert.confirmation && [h('dt', { text: t('confirmation') }), h('dd', { class: `confirmation-${alert.confirmation}`, text: t(`confirmation_${alert.confirmation}`) })],
     ];
     replace(

@@ -8,6 +8,7 @@ import { errorBlock, errorMessage, severityBadge, actorName, isClinical } from '
 import { lineChart, thresholdsFor } from './chart.js';
 import { readingFlags } from './flags.js';
 import { carePlanSection, effectivePlan } from './careplan.js';
+import { contactsSection, interventionsSection, reportSection } from './contacts.js';
 
 const RANGES = [
   ['24h', 24 * 3600e3],
@@ -72,6 +73,9 @@ function render(root, patient, isLive) {
     return b;
   });
   const alertsBox = h('div', { id: 'patient-alerts' }, h('p', { text: t('loading') }));
+  const contactsBox = h('div', { id: 'patient-contacts' }, h('p', { text: t('loading') }));
+  const interventionsBox = h('div', { id: 'patient-interventions' }, h('p', { text: t('loading') }));
+  const reportBox = h('div', { id: 'patient-report' });
   const planBox = h('div', { id: 'care-plan' }, h('p', { text: t('loading') }));
   let plan = null;
 
@@ -112,6 +116,7 @@ function render(root, patient, isLive) {
       ),
     ),
     !isClinical() && h('p', { class: 'muted', id: 'clinical-hidden', text: t('clinical_not_for_role') }),
+    isClinical() && h('section', { 'aria-labelledby': 'contacts-title' }, h('h2', { id: 'contacts-title', text: t('contacts_title') }), contactsBox),
     isClinical() && h(
       'section',
       { 'aria-labelledby': 'trends-title' },
@@ -122,6 +127,8 @@ function render(root, patient, isLive) {
     ),
     isClinical() && h('section', { 'aria-labelledby': 'readings-title' }, h('h2', { id: 'readings-title', text: t('readings_title') }), readingsBox),
     isClinical() && h('section', { 'aria-labelledby': 'patient-alerts-title' }, h('h2', { id: 'patient-alerts-title', text: t('alert_history_title') }), alertsBox),
+    isClinical() && h('section', { 'aria-labelledby': 'report-title' }, h('h2', { id: 'report-title', text: t('report_title') }), reportBox),
+    isClinical() && h('section', { 'aria-labelledby': 'interventions-title' }, h('h2', { id: 'interventions-title', text: t('interventions_title') }), interventionsBox),
     isClinical() && h('section', { 'aria-labelledby': 'care-plan-title' }, h('h2', { id: 'care-plan-title', text: t('care_plan_title') }), planBox),
   );
   if (!isClinical()) return;
@@ -164,6 +171,9 @@ function render(root, patient, isLive) {
 
   loadTrends();
   loadAlerts(alertsBox, patient, isLive);
+  contactsSection(contactsBox, patient, isLive);
+  interventionsSection(interventionsBox, patient, isLive);
+  reportSection(reportBox, patient);
   carePlanSection(planBox, patient, isLive, (next) => {
     plan = next;
     loadTrends();

@@ -57,6 +57,8 @@ pub const FILES: &[(&str, &str, &[u8])] = &[
     ("careplan.js", JS, include_bytes!("../console/careplan.js")),
     ("flags.js", JS, include_bytes!("../console/flags.js")),
     ("device.js", JS, include_bytes!("../console/device.js")),
+    ("contacts.js", JS, include_bytes!("../console/contacts.js")),
+    ("worklist.js", JS, include_bytes!("../console/worklist.js")),
 ];
 
 /// The console's routes, merged into [`crate::http::app`].

@@ -12,6 +12,9 @@
 //! - [`ops`]: use cases shared by the REST handlers, the CLI, the simulators and the tests
 //!   (provisioning a device and its certificate, API keys, service accounts).
 //! - [`fhir`]: the read-only FHIR R4 API under `/fhir/r4` (same tokens, scope and audit).
+//! - [`report`]: the telemonitoring report of a patient over a period (PDF in Italian or
+//!   English; FHIR DiagnosticReport and DocumentReference through [`fhir`]; scheduled
+//!   monthly reports).
 //! - [`serve_with`]: the connection loop (limits, timeouts, graceful shutdown).
 //!
 //! The API depends on the store and on the care-plan schema (`alerting::plan`), never on the
@@ -24,6 +27,7 @@ pub mod console;
 pub mod fhir;
 pub mod http;
 pub mod ops;
+pub mod report;
 pub mod tls;
 
 pub use app::app;

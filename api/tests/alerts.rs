@@ -222,6 +222,28 @@ async fn alert_workflow(db: TestDb) {
         message.contains("called_patient") && message.contains("fixed_it"),
         "{message}"
     );
+    // A high alert leaves the queue only with what was done on record.
+    let (status, body) = f
+        .post(
+            &format!("/api/v1/alerts/{a}/resolve"),
+            json!({"outcome": "medication_adjusted", "note": "ramipril 5 mg"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("record an intervention"),
+        "{body}"
+    );
+    let (status, body) = f
+        .post(
+            &format!("/api/v1/alerts/{a}/interventions"),
+            json!({"kind": "gp_informed", "note": "MMG: ramipril 5 mg"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = f
         .post(
             &format!("/api/v1/alerts/{a}/resolve"),
@@ -262,6 +284,13 @@ async fn alert_workflow(db: TestDb) {
     // Resolving a new alert directly is allowed (it counts as acknowledged then).
     let (status, body) = f
         .post(
+            &format!("/api/v1/alerts/{c}/interventions"),
+            json!({"kind": "phone_call", "result": "reached"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = f
+        .post(
             &format!("/api/v1/alerts/{c}/resolve"),
             json!({"outcome": "reading_error"}),
         )
@@ -285,6 +314,7 @@ async fn alert_workflow(db: TestDb) {
             ("assigned", actor.as_str()),
             ("assigned", actor.as_str()),
             ("commented", actor.as_str()),
+            ("intervention", actor.as_str()),
             ("resolved", actor.as_str()),
             ("commented", actor.as_str()),
         ]

@@ -108,6 +108,33 @@ async fn side(db: &TestDb, name: &str) -> Side {
         })
         .await
         .unwrap();
+    let note = format!("nota-{name}-riservata");
+    store
+        .set_patient_contacts(
+            &store::NewContacts {
+                patient_id: patient.id,
+                clinical_note: Some(note.clone()),
+                gp_name: Some(format!("medico-{name}-riservato")),
+                ..Default::default()
+            },
+            "user:x",
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+    let call_note = format!("chiamata-{name}-riservata");
+    store
+        .record_intervention(&store::NewIntervention {
+            alert_id: alert,
+            kind: store::InterventionKind::PhoneCall,
+            call_result: Some(store::CallResult::Reached),
+            note: Some(&call_note),
+            actor: "user:x",
+            at: OffsetDateTime::now_utc(),
+            retry_at: None,
+        })
+        .await
+        .unwrap();
     let user = fresh_user(
         store,
         cot.id,
@@ -127,6 +154,9 @@ async fn side(db: &TestDb, name: &str) -> Side {
             device,
             comment,
             format!("utente-{name}-riservato"),
+            note,
+            format!("medico-{name}-riservato"),
+            call_note,
         ],
     }
 }
@@ -226,6 +256,9 @@ async fn request(
             (fill(path, &id.to_string()), None, ok)
         }
         ("GET", "/fhir/r4/Device/{id}") => (fill(path, &side.device), None, ok),
+        ("GET", "/fhir/r4/DiagnosticReport/{id}" | "/fhir/r4/DocumentReference/{id}") => {
+            (fill(path, &format!("tm-{p}-20261101-20261130")), None, ok)
+        }
         ("GET", "/fhir/r4/Observation/{id}") => {
             (fill(path, &format!("bp-0-{}", side.device)), None, ok)
         }
@@ -235,7 +268,12 @@ async fn request(
         }
         (
             "GET",
-            "/fhir/r4/Observation" | "/fhir/r4/Device" | "/fhir/r4/CarePlan" | "/fhir/r4/Task",
+            "/fhir/r4/Observation"
+            | "/fhir/r4/Device"
+            | "/fhir/r4/CarePlan"
+            | "/fhir/r4/Task"
+            | "/fhir/r4/DiagnosticReport"
+            | "/fhir/r4/DocumentReference",
         ) => (format!("{path}?patient={p}"), None, ok),
         ("POST", "/api/v1/auth/login") => (
             path.into(),
@@ -301,6 +339,14 @@ async fn request(
             Some(json!({"template": "hypertension", "reason": "matrix"})),
             created,
         ),
+        ("PUT", "/api/v1/patients/{id}/contacts") => (
+            fill(path, &p.to_string()),
+            Some(
+                json!({"phones": [{"label": "casa", "number": "+39 02 555 0101"}],
+                        "gp_name": "Dott. Rossi", "clinical_note": "vive sola"}),
+            ),
+            ok,
+        ),
         (_, path) if path.starts_with("/api/v1/patients/{id}") => {
             (fill(path, &p.to_string()), None, ok)
         }
@@ -317,13 +363,32 @@ async fn request(
         ("GET", "/api/v1/alerts/{id}") => (fill(path, &side.alert.to_string()), None, ok),
         ("POST", _) if path.starts_with("/api/v1/alerts/{id}/") => {
             let alert = fresh_alert(store, p).await;
-            let body = match path.rsplit('/').next() {
-                Some("assign") => json!({"assignee": "svc"}),
-                Some("comments") => json!({"text": "ok"}),
-                Some("resolve") => json!({"outcome": "no_action_needed"}),
-                _ => json!({}),
+            let (body, status) = match path.rsplit('/').next() {
+                Some("assign") => (json!({"assignee": "svc"}), ok),
+                Some("comments") => (json!({"text": "ok"}), ok),
+                Some("resolve") => {
+                    // A high alert is resolved only after an intervention is on record.
+                    store
+                        .record_intervention(&store::NewIntervention {
+                            alert_id: alert,
+                            kind: store::InterventionKind::AdviceGiven,
+                            call_result: None,
+                            note: None,
+                            actor: "user:x",
+                            at: OffsetDateTime::now_utc(),
+                            retry_at: None,
+                        })
+                        .await
+                        .unwrap();
+                    (json!({"outcome": "no_action_needed"}), ok)
+                }
+                Some("interventions") => (
+                    json!({"kind": "phone_call", "result": "not_reached", "note": "segreteria"}),
+                    created,
+                ),
+                _ => (json!({}), ok),
             };
-            (fill(path, &alert.to_string()), Some(body), ok)
+            (fill(path, &alert.to_string()), Some(body), status)
         }
         ("GET", "/api/v1/alerts/stream") => (format!("{path}?after=0"), None, ok),
         ("GET", path) if !path.contains('{') => (path.into(), None, ok),

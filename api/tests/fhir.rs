@@ -936,8 +936,59 @@ async fn fhir_api(db: TestDb) {
     let open = c.search_all("Task?status=requested,accepted").await;
     assert_eq!(open.len(), 6);
 
+    // The telemonitoring report of November: a DiagnosticReport whose results are the
+    // period's Observations (they resolve below, with every other reference), and a
+    // DocumentReference with the PDF in Italian and English.
+    let report_id = format!("tm-{}-20261101-20261130", f.p_bp);
+    let dr = c.get(&format!("DiagnosticReport/{report_id}")).await;
+    assert_eq!(dr["resourceType"], "DiagnosticReport");
+    assert_eq!(dr["status"], "final");
+    assert_eq!(dr["subject"]["reference"], format!("Patient/{}", f.p_bp));
+    assert_eq!(dr["effectivePeriod"]["start"], "2026-11-01T00:00:00Z");
+    let results = dr["result"].as_array().unwrap();
+    assert!(results.len() >= 10, "{dr}");
+    assert!(results.iter().all(|r| {
+        r["reference"]
+            .as_str()
+            .unwrap()
+            .starts_with("Observation/bp-")
+    }));
+    assert_eq!(dr["presentedForm"].as_array().unwrap().len(), 2);
+    let doc = c.get(&format!("DocumentReference/{report_id}")).await;
+    assert_eq!(
+        doc["context"]["related"][0]["reference"],
+        format!("DiagnosticReport/{report_id}")
+    );
+    let content = doc["content"].as_array().unwrap();
+    assert_eq!(
+        codes_of(content, "/attachment/language"),
+        ["en", "it"].map(String::from).into()
+    );
+    for item in content {
+        use base64::Engine;
+        let pdf = base64::engine::general_purpose::STANDARD
+            .decode(item["attachment"]["data"].as_str().unwrap())
+            .unwrap();
+        assert!(pdf.starts_with(b"%PDF-"), "not a PDF");
+        assert_eq!(item["attachment"]["size"], pdf.len());
+    }
+    let found = c
+        .search_all(&format!("DiagnosticReport?patient={}", f.p_bp))
+        .await;
+    assert_eq!(found.len(), 2);
+    let found = c
+        .search_all(&format!("DocumentReference?patient={}", f.p_bp))
+        .await;
+    assert_eq!(found.len(), 2);
+
     // Errors are OperationOutcomes.
     for (uri, want) in [
+        ("DiagnosticReport/tm-1-20261101", StatusCode::NOT_FOUND),
+        (
+            "DocumentReference/tm-999999-20261101-20261130",
+            StatusCode::NOT_FOUND,
+        ),
+        ("DiagnosticReport", StatusCode::BAD_REQUEST),
         ("Patient/999999", StatusCode::NOT_FOUND),
         ("Patient/abc", StatusCode::NOT_FOUND),
         ("Observation/bp-999-bp.1", StatusCode::NOT_FOUND),
@@ -986,7 +1037,14 @@ async fn fhir_api(db: TestDb) {
     let token_a = f.token_a.clone();
     c.get_as(&other_refs, Some(&token_a), StatusCode::NOT_FOUND)
         .await;
-    for search in ["Observation", "Task", "Device", "CarePlan"] {
+    for search in [
+        "Observation",
+        "Task",
+        "Device",
+        "CarePlan",
+        "DiagnosticReport",
+        "DocumentReference",
+    ] {
         let bundle = c
             .get_as(
                 &format!("{search}?patient={}", f.p_other),
@@ -1025,6 +1083,10 @@ async fn fhir_api(db: TestDb) {
         "fhir.observationdefinition.read",
         "fhir.task.read",
         "fhir.task.search",
+        "fhir.diagnosticreport.read",
+        "fhir.diagnosticreport.search",
+        "fhir.documentreference.read",
+        "fhir.documentreference.search",
     ] {
         assert!(
             fresh.iter().any(|e| e.action == action),

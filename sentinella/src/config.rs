@@ -32,6 +32,18 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// The alert engine (`[gateway.alerts]` in the file, where it has always been).
     pub alerts: AlertsConfig,
+    /// The telemonitoring reports (`[reports]`).
+    pub reports: ReportsConfig,
+}
+
+/// Scheduled telemonitoring reports.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportsConfig {
+    /// When set, every patient's report of the previous calendar month is written here once,
+    /// in Italian and English (`{COT}/{patient}/{yyyy-mm}-{it|en}.pdf`); absent: no scheduled
+    /// reports (they are always available on request through the API and FHIR).
+    pub monthly_dir: Option<PathBuf>,
 }
 
 /// The file as written: `[gateway.alerts]` sits inside `[gateway]`, but the gateway knows
@@ -44,6 +56,7 @@ struct RawConfig {
     pki_dir: Option<PathBuf>,
     api: ApiConfig,
     gateway: toml::Table,
+    reports: ReportsConfig,
 }
 
 impl Default for RawConfig {
@@ -55,6 +68,7 @@ impl Default for RawConfig {
             pki_dir: c.pki_dir,
             api: c.api,
             gateway: toml::Table::new(),
+            reports: c.reports,
         }
     }
 }
@@ -77,6 +91,7 @@ impl TryFrom<RawConfig> for Config {
             api: raw.api,
             gateway,
             alerts,
+            reports: raw.reports,
         })
     }
 }
@@ -90,6 +105,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             gateway: GatewayConfig::default(),
             alerts: AlertsConfig::default(),
+            reports: ReportsConfig::default(),
         }
     }
 }
@@ -182,6 +198,9 @@ mod tests {
         assert!(!parsed.gateway.allow_plain_on_non_loopback);
         assert_eq!(parsed.api.conn_limits(), defaults.api.conn_limits());
         assert_eq!(parsed.api.trusted_proxies, defaults.api.trusted_proxies);
+        assert_eq!(parsed.reports.monthly_dir, defaults.reports.monthly_dir);
+        let on: Config = toml::from_str("[reports]\nmonthly_dir = \"data/reports\"").unwrap();
+        assert_eq!(on.reports.monthly_dir, Some(PathBuf::from("data/reports")));
     }
 
     #[test]

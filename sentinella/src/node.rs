@@ -171,6 +171,15 @@ impl Node {
             tasks.spawn(engine.run_handoff(handoff, cancel.clone()));
         }
 
+        if let Some(dir) = config.reports.monthly_dir.clone() {
+            tracing::info!(dir = %dir.display(), "monthly reports on");
+            tasks.spawn(api::report::monthly::run(
+                store.clone(),
+                dir,
+                cancel.clone(),
+            ));
+        }
+
         let (listener, api_addr, api_tls, state) =
             api_parts(config, store, &gateway, &alert_metrics, tls.ca).await?;
         let api_https = api_tls.is_some();

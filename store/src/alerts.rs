@@ -202,6 +202,12 @@ pub struct Alert {
     pub escalation_level: i64,
     #[serde(with = "time::serde::rfc3339::option")]
     pub escalated_at: Option<OffsetDateTime>,
+    /// How many interventions (calls, advice, …) are recorded on it.
+    pub interventions: i64,
+    /// When a call that did not reach the patient is to be retried (the alert is back in the
+    /// queue, due then); cleared by the next intervention.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub retry_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
@@ -259,7 +265,7 @@ const ALERT_COLUMNS: &str = "id, patient_id, cot_id, rule_id, rule_kind, title, 
     condition, workflow, outcome, assignee, plan_version, metric, unit, count, first_value, \
     worst_value, last_value, confirmation, opened_at, last_triggered_at, last_measured_at, cleared_at, \
     acknowledged_at, acknowledged_by, resolved_at, resolved_by, due_at, escalation_level, \
-    escalated_at, updated_at";
+    escalated_at, interventions, retry_at, updated_at";
 
 const EVENT_COLUMNS: &str = "id, alert_id, patient_id, cot_id, at, kind, actor, severity, detail";
 
@@ -544,7 +550,8 @@ impl Store {
         .await
     }
 
-    /// new or acknowledged → resolved, with an outcome.
+    /// new or acknowledged → resolved, with an outcome. Records the resolution as given;
+    /// a nurse's resolution goes through [`Store::resolve_alert_after_intervention`].
     pub async fn resolve_alert(
         &self,
         alert_id: i64,
@@ -552,6 +559,33 @@ impl Store {
         outcome: &str,
         note: Option<&str>,
         at: OffsetDateTime,
+    ) -> Result<(Alert, AlertEvent)> {
+        self.resolve(alert_id, actor, outcome, note, at, false)
+            .await
+    }
+
+    /// [`Store::resolve_alert`], refused ([`StoreError::InvalidTransition`]) for an alert of
+    /// medium severity or above on which no intervention is recorded: what was done about it
+    /// must be on record before it leaves the queue. Checked in the resolving transaction.
+    pub async fn resolve_alert_after_intervention(
+        &self,
+        alert_id: i64,
+        actor: &str,
+        outcome: &str,
+        note: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<(Alert, AlertEvent)> {
+        self.resolve(alert_id, actor, outcome, note, at, true).await
+    }
+
+    async fn resolve(
+        &self,
+        alert_id: i64,
+        actor: &str,
+        outcome: &str,
+        note: Option<&str>,
+        at: OffsetDateTime,
+        needs_intervention: bool,
     ) -> Result<(Alert, AlertEvent)> {
         let detail = serde_json::json!({ "outcome": outcome, "note": note }).to_string();
         self.transition(
@@ -563,11 +597,21 @@ impl Store {
             |a| {
                 if a.workflow == Workflow::Resolved {
                     Err(format!("alert {} is already resolved", a.id))
+                } else if needs_intervention
+                    && a.severity >= Severity::Medium
+                    && a.interventions == 0
+                {
+                    Err(format!(
+                        "alert {} is {}: record an intervention (call, advice, GP informed, \
+                         home visit, emergency services) before resolving it",
+                        a.id,
+                        a.severity.as_str()
+                    ))
                 } else {
                     Ok(())
                 }
             },
-            "UPDATE alerts SET workflow = 'resolved', outcome = $2, resolved_at = $3, \
+            "UPDATE alerts SET workflow = 'resolved', outcome = $2, resolved_at = $3, retry_at = NULL, \
                  resolved_by = $4, updated_at = $3, \
                  acknowledged_at = COALESCE(acknowledged_at, $3), \
                  acknowledged_by = COALESCE(acknowledged_by, $4) WHERE id = $1",
@@ -885,7 +929,7 @@ impl Store {
         self.alert_feed.subscribe()
     }
 
-    fn announce(&self, event_id: i64) {
+    pub(crate) fn announce(&self, event_id: i64) {
         if event_id > 0 {
             self.alert_feed.send_if_modified(|last| {
                 if event_id > *last {
@@ -1000,7 +1044,7 @@ async fn open_alert(tx: &mut Tx, patient_id: i64, rule_id: &str) -> Result<Optio
         .transpose()
 }
 
-async fn get_alert_in(tx: &mut Tx, alert_id: i64) -> Result<Option<Alert>> {
+pub(crate) async fn get_alert_in(tx: &mut Tx, alert_id: i64) -> Result<Option<Alert>> {
     let sql = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1");
     tx.one(&sql, &[Val::I64(alert_id)])
         .await?
@@ -1030,18 +1074,18 @@ async fn link_readings(tx: &mut Tx, alert_id: i64, readings: &[AlertReading]) ->
     Ok(added)
 }
 
-struct EventRow<'a> {
-    alert_id: i64,
-    patient_id: i64,
-    cot_id: i64,
-    at: OffsetDateTime,
-    kind: &'a str,
-    actor: &'a str,
-    severity: Severity,
-    detail: Option<&'a str>,
+pub(crate) struct EventRow<'a> {
+    pub(crate) alert_id: i64,
+    pub(crate) patient_id: i64,
+    pub(crate) cot_id: i64,
+    pub(crate) at: OffsetDateTime,
+    pub(crate) kind: &'a str,
+    pub(crate) actor: &'a str,
+    pub(crate) severity: Severity,
+    pub(crate) detail: Option<&'a str>,
 }
 
-async fn insert_event_returning(tx: &mut Tx, e: EventRow<'_>) -> Result<AlertEvent> {
+pub(crate) async fn insert_event_returning(tx: &mut Tx, e: EventRow<'_>) -> Result<AlertEvent> {
     let sql = format!(
         "INSERT INTO alert_events (alert_id, patient_id, cot_id, at, kind, actor, severity, detail) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {EVENT_COLUMNS}"
@@ -1177,6 +1221,8 @@ fn alert_from_row(r: &AnyRow) -> Result<Alert> {
         due_at: r.ts_opt("due_at")?,
         escalation_level: r.bigint("escalation_level")?,
         escalated_at: r.ts_opt("escalated_at")?,
+        interventions: r.bigint("interventions")?,
+        retry_at: r.ts_opt("retry_at")?,
         updated_at: r.ts("updated_at")?,
     })
 }

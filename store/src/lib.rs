@@ -21,6 +21,8 @@
 //! - `readings`: the ingest batch ([`Store::commit_batch`]: readings, quarantine and device
 //!   status in one transaction) and reading queries.
 //! - `identity`: staff users, roles, COT membership, and registry queries scoped to COTs.
+//! - `contacts`: patients' contacts and context; interventions recorded on alerts (calls,
+//!   advice, GP informed, …), which re-queue an alert when a call does not reach the patient.
 //! - `quarantine`, `audit`: rejected device input; who did what (append-only).
 //! - `fhir`: what the FHIR export reads beyond the API (a reading by its key).
 //! - `rows`: column access shared by both backends, millisecond timestamps for SQLite.
@@ -45,6 +47,7 @@ mod alerts;
 mod audit;
 mod careplans;
 mod connect;
+mod contacts;
 pub mod credentials;
 mod error;
 mod fhir;
@@ -64,6 +67,10 @@ pub use alerts::{
 };
 pub use audit::{AuditEntry, AuditQuery, NewAudit};
 pub use careplans::{CarePlanRow, NewCarePlan};
+pub use contacts::{
+    CallResult, Intervention, InterventionKind, NewContacts, NewIntervention, PatientContacts,
+    Phone,
+};
 pub use error::{Result, StoreError};
 pub use handoff::Handoff;
 pub use identity::{NewUser, Role, User, UserKind};

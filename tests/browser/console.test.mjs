@@ -176,6 +176,22 @@ async function nurseA() {
   await card.locator('form[data-action=comment] button[type=submit]').click();
   await card.locator('.action-status').filter({ hasText: 'Commento aggiunto' }).waitFor();
   check(true, 'commented');
+  // Log the calls: not reached (back in the queue, with a retry time), then reached. A high
+  // alert is resolved only with an intervention on record.
+  await card.locator('details[data-action=intervene-details] summary').click();
+  const contact = card.locator('form[data-action=intervene]');
+  await contact.locator('select').first().selectOption('phone_call');
+  await contact.locator('select').nth(1).selectOption('not_reached');
+  await contact.locator('textarea').fill('Segreteria telefonica');
+  await contact.locator('button[type=submit]').click();
+  await page.locator(`${cardSelector}[data-workflow="new"]`).waitFor();
+  await card.locator('dd.retry').waitFor();
+  check(true, 'a call not reached puts the alert back in the queue with a retry time');
+  await contact.locator('select').nth(1).selectOption('reached');
+  await contact.locator('textarea').fill('Paziente a riposo, ripete la misura');
+  await contact.locator('button[type=submit]').click();
+  await card.locator('dd.interventions').filter({ hasText: '2' }).waitFor();
+  check((await card.locator('dd.retry').count()) === 0, 'a call reached clears the retry');
   await card.locator('details[data-action=resolve-details] summary').click();
   await card.locator('form[data-action=resolve] select').selectOption('called_patient');
   await card.locator('form[data-action=resolve] textarea').fill('Rientrata dopo riposo');

@@ -1,6 +1,6 @@
 // Unit tests of the console's pure modules under Node's test runner (no browser): the SSE
-// parser, the care-plan diff and the chart's threshold extraction. Run by
-// tests/tests/console.rs (`node --test tests/browser/modules.test.mjs`).
+// parser, the care-plan diff, the chart's threshold extraction, the worklist's filters and
+// sorts. Run by tests/tests/console.rs (`node --test tests/browser/modules.test.mjs`).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 globalThis.localStorage = { getItem: () => null, setItem() {} };
 globalThis.document = { documentElement: {} };
 
-const console_ = new URL('../../server/console/', import.meta.url);
+const console_ = new URL('../../api/console/', import.meta.url);
 const { SseParser } = await import(new URL('sse.js', console_));
 const { diffPlans } = await import(new URL('careplan.js', console_));
 const { thresholdsFor } = await import(new URL('chart.js', console_));
@@ -87,4 +87,32 @@ test('rule titles: the templates\' and the engine\'s in Italian, a physician\'s 
   setLang('en');
   assert.equal(ruleTitle('Blood pressure high'), 'Blood pressure high');
   setLang('it');
+});
+
+test('worklist: filters by condition, rule, assignee and COT; counts; sorts', async () => {
+  const { filterQueue, countBySeverity, SORTS } = await import(new URL('worklist.js', console_));
+  const a = (id, severity, rule_id, assignee, cot_id, patient_id, due_at, opened_at) => ({
+    id, severity, rule_id, assignee, cot_id, patient_id, due_at, opened_at, escalation_level: 0,
+  });
+  const q = [
+    a(1, 'low', 'no-bp', null, 1, 10, null, '2026-01-01T10:00:00Z'),
+    a(2, 'high', 'bp-high', 'anna', 1, 11, '2026-01-01T12:30:00Z', '2026-01-01T12:00:00Z'),
+    a(3, 'low', 'no-bp', 'me', 2, 12, '2026-01-01T11:00:00Z', '2026-01-01T09:00:00Z'),
+  ];
+  const patients = { 10: { display_name: 'Zeno', conditions: ['copd'] }, 11: { display_name: 'Anna', conditions: ['hypertension'] }, 12: { display_name: 'Bruno', conditions: ['hypertension', 'copd'] } };
+  const of = (id) => patients[id];
+  const ids = (list) => list.map((x) => x.id);
+  const none = { condition: '', rule: '', assignee: '', cot: '' };
+  assert.deepEqual(ids(filterQueue(q, { ...none, condition: 'copd' }, of, 'me')), [1, 3]);
+  assert.deepEqual(ids(filterQueue(q, { ...none, rule: 'no-bp' }, of, 'me')), [1, 3]);
+  assert.deepEqual(ids(filterQueue(q, { ...none, assignee: '-' }, of, 'me')), [1]);
+  assert.deepEqual(ids(filterQueue(q, { ...none, assignee: 'me' }, of, 'me')), [3]);
+  assert.deepEqual(ids(filterQueue(q, { ...none, assignee: 'anna' }, of, 'me')), [2]);
+  assert.deepEqual(ids(filterQueue(q, { ...none, cot: '2' }, of, 'me')), [3]);
+  assert.deepEqual(countBySeverity(q), { critical: 0, high: 1, medium: 0, low: 2, info: 0 });
+  const name = (x) => patients[x.patient_id].display_name;
+  assert.deepEqual(ids([...q].sort((x, y) => SORTS.severity(x, y, name))), [2, 3, 1]);
+  assert.deepEqual(ids([...q].sort((x, y) => SORTS.due(x, y, name))), [3, 2, 1]);
+  assert.deepEqual(ids([...q].sort((x, y) => SORTS.age(x, y, name))), [3, 1, 2]);
+  assert.deepEqual(ids([...q].sort((x, y) => SORTS.patient(x, y, name))), [2, 3, 1]);
 });

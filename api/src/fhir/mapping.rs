@@ -1221,6 +1221,12 @@ pub(crate) fn capability_statement() -> Value {
                 read_search("Task", vec![
                     search("patient", "reference", "the alerts of a patient"),
                     search("status", "token", "requested, accepted, in-progress, completed (comma = or)"),
+                    count.clone(), offset.clone()]),
+                read_search("DiagnosticReport", vec![
+                    search("patient", "reference", "required: the telemonitoring reports of the last 30 days and of the previous month; read any period as tm-{patient}-{yyyymmdd}-{yyyymmdd}"),
+                    count.clone(), offset.clone()]),
+                read_search("DocumentReference", vec![
+                    search("patient", "reference", "required: as DiagnosticReport; the PDF in Italian and English"),
                     count, offset]),
             ],
         }],
@@ -1436,6 +1442,8 @@ mod tests {
             due_at: None,
             escalation_level: 0,
             escalated_at: None,
+            interventions: 0,
+            retry_at: None,
             updated_at: t,
         }
     }

@@ -14,6 +14,9 @@
 //!   `GET /fhir/r4/ObservationDefinition/{patient}-{version}-{metric}`: the care plan and its
 //!   thresholds, as the HL7 Italia telemonitoring IG models them.
 //! - `GET /fhir/r4/Task[?patient=&status=]`, `GET /fhir/r4/Task/{id}`: alerts as Tasks.
+//! - `GET /fhir/r4/DiagnosticReport[?patient=]`, `GET /fhir/r4/DiagnosticReport/{id}`,
+//!   `GET /fhir/r4/DocumentReference[?patient=]`, `GET /fhir/r4/DocumentReference/{id}`: the
+//!   telemonitoring report of a period and its PDF (see [`report`]).
 //!
 //! Every search answers a `searchset` Bundle with `total` and `self`/`next` links; paging is
 //! `_count` (1–1000, default 100) and `_offset`. Errors are OperationOutcomes: 401 without a
@@ -23,6 +26,7 @@
 
 pub(crate) mod codes;
 pub(crate) mod mapping;
+pub(crate) mod report;
 
 use std::collections::HashMap;
 
@@ -59,6 +63,16 @@ pub fn router() -> Router<AppState> {
         )
         .route("/Task", get(task_search))
         .route("/Task/{id}", get(task_read))
+        .route("/DiagnosticReport", get(report::diagnostic_report_search))
+        .route(
+            "/DiagnosticReport/{id}",
+            get(report::diagnostic_report_read),
+        )
+        .route("/DocumentReference", get(report::document_reference_search))
+        .route(
+            "/DocumentReference/{id}",
+            get(report::document_reference_read),
+        )
 }
 
 const FHIR_JSON: &str = "application/fhir+json";

@@ -9,12 +9,14 @@
 //! - `GET /api/v1/alerts/outcomes`: the outcomes a resolution may record, with their meaning.
 //! - `GET /api/v1/alerts/{id}`: the alert, its events (oldest first), the readings that
 //!   triggered it (`readings`: device, seq, time, value) and those readings as stored
-//!   (`stored_readings`, with the clock verdict; see [`super::patients`]).
+//!   (`stored_readings`, with the clock verdict; see [`super::patients`]) and the
+//!   interventions recorded on it.
 //! - `POST /api/v1/alerts/{id}/ack`: new → acknowledged.
 //! - `POST /api/v1/alerts/{id}/assign` `{"assignee": "name" | null}`: (un)assigns.
 //! - `POST /api/v1/alerts/{id}/comments` `{"text": "…"}`: adds a comment, in any state.
 //! - `POST /api/v1/alerts/{id}/resolve` `{"outcome": "…", "note": "…"?}`: new or
-//!   acknowledged → resolved, with one of [`OUTCOMES`].
+//!   acknowledged → resolved, with one of [`OUTCOMES`]; an alert of medium severity or above
+//!   needs a recorded intervention first (409 otherwise; see [`super::contacts`]).
 //!
 //! A change answers `{"alert": …, "event": …}` (the alert after it, the event it appended).
 //! A change the alert's state does not allow answers 409 `invalid_transition` with the
@@ -278,6 +280,8 @@ struct AlertDetail {
     alert: Alert,
     events: Vec<EventOut>,
     readings: Vec<store::AlertReading>,
+    /// What was done about it (calls, advice, …), oldest first.
+    interventions: Vec<store::Intervention>,
     /// The linked readings as stored; absent when there are too many to fetch cheaply.
     #[serde(skip_serializing_if = "Option::is_none")]
     stored_readings: Option<Vec<ReadingOut>>,
@@ -285,7 +289,11 @@ struct AlertDetail {
 
 /// The alert, if it exists and the caller may see it (an alert of another COT is "not found",
 /// so its existence does not leak).
-async fn visible_alert(state: &AppState, caller: &Caller, id: i64) -> Result<Alert, ApiError> {
+pub(crate) async fn visible_alert(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+) -> Result<Alert, ApiError> {
     state
         .store
         .get_alert(id)
@@ -356,6 +364,7 @@ async fn show(
     let events = state.store.alert_events(id).await?;
     let readings = state.store.alert_readings(id).await?;
     let stored = stored_readings(&state, alert.patient_id, &readings).await?;
+    let interventions = state.store.alert_interventions(id).await?;
     state
         .audit_about(
             &caller,
@@ -370,6 +379,7 @@ async fn show(
         alert,
         events: events.iter().map(EventOut::from).collect(),
         readings,
+        interventions,
         stored_readings: stored,
     }))
 }
@@ -560,7 +570,7 @@ async fn resolve(
     .await?;
     let (alert, event) = state
         .store
-        .resolve_alert(
+        .resolve_alert_after_intervention(
             id,
             &caller.actor(),
             &request.outcome,

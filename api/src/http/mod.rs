@@ -17,11 +17,13 @@ mod admin;
 mod alert_stream;
 mod alerts;
 mod careplans;
+mod contacts;
 mod devices;
 mod health;
 mod json_numbers;
 pub(crate) mod patients;
 mod quarantine;
+mod reports;
 
 use std::sync::Arc;
 
@@ -228,6 +230,8 @@ pub(crate) fn routes() -> (Router<AppState>, Router<AppState>) {
         .merge(alerts::router())
         .merge(alert_stream::router())
         .merge(careplans::router())
+        .merge(contacts::router())
+        .merge(reports::router())
         .route("/openapi.json", axum::routing::get(openapi::serve))
         .layer(axum::middleware::from_fn(json_numbers::normalize));
     (api, health::router())

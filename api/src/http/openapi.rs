@@ -52,9 +52,11 @@ pub enum Answer {
     Empty,
     /// Server-Sent Events.
     EventStream,
+    /// A PDF document.
+    Pdf,
 }
 
-use Answer::{Empty, EventStream, Json as J};
+use Answer::{Empty, EventStream, Json as J, Pdf};
 
 fn integer() -> Value {
     json!({"type": "integer", "format": "int64"})
@@ -209,8 +211,89 @@ fn resolve_body() -> Value {
             "note": {"type": ["string", "null"], "maxLength": 4000}}})
 }
 
+fn nullable_text(max: usize) -> Value {
+    json!({"type": ["string", "null"], "maxLength": max})
+}
+fn contacts_body() -> Value {
+    json!({"type": "object", "additionalProperties": false, "properties": {
+        "phones": {"type": "array", "maxItems": 6, "items": {"type": "object",
+            "additionalProperties": false, "required": ["label", "number"],
+            "properties": {"label": {"type": "string", "maxLength": 60},
+                "number": {"type": "string", "maxLength": 32}}}},
+        "caregiver_name": nullable_text(200), "caregiver_relation": nullable_text(60),
+        "caregiver_phone": nullable_text(32), "gp_name": nullable_text(200),
+        "gp_phone": nullable_text(32), "gp_email": nullable_text(254),
+        "preferred_language": nullable_text(35), "clinical_note": nullable_text(4000)}})
+}
+fn intervention_body() -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": ["kind"], "properties": {
+        "kind": {"type": "string", "enum": ["phone_call", "advice_given", "gp_informed",
+            "home_visit_requested", "emergency_services"]},
+        "result": {"type": ["string", "null"], "enum": ["reached", "not_reached", "wrong_number", null],
+            "description": "required for a phone_call, absent otherwise"},
+        "note": nullable_text(4000),
+        "retry_in_minutes": {"type": ["integer", "null"], "minimum": 5, "maximum": 1440,
+            "description": "for a call not_reached (default 30)"}}})
+}
+fn day() -> Value {
+    json!({"type": "string", "format": "date"})
+}
+fn report_lang() -> Value {
+    json!({"type": "string", "enum": ["it", "en"]})
+}
+
 /// Every `/api/v1` operation beyond what the policy table says.
 pub const OPERATIONS: &[Operation] = &[
+    Operation {
+        method: "GET",
+        path: "/api/v1/patients/{id}/contacts",
+        summary: "A patient's contacts and context (phones, caregiver, GP, language, clinical note)",
+        tag: "patients",
+        query: &[],
+        body: None,
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "PUT",
+        path: "/api/v1/patients/{id}/contacts",
+        summary: "Replace a patient's contacts and context",
+        tag: "patients",
+        query: &[],
+        body: Some(contacts_body),
+        status: 200,
+        answer: J(object),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/patients/{id}/interventions",
+        summary: "A patient's interventions on all alerts (timeline)",
+        tag: "patients",
+        query: &[("from", date_time), ("to", date_time)],
+        body: None,
+        status: 200,
+        answer: J(|| list_of("interventions")),
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/patients/{id}/report",
+        summary: "The telemonitoring report of a period as a PDF",
+        tag: "patients",
+        query: &[("from", day), ("to", day), ("lang", report_lang)],
+        body: None,
+        status: 200,
+        answer: Pdf,
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/alerts/{id}/interventions",
+        summary: "Record an intervention on an alert (a call not reached re-queues it)",
+        tag: "alerts",
+        query: &[],
+        body: Some(intervention_body),
+        status: 201,
+        answer: J(object),
+    },
     Operation {
         method: "GET",
         path: "/api/v1/openapi.json",
@@ -732,6 +815,8 @@ fn operation(method: &str, path: &str, access: Access, op: Option<&Operation>) -
                 Empty => json!({"description": "Done; no content"}),
                 EventStream => json!({"description": "Server-Sent Events, one per alert event",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}),
+                Pdf => json!({"description": "a PDF document (attachment)",
+                    "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}}}),
             };
             responses.insert(op.status.to_string(), ok);
         }

@@ -91,6 +91,27 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         Allowed(ReadClinical),
     ),
     ("GET", "/api/v1/care-plan-templates", Allowed(ReadClinical)),
+    (
+        "GET",
+        "/api/v1/patients/{id}/contacts",
+        Allowed(ReadClinical),
+    ),
+    (
+        "PUT",
+        "/api/v1/patients/{id}/contacts",
+        Allowed(EnrollPatients),
+    ),
+    (
+        "GET",
+        "/api/v1/patients/{id}/interventions",
+        Allowed(ReadClinical),
+    ),
+    (
+        "POST",
+        "/api/v1/alerts/{id}/interventions",
+        Allowed(WorkAlerts),
+    ),
+    ("GET", "/api/v1/patients/{id}/report", Allowed(ReadClinical)),
     ("GET", "/api/v1/devices", Allowed(ReadDevices)),
     ("POST", "/api/v1/devices", Allowed(ManageDevices)),
     ("GET", "/api/v1/devices/{id}", Allowed(ReadDevices)),
@@ -124,6 +145,18 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ),
     ("GET", "/fhir/r4/Task", Allowed(ReadClinical)),
     ("GET", "/fhir/r4/Task/{id}", Allowed(ReadClinical)),
+    ("GET", "/fhir/r4/DiagnosticReport", Allowed(ReadClinical)),
+    (
+        "GET",
+        "/fhir/r4/DiagnosticReport/{id}",
+        Allowed(ReadClinical),
+    ),
+    ("GET", "/fhir/r4/DocumentReference", Allowed(ReadClinical)),
+    (
+        "GET",
+        "/fhir/r4/DocumentReference/{id}",
+        Allowed(ReadClinical),
+    ),
 ];
 
 /// Renders a refusal in the shape of the API the path belongs to (given by the application,
