@@ -594,7 +594,7 @@ impl Engine {
             .into_iter()
             .map(|r| (r.patient_id, r))
             .collect();
-        for p in self.store.list_patients(None).await? {
+        for p in self.store.list_patients(None, None).await? {
             let loaded = match stored.get(&p.id) {
                 Some(row) => Arc::new(parse_stored(row)),
                 None => self.template_plan(&p.conditions),
@@ -1251,7 +1251,7 @@ impl Engine {
     }
 
     async fn devices(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
-        let devices = self.store.list_devices(None).await?;
+        let devices = self.store.list_devices(None, None).await?;
         self.device_kinds = Some(
             devices
                 .iter()

@@ -39,7 +39,7 @@ async fn provision_enrolls_patients_with_fitting_devices() {
         .unwrap();
 
     let cot = db.store.cot_by_code("COT-TEST").await.unwrap().unwrap();
-    let patients = db.store.list_patients(Some(cot.id)).await.unwrap();
+    let patients = db.store.list_patients(None, Some(cot.id)).await.unwrap();
     assert_eq!(patients.len(), 30);
     let mut per_patient: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for d in &fleet.devices {

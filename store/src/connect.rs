@@ -29,7 +29,7 @@ impl Store {
     /// - `sqlite:PATH` or `sqlite://PATH`: the file (and its folder) is created if missing;
     ///   WAL journal, `synchronous=NORMAL`, 5 s busy timeout, foreign keys on, up to
     ///   8 connections. In-memory databases are refused: each pooled connection would see a
-    ///   different one (use [`crate::testing::TestDb::sqlite`] for a throwaway file).
+    ///   different one (use `store::testing::TestDb::sqlite`, feature `testing`, for a throwaway file).
     ///
     /// One connection is opened right away, so an unreachable database fails here, with an
     /// error for which [`StoreError::is_transient`] is true.

@@ -81,6 +81,19 @@ impl StoreError {
         StoreError::Database(error)
     }
 
+    /// [`StoreError::on_constraint`] for an error that already came back as a
+    /// [`StoreError`] (from [`crate::Store`]'s statement helpers in `sql.rs`).
+    pub(crate) fn or_constraint(
+        self,
+        conflict: impl FnOnce() -> String,
+        missing: impl FnOnce() -> String,
+    ) -> StoreError {
+        match self {
+            StoreError::Database(error) => StoreError::on_constraint(error, conflict, missing),
+            other => other,
+        }
+    }
+
     /// A value read from the database that the store cannot interpret.
     pub(crate) fn decode(message: String) -> StoreError {
         StoreError::Database(sqlx::Error::Decode(message.into()))

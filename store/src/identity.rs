@@ -11,13 +11,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::what;
-use crate::registry::{
-    COT_COLUMNS, DEVICE_COLUMNS, MAX_NAME, PATIENT_COLUMNS, bounded, cot_from_row, device_from_row,
-    non_empty, patient_from_row,
-};
+use crate::registry::{COT_COLUMNS, MAX_NAME, bounded, cot_from_row, id_list, non_empty};
 use crate::rows::Columns;
 use crate::sql::{AnyRow, Val};
-use crate::{ApiToken, Cot, Device, Patient, Result, Store, StoreError};
+use crate::{ApiToken, Cot, Result, Store, StoreError};
 
 /// A staff role; each grants a fixed set of permissions (see the server's `auth` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -121,20 +118,9 @@ fn validate_username(username: &str) -> Result<()> {
     }
 }
 
-/// `IN (…)` over ids: integers formatted here, never caller text.
-fn id_list(ids: &[i64]) -> String {
-    ids.iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Maps a unique or foreign-key violation of a write into Conflict / NotFound.
 fn constraint(e: StoreError, conflict: impl FnOnce() -> String, missing: &str) -> StoreError {
-    match e {
-        StoreError::Database(db) => StoreError::on_constraint(db, conflict, || missing.to_owned()),
-        other => other,
-    }
+    e.or_constraint(conflict, || missing.to_owned())
 }
 
 impl Store {
@@ -352,55 +338,6 @@ impl Store {
         );
         let rows = self.read(&sql, &[]).await?;
         rows.iter().map(cot_from_row).collect()
-    }
-
-    /// Patients of the scope, optionally of one COT, by id.
-    pub async fn patients_in(
-        &self,
-        scope: Option<&[i64]>,
-        cot: Option<i64>,
-    ) -> Result<Vec<Patient>> {
-        let mut sql = format!("SELECT {PATIENT_COLUMNS} FROM patients WHERE 1 = 1");
-        if let Some(cots) = scope {
-            if cots.is_empty() {
-                return Ok(Vec::new());
-            }
-            sql.push_str(&format!(" AND cot_id IN ({})", id_list(cots)));
-        }
-        let mut vals = Vec::new();
-        if let Some(cot) = cot {
-            sql.push_str(" AND cot_id = $1");
-            vals.push(Val::I64(cot));
-        }
-        sql.push_str(" ORDER BY id");
-        let rows = self.read(&sql, &vals).await?;
-        rows.iter().map(patient_from_row).collect()
-    }
-
-    /// Devices of the scope's patients, optionally of one patient, by id.
-    pub async fn devices_in(
-        &self,
-        scope: Option<&[i64]>,
-        patient: Option<i64>,
-    ) -> Result<Vec<Device>> {
-        let mut sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE 1 = 1");
-        if let Some(cots) = scope {
-            if cots.is_empty() {
-                return Ok(Vec::new());
-            }
-            sql.push_str(&format!(
-                " AND patient_id IN (SELECT id FROM patients WHERE cot_id IN ({}))",
-                id_list(cots)
-            ));
-        }
-        let mut vals = Vec::new();
-        if let Some(patient) = patient {
-            sql.push_str(" AND patient_id = $1");
-            vals.push(Val::I64(patient));
-        }
-        sql.push_str(" ORDER BY id");
-        let rows = self.read(&sql, &vals).await?;
-        rows.iter().map(device_from_row).collect()
     }
 
     /// The COT of the patient a device belongs to, if the device exists.

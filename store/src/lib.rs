@@ -17,18 +17,36 @@
 //!   tests in a schema.
 //! - `schema`: [`Store::migrate`], readings layout detection, monthly partitions, health
 //!   check. The SQL itself lives in `migrations/postgres` and `migrations/sqlite`.
-//! - `registry`: COTs, patients, devices, API tokens.
+//! - `registry`: COTs, patients, devices (listed all, or within a COT scope), API tokens.
 //! - `readings`: the ingest batch ([`Store::commit_batch`]: readings, quarantine and device
 //!   status in one transaction) and reading queries.
-//! - `identity`: staff users, roles, COT membership, and registry queries scoped to COTs.
+//! - `readings::bulk`: the ingest batch's bulk writes, per backend (`UNNEST` on PostgreSQL, multi-row
+//!   `VALUES` on SQLite).
+//! - `identity`: staff users, roles, COT membership.
 //! - `contacts`: patients' contacts and context; interventions recorded on alerts (calls,
 //!   advice, GP informed, …), which re-queue an alert when a call does not reach the patient.
 //! - `quarantine`, `audit`: rejected device input; who did what (append-only).
 //! - `fhir`: what the FHIR export reads beyond the API (a reading by its key).
+//! - `sql`: one statement text for both backends (bound values, rows of either backend,
+//!   transactions), and the few fragments that differ ([`Store::backend`]).
 //! - `rows`: column access shared by both backends, millisecond timestamps for SQLite.
 //! - [`credentials`] (public): device secrets (generate, hash, verify).
-//! - [`testing`] (public): fresh migrated databases for tests of this and other crates.
+//! - `testing` (public, cargo feature `testing`): fresh migrated databases for tests of this
+//!   and other crates; the product does not compile it, test crates enable it in their
+//!   dev-dependencies.
 //! - `examples/bulk_insert.rs`: measures [`Store::commit_batch`] throughput.
+//!
+//! # One query, both backends
+//!
+//! Only `sql.rs` matches on the backend, outside bulk insert and partitions: every query is
+//! one SQL text, with values bound through `sql::Val` (a timestamp is bound as `TIMESTAMPTZ`
+//! on PostgreSQL and as unix milliseconds on SQLite) and rows read through `sql::AnyRow`.
+//! Where the SQL genuinely differs, the text keeps one shape and takes the differing fragment
+//! from `Store::dialect` (e.g. `COLLATE "C"`). The exceptions, each in one place: `readings/bulk.rs`
+//! (the ingest batch's readings and device statuses: `UNNEST` arrays on PostgreSQL,
+//! multi-row `VALUES` on SQLite), `schema.rs` (migrations, readings layout, partitions) and
+//! `connect.rs` (pools). A new query goes through `Store::read`/`read_one`/`exec` or a
+//! transaction (`Store::tx`, `Tx::exec`/`all`/`one`), never a `match` on the backend.
 //!
 //! # Backends
 //!
@@ -59,6 +77,7 @@ mod registry;
 mod rows;
 mod schema;
 mod sql;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use alerts::{
@@ -109,23 +128,4 @@ pub enum Backend {
 enum Db {
     Postgres(Pg),
     Sqlite(SqlitePool),
-}
-
-impl Store {
-    /// Which database this store talks to.
-    pub fn backend(&self) -> Backend {
-        match &self.db {
-            Db::Postgres(_) => Backend::Postgres,
-            Db::Sqlite(_) => Backend::Sqlite,
-        }
-    }
-
-    /// Closes the pool: waits for connections in use to come back, then closes them all.
-    /// Later operations fail with a pool-closed error.
-    pub async fn close(&self) {
-        match &self.db {
-            Db::Postgres(pg) => pg.pool.close().await,
-            Db::Sqlite(pool) => pool.close().await,
-        }
-    }
 }

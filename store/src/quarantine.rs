@@ -1,11 +1,11 @@
 //! Quarantine: device input the gateway could not accept, kept for diagnosis.
 
 use serde::Serialize;
-use sqlx::{PgConnection, SqliteConnection};
 use time::OffsetDateTime;
 
-use crate::rows::{Columns, to_ms};
-use crate::{Db, Result, Store, connect};
+use crate::rows::Columns;
+use crate::sql::{Tx, Val, values_list};
+use crate::{Result, Store};
 
 /// A rejected message to keep.
 #[derive(Debug, Clone)]
@@ -44,14 +44,10 @@ pub struct QuarantineEntry {
 const PREVIEW_BYTES: i64 = 512;
 const MAX_LIMIT: i64 = 10_000;
 
-const PG_INSERT: &str = "\
-INSERT INTO quarantine (received_at, topic, device_id, seq, reason, detail, payload, payload_size)
-SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::int8[], $5::text[],
-                     $6::text[], $7::bytea[], $8::int8[])";
+const COLUMNS: &str = "received_at, topic, device_id, seq, reason, detail, payload, payload_size";
 
-const SQLITE_INSERT: &str = "\
-INSERT INTO quarantine (received_at, topic, device_id, seq, reason, detail, payload, payload_size)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+/// Rows per multi-row INSERT: 8 parameters each, far under both backends' limits.
+const ROWS_PER_STATEMENT: usize = 500;
 
 impl Store {
     /// Stores quarantine rows in one transaction (the same rows can also ride along in a
@@ -60,18 +56,9 @@ impl Store {
         if entries.is_empty() {
             return Ok(());
         }
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut tx = pg.begin().await?;
-                pg_insert(&mut tx, entries).await?;
-                tx.commit().await?;
-            }
-            Db::Sqlite(pool) => {
-                let mut tx = connect::sqlite_write(pool).await?;
-                sqlite_insert(&mut tx, entries).await?;
-                tx.commit().await?;
-            }
-        }
+        let mut tx = self.tx().await?;
+        insert(&mut tx, entries).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -84,10 +71,8 @@ impl Store {
         scope: Option<&[i64]>,
     ) -> Result<Vec<QuarantineEntry>> {
         let limit = limit.clamp(1, MAX_LIMIT);
-        let preview = match self.backend() {
-            crate::Backend::Postgres => format!("substring(q.payload FROM 1 FOR {PREVIEW_BYTES})"),
-            crate::Backend::Sqlite => format!("substr(q.payload, 1, {PREVIEW_BYTES})"),
-        };
+        // substr(bytes, start, count) is the same function on both backends.
+        let preview = format!("substr(q.payload, 1, {PREVIEW_BYTES})");
         let filter = match scope {
             None => String::new(),
             Some(cots) => {
@@ -113,77 +98,40 @@ impl Store {
              q.payload_size, {preview} AS preview FROM quarantine q {filter} \
              ORDER BY q.received_at DESC, q.id DESC LIMIT $1"
         );
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let rows = sqlx::query(&sql).bind(limit).fetch_all(&mut *c).await?;
-                c.finish().await?;
-                rows.iter().map(entry_from_row).collect()
-            }
-            Db::Sqlite(pool) => {
-                let rows = sqlx::query(&sql).bind(limit).fetch_all(pool).await?;
-                rows.iter().map(entry_from_row).collect()
-            }
-        }
+        let rows = self.read(&sql, &[Val::I64(limit)]).await?;
+        rows.iter().map(entry_from_row).collect()
     }
 
     /// How many quarantine rows are stored.
     pub async fn count_quarantine(&self) -> Result<i64> {
-        let sql = "SELECT count(*) FROM quarantine";
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let count = sqlx::query_scalar(sql).fetch_one(&mut *c).await?;
-                c.finish().await?;
-                Ok(count)
-            }
-            Db::Sqlite(pool) => Ok(sqlx::query_scalar(sql).fetch_one(pool).await?),
-        }
-    }
-}
-
-pub(crate) async fn pg_insert(conn: &mut PgConnection, entries: &[NewQuarantine]) -> Result<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let received_at: Vec<OffsetDateTime> = entries.iter().map(|e| e.received_at).collect();
-    let topic: Vec<&str> = entries.iter().map(|e| e.topic.as_str()).collect();
-    let device_id: Vec<Option<&str>> = entries.iter().map(|e| e.device_id.as_deref()).collect();
-    let seq: Vec<Option<i64>> = entries.iter().map(|e| e.seq).collect();
-    let reason: Vec<&str> = entries.iter().map(|e| e.reason.as_str()).collect();
-    let detail: Vec<&str> = entries.iter().map(|e| e.detail.as_str()).collect();
-    let payload: Vec<&[u8]> = entries.iter().map(|e| e.payload.as_slice()).collect();
-    let payload_size: Vec<i64> = entries.iter().map(|e| e.payload_size).collect();
-    sqlx::query(PG_INSERT)
-        .bind(received_at)
-        .bind(topic)
-        .bind(device_id)
-        .bind(seq)
-        .bind(reason)
-        .bind(detail)
-        .bind(payload)
-        .bind(payload_size)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-pub(crate) async fn sqlite_insert(
-    conn: &mut SqliteConnection,
-    entries: &[NewQuarantine],
-) -> Result<()> {
-    for e in entries {
-        sqlx::query(SQLITE_INSERT)
-            .bind(to_ms(e.received_at))
-            .bind(&e.topic)
-            .bind(&e.device_id)
-            .bind(e.seq)
-            .bind(&e.reason)
-            .bind(&e.detail)
-            .bind(&e.payload)
-            .bind(e.payload_size)
-            .execute(&mut *conn)
+        let row = self
+            .read_one("SELECT count(*) AS n FROM quarantine", &[])
             .await?;
+        row.map_or(Ok(0), |r| r.bigint("n"))
+    }
+}
+
+/// Inserts quarantine rows in the transaction, as multi-row `VALUES`.
+pub(crate) async fn insert(tx: &mut Tx, entries: &[NewQuarantine]) -> Result<()> {
+    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO quarantine ({COLUMNS}) VALUES {}",
+            values_list(chunk.len(), 8)
+        );
+        let mut vals = Vec::with_capacity(chunk.len() * 8);
+        for e in chunk {
+            vals.extend([
+                Val::Ts(e.received_at),
+                Val::Text(&e.topic),
+                Val::OptText(e.device_id.as_deref()),
+                Val::OptI64(e.seq),
+                Val::Text(&e.reason),
+                Val::Text(&e.detail),
+                Val::Bytes(&e.payload),
+                Val::I64(e.payload_size),
+            ]);
+        }
+        tx.exec(&sql, &vals).await?;
     }
     Ok(())
 }

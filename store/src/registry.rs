@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::what;
-use crate::rows::{Columns, to_ms, to_ms_opt};
-use crate::{Db, Result, Store, StoreError};
+use crate::rows::Columns;
+use crate::sql::{AnyRow, Val};
+use crate::{Result, Store, StoreError};
 
 /// A COT (Centrale Operativa Territoriale): the telemedicine central patients are enrolled with.
 #[derive(Debug, Clone, Serialize)]
@@ -192,66 +193,30 @@ impl Store {
             "INSERT INTO cots (code, name, created_at) VALUES ($1, $2, $3) RETURNING {COT_COLUMNS}"
         );
         let now = OffsetDateTime::now_utc();
-        let conflict = || what("COT", format_args!("{code:?}"));
-        let missing = || what("COT", format_args!("{code:?}"));
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let row = sqlx::query(&sql)
-                    .bind(code)
-                    .bind(name)
-                    .bind(now)
-                    .fetch_one(&mut *c)
-                    .await
-                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
-                c.finish().await?;
-                cot_from_row(&row)
-            }
-            Db::Sqlite(pool) => {
-                let row = sqlx::query(&sql)
-                    .bind(code)
-                    .bind(name)
-                    .bind(to_ms(now))
-                    .fetch_one(pool)
-                    .await
-                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
-                cot_from_row(&row)
-            }
-        }
+        let row = self
+            .inserted(&sql, &[Val::Text(code), Val::Text(name), Val::Ts(now)])
+            .await
+            .map_err(|e| {
+                e.or_constraint(
+                    || what("COT", format_args!("{code:?}")),
+                    || what("COT", format_args!("{code:?}")),
+                )
+            })?;
+        cot_from_row(&row)
     }
 
     /// The COT with this code, if any.
     pub async fn cot_by_code(&self, code: &str) -> Result<Option<Cot>> {
         let sql = format!("SELECT {COT_COLUMNS} FROM cots WHERE code = $1");
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let row = sqlx::query(&sql).bind(code).fetch_optional(&mut *c).await?;
-                c.finish().await?;
-                row.as_ref().map(cot_from_row).transpose()
-            }
-            Db::Sqlite(pool) => {
-                let row = sqlx::query(&sql).bind(code).fetch_optional(pool).await?;
-                row.as_ref().map(cot_from_row).transpose()
-            }
-        }
+        let row = self.read_one(&sql, &[Val::Text(code)]).await?;
+        row.as_ref().map(cot_from_row).transpose()
     }
 
     /// All COTs, by id.
     pub async fn list_cots(&self) -> Result<Vec<Cot>> {
         let sql = format!("SELECT {COT_COLUMNS} FROM cots ORDER BY id");
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let rows = sqlx::query(&sql).fetch_all(&mut *c).await?;
-                c.finish().await?;
-                rows.iter().map(cot_from_row).collect()
-            }
-            Db::Sqlite(pool) => {
-                let rows = sqlx::query(&sql).fetch_all(pool).await?;
-                rows.iter().map(cot_from_row).collect()
-            }
-        }
+        let rows = self.read(&sql, &[]).await?;
+        rows.iter().map(cot_from_row).collect()
     }
 
     /// Enrolls a patient. [`StoreError::Conflict`] if the code is taken,
@@ -274,102 +239,59 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING {PATIENT_COLUMNS}"
         );
         let now = OffsetDateTime::now_utc();
-        let conflict = || what("patient", format_args!("{:?}", new.code));
-        let missing = || what("COT", new.cot_id);
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let row = sqlx::query(&sql)
-                    .bind(new.cot_id)
-                    .bind(&new.code)
-                    .bind(&new.display_name)
-                    .bind(new.birth_year)
-                    .bind(&conditions)
-                    .bind(now)
-                    .fetch_one(&mut *c)
-                    .await
-                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
-                c.finish().await?;
-                patient_from_row(&row)
-            }
-            Db::Sqlite(pool) => {
-                let row = sqlx::query(&sql)
-                    .bind(new.cot_id)
-                    .bind(&new.code)
-                    .bind(&new.display_name)
-                    .bind(new.birth_year)
-                    .bind(&conditions)
-                    .bind(to_ms(now))
-                    .fetch_one(pool)
-                    .await
-                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
-                patient_from_row(&row)
-            }
-        }
+        let vals = [
+            Val::I64(new.cot_id),
+            Val::Text(&new.code),
+            Val::Text(&new.display_name),
+            Val::OptI32(new.birth_year),
+            Val::Text(&conditions),
+            Val::Ts(now),
+        ];
+        let row = self.inserted(&sql, &vals).await.map_err(|e| {
+            e.or_constraint(
+                || what("patient", format_args!("{:?}", new.code)),
+                || what("COT", new.cot_id),
+            )
+        })?;
+        patient_from_row(&row)
     }
 
     /// The patient with this pseudonymous code, if any.
     pub async fn patient_by_code(&self, code: &str) -> Result<Option<Patient>> {
         let sql = format!("SELECT {PATIENT_COLUMNS} FROM patients WHERE code = $1");
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let row = sqlx::query(&sql).bind(code).fetch_optional(&mut *c).await?;
-                c.finish().await?;
-                row.as_ref().map(patient_from_row).transpose()
-            }
-            Db::Sqlite(pool) => {
-                let row = sqlx::query(&sql).bind(code).fetch_optional(pool).await?;
-                row.as_ref().map(patient_from_row).transpose()
-            }
-        }
+        let row = self.read_one(&sql, &[Val::Text(code)]).await?;
+        row.as_ref().map(patient_from_row).transpose()
     }
 
     /// The patient with this id, if any.
     pub async fn get_patient(&self, id: i64) -> Result<Option<Patient>> {
         let sql = format!("SELECT {PATIENT_COLUMNS} FROM patients WHERE id = $1");
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let row = sqlx::query(&sql).bind(id).fetch_optional(&mut *c).await?;
-                c.finish().await?;
-                row.as_ref().map(patient_from_row).transpose()
-            }
-            Db::Sqlite(pool) => {
-                let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
-                row.as_ref().map(patient_from_row).transpose()
-            }
-        }
+        let row = self.read_one(&sql, &[Val::I64(id)]).await?;
+        row.as_ref().map(patient_from_row).transpose()
     }
 
-    /// Patients by id, all or those of one COT.
-    pub async fn list_patients(&self, cot_id: Option<i64>) -> Result<Vec<Patient>> {
-        let filter = if cot_id.is_some() {
-            "WHERE cot_id = $1"
-        } else {
-            ""
-        };
-        let sql = format!("SELECT {PATIENT_COLUMNS} FROM patients {filter} ORDER BY id");
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let mut query = sqlx::query(&sql);
-                if let Some(cot_id) = cot_id {
-                    query = query.bind(cot_id);
-                }
-                let rows = query.fetch_all(&mut *c).await?;
-                c.finish().await?;
-                rows.iter().map(patient_from_row).collect()
+    /// Patients by id: those of the COTs in `scope` (`None`: all COTs; an empty scope sees
+    /// no one), and of them only those of COT `cot` when given.
+    pub async fn list_patients(
+        &self,
+        scope: Option<&[i64]>,
+        cot: Option<i64>,
+    ) -> Result<Vec<Patient>> {
+        let mut sql = format!("SELECT {PATIENT_COLUMNS} FROM patients WHERE 1 = 1");
+        if let Some(cots) = scope {
+            if cots.is_empty() {
+                return Ok(Vec::new());
             }
-            Db::Sqlite(pool) => {
-                let mut query = sqlx::query(&sql);
-                if let Some(cot_id) = cot_id {
-                    query = query.bind(cot_id);
-                }
-                let rows = query.fetch_all(pool).await?;
-                rows.iter().map(patient_from_row).collect()
-            }
+            sql.push_str(&format!(" AND cot_id IN ({})", id_list(cots)));
         }
+        let mut vals = Vec::new();
+        if let Some(cot) = cot {
+            sql.push_str(" AND cot_id = $1");
+            vals.push(Val::I64(cot));
+        }
+        sql.push_str(" ORDER BY id");
+        let rows = self.read(&sql, &vals).await?;
+        rows.iter().map(patient_from_row).collect()
     }
 
     /// Provisions a device. [`StoreError::Invalid`] for a malformed id or secret hash,
@@ -392,82 +314,37 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING {DEVICE_COLUMNS}"
         );
         let now = OffsetDateTime::now_utc();
-        let conflict = || what("device", format_args!("{:?}", new.id));
-        let missing = || what("patient", new.patient_id);
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let row = sqlx::query(&sql)
-                    .bind(&new.id)
-                    .bind(new.patient_id)
-                    .bind(new.kind.as_str())
-                    .bind(&new.model)
-                    .bind(&secret_hash)
-                    .bind(now)
-                    .fetch_one(&mut *c)
-                    .await
-                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
-                c.finish().await?;
-                device_from_row(&row)
-            }
-            Db::Sqlite(pool) => {
-                let row = sqlx::query(&sql)
-                    .bind(&new.id)
-                    .bind(new.patient_id)
-                    .bind(new.kind.as_str())
-                    .bind(&new.model)
-                    .bind(&secret_hash)
-                    .bind(to_ms(now))
-                    .fetch_one(pool)
-                    .await
-                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
-                device_from_row(&row)
-            }
-        }
+        let vals = [
+            Val::Text(&new.id),
+            Val::I64(new.patient_id),
+            Val::Text(new.kind.as_str()),
+            Val::OptText(new.model.as_deref()),
+            Val::Text(&secret_hash),
+            Val::Ts(now),
+        ];
+        let row = self.inserted(&sql, &vals).await.map_err(|e| {
+            e.or_constraint(
+                || what("device", format_args!("{:?}", new.id)),
+                || what("patient", new.patient_id),
+            )
+        })?;
+        device_from_row(&row)
     }
 
     /// Credentials and revocation state of a device, for the edge; `None` if unknown.
     pub async fn device_auth(&self, id: &str) -> Result<Option<DeviceAuth>> {
         let sql = "SELECT id, patient_id, secret_hash, revoked_at, cert_sha256 FROM devices \
                    WHERE id = $1";
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let row = sqlx::query(sql).bind(id).fetch_optional(&mut *c).await?;
-                c.finish().await?;
-                row.as_ref().map(device_auth_from_row).transpose()
-            }
-            Db::Sqlite(pool) => {
-                let row = sqlx::query(sql).bind(id).fetch_optional(pool).await?;
-                row.as_ref().map(device_auth_from_row).transpose()
-            }
-        }
+        let row = self.read_one(sql, &[Val::Text(id)]).await?;
+        row.as_ref().map(device_auth_from_row).transpose()
     }
 
     /// Revokes a device from `at` on (a second revocation keeps the first time).
     /// [`StoreError::NotFound`] if the device does not exist.
     pub async fn revoke_device(&self, id: &str, at: OffsetDateTime) -> Result<()> {
         let sql = "UPDATE devices SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1";
-        let updated = match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let done = sqlx::query(sql).bind(id).bind(at).execute(&mut *c).await?;
-                c.finish().await?;
-                done.rows_affected()
-            }
-            Db::Sqlite(pool) => sqlx::query(sql)
-                .bind(id)
-                .bind(to_ms(at))
-                .execute(pool)
-                .await?
-                .rows_affected(),
-        };
-        if updated == 0 {
-            return Err(StoreError::NotFound {
-                what: what("device", format_args!("{id:?}")),
-            });
-        }
-        Ok(())
+        let updated = self.exec(sql, &[Val::Text(id), Val::Ts(at)]).await?;
+        found_device(updated, id)
     }
 
     /// Records the client certificate issued to a device (serial and SHA-256 of its DER, both
@@ -482,34 +359,14 @@ impl Store {
     ) -> Result<()> {
         let sql = "UPDATE devices SET cert_serial = $2, cert_sha256 = $3, cert_issued_at = $4 \
                    WHERE id = $1";
-        let updated = match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let done = sqlx::query(sql)
-                    .bind(id)
-                    .bind(serial)
-                    .bind(sha256)
-                    .bind(at)
-                    .execute(&mut *c)
-                    .await?;
-                c.finish().await?;
-                done.rows_affected()
-            }
-            Db::Sqlite(pool) => sqlx::query(sql)
-                .bind(id)
-                .bind(serial)
-                .bind(sha256)
-                .bind(to_ms(at))
-                .execute(pool)
-                .await?
-                .rows_affected(),
-        };
-        if updated == 0 {
-            return Err(StoreError::NotFound {
-                what: what("device", format_args!("{id:?}")),
-            });
-        }
-        Ok(())
+        let vals = [
+            Val::Text(id),
+            Val::Text(serial),
+            Val::Text(sha256),
+            Val::Ts(at),
+        ];
+        let updated = self.exec(sql, &vals).await?;
+        found_device(updated, id)
     }
 
     /// Devices revoked, or issued a certificate, at or after `since`, for the edge's
@@ -520,66 +377,44 @@ impl Store {
     ) -> Result<Vec<(String, bool)>> {
         let sql = "SELECT id, revoked_at IS NOT NULL AS revoked FROM devices \
                    WHERE revoked_at >= $1 OR cert_issued_at >= $1 ORDER BY id";
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let rows: Vec<(String, bool)> =
-                    sqlx::query_as(sql).bind(since).fetch_all(&mut *c).await?;
-                c.finish().await?;
-                Ok(rows)
-            }
-            Db::Sqlite(pool) => Ok(sqlx::query_as(sql)
-                .bind(to_ms(since))
-                .fetch_all(pool)
-                .await?),
-        }
+        let rows = self.read(sql, &[Val::Ts(since)]).await?;
+        rows.iter()
+            .map(|r| Ok((r.text("id")?, r.flag("revoked")?)))
+            .collect()
     }
 
-    /// Devices by id, all or those of one patient.
-    pub async fn list_devices(&self, patient_id: Option<i64>) -> Result<Vec<Device>> {
-        let filter = if patient_id.is_some() {
-            "WHERE patient_id = $1"
-        } else {
-            ""
-        };
-        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices {filter} ORDER BY id");
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let mut query = sqlx::query(&sql);
-                if let Some(patient_id) = patient_id {
-                    query = query.bind(patient_id);
-                }
-                let rows = query.fetch_all(&mut *c).await?;
-                c.finish().await?;
-                rows.iter().map(device_from_row).collect()
+    /// Devices by id: those of the patients of the COTs in `scope` (`None`: all COTs; an
+    /// empty scope sees none), and of them only those of patient `patient` when given.
+    pub async fn list_devices(
+        &self,
+        scope: Option<&[i64]>,
+        patient: Option<i64>,
+    ) -> Result<Vec<Device>> {
+        let mut sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE 1 = 1");
+        if let Some(cots) = scope {
+            if cots.is_empty() {
+                return Ok(Vec::new());
             }
-            Db::Sqlite(pool) => {
-                let mut query = sqlx::query(&sql);
-                if let Some(patient_id) = patient_id {
-                    query = query.bind(patient_id);
-                }
-                let rows = query.fetch_all(pool).await?;
-                rows.iter().map(device_from_row).collect()
-            }
+            sql.push_str(&format!(
+                " AND patient_id IN (SELECT id FROM patients WHERE cot_id IN ({}))",
+                id_list(cots)
+            ));
         }
+        let mut vals = Vec::new();
+        if let Some(patient) = patient {
+            sql.push_str(" AND patient_id = $1");
+            vals.push(Val::I64(patient));
+        }
+        sql.push_str(" ORDER BY id");
+        let rows = self.read(&sql, &vals).await?;
+        rows.iter().map(device_from_row).collect()
     }
 
     /// The device with this id, if any.
     pub async fn get_device(&self, id: &str) -> Result<Option<Device>> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1");
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let row = sqlx::query(&sql).bind(id).fetch_optional(&mut *c).await?;
-                c.finish().await?;
-                row.as_ref().map(device_from_row).transpose()
-            }
-            Db::Sqlite(pool) => {
-                let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
-                row.as_ref().map(device_from_row).transpose()
-            }
-        }
+        let row = self.read_one(&sql, &[Val::Text(id)]).await?;
+        row.as_ref().map(device_from_row).transpose()
     }
 
     /// Stores a new API token by its hash. [`StoreError::Conflict`] if the hash exists,
@@ -592,63 +427,55 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLUMNS}"
         );
         let now = OffsetDateTime::now_utc();
-        let conflict = || "API token with this hash".to_owned();
-        let missing = || format!("user {}", new.user_id);
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let row = sqlx::query(&sql)
-                    .bind(new.name)
-                    .bind(new.user_id)
-                    .bind(new.kind.as_str())
-                    .bind(new.token_hash)
-                    .bind(now)
-                    .bind(new.expires_at)
-                    .fetch_one(&mut *c)
-                    .await
-                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
-                c.finish().await?;
-                token_from_row(&row)
-            }
-            Db::Sqlite(pool) => {
-                let row = sqlx::query(&sql)
-                    .bind(new.name)
-                    .bind(new.user_id)
-                    .bind(new.kind.as_str())
-                    .bind(new.token_hash)
-                    .bind(to_ms(now))
-                    .bind(to_ms_opt(new.expires_at))
-                    .fetch_one(pool)
-                    .await
-                    .map_err(|e| StoreError::on_constraint(e, conflict, missing))?;
-                token_from_row(&row)
-            }
-        }
+        let vals = [
+            Val::Text(new.name),
+            Val::I64(new.user_id),
+            Val::Text(new.kind.as_str()),
+            Val::Text(new.token_hash),
+            Val::Ts(now),
+            Val::OptTs(new.expires_at),
+        ];
+        let row = self.inserted(&sql, &vals).await.map_err(|e| {
+            e.or_constraint(
+                || "API token with this hash".to_owned(),
+                || format!("user {}", new.user_id),
+            )
+        })?;
+        token_from_row(&row)
     }
 
     /// The token with this hash, if any, revoked and expired ones included: the caller
     /// checks `revoked_at` and `expires_at`.
     pub async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>> {
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1");
-        match &self.db {
-            Db::Postgres(pg) => {
-                let mut c = pg.conn().await?;
-                let row = sqlx::query(&sql)
-                    .bind(token_hash)
-                    .fetch_optional(&mut *c)
-                    .await?;
-                c.finish().await?;
-                row.as_ref().map(token_from_row).transpose()
-            }
-            Db::Sqlite(pool) => {
-                let row = sqlx::query(&sql)
-                    .bind(token_hash)
-                    .fetch_optional(pool)
-                    .await?;
-                row.as_ref().map(token_from_row).transpose()
-            }
-        }
+        let row = self.read_one(&sql, &[Val::Text(token_hash)]).await?;
+        row.as_ref().map(token_from_row).transpose()
     }
+
+    /// Runs an `INSERT … RETURNING` of one row and returns that row.
+    async fn inserted(&self, sql: &str, vals: &[Val<'_>]) -> Result<AnyRow> {
+        self.read_one(sql, vals)
+            .await?
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+    }
+}
+
+/// [`StoreError::NotFound`] for a device an UPDATE changed no row of.
+fn found_device(updated: u64, id: &str) -> Result<()> {
+    if updated == 0 {
+        return Err(StoreError::NotFound {
+            what: what("device", format_args!("{id:?}")),
+        });
+    }
+    Ok(())
+}
+
+/// Ids as an SQL list (`1, 2, 3`): integers formatted here, never caller text.
+pub(crate) fn id_list(ids: &[i64]) -> String {
+    ids.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Device ids are 1 to 64 characters of `[A-Za-z0-9_-]`: they appear in MQTT topics and

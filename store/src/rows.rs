@@ -93,10 +93,6 @@ pub(crate) fn to_ms(at: OffsetDateTime) -> i64 {
     i64::try_from(ms).unwrap_or(if ms < 0 { i64::MIN } else { i64::MAX })
 }
 
-pub(crate) fn to_ms_opt(at: Option<OffsetDateTime>) -> Option<i64> {
-    at.map(to_ms)
-}
-
 /// The inverse of [`to_ms`].
 pub(crate) fn from_ms(ms: i64) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

@@ -1,7 +1,10 @@
 //! One statement text for both backends: values bound through [`Val`] (timestamps become
 //! `TIMESTAMPTZ` on PostgreSQL and unix milliseconds on SQLite) and rows read through
-//! [`Columns`]. Used where the SQL itself is the same on both, which keeps the care-plan and
-//! alert queries written once.
+//! [`Columns`]. Every query of the store goes through here, except the ingest batch's bulk
+//! writes (`bulk.rs`) and migrations and partitions (`schema.rs`): this is the one module
+//! that matches on the backend for them. Where the SQL genuinely differs (a collation, a
+//! function name, a table), the statement stays one text and picks the fragment with
+//! [`Store::dialect`].
 
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
@@ -10,7 +13,7 @@ use sqlx::{Postgres, Sqlite, Transaction};
 use time::OffsetDateTime;
 
 use crate::rows::{Columns, to_ms};
-use crate::{Db, Result, Store, connect};
+use crate::{Backend, Db, Result, Store, connect};
 
 /// A bound value.
 #[derive(Debug, Clone)]
@@ -22,6 +25,8 @@ pub(crate) enum Val<'a> {
     OptText(Option<&'a str>),
     Ts(OffsetDateTime),
     OptTs(Option<OffsetDateTime>),
+    OptI32(Option<i32>),
+    Bytes(&'a [u8]),
 }
 
 fn bind_pg<'q>(
@@ -37,6 +42,8 @@ fn bind_pg<'q>(
             Val::OptText(x) => q.bind(*x),
             Val::Ts(x) => q.bind(*x),
             Val::OptTs(x) => q.bind(*x),
+            Val::OptI32(x) => q.bind(*x),
+            Val::Bytes(x) => q.bind(*x),
         };
     }
     q
@@ -55,9 +62,22 @@ fn bind_sqlite<'q>(
             Val::OptText(x) => q.bind(*x),
             Val::Ts(x) => q.bind(to_ms(*x)),
             Val::OptTs(x) => q.bind(x.map(to_ms)),
+            Val::OptI32(x) => q.bind(*x),
+            Val::Bytes(x) => q.bind(*x),
         };
     }
     q
+}
+
+/// The rows of a multi-row `VALUES`: `($1, $2), ($3, $4)` for 2 rows of 2 columns.
+pub(crate) fn values_list(rows: usize, columns: usize) -> String {
+    let row = |r: usize| {
+        let cells: Vec<String> = (1..=columns)
+            .map(|c| format!("${}", r * columns + c))
+            .collect();
+        format!("({})", cells.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
 }
 
 /// A row of either backend.
@@ -168,6 +188,32 @@ impl Tx {
 }
 
 impl Store {
+    /// Which database this store talks to.
+    pub fn backend(&self) -> Backend {
+        match &self.db {
+            Db::Postgres(_) => Backend::Postgres,
+            Db::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Closes the pool: waits for connections in use to come back, then closes them all.
+    /// Later operations fail with a pool-closed error.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Postgres(pg) => pg.pool.close().await,
+            Db::Sqlite(pool) => pool.close().await,
+        }
+    }
+
+    /// The fragment of a statement that differs between the backends: `pg` on PostgreSQL,
+    /// `sqlite` on SQLite (e.g. `COLLATE "C"` for bytewise order, which is SQLite's default).
+    pub(crate) fn dialect<'s>(&self, pg: &'s str, sqlite: &'s str) -> &'s str {
+        match self.backend() {
+            Backend::Postgres => pg,
+            Backend::Sqlite => sqlite,
+        }
+    }
+
     pub(crate) async fn tx(&self) -> Result<Tx> {
         Ok(match &self.db {
             Db::Postgres(pg) => Tx::Pg(pg.begin().await?),
@@ -175,7 +221,8 @@ impl Store {
         })
     }
 
-    /// Runs a read-only statement outside any write transaction.
+    /// Runs one statement outside any write transaction and returns its rows: a read, or a
+    /// single-statement write such as `INSERT … RETURNING` (it commits on its own).
     pub(crate) async fn read(&self, sql: &str, vals: &[Val<'_>]) -> Result<Vec<AnyRow>> {
         match &self.db {
             Db::Postgres(pg) => {
@@ -191,5 +238,37 @@ impl Store {
                 .map(AnyRow::Sqlite)
                 .collect()),
         }
+    }
+
+    /// [`Store::read`] for a statement that returns at most one row.
+    pub(crate) async fn read_one(&self, sql: &str, vals: &[Val<'_>]) -> Result<Option<AnyRow>> {
+        Ok(self.read(sql, vals).await?.into_iter().next())
+    }
+
+    /// Runs one writing statement outside any write transaction (it commits on its own);
+    /// returns the number of rows it changed.
+    pub(crate) async fn exec(&self, sql: &str, vals: &[Val<'_>]) -> Result<u64> {
+        match &self.db {
+            Db::Postgres(pg) => {
+                let mut c = pg.conn().await?;
+                let done = bind_pg(sqlx::query(sql), vals).execute(&mut *c).await?;
+                c.finish().await?;
+                Ok(done.rows_affected())
+            }
+            Db::Sqlite(pool) => Ok(bind_sqlite(sqlx::query(sql), vals)
+                .execute(pool)
+                .await?
+                .rows_affected()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn values_lists() {
+        assert_eq!(super::values_list(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(super::values_list(1, 3), "($1, $2, $3)");
+        assert_eq!(super::values_list(0, 3), "");
     }
 }

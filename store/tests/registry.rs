@@ -96,11 +96,11 @@ async fn provisioning_round_trip(db: TestDb, _layout: ReadingsLayout) {
     assert!(store.get_patient(-1).await.unwrap().is_none());
     let ids = |ps: Vec<store::Patient>| ps.into_iter().map(|p| p.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(store.list_patients(None).await.unwrap()),
+        ids(store.list_patients(None, None).await.unwrap()),
         [patient.id, other.id]
     );
     assert_eq!(
-        ids(store.list_patients(Some(south.id)).await.unwrap()),
+        ids(store.list_patients(None, Some(south.id)).await.unwrap()),
         [other.id]
     );
 }
@@ -200,15 +200,15 @@ async fn devices_and_credentials(db: TestDb, _layout: ReadingsLayout) {
     ));
 
     let listed: Vec<String> = store
-        .list_devices(Some(f.patient.id))
+        .list_devices(None, Some(f.patient.id))
         .await
         .unwrap()
         .into_iter()
         .map(|d| d.id)
         .collect();
     assert_eq!(listed, ["bp-0001", "dev-bp", "dev-glucose", "dev-spo2"]);
-    assert_eq!(store.list_devices(None).await.unwrap().len(), 4);
-    assert!(store.list_devices(Some(-5)).await.unwrap().is_empty());
+    assert_eq!(store.list_devices(None, None).await.unwrap().len(), 4);
+    assert!(store.list_devices(None, Some(-5)).await.unwrap().is_empty());
 
     // What the API returns: kinds as short codes, RFC 3339 times, never the secret hash.
     let json = serde_json::to_value(store.get_device("bp-0001").await.unwrap().unwrap()).unwrap();
@@ -416,29 +416,35 @@ async fn users_and_scopes(db: TestDb, _layout: ReadingsLayout) {
     }
     let codes = |ps: Vec<store::Patient>| ps.into_iter().map(|p| p.code).collect::<Vec<_>>();
     assert_eq!(
-        codes(store.patients_in(Some(&[a.id]), None).await.unwrap()),
+        codes(store.list_patients(Some(&[a.id]), None).await.unwrap()),
         ["PA"]
     );
     assert_eq!(
-        codes(store.patients_in(None, None).await.unwrap()),
+        codes(store.list_patients(None, None).await.unwrap()),
         ["PA", "PB"]
     );
     assert!(
         store
-            .patients_in(Some(&[a.id]), Some(b.id))
+            .list_patients(Some(&[a.id]), Some(b.id))
             .await
             .unwrap()
             .is_empty()
     );
-    assert!(store.patients_in(Some(&[]), None).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_patients(Some(&[]), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let ids = |ds: Vec<store::Device>| ds.into_iter().map(|d| d.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(store.devices_in(Some(&[b.id]), None).await.unwrap()),
+        ids(store.list_devices(Some(&[b.id]), None).await.unwrap()),
         ["dev-b"]
     );
     assert!(
         store
-            .devices_in(Some(&[b.id]), Some(pa.id))
+            .list_devices(Some(&[b.id]), Some(pa.id))
             .await
             .unwrap()
             .is_empty()

@@ -289,7 +289,7 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
     let crisis_alerts = bp_high(&alerts_of(&stack, crisis.id).await);
     assert_eq!(crisis_alerts.len(), 1);
     let before = crisis_alerts[0].count;
-    let dev_id = stack.store().list_devices(Some(crisis.id)).await?[0]
+    let dev_id = stack.store().list_devices(None, Some(crisis.id)).await?[0]
         .id
         .clone();
     // The device's secret is gone; re-evaluation after a restart goes through the outbox:

@@ -463,7 +463,7 @@ async fn patient_search(
         .map(|v| v.rsplit_once('|').map_or(v, |(_, code)| code));
     let patients: Vec<Value> = state
         .store
-        .patients_in(Some(&caller.cots), None)
+        .list_patients(Some(&caller.cots), None)
         .await?
         .iter()
         .filter(|p| id.is_none_or(|id| p.id.to_string() == id))
@@ -517,7 +517,10 @@ async fn device_search(
     let caller = caller?;
     let search = Search::parse(params, &["patient"])?;
     let patient = search.patient()?;
-    let devices = state.store.devices_in(Some(&caller.cots), patient).await?;
+    let devices = state
+        .store
+        .list_devices(Some(&caller.cots), patient)
+        .await?;
     state
         .audit_about(
             &caller,
@@ -825,7 +828,7 @@ async fn device_kinds(
 ) -> Result<HashMap<String, store::ReadingKind>, FhirError> {
     Ok(state
         .store
-        .list_devices(Some(patient_id))
+        .list_devices(None, Some(patient_id))
         .await?
         .into_iter()
         .map(|d| (d.id, store::ReadingKind::from(d.kind)))

@@ -45,7 +45,7 @@ async fn list(
     let Query(query) = query.map_err(rejection)?;
     let devices = state
         .store
-        .devices_in(Some(&caller.cots), query.patient)
+        .list_devices(Some(&caller.cots), query.patient)
         .await?;
     state
         .audit(

@@ -48,7 +48,7 @@ async fn list(
     let Query(query) = query.map_err(rejection)?;
     let patients = state
         .store
-        .patients_in(Some(&caller.cots), query.cot)
+        .list_patients(Some(&caller.cots), query.cot)
         .await?;
     state
         .audit(
@@ -135,7 +135,7 @@ async fn show(
 ) -> Result<Json<PatientDetail>, ApiError> {
     let Path(id) = id.map_err(rejection)?;
     let patient = visible_patient(&state, &caller, id).await?;
-    let devices = state.store.list_devices(Some(id)).await?;
+    let devices = state.store.list_devices(None, Some(id)).await?;
     state
         .audit_patient(
             &caller,

@@ -61,7 +61,7 @@ pub async fn generate_due(
     let period = Period::previous_month(now.date());
     let cots = store.list_cots().await.context("list COTs")?;
     let patients = store
-        .patients_in(None, None)
+        .list_patients(None, None)
         .await
         .context("list patients")?;
     let mut written = 0;

@@ -149,7 +149,7 @@ pub async fn run(store: &Store, config: &Config, cmd: DeviceCommand) -> anyhow::
             println!("device {id} revoked");
         }
         DeviceCommand::List => {
-            for d in store.list_devices(None).await? {
+            for d in store.list_devices(None, None).await? {
                 let seen = d
                     .last_seen_at
                     .map(|t| t.to_string())

@@ -53,7 +53,7 @@ pub async fn run(store: &Store, cmd: PatientCommand) -> anyhow::Result<()> {
             println!("patient {} added (id {}) to {}", p.code, p.id, cot.code);
         }
         PatientCommand::List => {
-            for p in store.list_patients(None).await? {
+            for p in store.list_patients(None, None).await? {
                 println!(
                     "{}\t{}\t{}\tcot {}\t{}",
                     p.id,
