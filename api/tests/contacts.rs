@@ -332,7 +332,7 @@ async fn interventions(db: TestDb) {
             "resolved"
         ]
     );
-    let listed: Vec<(&str, &str)> = detail["interventions"]
+    let listed: Vec<(&str, &str)> = detail["intervention_log"]
         .as_array()
         .unwrap()
         .iter()

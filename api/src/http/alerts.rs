@@ -280,8 +280,9 @@ struct AlertDetail {
     alert: Alert,
     events: Vec<EventOut>,
     readings: Vec<store::AlertReading>,
-    /// What was done about it (calls, advice, …), oldest first.
-    interventions: Vec<store::Intervention>,
+    /// What was done about it (calls, advice, …), oldest first. Not `interventions`: that
+    /// name is the alert's count, flattened in above, and a JSON object has one key per name.
+    intervention_log: Vec<store::Intervention>,
     /// The linked readings as stored; absent when there are too many to fetch cheaply.
     #[serde(skip_serializing_if = "Option::is_none")]
     stored_readings: Option<Vec<ReadingOut>>,
@@ -379,7 +380,7 @@ async fn show(
         alert,
         events: events.iter().map(EventOut::from).collect(),
         readings,
-        interventions,
+        intervention_log: interventions,
         stored_readings: stored,
     }))
 }
