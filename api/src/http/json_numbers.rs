@@ -28,7 +28,7 @@ pub(crate) async fn normalize(request: Request, next: Next) -> Response {
         Ok(b) => b,
         Err(_) => {
             let mut response = super::error::ApiError::BadRequest(format!(
-                "the body is larger than {} bytes or could not be read",
+                "the body is over the {}-byte limit or could not be read",
                 super::MAX_BODY
             ))
             .into_response();
