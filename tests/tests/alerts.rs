@@ -33,6 +33,14 @@ impl TestClock {
     }
 }
 
+/// A node on `clock` with fast timers.
+fn on_test_clock(clock: &TestClock) -> Launch<'static> {
+    Launch {
+        clock: Some(clock.clock()),
+        ..Launch::configured(fast)
+    }
+}
+
 fn fast(config: &mut sentinella::Config) {
     config.alerts.tick = Duration::from_millis(100);
 }
@@ -110,16 +118,7 @@ async fn settle() {
 async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
     let clock = TestClock::new();
     let db = db.create().await;
-    let store = db.store.clone();
-    let stack = Stack::start_on(
-        db,
-        Launch {
-            store: Some(store),
-            clock: Some(clock.clock()),
-            config: Box::new(fast),
-        },
-    )
-    .await?;
+    let stack = Stack::start_on(db, on_test_clock(&clock)).await?;
     let t = now_ms();
 
     // Hypertensive crisis: critical on the first reading (unconfirmed), confirmed by the
@@ -269,16 +268,7 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
     crisis.dev.close();
     copd.dev.close();
     let db = stack.stop().await;
-    let store = db.store.clone();
-    let stack = Stack::start_on(
-        db,
-        Launch {
-            store: Some(store),
-            clock: Some(clock.clock()),
-            config: Box::new(fast),
-        },
-    )
-    .await?;
+    let stack = Stack::start_on(db, on_test_clock(&clock)).await?;
     // (30 h have passed on the engine's clock: the crisis patient has missed BP readings too.)
     let bp_high = |a: &[Alert]| {
         a.iter()
@@ -316,16 +306,7 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
         })
         .await?;
     let db = stack.stop().await;
-    let store = db.store.clone();
-    let stack = Stack::start_on(
-        db,
-        Launch {
-            store: Some(store),
-            clock: Some(clock.clock()),
-            config: Box::new(fast),
-        },
-    )
-    .await?;
+    let stack = Stack::start_on(db, on_test_clock(&clock)).await?;
     let after = wait_alerts(&stack, crisis.id, "outbox re-evaluation", |a| {
         bp_high(a).first().is_some_and(|x| x.count > before)
     })
@@ -352,16 +333,7 @@ async fn clinical_scenarios(db: Db) -> anyhow::Result<()> {
 async fn late_backlog(db: Db) -> anyhow::Result<()> {
     let clock = TestClock::new();
     let db = db.create().await;
-    let store = db.store.clone();
-    let stack = Stack::start_on(
-        db,
-        Launch {
-            store: Some(store),
-            clock: Some(clock.clock()),
-            config: Box::new(fast),
-        },
-    )
-    .await?;
+    let stack = Stack::start_on(db, on_test_clock(&clock)).await?;
     let t = now_ms();
     let day = 24 * 60 * MIN;
     let p = patient(&stack, &["hypertension"], DeviceKind::BloodPressure).await?;
@@ -417,16 +389,7 @@ async fn adherence_on_measurement_time(db: Db) -> anyhow::Result<()> {
     let start = OffsetDateTime::now_utc() - time::Duration::hours(30);
     let clock = TestClock::at(start);
     let db = db.create().await;
-    let store = db.store.clone();
-    let stack = Stack::start_on(
-        db,
-        Launch {
-            store: Some(store),
-            clock: Some(clock.clock()),
-            config: Box::new(fast),
-        },
-    )
-    .await?;
+    let stack = Stack::start_on(db, on_test_clock(&clock)).await?;
     let p = patient(
         &stack,
         &["hypertension", "diabetes"],
