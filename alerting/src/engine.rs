@@ -58,6 +58,8 @@ use tokio_util::sync::CancellationToken;
 use super::net;
 use super::plan::{self, CarePlan, Check, Metric};
 use super::rules::{self, Effect, Obs, Quality};
+
+mod partitions;
 use store::handoff::{Handoff, Next};
 use telemetry::Histogram;
 
@@ -148,6 +150,12 @@ pub struct EngineMetrics {
     pub errors: AtomicU64,
     /// Times the engine read lagging batches back from the outbox.
     pub catch_ups: AtomicU64,
+    /// Alert partitions this node holds now (gauge; all of them on SQLite).
+    pub partitions_held: AtomicU64,
+    /// Live nodes sharing the partitions, as last counted (gauge).
+    pub nodes_live: AtomicU64,
+    /// Partitions taken (at start, from a node that died or left, or given back).
+    pub partitions_taken: AtomicU64,
     /// From a batch's commit to its alert events being written.
     pub commit_to_alert_seconds: Histogram,
 }
@@ -197,9 +205,30 @@ impl EngineMetrics {
                 "Times the alert engine, lagging, read committed batches back from the outbox.",
                 &self.catch_ups,
             ),
+            (
+                "alert_partitions_taken_total",
+                "Alert partitions this node took (at start, from a node that died or left).",
+                &self.partitions_taken,
+            ),
         ] {
             let _ = writeln!(out, "# HELP sentinella_{name} {help}");
             let _ = writeln!(out, "# TYPE sentinella_{name} counter");
+            let _ = writeln!(out, "sentinella_{name} {}", v.load(Ordering::Relaxed));
+        }
+        for (name, help, v) in [
+            (
+                "alert_partitions_held",
+                "Alert partitions (of 64) whose patients this node evaluates.",
+                &self.partitions_held,
+            ),
+            (
+                "alert_nodes_live",
+                "Nodes sharing the alert partitions, as last counted.",
+                &self.nodes_live,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP sentinella_{name} {help}");
+            let _ = writeln!(out, "# TYPE sentinella_{name} gauge");
             let _ = writeln!(out, "sentinella_{name} {}", v.load(Ordering::Relaxed));
         }
         self.commit_to_alert_seconds.render(
@@ -291,8 +320,14 @@ pub struct Engine {
     stopping: CancellationToken,
     touch: u64,
     done_outbox: Vec<i64>,
-    /// The newest outbox entry a catch-up evaluated: queued batches up to it are done.
-    caught_up_to: Option<i64>,
+    /// Outbox entries evaluated from the store (catch-up, takeover, other nodes' batches),
+    /// with when: the same batch arriving from memory afterwards is skipped.
+    seen: HashMap<i64, std::time::Instant>,
+    /// The alert partitions this engine evaluates (`None`: all, alone on its store).
+    leases: Option<store::Leases>,
+    /// When each partition was last taken (batches committed before are not evaluated from
+    /// memory: the takeover read them from the store).
+    held_since: [Option<std::time::Instant>; store::leases::PARTITIONS as usize],
 }
 
 impl std::fmt::Debug for Engine {
@@ -327,8 +362,19 @@ impl Engine {
             stopping: CancellationToken::new(),
             touch: 0,
             done_outbox: Vec::new(),
-            caught_up_to: None,
+            seen: HashMap::new(),
+            leases: None,
+            held_since: [None; store::leases::PARTITIONS as usize],
         }
+    }
+
+    /// Evaluates only the patients of the alert partitions `leases` holds, and takes its
+    /// share of them in its loop, among the nodes on the same PostgreSQL database (see
+    /// `store::leases` and the `partitions` module). Without it the engine evaluates every
+    /// patient.
+    pub fn with_leases(mut self, leases: store::Leases) -> Engine {
+        self.leases = Some(leases);
+        self
     }
 
     /// Sends repeat requests to `tx` (the gateway delivers them to the devices).
@@ -366,6 +412,12 @@ impl Engine {
         let start = tokio::time::Instant::now() + self.config.tick;
         let mut tick = tokio::time::interval_at(start, self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Shared leases (PostgreSQL): a lease round and a look for other nodes' batches.
+        let shared = self.leases.as_ref().is_some_and(store::Leases::shared);
+        let mut rounds = tokio::time::interval_at(start, partitions::LEASE_ROUND);
+        rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut polls = tokio::time::interval(partitions::OUTBOX_POLL);
+        polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // At shutdown the queue is drained for at most STOP_GRACE; what is left stays in the
         // outbox, which the next start evaluates (so SIGTERM never waits on a lagging engine).
         let mut stop_by: Option<tokio::time::Instant> = None;
@@ -381,15 +433,7 @@ impl Engine {
                     stop_by = Some(tokio::time::Instant::now() + STOP_GRACE);
                 }
                 next = handoff.next() => match next {
-                    Next::Batch(batch) => {
-                        let done = batch
-                            .outbox_id
-                            .zip(self.caught_up_to)
-                            .is_some_and(|(id, upto)| id <= upto);
-                        if !done {
-                            self.on_batch(batch).await;
-                        }
-                    }
+                    Next::Batch(batch) => self.on_batch(batch).await,
                     Next::CatchUp => {
                         // Until it works: the handoff queues nothing meanwhile.
                         while let Err(e) = self.catch_up().await {
@@ -401,23 +445,40 @@ impl Engine {
                     Next::Closed => break,
                 },
                 _ = tick.tick(), if !cancel.is_cancelled() => self.on_tick().await,
+                _ = rounds.tick(), if shared && !cancel.is_cancelled() => self.lease_round().await,
+                _ = polls.tick(), if shared && !cancel.is_cancelled() => self.poll_others().await,
             }
         }
         self.flush_outbox().await;
+        self.release_leases().await;
         tracing::debug!("alert engine stopped");
     }
 
-    /// Evaluates every pending outbox entry from the store: per patient, the readings received
-    /// in its entries' time spans (adjacent spans merged into one query), in measurement
-    /// order. Returns how many entries it evaluated.
+    /// Evaluates every pending outbox entry of the partitions held from the store (see
+    /// [`Engine::evaluate_entries`]). Returns how many entries it evaluated.
     pub async fn catch_up(&mut self) -> Result<usize, StoreError> {
         // What was evaluated from memory is not pending any more.
         self.flush_outbox().await;
-        let pending = self.store.pending_outbox().await?;
-        let Some(newest) = pending.iter().map(|e| e.id).max() else {
+        let pending = self.store.pending_outbox_in(self.held(), None).await?;
+        if pending.is_empty() {
             return Ok(0);
-        };
+        }
         self.metrics.catch_ups.fetch_add(1, Ordering::Relaxed);
+        let n = self.evaluate_entries(pending).await?;
+        tracing::info!(
+            batches = n,
+            "alert engine lagged: caught up from the outbox"
+        );
+        Ok(n)
+    }
+
+    /// Evaluates outbox entries read from the store: per patient, the readings received in
+    /// its entries' time spans (adjacent spans merged into one query), in measurement order;
+    /// then deletes the entries. Returns how many entries it evaluated.
+    async fn evaluate_entries(
+        &mut self,
+        pending: Vec<store::OutboxEntry>,
+    ) -> Result<usize, StoreError> {
         let mut spans: std::collections::BTreeMap<i64, Vec<(OffsetDateTime, OffsetDateTime)>> =
             std::collections::BTreeMap::new();
         for entry in &pending {
@@ -448,16 +509,36 @@ impl Engine {
         }
         let ids: Vec<i64> = pending.iter().map(|e| e.id).collect();
         self.store.finish_outbox(&ids).await?;
-        self.caught_up_to = Some(newest);
-        tracing::info!(
-            batches = ids.len(),
-            "alert engine lagged: caught up from the outbox"
-        );
+        let now = std::time::Instant::now();
+        self.seen.extend(ids.iter().map(|id| (*id, now)));
         Ok(ids.len())
+    }
+
+    /// The partitions this engine evaluates now, as a mask.
+    fn held(&self) -> u64 {
+        self.leases
+            .as_ref()
+            .map_or(store::leases::ALL_PARTITIONS, store::Leases::held)
+    }
+
+    /// Whether this engine evaluates `patient` now.
+    fn holds(&self, patient: i64) -> bool {
+        store::leases::holds(self.held(), patient)
     }
 
     async fn start_up(&mut self, cancel: &CancellationToken) {
         let now = (self.clock)();
+        // A share of the partitions first: recovery evaluates only those.
+        while self.leases.as_ref().is_some_and(store::Leases::shared) {
+            match self.take_share().await {
+                Ok(()) => break,
+                Err(e) => {
+                    if !self.wait_after(&e, cancel).await {
+                        return;
+                    }
+                }
+            }
+        }
         loop {
             match self.load_all_plans().await {
                 Ok(()) => break,
@@ -519,36 +600,33 @@ impl Engine {
         }
     }
 
-    /// Re-evaluates the readings of every pending outbox entry; returns how many entries.
+    /// Re-evaluates the readings of every pending outbox entry of the partitions held (left
+    /// by a stop or a crash); returns how many entries.
     pub async fn recover(&mut self) -> Result<usize, StoreError> {
-        let pending = self.store.pending_outbox().await?;
+        let pending = self.store.pending_outbox_in(self.held(), None).await?;
         if pending.is_empty() {
             return Ok(0);
         }
-        for entry in &pending {
-            for &patient in &entry.patients {
-                let stored = self
-                    .store
-                    .readings_received_between(
-                        patient,
-                        entry.min_received_at,
-                        entry.max_received_at,
-                    )
-                    .await?;
-                let readings: Vec<NewReading> = stored.into_iter().map(to_new).collect();
-                self.evaluate_patient(patient, &readings).await?;
-            }
-        }
-        let ids: Vec<i64> = pending.iter().map(|e| e.id).collect();
-        self.store.finish_outbox(&ids).await?;
-        Ok(pending.len())
+        self.evaluate_entries(pending).await
     }
 
-    /// Evaluates one committed batch.
+    /// Evaluates one committed batch: the readings of the partitions held since before its
+    /// commit whose outbox entry was not already evaluated from the store.
     pub async fn on_batch(&mut self, batch: Committed) {
+        let mut skip = 0u64;
+        for entry in &batch.outbox {
+            let taken_after = self.held_since[entry.partition as usize]
+                .is_some_and(|since| since > batch.committed);
+            if self.seen.remove(&entry.id).is_some() || taken_after {
+                skip |= 1u64 << entry.partition;
+            }
+        }
+        let evaluate = self.held() & !skip;
         let mut by_patient: HashMap<i64, Vec<NewReading>> = HashMap::new();
         for r in batch.readings {
-            by_patient.entry(r.patient_id).or_default().push(r);
+            if store::leases::holds(evaluate, r.patient_id) {
+                by_patient.entry(r.patient_id).or_default().push(r);
+            }
         }
         let mut ok = true;
         for (patient, readings) in by_patient {
@@ -563,8 +641,12 @@ impl Engine {
         self.metrics
             .commit_to_alert_seconds
             .observe(batch.committed.elapsed());
-        if ok && let Some(id) = batch.outbox_id {
-            self.done_outbox.push(id);
+        if ok {
+            for entry in &batch.outbox {
+                if evaluate & (1u64 << entry.partition) != 0 {
+                    self.done_outbox.push(entry.id);
+                }
+            }
             if self.done_outbox.len() >= 64 {
                 self.flush_outbox().await;
             }
@@ -1112,6 +1194,7 @@ impl Engine {
     /// The time-driven rules.
     pub async fn on_tick(&mut self) {
         self.flush_outbox().await;
+        self.prune_seen();
         let now = (self.clock)();
         if let Err(e) = self.refresh_plans().await {
             self.note_error(&e);
@@ -1157,6 +1240,9 @@ impl Engine {
             if self.stopping.is_cancelled() {
                 break;
             }
+            if !self.holds(alert.patient_id) {
+                continue;
+            }
             let Some(response) = self.config.response(alert.severity) else {
                 continue;
             };
@@ -1182,8 +1268,12 @@ impl Engine {
     }
 
     async fn adherence(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
-        let plans: Vec<(i64, Arc<LoadedPlan>)> =
-            self.plans.iter().map(|(p, l)| (*p, l.clone())).collect();
+        let plans: Vec<(i64, Arc<LoadedPlan>)> = self
+            .plans
+            .iter()
+            .filter(|(p, _)| self.holds(**p))
+            .map(|(p, l)| (*p, l.clone()))
+            .collect();
         for (patient, loaded) in plans {
             if self.stopping.is_cancelled() {
                 break;
@@ -1263,7 +1353,7 @@ impl Engine {
             if self.stopping.is_cancelled() {
                 break;
             }
-            if d.revoked_at.is_some() {
+            if d.revoked_at.is_some() || !self.holds(d.patient_id) {
                 continue;
             }
             let loaded = self.load_plan(d.patient_id).await?;

@@ -34,10 +34,36 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// The telemonitoring reports (`[reports]`).
     pub reports: ReportsConfig,
+    /// This node among several on one database (`[cluster]`).
+    pub cluster: ClusterConfig,
+}
+
+/// Several nodes on one PostgreSQL database: each needs a name of its own. Alert work is
+/// shared out by the database (`store::leases`), so nothing else is configured per node.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's name, unique among the nodes on one database (the outbox entries it
+    /// writes and its logs carry it). Absent: `SENTINELLA_NODE_ID`, else the host name.
+    pub node_id: Option<String>,
+}
+
+impl ClusterConfig {
+    /// This node's name: configured, else the host name, else `node`.
+    pub fn node_id(&self) -> String {
+        if let Some(id) = self.node_id.as_ref().filter(|s| !s.trim().is_empty()) {
+            return id.trim().to_owned();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".to_owned())
+    }
 }
 
 /// Scheduled telemonitoring reports.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportsConfig {
     /// When set, every patient's report of the previous calendar month is written here once,
@@ -57,6 +83,7 @@ struct RawConfig {
     api: ApiConfig,
     gateway: toml::Table,
     reports: ReportsConfig,
+    cluster: ClusterConfig,
 }
 
 impl Default for RawConfig {
@@ -69,6 +96,7 @@ impl Default for RawConfig {
             api: c.api,
             gateway: toml::Table::new(),
             reports: c.reports,
+            cluster: c.cluster,
         }
     }
 }
@@ -92,6 +120,7 @@ impl TryFrom<RawConfig> for Config {
             gateway,
             alerts,
             reports: raw.reports,
+            cluster: raw.cluster,
         })
     }
 }
@@ -106,6 +135,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             alerts: AlertsConfig::default(),
             reports: ReportsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -118,8 +148,8 @@ impl Config {
         toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))
     }
 
-    /// Applies the environment variables `SENTINELLA_API_LISTEN`, `SENTINELLA_EDGE_LISTEN` and
-    /// `SENTINELLA_EDGE_TLS_LISTEN` (the database URL and data dir come through the command
+    /// Applies the environment variables `SENTINELLA_API_LISTEN`, `SENTINELLA_EDGE_LISTEN`,
+    /// `SENTINELLA_EDGE_TLS_LISTEN` and `SENTINELLA_NODE_ID` (the database URL and data dir come through the command
     /// line's `env` fallbacks).
     pub fn apply_env(&mut self) -> anyhow::Result<()> {
         if let Ok(v) = std::env::var("SENTINELLA_API_LISTEN") {
@@ -131,6 +161,9 @@ impl Config {
             self.gateway.listen = v
                 .parse()
                 .context("SENTINELLA_EDGE_LISTEN must be host:port")?;
+        }
+        if let Ok(v) = std::env::var("SENTINELLA_NODE_ID") {
+            self.cluster.node_id = Some(v);
         }
         if let Ok(v) = std::env::var("SENTINELLA_EDGE_TLS_LISTEN") {
             self.gateway.tls_listen = v
@@ -199,6 +232,10 @@ mod tests {
         assert_eq!(parsed.api.conn_limits(), defaults.api.conn_limits());
         assert_eq!(parsed.api.trusted_proxies, defaults.api.trusted_proxies);
         assert_eq!(parsed.reports.monthly_dir, defaults.reports.monthly_dir);
+        assert_eq!(parsed.cluster.node_id, None);
+        let named: Config = toml::from_str("[cluster]\nnode_id = \" node-b \"").unwrap();
+        assert_eq!(named.cluster.node_id(), "node-b");
+        assert!(!Config::default().cluster.node_id().is_empty());
         let on: Config = toml::from_str("[reports]\nmonthly_dir = \"data/reports\"").unwrap();
         assert_eq!(on.reports.monthly_dir, Some(PathBuf::from("data/reports")));
     }

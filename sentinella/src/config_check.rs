@@ -554,6 +554,14 @@ pub fn effective_toml(config: &Config) -> String {
             table.insert("alerts".into(), toml::Value::try_from(&config.alerts)?);
         }
         file.insert("gateway".into(), gateway);
+        file.insert("reports".into(), toml::Value::try_from(&config.reports)?);
+        // The name this node will use, wherever it came from.
+        let mut cluster = toml::Table::new();
+        cluster.insert(
+            "node_id".into(),
+            toml::Value::String(config.cluster.node_id()),
+        );
+        file.insert("cluster".into(), toml::Value::Table(cluster));
         toml::to_string(&file)
     };
     match render() {

@@ -121,6 +121,10 @@ impl Node {
         cancel: CancellationToken,
     ) -> anyhow::Result<Node> {
         let tasks = TaskTracker::new();
+        // Outbox entries name the node that committed them (its engine evaluates them from
+        // memory, the others from the store).
+        let node_id = config.cluster.node_id();
+        let store = store.with_node(&node_id);
         // The gateway sizes the edge's connection limit from the process's descriptors,
         // leaving the API's share: its own cap.
         let mut gateway_config = config.gateway.clone();
@@ -166,7 +170,10 @@ impl Node {
                 clock,
                 alert_metrics.clone(),
             )
-            .with_repeats(repeat_tx);
+            .with_repeats(repeat_tx)
+            // The patients of the alert partitions this node leases (all of them on SQLite,
+            // or when it is the only node on its PostgreSQL database).
+            .with_leases(store.leases(&node_id));
             // The engine stops when the writer closes the handoff: after the last batch.
             tasks.spawn(engine.run_handoff(handoff, cancel.clone()));
         }

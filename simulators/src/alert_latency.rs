@@ -245,7 +245,7 @@ async fn commit(store: &Store, readings: Vec<NewReading>) -> anyhow::Result<Comm
         .collect();
     Ok(Committed {
         readings: fresh,
-        outbox_id: outcome.outbox_id,
+        outbox: outcome.outbox.clone(),
         committed: Instant::now(),
     })
 }

@@ -905,7 +905,7 @@ async fn run_on(
                 engine
                     .on_batch(Committed {
                         readings: fresh,
-                        outbox_id: outcome.outbox_id,
+                        outbox: outcome.outbox.clone(),
                         committed: std::time::Instant::now(),
                     })
                     .await;

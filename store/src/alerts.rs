@@ -256,6 +256,8 @@ pub struct AlertQuery {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEntry {
     pub id: i64,
+    /// The alert partition of its patients (`store::leases`).
+    pub partition: u32,
     pub min_received_at: OffsetDateTime,
     pub max_received_at: OffsetDateTime,
     pub patients: Vec<i64>,
@@ -944,30 +946,64 @@ impl Store {
 
     /// Batches committed with `outbox: true` that the engine has not marked done.
     pub async fn pending_outbox(&self) -> Result<Vec<OutboxEntry>> {
-        self.read(
-            "SELECT id, min_received_at, max_received_at, patients FROM alert_outbox ORDER BY id",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            let patients = r
-                .text("patients")?
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    p.parse::<i64>()
-                        .map_err(|_| StoreError::decode(format!("outbox patient {p:?}")))
+        self.pending_outbox_in(crate::leases::ALL_PARTITIONS, None)
+            .await
+    }
+
+    /// The pending outbox entries of the partitions in `partitions` (a mask, see
+    /// `store::leases`), oldest first; with `not_from`, only those another node wrote.
+    pub async fn pending_outbox_in(
+        &self,
+        partitions: u64,
+        not_from: Option<&str>,
+    ) -> Result<Vec<OutboxEntry>> {
+        if partitions == 0 {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::from(
+            "SELECT id, CAST(part AS BIGINT) AS part, min_received_at, max_received_at, patients \
+             FROM alert_outbox",
+        );
+        let mut clauses = Vec::new();
+        if partitions != crate::leases::ALL_PARTITIONS {
+            // Integers we made: safe to inline.
+            let list: Vec<String> = crate::leases::partitions_in(partitions)
+                .map(|p| p.to_string())
+                .collect();
+            clauses.push(format!("part IN ({})", list.join(", ")));
+        }
+        let mut args = Vec::new();
+        if let Some(node) = not_from {
+            clauses.push("node <> $1".to_string());
+            args.push(Val::Text(node));
+        }
+        if !clauses.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&clauses.join(" AND "));
+        }
+        sql.push_str(" ORDER BY id");
+        self.read(&sql, &args)
+            .await?
+            .iter()
+            .map(|r| {
+                let patients = r
+                    .text("patients")?
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        p.parse::<i64>()
+                            .map_err(|_| StoreError::decode(format!("outbox patient {p:?}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(OutboxEntry {
+                    id: r.bigint("id")?,
+                    partition: u32::try_from(r.bigint("part")?).unwrap_or(0),
+                    min_received_at: r.ts("min_received_at")?,
+                    max_received_at: r.ts("max_received_at")?,
+                    patients,
                 })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(OutboxEntry {
-                id: r.bigint("id")?,
-                min_received_at: r.ts("min_received_at")?,
-                max_received_at: r.ts("max_received_at")?,
-                patients,
             })
-        })
-        .collect()
+            .collect()
     }
 
     /// Marks outbox entries evaluated.
@@ -1003,24 +1039,32 @@ impl Store {
     }
 }
 
-/// Writes the outbox row of a batch inside the commit transaction (see
+/// One outbox row: the readings of one alert partition of a committed batch.
+pub(crate) struct OutboxRow<'a> {
+    pub partition: u32,
+    pub node: &'a str,
+    pub min: OffsetDateTime,
+    pub max: OffsetDateTime,
+    pub readings: i64,
+    /// The patients, comma-separated.
+    pub patients: &'a str,
+}
+
+/// Writes an outbox row of a batch inside the commit transaction (see
 /// `CommitBatch::outbox`).
-pub(crate) async fn insert_outbox(
-    tx: &mut Tx,
-    min: OffsetDateTime,
-    max: OffsetDateTime,
-    readings: i64,
-    patients: &str,
-) -> Result<i64> {
+pub(crate) async fn insert_outbox(tx: &mut Tx, row: &OutboxRow<'_>) -> Result<i64> {
     let row = tx
         .one(
-            "INSERT INTO alert_outbox (min_received_at, max_received_at, readings, patients) \
-             VALUES ($1, $2, $3, $4) RETURNING id",
+            "INSERT INTO alert_outbox \
+             (min_received_at, max_received_at, readings, patients, part, node) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             &[
-                Val::Ts(min),
-                Val::Ts(max),
-                Val::I64(readings),
-                Val::Text(patients),
+                Val::Ts(row.min),
+                Val::Ts(row.max),
+                Val::I64(row.readings),
+                Val::Text(row.patients),
+                Val::I64(i64::from(row.partition)),
+                Val::Text(row.node),
             ],
         )
         .await?

@@ -73,6 +73,7 @@ impl Store {
                 search_path: search_path.map(Arc::from),
             }),
             alert_feed: Arc::new(tokio::sync::watch::Sender::new(0)),
+            node: Arc::from(""),
         }
     }
 }
@@ -106,6 +107,7 @@ async fn connect_sqlite(url: &str) -> Result<Store> {
     Ok(Store {
         db: Db::Sqlite(pool),
         alert_feed: Arc::new(tokio::sync::watch::Sender::new(0)),
+        node: Arc::from(""),
     })
 }
 
@@ -196,7 +198,7 @@ pub(crate) fn search_path_option(options: &str) -> Option<String> {
 #[derive(Clone, Debug)]
 pub(crate) struct Pg {
     pub(crate) pool: PgPool,
-    search_path: Option<Arc<str>>,
+    pub(crate) search_path: Option<Arc<str>>,
 }
 
 impl Pg {

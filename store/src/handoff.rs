@@ -127,14 +127,14 @@ mod tests {
     fn batch(id: i64) -> Committed {
         Committed {
             readings: Vec::new(),
-            outbox_id: Some(id),
+            outbox: vec![crate::OutboxRef { partition: 0, id }],
             committed: std::time::Instant::now(),
         }
     }
 
     fn id(next: Next) -> Option<i64> {
         match next {
-            Next::Batch(b) => b.outbox_id,
+            Next::Batch(b) => b.outbox.first().map(|o| o.id),
             Next::CatchUp => Some(-1),
             Next::Closed => None,
         }

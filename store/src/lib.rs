@@ -71,6 +71,7 @@ mod error;
 mod fhir;
 pub mod handoff;
 mod identity;
+pub mod leases;
 mod quarantine;
 mod readings;
 mod registry;
@@ -93,9 +94,10 @@ pub use contacts::{
 pub use error::{Result, StoreError};
 pub use handoff::Handoff;
 pub use identity::{NewUser, Role, User, UserKind};
+pub use leases::{LeaseChange, Leases};
 pub use quarantine::{NewQuarantine, QuarantineEntry};
 pub use readings::{
-    CommitBatch, CommitOutcome, Committed, DeviceStatusUpdate, NewReading, ReadingKind,
+    CommitBatch, CommitOutcome, Committed, DeviceStatusUpdate, NewReading, OutboxRef, ReadingKind,
     ReadingQuery, StoredReading,
 };
 pub use registry::{
@@ -113,6 +115,22 @@ pub struct Store {
     db: Db,
     /// The id of the newest alert event this process wrote: the live stream's wake-up.
     alert_feed: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
+    /// The node this store works for (see [`Store::with_node`]); empty by default.
+    node: std::sync::Arc<str>,
+}
+
+impl Store {
+    /// This store as used by node `node`: the outbox entries it commits name the node, so
+    /// that node evaluates them from memory and other nodes from the store (`store::leases`).
+    pub fn with_node(mut self, node: &str) -> Store {
+        self.node = std::sync::Arc::from(node);
+        self
+    }
+
+    /// The node this store works for (empty unless set by [`Store::with_node`]).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
 }
 
 /// Which database a [`Store`] talks to.

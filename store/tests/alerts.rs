@@ -330,13 +330,46 @@ async fn outbox_and_fresh(db: TestDb, _layout: ReadingsLayout) {
     };
     let first = store.commit_batch(&batch).await.unwrap();
     assert_eq!(first.fresh, vec![true, true]);
-    let id = first.outbox_id.expect("an outbox entry");
+    // One patient: one entry, in the patient's alert partition.
+    let [entry] = first.outbox[..] else {
+        panic!("one outbox entry, got {:?}", first.outbox)
+    };
+    let id = entry.id;
+    assert_eq!(entry.partition, store::leases::partition_of(f.patient.id));
     // All duplicates: no outbox entry.
     let again = store.commit_batch(&batch).await.unwrap();
-    assert_eq!((again.fresh, again.outbox_id), (vec![false, false], None));
+    assert_eq!(
+        (again.fresh, again.outbox),
+        (vec![false, false], Vec::new())
+    );
     let pending = store.pending_outbox().await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].id, id);
+    assert_eq!(pending[0].partition, entry.partition);
+    // Filtered by partition, and by the node that wrote it (this store names none).
+    let other = 1u64 << ((entry.partition + 1) % store::leases::PARTITIONS);
+    assert!(
+        store
+            .pending_outbox_in(other, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .pending_outbox_in(1u64 << entry.partition, Some(""))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .pending_outbox_in(1u64 << entry.partition, Some("node-b"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(pending[0].patients, vec![f.patient.id]);
     assert_eq!(pending[0].min_received_at, T0 + Duration::seconds(5));
     assert_eq!(pending[0].max_received_at, T0 + Duration::seconds(65));

@@ -36,7 +36,7 @@ async fn commit_is_idempotent(db: TestDb, _layout: ReadingsLayout) {
             inserted: 100,
             duplicates: 0,
             fresh: vec![true; 100],
-            outbox_id: None,
+            outbox: Vec::new(),
         }
     );
     assert_eq!(store.count_readings(Some(&f.bp.id)).await.unwrap(), 100);
@@ -49,7 +49,7 @@ async fn commit_is_idempotent(db: TestDb, _layout: ReadingsLayout) {
             inserted: 0,
             duplicates: 100,
             fresh: vec![false; 100],
-            outbox_id: None,
+            outbox: Vec::new(),
         }
     );
     assert_eq!(store.count_readings(None).await.unwrap(), 100);
@@ -78,7 +78,7 @@ async fn commit_is_idempotent(db: TestDb, _layout: ReadingsLayout) {
             inserted: 3,
             duplicates: 3,
             fresh: vec![false, true, false, true, true, false],
-            outbox_id: None,
+            outbox: Vec::new(),
         }
     );
     assert_eq!(store.count_readings(None).await.unwrap(), 103);

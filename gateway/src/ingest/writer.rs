@@ -194,7 +194,7 @@ impl Writer {
         }
         let committed = store::Committed {
             readings: fresh,
-            outbox_id: outcome.outbox_id,
+            outbox: outcome.outbox.clone(),
             committed: Instant::now(),
         };
         if !engine.offer(committed) {

@@ -231,8 +231,19 @@ pub struct CommitOutcome {
     /// Per reading of the batch, in order: whether it was stored now (the first of a
     /// repeated key within the batch counts, later ones do not).
     pub fresh: Vec<bool>,
-    /// The outbox entry written for the batch (with `outbox` and at least one new reading).
-    pub outbox_id: Option<i64>,
+    /// The outbox entries written for the batch (with `outbox` and at least one new
+    /// reading): one per alert partition of its patients.
+    pub outbox: Vec<OutboxRef>,
+}
+
+/// One outbox entry of a committed batch: the readings of one alert partition
+/// (`store::leases`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxRef {
+    /// The partition of the entry's patients.
+    pub partition: u32,
+    /// The entry's id (`alert_outbox.id`).
+    pub id: i64,
 }
 
 /// Marks, per reading, whether its key is among those stored now (first occurrence only).
@@ -250,39 +261,65 @@ fn fresh_flags(readings: &[NewReading], keys: FreshKeys) -> Vec<bool> {
 pub struct Committed {
     /// The readings newly stored.
     pub readings: Vec<NewReading>,
-    /// Its outbox entry, deleted once evaluated.
-    pub outbox_id: Option<i64>,
+    /// Its outbox entries (one per alert partition), each deleted once evaluated.
+    pub outbox: Vec<OutboxRef>,
     /// When the commit finished (for the commit → alert latency).
     pub committed: std::time::Instant,
 }
 
-/// Writes the outbox row of a batch (if asked for and something was stored).
-async fn write_outbox(tx: &mut Tx, batch: &CommitBatch, fresh: &FreshKeys) -> Result<Option<i64>> {
+/// Writes the outbox rows of a batch (if asked for and something was stored): one per alert
+/// partition of the stored readings' patients, each with its patients and received-at span.
+async fn write_outbox(
+    tx: &mut Tx,
+    node: &str,
+    batch: &CommitBatch,
+    fresh: &FreshKeys,
+) -> Result<Vec<OutboxRef>> {
     if !batch.outbox || fresh.is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     let keys: std::collections::HashSet<(&str, i64)> =
         fresh.iter().map(|(d, s)| (d.as_str(), *s)).collect();
-    let stored = batch
+    struct Part {
+        min: OffsetDateTime,
+        max: OffsetDateTime,
+        count: i64,
+        patients: std::collections::BTreeSet<i64>,
+    }
+    let mut parts: std::collections::BTreeMap<u32, Part> = std::collections::BTreeMap::new();
+    for r in batch
         .readings
         .iter()
-        .filter(|r| keys.contains(&(r.device_id.as_str(), r.seq)));
-    let mut min = None::<OffsetDateTime>;
-    let mut max = None::<OffsetDateTime>;
-    let mut patients = std::collections::BTreeSet::new();
-    for r in stored {
-        min = Some(min.map_or(r.received_at, |m| m.min(r.received_at)));
-        max = Some(max.map_or(r.received_at, |m| m.max(r.received_at)));
-        patients.insert(r.patient_id);
+        .filter(|r| keys.contains(&(r.device_id.as_str(), r.seq)))
+    {
+        let part = parts
+            .entry(crate::leases::partition_of(r.patient_id))
+            .or_insert_with(|| Part {
+                min: r.received_at,
+                max: r.received_at,
+                count: 0,
+                patients: std::collections::BTreeSet::new(),
+            });
+        part.min = part.min.min(r.received_at);
+        part.max = part.max.max(r.received_at);
+        part.count += 1;
+        part.patients.insert(r.patient_id);
     }
-    let (Some(min), Some(max)) = (min, max) else {
-        return Ok(None);
-    };
-    let list: Vec<String> = patients.iter().map(i64::to_string).collect();
-    let count = i64::try_from(fresh.len()).unwrap_or(i64::MAX);
-    Ok(Some(
-        crate::alerts::insert_outbox(tx, min, max, count, &list.join(",")).await?,
-    ))
+    let mut written = Vec::with_capacity(parts.len());
+    for (partition, part) in parts {
+        let list: Vec<String> = part.patients.iter().map(i64::to_string).collect();
+        let entry = crate::alerts::OutboxRow {
+            partition,
+            node,
+            min: part.min,
+            max: part.max,
+            readings: part.count,
+            patients: &list.join(","),
+        };
+        let id = crate::alerts::insert_outbox(tx, &entry).await?;
+        written.push(OutboxRef { partition, id });
+    }
+    Ok(written)
 }
 
 pub(crate) const READING_COLUMNS: &str = "device_id, seq, patient_id, kind, measured_at, received_at, \
@@ -319,7 +356,7 @@ impl Store {
         let fresh_keys = bulk::write_readings(&mut tx, &batch.readings).await?;
         quarantine::insert(&mut tx, &batch.quarantine).await?;
         bulk::apply_statuses(&mut tx, &statuses).await?;
-        let outbox_id = write_outbox(&mut tx, batch, &fresh_keys).await?;
+        let outbox = write_outbox(&mut tx, &self.node, batch, &fresh_keys).await?;
         tx.commit().await?;
         let inserted = u64::try_from(fresh_keys.len()).unwrap_or(u64::MAX);
         let total = u64::try_from(batch.readings.len()).unwrap_or(u64::MAX);
@@ -327,7 +364,7 @@ impl Store {
             inserted,
             duplicates: total.saturating_sub(inserted),
             fresh: fresh_flags(&batch.readings, fresh_keys),
-            outbox_id,
+            outbox,
         })
     }
 
