@@ -5,7 +5,13 @@
 # RSS. The load generator runs on the same machine.
 #
 #   bash scripts/bench.sh [sqlite|postgres|all]      (default: all)
-#   env: DEVICES (200), DURATION (30s), BATCH (32), IN_FLIGHT (4), PG (postgres base URL)
+#   env: DEVICES (200), DURATION (30s), BATCH (32), IN_FLIGHT (4), PG (postgres base URL),
+#        HALF (1: on PostgreSQL also run a steady load at half the measured rate for its p99
+#        publish→ack), HALF_DURATION (30s), STORE_ROWS (200000: the store-alone runs)
+#
+# On PostgreSQL the same run then measures the store alone (`store/examples/bulk_insert.rs`:
+# `Store::commit_batch` with batches of 1,000 on the same schema, one writer; and the narrow-row
+# UNNEST + ON CONFLICT ceiling) and prints the ratios end to end ÷ store alone and ÷ ceiling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=${1:-all}
@@ -15,10 +21,14 @@ BATCH=${BATCH:-32}
 IN_FLIGHT=${IN_FLIGHT:-4}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 OUT=${OUT:-artifacts/bench}
+HALF=${HALF:-1}
+HALF_DURATION=${HALF_DURATION:-30s}
+STORE_ROWS=${STORE_ROWS:-200000}
 mkdir -p "$OUT"
 
 cargo build --release --locked -p sentinella -p simulators >&2
-BIN=target/release
+cargo build --release --locked -p store --example bulk_insert >&2
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -43,10 +53,46 @@ bench_one() {
     --duration "$DURATION" --batch "$BATCH" --in-flight "$IN_FLIGHT" --gateway-pid "$pid" --json \
     > "$OUT/$backend.json"
   curl -s "http://127.0.0.1:$api/metrics" > "$OUT/$backend.metrics.txt"
+  if [ "$backend" = postgres ] && [ "$HALF" = 1 ]; then
+    # The same fleet at half the rate just measured, paced: its publish→ack latency.
+    local rate
+    rate=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["readings_per_sec"] / 2))' "$OUT/$backend.json")
+    echo "== $backend: steady load at half that rate, $rate readings/s, $HALF_DURATION" >&2
+    $BIN/sentinella-sim chaos --fleet "$work/fleet.json" --broker "127.0.0.1:$edge" \
+      --database-url "$url" --devices "$DEVICES" --rate "$rate" --duration "$HALF_DURATION" \
+      --drain 60s --gateway-pid "$pid" --seed 2 --out "$OUT/$backend.half.json" > "$OUT/$backend.half.txt" || true
+  fi
   kill -TERM "$pid"; wait "$pid" || true
   if [ "$backend" = postgres ]; then psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS sentinella_bench_$$" >&2; fi
   rm -rf "$work"
   echo "$backend:"; cat "$OUT/$backend.json"; echo
+  if [ "$backend" = postgres ]; then
+    echo "== the store alone: bulk_insert postgres 1000 $STORE_ROWS 1" >&2
+    SENTINELLA_TEST_PG="$PG/postgres" "$BIN/examples/bulk_insert" postgres 1000 "$STORE_ROWS" 1 | tee "$OUT/store-alone.txt"
+    python3 - "$OUT" <<'PY'
+import json, re, sys
+out = sys.argv[1]
+e2e = json.load(open(f"{out}/postgres.json"))["readings_per_sec"]
+text = open(f"{out}/store-alone.txt").read()
+store = float(re.search(r"^insert: .* = (\d+) rows/s", text, re.M).group(1))
+ceiling = float(re.search(r"^narrow ceiling .* = (\d+) rows/s", text, re.M).group(1))
+half = None
+try:
+    half = json.load(open(f"{out}/postgres.half.json"))
+except (OSError, ValueError):
+    pass
+lines = [
+    f"end to end (durable, acked): {e2e:,.0f} readings/s",
+    f"store alone (commit_batch, batches of 1,000): {store:,.0f} rows/s -> ratio {e2e / store:.2f}",
+    f"narrow-row UNNEST + ON CONFLICT ceiling: {ceiling:,.0f} rows/s -> ratio {e2e / ceiling:.2f}",
+]
+if half:
+    l = half["latency"]
+    lines.append(f"at half the rate ({half['target_rate']:,.0f} readings/s offered): publish->ack p50 {l['p50_ms']:.0f} ms, p99 {l['p99_ms']:.0f} ms, max {l['max_ms']:.0f} ms")
+open(f"{out}/ratio.txt", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+  fi
 }
 
 case $which in

@@ -65,7 +65,7 @@ if [ "$(id -u)" = 0 ]; then ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit 
 echo "open files: $(ulimit -n)" >&2
 
 cargo build --release --locked -p sentinella -p simulators >&2
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 # What was built: the tree may hold uncommitted work.
 { echo "built $(date -Is) from $(git rev-parse HEAD 2>/dev/null || echo '?')"; git status --short 2>/dev/null; } > "$OUT/build.txt" || true
 

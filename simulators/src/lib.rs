@@ -22,7 +22,8 @@
 //!   gateway RSS).
 //! - [`chaos`]: reliability runs: a steady load while a script hurts the gateway, then every
 //!   generated seq checked against the store ([`verify`]); [`storm`]: many devices with a
-//!   backlog connecting at once; [`observe`]: `/proc` sampling, `/readyz`, fault times.
+//!   backlog connecting at once; [`observe`]: `/proc` sampling, `/readyz`, fault times;
+//!   [`idle`]: many idle mutual-TLS connections held open (what one costs a broker).
 //! - `src/main.rs`: the `sentinella-sim` binary (`provision`, `run`, `bench`, `chaos`,
 //!   `storm`).
 //!
@@ -41,6 +42,7 @@ pub mod bench;
 pub mod chaos;
 pub mod device;
 pub mod fleet;
+pub mod idle;
 pub mod observe;
 pub mod physiology;
 pub mod scenario;

@@ -15,6 +15,7 @@ use simulators::alert_quality::{QualityOptions, run_alert_quality};
 use simulators::bench::{BenchOptions, run_bench};
 use simulators::chaos::{ChaosOptions, run_chaos};
 use simulators::fleet::{FleetFile, RunOptions, SeqFloor, provision, run_fleet};
+use simulators::idle::{IdleOptions, run_idle};
 use simulators::observe::GatewayPid;
 use simulators::storm::{StormOptions, run_storm};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,31 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Hold many idle mutual-TLS MQTT connections (one per fleet device with a certificate)
+    /// until Ctrl-C or SIGTERM: what a held connection costs a broker (`scripts/idle-rss.sh`).
+    Idle {
+        /// The fleet file written by `provision --ca-dir` (devices with certificates).
+        #[arg(long)]
+        fleet: PathBuf,
+        /// The broker's TLS listener, `host:port`.
+        #[arg(long, default_value = "127.0.0.1:8883")]
+        broker: String,
+        /// The name the broker's certificate must carry.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// How many connections.
+        #[arg(long, default_value_t = 1_000)]
+        connections: usize,
+        /// TLS handshakes in progress at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// MQTT keep-alive, seconds (a PINGREQ every half of it).
+        #[arg(long, default_value_t = 600)]
+        keep_alive: u16,
+        /// Once every connection is up, write the report (JSON) to this file.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
     /// Enroll simulated patients and their devices in the store; write the fleet file.
     Provision {
         /// The store, `postgres://…` or `sqlite:…`.
@@ -319,6 +345,43 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(cancel.clone()));
 
     match cli.command {
+        Command::Idle {
+            fleet,
+            broker,
+            server_name,
+            connections,
+            concurrency,
+            keep_alive,
+            ready_file,
+        } => {
+            let file = FleetFile::load(&fleet)?;
+            let opts = IdleOptions {
+                broker,
+                server_name,
+                connections,
+                concurrency,
+                keep_alive,
+                ..IdleOptions::default()
+            };
+            let mut written = Ok(());
+            let report = run_idle(&file, &opts, cancel, |report| {
+                print!("{report}");
+                let _ = std::io::stdout().flush();
+                if let Some(path) = &ready_file {
+                    written = serde_json::to_string(report)
+                        .context("serializing the report")
+                        .and_then(|text| {
+                            std::fs::write(path, text)
+                                .with_context(|| format!("writing {}", path.display()))
+                        });
+                }
+            })
+            .await?;
+            written?;
+            if report.failed > 0 {
+                bail!("{} of {} connections failed", report.failed, report.wanted);
+            }
+        }
         Command::Provision {
             database_url,
             patients,
