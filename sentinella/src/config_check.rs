@@ -648,8 +648,16 @@ mod tests {
                 .map(|p| p.key)
                 .collect::<Vec<_>>()
         };
-        assert!(problems("[gateway]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.0/24\", \"::1\"]\n").is_empty());
-        assert_eq!(problems("[gateway]\nproxy_protocol = true\n"), ["gateway.proxy_trusted"]);
+        assert!(
+            problems(
+                "[gateway]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.0/24\", \"::1\"]\n"
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            problems("[gateway]\nproxy_protocol = true\n"),
+            ["gateway.proxy_trusted"]
+        );
         assert_eq!(
             problems("[gateway]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.0/33\"]\n"),
             ["gateway.proxy_trusted"]
@@ -659,7 +667,9 @@ mod tests {
             ["gateway.proxy_trusted"]
         );
         assert_eq!(
-            problems("[gateway]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.1\"]\nproxy_header_timeout = \"0s\"\n"),
+            problems(
+                "[gateway]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.1\"]\nproxy_header_timeout = \"0s\"\n"
+            ),
             ["gateway.proxy_header_timeout"]
         );
     }

@@ -107,8 +107,8 @@ const PARTIAL_CLIENT_HELLO: [u8; 11] = [
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_header_names_the_device_for_limits_and_bad_headers_are_refused()
--> anyhow::Result<()> {
+async fn proxy_header_names_the_device_for_limits_and_bad_headers_are_refused() -> anyhow::Result<()>
+{
     let header_timeout = Duration::from_secs(1);
     let stack = Stack::start_with(Db::Sqlite, |c| {
         c.gateway.proxy_protocol = true;
@@ -123,7 +123,11 @@ async fn proxy_header_names_the_device_for_limits_and_bad_headers_are_refused()
     let second = stack.device(patient.id, DeviceKind::BloodPressure).await?;
 
     // A v2 header (binary, HAProxy's send-proxy-v2) in front of an mTLS device.
-    let via_a = forwarder(stack.tls_edge, v2_header("203.0.113.9:5000", stack.tls_edge)?).await?;
+    let via_a = forwarder(
+        stack.tls_edge,
+        v2_header("203.0.113.9:5000", stack.tls_edge)?,
+    )
+    .await?;
     let mut dev = RawDevice::connect_tls(via_a, &first.id, &stack.device_tls(&first.id).await?)?;
     publish_acked(&mut dev, &first.id, 1).await?;
     stack.wait_readings(&first.id, 1, WAIT).await?;
@@ -134,15 +138,17 @@ async fn proxy_header_names_the_device_for_limits_and_bad_headers_are_refused()
     let mut refused = TcpStream::connect(via_a).await?;
     assert!(closed_by_server(&mut refused, Duration::from_secs(2)).await);
     assert!(!closed_by_server(&mut held, Duration::from_millis(300)).await);
-    assert_eq!(wait_counter(&m.edge_ip_concurrency_refused_total, 1).await, 1);
+    assert_eq!(
+        wait_counter(&m.edge_ip_concurrency_refused_total, 1).await,
+        1
+    );
     // A v1 header (text) naming another address.
     let v1 = format!(
         "PROXY TCP4 198.51.100.4 127.0.0.1 41000 {}\r\n",
         stack.tls_edge.port()
     );
     let via_b = forwarder(stack.tls_edge, v1.into_bytes()).await?;
-    let mut dev2 =
-        RawDevice::connect_tls(via_b, &second.id, &stack.device_tls(&second.id).await?)?;
+    let mut dev2 = RawDevice::connect_tls(via_b, &second.id, &stack.device_tls(&second.id).await?)?;
     publish_acked(&mut dev2, &second.id, 1).await?;
     assert_eq!(Metrics::get(&m.edge_ip_concurrency_refused_total), 1);
 
@@ -158,7 +164,10 @@ async fn proxy_header_names_the_device_for_limits_and_bad_headers_are_refused()
         .write_all(&v2_header("203.0.113.77:1", stack.tls_edge)?)
         .await;
     assert!(closed_by_server(&mut untrusted, Duration::from_secs(2)).await);
-    assert_eq!(wait_counter(&m.edge_proxy_untrusted_refused_total, 1).await, 1);
+    assert_eq!(
+        wait_counter(&m.edge_proxy_untrusted_refused_total, 1).await,
+        1
+    );
 
     // From a trusted peer: no header (straight into TLS), a malformed one, a slow one.
     let mut direct = TcpStream::connect(stack.tls_edge).await?;
@@ -174,15 +183,24 @@ async fn proxy_header_names_the_device_for_limits_and_bad_headers_are_refused()
     slow.write_all(b"PROXY TCP4 203.0").await?;
     assert!(closed_by_server(&mut slow, header_timeout + Duration::from_secs(2)).await);
     assert!(started.elapsed() >= header_timeout - Duration::from_millis(100));
-    assert_eq!(wait_counter(&m.edge_proxy_header_failures_total, 3).await, 3);
+    assert_eq!(
+        wait_counter(&m.edge_proxy_header_failures_total, 3).await,
+        3
+    );
 
     // The connected devices are untouched by all of this.
     dev.publish(&topic(&first.id, "readings"), bp(2)).await?;
     stack.wait_readings(&first.id, 2, WAIT).await?;
     let text = stack.get("/metrics").await?.1;
     let text = text.as_str().unwrap_or_default();
-    assert!(text.contains("sentinella_edge_proxy_header_failures_total 3\n"), "{text}");
-    assert!(text.contains("sentinella_edge_proxy_untrusted_refused_total 1\n"), "{text}");
+    assert!(
+        text.contains("sentinella_edge_proxy_header_failures_total 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sentinella_edge_proxy_untrusted_refused_total 1\n"),
+        "{text}"
+    );
     dev.close();
     dev2.close();
     dev3.close();
@@ -234,7 +252,10 @@ impl Haproxy {
             .spawn()?;
         let deadline = tokio::time::Instant::now() + WAIT;
         while TcpStream::connect(wait_for).await.is_err() {
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "haproxy did not listen");
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "haproxy did not listen"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(Haproxy { child, _dir: dir })
@@ -324,7 +345,10 @@ backend nodes_api
         wait_counter(&stack.metrics.edge_ip_concurrency_refused_total, 1).await,
         1
     );
-    assert_eq!(Metrics::get(&stack.metrics.edge_proxy_header_failures_total), 0);
+    assert_eq!(
+        Metrics::get(&stack.metrics.edge_proxy_header_failures_total),
+        0
+    );
     dev.publish(&topic(&device.id, "readings"), bp(2)).await?;
     stack.wait_readings(&device.id, 2, WAIT).await?;
     dev.close();
