@@ -135,6 +135,8 @@ async fn proxy_header_names_the_device_for_limits_and_bad_headers_are_refused() 
     // The per-IP limit (2) counts 203.0.113.9, not the balancer: one more connection from it is
     // held, the next is refused; another device address is unaffected.
     let mut held = TcpStream::connect(via_a).await?;
+    // (Admitted before the next one arrives: the forwarder connects each on its own.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut refused = TcpStream::connect(via_a).await?;
     assert!(closed_by_server(&mut refused, Duration::from_secs(2)).await);
     assert!(!closed_by_server(&mut held, Duration::from_millis(300)).await);
