@@ -279,13 +279,13 @@ pub(crate) async fn serve(
         };
         // Cheap checks only here: the PROXY header, the TLS handshake and the CONNECT run in
         // the task.
-        if let Some(proxy) = &ctx.proxy {
-            if !proxy.trusts(peer.ip()) {
-                Metrics::add(&ctx.metrics.edge_proxy_untrusted_refused_total, 1);
-                tracing::warn!(%peer, "connection from outside proxy_trusted while proxy_protocol is on, closing");
-                drop(stream);
-                continue;
-            }
+        if let Some(proxy) = &ctx.proxy
+            && !proxy.trusts(peer.ip())
+        {
+            Metrics::add(&ctx.metrics.edge_proxy_untrusted_refused_total, 1);
+            tracing::debug!(%peer, "connection from outside proxy_trusted while proxy_protocol is on, closing");
+            drop(stream);
+            continue;
         }
         // Behind a load balancer the per-IP limits wait for the device's own address (the
         // header); otherwise the socket's peer is the device.
