@@ -3,6 +3,7 @@
 #   - PostgreSQL on 127.0.0.1:5432 (started, or installed from Debian's packages, if absent);
 #   - mosquitto-clients (mosquitto_pub/mosquitto_sub), the independent MQTT peer of the
 #     interoperability tests;
+#   - haproxy (Debian), the load balancer of the multi-node tests;
 #   - TimescaleDB 2.23 on PGlite (scripts/tsdb, from the npm registry), for the hypertable path;
 #   - Debian's chromium and playwright-core (npm ci in tests/browser), for the console's
 #     browser tests; poppler-utils (pdftoppm, pdftotext) for the report the worklist test downloads;
@@ -39,6 +40,13 @@ if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto_sub >/dev/nul
   apt_install mosquitto-clients
 fi
 mosquitto_pub --help 2>&1 | head -n1 || true
+
+log "HAProxy"
+# The load balancer in front of several nodes (tests/tests/haproxy.rs, sentinella/tests/
+# cluster.rs): Debian's haproxy, run by the tests with generated configurations (the packaged
+# service is not used).
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then apt_install haproxy; fi
+/usr/sbin/haproxy -v 2>/dev/null | head -n1 || haproxy -v | head -n1
 
 log "browser tests: Chromium and playwright-core"
 # The console's browser test (tests/tests/console.rs) drives Debian's Chromium with

@@ -42,6 +42,18 @@ pub struct GatewayConfig {
     /// many real devices share. Connections from them still count against
     /// `max_connections`. Empty by default.
     pub per_ip_exempt: Vec<String>,
+    /// Both device listeners expect a PROXY protocol header (v1 or v2, HAProxy's
+    /// `send-proxy-v2`) at the start of every connection, naming the device's own address, which
+    /// then replaces the load balancer's for the per-IP limits, the logs and the records. Only
+    /// connections from `proxy_trusted` are accepted while this is on: an untrusted peer's
+    /// header is never believed, so any other connection is closed at accept. Off by default.
+    pub proxy_protocol: bool,
+    /// The load balancers' networks (CIDR or single addresses, as `per_ip_exempt`), required
+    /// when `proxy_protocol` is on.
+    pub proxy_trusted: Vec<String>,
+    /// How long a connection may take to send its whole PROXY header (then it is closed).
+    #[serde(with = "humantime_serde")]
+    pub proxy_header_timeout: Duration,
     /// How often the store is polled for revoked devices, whose live connections are then
     /// closed (`sentinella device revoke` runs in another process). Worst-case latency from
     /// the revocation to the close: this interval plus one store query.
@@ -97,6 +109,9 @@ impl Default for GatewayConfig {
             max_connections_per_ip: 256,
             max_new_connections_per_ip_per_sec: 50,
             per_ip_exempt: Vec::new(),
+            proxy_protocol: false,
+            proxy_trusted: Vec::new(),
+            proxy_header_timeout: Duration::from_secs(5),
             revocation_poll: Duration::from_secs(2),
             max_connections: None,
             api_descriptors: 1024,

@@ -64,9 +64,10 @@ use protocol::topic::{Channel, DeviceId, Topic, filter_within_device};
 
 use crate::broker::{BrokerHandle, Inbound};
 use crate::config::GatewayConfig;
+use crate::proxy::ProxyProtocol;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
-use crate::tls::{IpLimits, IpRefusal};
+use crate::tls::{IpLimits, IpRefusal, IpSlot};
 
 /// What every connection task needs.
 #[derive(Debug)]
@@ -85,6 +86,8 @@ pub(crate) struct EdgeContext {
     pub(crate) repeats: Arc<crate::repeats::Repeats>,
     /// Device connections both listeners may hold at once (`max_connections`).
     pub(crate) slots: Arc<Semaphore>,
+    /// The PROXY protocol on both listeners (`proxy_protocol`): who may send a header.
+    pub(crate) proxy: Option<Arc<ProxyProtocol>>,
 }
 
 /// Most distinct subscription filters one device connection may hold. A device needs two (its
@@ -274,22 +277,28 @@ pub(crate) async fn serve(
                 }
             },
         };
-        // Cheap checks only here: the TLS handshake and the CONNECT run in the task.
-        let ip_slot = match &transport {
-            Transport::Plain => None,
-            Transport::Tls { limits, .. } => match limits.admit(peer.ip()) {
-                Ok(slot) => Some(slot),
-                Err(why) => {
-                    let counter = match why {
-                        IpRefusal::Concurrency => &ctx.metrics.edge_ip_concurrency_refused_total,
-                        IpRefusal::Rate => &ctx.metrics.edge_ip_rate_refused_total,
-                    };
-                    Metrics::add(counter, 1);
-                    tracing::debug!(%peer, ?why, "edge per-IP limit reached, closing");
+        // Cheap checks only here: the PROXY header, the TLS handshake and the CONNECT run in
+        // the task.
+        if let Some(proxy) = &ctx.proxy
+            && !proxy.trusts(peer.ip())
+        {
+            Metrics::add(&ctx.metrics.edge_proxy_untrusted_refused_total, 1);
+            tracing::debug!(%peer, "connection from outside proxy_trusted while proxy_protocol is on, closing");
+            drop(stream);
+            continue;
+        }
+        // Behind a load balancer the per-IP limits wait for the device's own address (the
+        // header); otherwise the socket's peer is the device.
+        let ip_slot = if ctx.proxy.is_none() {
+            match admit_ip(&transport, peer, &ctx) {
+                Ok(slot) => slot,
+                Err(()) => {
                     drop(stream);
                     continue;
                 }
-            },
+            }
+        } else {
+            None
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             Metrics::add(&ctx.metrics.edge_refused_total, 1);
@@ -303,6 +312,28 @@ pub(crate) async fn serve(
         let transport = transport.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let mut stream = stream;
+            let mut peer = peer;
+            let mut ip_slot = ip_slot;
+            if let Some(proxy) = &ctx.proxy {
+                let balancer = peer;
+                let header = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    header = proxy.read(&mut stream, balancer) => header,
+                };
+                match header {
+                    Ok(client) => peer = client,
+                    Err(e) => {
+                        Metrics::add(&ctx.metrics.edge_proxy_header_failures_total, 1);
+                        tracing::info!(peer = %balancer, error = %e, "PROXY header refused, closing");
+                        return;
+                    }
+                }
+                match admit_ip(&transport, peer, &ctx) {
+                    Ok(slot) => ip_slot = slot,
+                    Err(()) => return,
+                }
+            }
             let _ip_slot = ip_slot;
             Metrics::add(&ctx.metrics.edge_connections_open, 1);
             let outcome = match transport {
@@ -340,6 +371,30 @@ pub(crate) async fn serve(
                 Err(e) => tracing::debug!(%peer, error = %e, "device connection ended"),
             }
         });
+    }
+}
+
+/// The per-source-IP admission of the TLS listener for the device at `peer` (none on the plain
+/// listener); `Err` when refused (counted and logged here).
+fn admit_ip(
+    transport: &Transport,
+    peer: SocketAddr,
+    ctx: &EdgeContext,
+) -> Result<Option<IpSlot>, ()> {
+    let Transport::Tls { limits, .. } = transport else {
+        return Ok(None);
+    };
+    match limits.admit(peer.ip()) {
+        Ok(slot) => Ok(Some(slot)),
+        Err(why) => {
+            let counter = match why {
+                IpRefusal::Concurrency => &ctx.metrics.edge_ip_concurrency_refused_total,
+                IpRefusal::Rate => &ctx.metrics.edge_ip_rate_refused_total,
+            };
+            Metrics::add(counter, 1);
+            tracing::debug!(%peer, ?why, "edge per-IP limit reached, closing");
+            Err(())
+        }
     }
 }
 

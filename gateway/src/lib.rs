@@ -25,6 +25,7 @@ pub mod tls;
 mod broker;
 mod edge;
 mod ingest;
+mod proxy;
 mod registry;
 mod repeats;
 
@@ -136,6 +137,27 @@ pub async fn start(
         .map(|net| tls::IpNet::parse(net))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| GatewayError::Config(format!("[gateway] per_ip_exempt: {e}")))?;
+    let proxy = if config.proxy_protocol {
+        let trusted = config
+            .proxy_trusted
+            .iter()
+            .map(|net| tls::IpNet::parse(net))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| GatewayError::Config(format!("[gateway] proxy_trusted: {e}")))?;
+        if trusted.is_empty() {
+            return Err(GatewayError::Config(
+                "[gateway] proxy_protocol = true needs proxy_trusted: the load balancers' \
+                 networks (a PROXY header from anyone else is never believed)"
+                    .into(),
+            ));
+        }
+        Some(Arc::new(proxy::ProxyProtocol {
+            trusted,
+            header_timeout: config.proxy_header_timeout,
+        }))
+    } else {
+        None
+    };
     let descriptor_budget =
         DescriptorBudget::of_process(config.api_descriptors, store.max_descriptors());
     let max_connections = descriptor_budget
@@ -231,6 +253,7 @@ pub async fn start(
         config.revocation_poll,
         cancel.clone(),
     ));
+    let ctx_proxy = proxy.is_some();
     let ctx = Arc::new(edge::EdgeContext {
         config,
         broker: broker.clone(),
@@ -241,6 +264,7 @@ pub async fn start(
         live,
         repeats,
         slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+        proxy,
     });
     let tls_addr = tls_listener.as_ref().map(|(_, addr, _)| *addr);
     if let Some((listener, _, transport)) = tls_listener {
@@ -259,7 +283,7 @@ pub async fn start(
         cancel.clone(),
         tracker.clone(),
     ));
-    tracing::info!(plain = %edge_addr, tls = ?tls_addr, "gateway listening for devices");
+    tracing::info!(plain = %edge_addr, tls = ?tls_addr, proxy_protocol = ctx_proxy, "gateway listening for devices");
     Ok(Gateway {
         edge_addr,
         tls_addr,

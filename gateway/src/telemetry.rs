@@ -59,6 +59,8 @@ metrics! {
     edge_tls_handshake_timeouts_total: "TLS connections closed for not completing the handshake in time.",
     edge_ip_concurrency_refused_total: "TLS connections refused at accept: too many open from the same source IP.",
     edge_ip_rate_refused_total: "TLS connections refused at accept: too many new ones per second from the same source IP.",
+    edge_proxy_untrusted_refused_total: "Connections closed at accept for coming from outside proxy_trusted while proxy_protocol is on.",
+    edge_proxy_header_failures_total: "Connections closed for a missing, malformed or slow PROXY protocol header.",
     edge_revoked_closed_total: "Live device connections closed because the device was revoked or its certificate superseded.",
     edge_max_connections: "Most device connections the edge holds at once (from the descriptor budget or the configuration).",
     process_open_files_limit: "The process's open-file (descriptor) limit the edge's budget was computed from.",

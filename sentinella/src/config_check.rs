@@ -178,6 +178,27 @@ fn gateway(config: &Config, p: &mut Problems) {
             p.add("gateway.per_ip_exempt", e);
         }
     }
+    for net in &g.proxy_trusted {
+        if let Err(e) = gateway::tls::IpNet::parse(net) {
+            p.add("gateway.proxy_trusted", e);
+        }
+    }
+    if g.proxy_protocol {
+        if g.proxy_trusted.is_empty() {
+            p.add(
+                "gateway.proxy_trusted",
+                "proxy_protocol = true needs the load balancers' networks here: a PROXY header \
+                 from anyone else is never believed",
+            );
+        }
+        p.nonzero_duration("gateway.proxy_header_timeout", g.proxy_header_timeout);
+    } else if !g.proxy_trusted.is_empty() {
+        p.add(
+            "gateway.proxy_trusted",
+            "set, but proxy_protocol is off: devices connecting through the load balancer \
+             would all share its address for the per-IP limits (set proxy_protocol = true)",
+        );
+    }
     for name in &g.tls_server_names {
         if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
             p.add(
@@ -623,6 +644,42 @@ mod tests {
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back.api.listen, config.api.listen);
         assert_eq!(back.database_url.as_deref(), Some("postgres://u:***@db/s"));
+    }
+
+    #[test]
+    fn proxy_protocol_keys() {
+        let problems = |toml_text: &str| {
+            let config: Config = toml::from_str(toml_text).unwrap();
+            check_values(&config)
+                .into_iter()
+                .filter(|p| p.key.starts_with("gateway.proxy"))
+                .map(|p| p.key)
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            problems(
+                "[gateway]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.0/24\", \"::1\"]\n"
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            problems("[gateway]\nproxy_protocol = true\n"),
+            ["gateway.proxy_trusted"]
+        );
+        assert_eq!(
+            problems("[gateway]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.0/33\"]\n"),
+            ["gateway.proxy_trusted"]
+        );
+        assert_eq!(
+            problems("[gateway]\nproxy_trusted = [\"10.0.0.1\"]\n"),
+            ["gateway.proxy_trusted"]
+        );
+        assert_eq!(
+            problems(
+                "[gateway]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.1\"]\nproxy_header_timeout = \"0s\"\n"
+            ),
+            ["gateway.proxy_header_timeout"]
+        );
     }
 
     #[test]
