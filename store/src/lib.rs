@@ -71,6 +71,7 @@ mod error;
 mod fhir;
 pub mod handoff;
 mod identity;
+mod pg_hosts;
 mod quarantine;
 mod readings;
 mod registry;
