@@ -27,7 +27,14 @@ use store::DeviceKind;
 use store::testing::TestDb;
 use tokio_util::sync::CancellationToken;
 
-const DEVICES: usize = 12;
+/// Devices publishing (every 20 ms each); `SENTINELLA_FAILOVER_DEVICES` raises it
+/// (scripts/failover.sh).
+fn devices() -> usize {
+    std::env::var("SENTINELLA_FAILOVER_DEVICES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12)
+}
 
 /// `pg_ctl`, `initdb`… as the `postgres` user when we are root (initdb refuses root).
 fn pg_command(bin: &str) -> Command {
@@ -229,7 +236,7 @@ async fn promoting_the_synchronous_standby_loses_no_acked_reading() -> anyhow::R
 
     let cancel = CancellationToken::new();
     let mut devices = Vec::new();
-    for _ in 0..DEVICES / 2 {
+    for _ in 0..devices().div_ceil(2) {
         let patient = stack.patient(&["copd"]).await?;
         for kind in [DeviceKind::Spo2, DeviceKind::BloodPressure] {
             let creds = stack.device(patient.id, kind).await?;
