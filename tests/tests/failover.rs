@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Devices publishing (every 20 ms each); `SENTINELLA_FAILOVER_DEVICES` raises it
 /// (scripts/failover.sh).
-fn devices() -> usize {
+fn device_count() -> usize {
     std::env::var("SENTINELLA_FAILOVER_DEVICES")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -163,7 +163,12 @@ fn make_clusters(root: &Path) -> anyhow::Result<(Cluster, Cluster)> {
     run(c)?;
     append(
         &standby.data.join("postgresql.auto.conf"),
-        &format!("\nport = {}\ncluster_name = 'standby1'\n", standby.port),
+        // Promoted, it has no standby of its own: it must not wait for one (in production a
+        // second standby, or Patroni, takes that role).
+        &format!(
+            "\nport = {}\ncluster_name = 'standby1'\nsynchronous_standby_names = ''\n",
+            standby.port
+        ),
     )?;
     standby.start()?;
     Ok((primary, standby))
@@ -236,7 +241,7 @@ async fn promoting_the_synchronous_standby_loses_no_acked_reading() -> anyhow::R
 
     let cancel = CancellationToken::new();
     let mut devices = Vec::new();
-    for _ in 0..devices().div_ceil(2) {
+    for _ in 0..device_count().div_ceil(2) {
         let patient = stack.patient(&["copd"]).await?;
         for kind in [DeviceKind::Spo2, DeviceKind::BloodPressure] {
             let creds = stack.device(patient.id, kind).await?;
