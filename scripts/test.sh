@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of Sentinella, bringing up what they need on this machine:
-#   - PostgreSQL on 127.0.0.1:5432 (started, or installed from Debian's packages, if absent);
+#   - PostgreSQL on 127.0.0.1:5432 (started, or installed from Debian's packages, if absent),
+#     and its server programs for the failover test's own clusters (SENTINELLA_PG_BIN);
 #   - mosquitto-clients (mosquitto_pub/mosquitto_sub), the independent MQTT peer of the
 #     interoperability tests;
 #   - haproxy (Debian), the load balancer of the multi-node tests;
@@ -34,6 +35,12 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
 fi
 pg_isready -h 127.0.0.1 -p 5432
 export SENTINELLA_TEST_PG="${SENTINELLA_TEST_PG:-postgres://postgres@127.0.0.1:5432/postgres}"
+# The failover test (tests/tests/failover.rs) makes two clusters of its own with these
+# (initdb, pg_ctl, pg_basebackup, psql; as the postgres user when run as root).
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+export SENTINELLA_PG_BIN="${SENTINELLA_PG_BIN:-$pg_bin}"
+for tool in initdb pg_ctl pg_basebackup psql; do test -x "$SENTINELLA_PG_BIN/$tool"; done
+if [ "$(id -u)" -eq 0 ]; then command -v runuser >/dev/null && id postgres >/dev/null; fi
 
 log "mosquitto clients"
 if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto_sub >/dev/null; then

@@ -503,8 +503,13 @@ async fn check_store(config: &Config) -> Vec<Problem> {
             let _ = usable_dir(&mut p, "database_url", parent);
         }
     } else {
-        // PostgreSQL: a pool of 16 connections, one socket each.
-        store_descriptors = 16;
+        // PostgreSQL: a pool of 16 connections, one socket each; with several hosts
+        // (`h1:p1,h2:p2`) or `target_session_attrs`, one more for the store's watcher.
+        store_descriptors = if url.contains(',') || url.contains("target_session_attrs") {
+            17
+        } else {
+            16
+        };
         match tokio::time::timeout(DATABASE_TIMEOUT, store::Store::connect(&url)).await {
             Ok(Ok(store)) => store.close().await,
             Ok(Err(e)) => p.add("database_url", format!("cannot reach {shown}: {e}")),
@@ -628,6 +633,10 @@ mod tests {
                 "postgres://db/s?user=u&password=***&sslmode=require",
             ),
             ("sqlite:data/x.sqlite", "sqlite:data/x.sqlite"),
+            (
+                "postgres://u:secret@db1:5432,db2:5433/s?target_session_attrs=read-write",
+                "postgres://u:***@db1:5432,db2:5433/s?target_session_attrs=read-write",
+            ),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
         }

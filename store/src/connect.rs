@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgConnection, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
-use crate::{Db, Result, Store, StoreError};
+use crate::{Db, Result, Store, StoreError, pg_hosts};
 
 const PG_MAX_CONNECTIONS: u32 = 16;
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
@@ -31,19 +31,28 @@ impl Store {
     ///   8 connections. In-memory databases are refused: each pooled connection would see a
     ///   different one (use `store::testing::TestDb::sqlite`, feature `testing`, for a throwaway file).
     ///
+    /// - `postgres://user:pw@h1:p1,h2:p2/db?target_session_attrs=read-write`: libpq's
+    ///   multi-host form. The hosts are tried in order and the pool writes to the first that
+    ///   is up (with `read-write` or `primary`: that is not a standby); a watcher moves the
+    ///   pool to another host when that one fails or turns read-only (a standby promoted
+    ///   after a primary failure). See `pg_hosts`.
+    ///
     /// One connection is opened right away, so an unreachable database fails here, with an
     /// error for which [`StoreError::is_transient`] is true.
     pub async fn connect(url: &str) -> Result<Store> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)
+            let list = pg_hosts::parse(url)
                 .map_err(|e| StoreError::InvalidUrl(format!("{}: {e}", scheme(url))))?;
-            let search_path = options.get_options().and_then(search_path_option);
-            let pool = PgPoolOptions::new()
-                .max_connections(PG_MAX_CONNECTIONS)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options)
-                .await?;
-            Ok(Store::from_pg(pool, search_path))
+            let search_path = list.hosts[0].get_options().and_then(search_path_option);
+            if list.is_plain() {
+                let pool = PgPoolOptions::new()
+                    .max_connections(PG_MAX_CONNECTIONS)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(list.hosts[0].clone())
+                    .await?;
+                return Ok(Store::from_pg(pool, search_path));
+            }
+            connect_pg_hosts(list, search_path).await
         } else if url.starts_with("sqlite:") {
             connect_sqlite(url).await
         } else {
@@ -59,7 +68,9 @@ impl Store {
     /// gateway counts them in the process's descriptor budget.
     pub fn max_descriptors(&self) -> usize {
         match &self.db {
-            Db::Postgres(pg) => pg.pool.options().get_max_connections() as usize,
+            Db::Postgres(pg) => {
+                pg.pool.options().get_max_connections() as usize + usize::from(pg.watcher.is_some())
+            }
             Db::Sqlite(pool) => 3 * pool.options().get_max_connections() as usize,
         }
     }
@@ -71,11 +82,44 @@ impl Store {
             db: Db::Postgres(Pg {
                 pool,
                 search_path: search_path.map(Arc::from),
+                watcher: None,
             }),
             alert_feed: Arc::new(tokio::sync::watch::Sender::new(0)),
             node: Arc::from(""),
         }
     }
+}
+
+/// A pool on the first suitable host of `list`, with the watcher that moves it (see
+/// `pg_hosts`).
+async fn connect_pg_hosts(list: pg_hosts::HostList, search_path: Option<String>) -> Result<Store> {
+    let (current, own) = pg_hosts::find(&list).await?;
+    let moved = Arc::new(pg_hosts::Moved::default());
+    let read_write = list.read_write;
+    let before = moved.clone();
+    let pool = PgPoolOptions::new()
+        .max_connections(PG_MAX_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if read_write {
+                    pg_hosts::check_writable(conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .before_acquire(move |_, meta| {
+            let stale = before.predates(meta.age);
+            Box::pin(async move { Ok(!stale) })
+        })
+        .connect_with(list.hosts[current].clone())
+        .await?;
+    let watcher = pg_hosts::spawn_watcher(pool.clone(), list, current, own, moved);
+    let mut store = Store::from_pg(pool, search_path);
+    if let Db::Postgres(pg) = &mut store.db {
+        pg.watcher = Some(Arc::new(watcher));
+    }
+    Ok(store)
 }
 
 async fn connect_sqlite(url: &str) -> Result<Store> {
@@ -199,6 +243,8 @@ pub(crate) fn search_path_option(options: &str) -> Option<String> {
 pub(crate) struct Pg {
     pub(crate) pool: PgPool,
     pub(crate) search_path: Option<Arc<str>>,
+    /// Multi-host URLs: the task that moves the pool to the read-write server.
+    watcher: Option<Arc<crate::pg_hosts::Watcher>>,
 }
 
 impl Pg {

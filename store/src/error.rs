@@ -132,6 +132,8 @@ fn pg_code_is_transient(code: &str) -> bool {
             | "53200" // out_of_memory
             | "40001" // serialization_failure
             | "40P01" // deadlock_detected
+            | "25006" // read_only_sql_transaction: a standby, or a primary being demoted; the
+                      // store moves to the new primary (multi-host URL) and the retry succeeds
         )
 }
 

@@ -72,6 +72,7 @@ mod fhir;
 pub mod handoff;
 mod identity;
 pub mod leases;
+mod pg_hosts;
 mod quarantine;
 mod readings;
 mod registry;

@@ -97,6 +97,20 @@ impl TestDb {
         }
     }
 
+    /// The database at `url`, which the caller made (e.g. on PostgreSQL clusters of its
+    /// own), migrated. Panics if it is unreachable.
+    pub async fn at(url: &str) -> TestDb {
+        let store = Store::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", describe(url)));
+        migrate(&store, "the given database").await;
+        TestDb {
+            store,
+            url: url.to_owned(),
+            _dir: None,
+        }
+    }
+
     /// A fresh schema on the TimescaleDB named by `TSDB_DATABASE_URL`, migrated (readings
     /// is a hypertable). Panics if the variable is unset or the server unreachable.
     pub async fn timescale() -> TestDb {
