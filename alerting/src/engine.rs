@@ -414,7 +414,10 @@ impl Engine {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Shared leases (PostgreSQL): a lease round and a look for other nodes' batches.
         let shared = self.leases.as_ref().is_some_and(store::Leases::shared);
-        let mut rounds = tokio::time::interval_at(start, partitions::LEASE_ROUND);
+        let mut rounds = tokio::time::interval_at(
+            tokio::time::Instant::now() + partitions::LEASE_ROUND,
+            partitions::LEASE_ROUND,
+        );
         rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut polls = tokio::time::interval(partitions::OUTBOX_POLL);
         polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
