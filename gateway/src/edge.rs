@@ -491,7 +491,7 @@ where
     let _ = ctx
         .broker
         .outbound
-        .send(ctx.repeats.config_message(device))
+        .send(ctx.repeats.config_message(device).await)
         .await;
 
     // The device's own in-process link to the router, a clean session whatever the device

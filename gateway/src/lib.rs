@@ -201,13 +201,22 @@ pub async fn start(
         max_delay: config.batch_max_delay,
     };
     tracker.spawn(batcher.run(inbound_rx, batch_tx, cancel.clone()));
-    let repeats = Arc::new(repeats::Repeats::default());
+    // Repeat requests go through the store, which wakes the node holding the device (this one
+    // or another on the same database); the device's live connections say which.
+    let live = Arc::new(edge::LiveConnections::default());
+    let repeats = Arc::new(repeats::Repeats::new(store.clone()));
     let (repeat_tx, repeat_rx) = mpsc::unbounded_channel();
-    tracker.spawn(
-        repeats
-            .clone()
-            .run(repeat_rx, broker.outbound.clone(), cancel.clone()),
-    );
+    let is_live: repeats::IsLive = {
+        let live = live.clone();
+        Arc::new(move |device: &str| live.has(device))
+    };
+    tracker.spawn(repeats.clone().run(
+        repeat_rx,
+        store.device_wakeups(),
+        is_live,
+        broker.outbound.clone(),
+        cancel.clone(),
+    ));
     let writer = ingest::writer::Writer {
         store: store.clone(),
         outbound: broker.outbound.clone(),
@@ -244,7 +253,6 @@ pub async fn start(
         }
         None => None,
     };
-    let live = Arc::new(edge::LiveConnections::default());
     tracker.spawn(revocations(
         store.clone(),
         registry.clone(),

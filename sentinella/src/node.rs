@@ -123,7 +123,9 @@ impl Node {
         let tasks = TaskTracker::new();
         // Outbox entries name the node that committed them (its engine evaluates them from
         // memory, the others from the store).
-        let node_id = config.cluster.node_id();
+        // The name is made unique per running node (two nodes configured with one name, or
+        // several in one test process, must not take each other's batches for their own).
+        let node_id = instance_name(&config.cluster.node_id());
         let store = store.with_node(&node_id);
         // The gateway sizes the edge's connection limit from the process's descriptors,
         // leaving the API's share: its own cap.
@@ -220,6 +222,16 @@ impl Node {
         self.tasks.wait().await;
         api.context("API server")
     }
+}
+
+/// `name` made unique to this running node: the process id, its start time and a counter.
+fn instance_name(name: &str) -> String {
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{name}/{}-{at}-{n}", std::process::id())
 }
 
 /// The API's listener and state: its TLS, identity settings, and the gateway's readiness and

@@ -925,23 +925,17 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// Changes whenever this process writes an alert event (the value is the newest id it
-    /// wrote): the live stream waits on it, and polls as well for other processes' events.
+    /// Changes whenever an alert event is written, by this process or (on PostgreSQL) by any
+    /// node on the same database (see `store::cluster`); the value is the newest id announced.
+    /// The live stream waits on it, and polls as well, since a wake-up from another node can
+    /// be lost (e.g. while the listener reconnects).
     pub fn alert_feed(&self) -> watch::Receiver<i64> {
+        self.listen();
         self.alert_feed.subscribe()
     }
 
     pub(crate) fn announce(&self, event_id: i64) {
-        if event_id > 0 {
-            self.alert_feed.send_if_modified(|last| {
-                if event_id > *last {
-                    *last = event_id;
-                    true
-                } else {
-                    false
-                }
-            });
-        }
+        announce_to(&self.alert_feed, event_id);
     }
 
     /// Batches committed with `outbox: true` that the engine has not marked done.
@@ -1285,4 +1279,18 @@ fn event_from_row(r: &AnyRow) -> Result<AlertEvent> {
             .ok_or_else(|| StoreError::decode(format!("event severity {severity:?}")))?,
         detail: r.text_opt("detail")?,
     })
+}
+
+/// Raises the alert feed to `event_id` (waking its subscribers) if it is newer.
+pub(crate) fn announce_to(feed: &watch::Sender<i64>, event_id: i64) {
+    if event_id > 0 {
+        feed.send_if_modified(|last| {
+            if event_id > *last {
+                *last = event_id;
+                true
+            } else {
+                false
+            }
+        });
+    }
 }

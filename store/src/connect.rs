@@ -79,6 +79,7 @@ impl Store {
     /// transaction that sets it locally first.
     pub(crate) fn from_pg(pool: PgPool, search_path: Option<String>) -> Store {
         Store {
+            signals: Default::default(),
             db: Db::Postgres(Pg {
                 pool,
                 search_path: search_path.map(Arc::from),
@@ -149,6 +150,7 @@ async fn connect_sqlite(url: &str) -> Result<Store> {
         .connect_with(options)
         .await?;
     Ok(Store {
+        signals: Default::default(),
         db: Db::Sqlite(pool),
         alert_feed: Arc::new(tokio::sync::watch::Sender::new(0)),
         node: Arc::from(""),

@@ -26,6 +26,11 @@
 //! - `contacts`: patients' contacts and context; interventions recorded on alerts (calls,
 //!   advice, GP informed, …), which re-queue an alert when a call does not reach the patient.
 //! - `quarantine`, `audit`: rejected device input; who did what (append-only).
+//! - `cluster`: wake-ups between nodes on one PostgreSQL database (`LISTEN`/`NOTIFY`): new
+//!   alert events ([`Store::alert_feed`]) and devices with a new repeat request
+//!   ([`Store::device_wakeups`]).
+//! - `throttle`: failed-login counts ([`Store::admit_login`]), so every node throttles alike.
+//! - `repeats`: repeat requests waiting for their device ([`Store::put_repeat_request`]).
 //! - `fhir`: what the FHIR export reads beyond the API (a reading by its key).
 //! - `sql`: one statement text for both backends (bound values, rows of either backend,
 //!   transactions), and the few fragments that differ ([`Store::backend`]).
@@ -64,6 +69,7 @@
 mod alerts;
 mod audit;
 mod careplans;
+mod cluster;
 mod connect;
 mod contacts;
 pub mod credentials;
@@ -76,11 +82,13 @@ mod pg_hosts;
 mod quarantine;
 mod readings;
 mod registry;
+mod repeats;
 mod rows;
 mod schema;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod throttle;
 
 pub use alerts::{
     Alert, AlertEvent, AlertQuery, AlertReading, Confirmation, OutboxEntry, Severity, Trigger,
@@ -88,6 +96,7 @@ pub use alerts::{
 };
 pub use audit::{AuditEntry, AuditQuery, NewAudit};
 pub use careplans::{CarePlanRow, NewCarePlan};
+pub use cluster::DeviceWakeup;
 pub use contacts::{
     CallResult, Intervention, InterventionKind, NewContacts, NewIntervention, PatientContacts,
     Phone,
@@ -105,7 +114,9 @@ pub use registry::{
     ApiToken, Cot, Device, DeviceAuth, DeviceKind, NewApiToken, NewDevice, NewPatient, Patient,
     TokenKind,
 };
+pub use repeats::{PendingRepeat, REPEAT_FRESH_AFTER_DUE};
 pub use schema::ReadingsLayout;
+pub use throttle::{LoginAttempt, LoginLimits, LoginRefusal};
 
 use connect::Pg;
 use sqlx::SqlitePool;
@@ -118,6 +129,8 @@ pub struct Store {
     alert_feed: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
     /// The node this store works for (see [`Store::with_node`]); empty by default.
     node: std::sync::Arc<str>,
+    /// Wake-ups shared with the other nodes on the same PostgreSQL database (`cluster`).
+    signals: std::sync::Arc<cluster::Signals>,
 }
 
 impl Store {

@@ -143,6 +143,21 @@ impl TestDb {
         }
     }
 
+    /// Another store on the same database, with its own pool and its own wake-ups, as a
+    /// second node (or process) would open it: for tests of what nodes share through the
+    /// database. Keep `self` alive as long (it owns SQLite's folder).
+    pub async fn another_node(&self) -> TestDb {
+        // On TimescaleDB the URL carries the schema, which Store::connect scopes to.
+        let store = Store::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open a second store on {}: {e}", self.url));
+        TestDb {
+            store,
+            url: self.url.clone(),
+            _dir: None,
+        }
+    }
+
     /// A URL another pool or process can open with [`Store::connect`] to reach the same
     /// data. For SQLite it names the file, for PostgreSQL the test database. For TimescaleDB
     /// it carries the schema as `?options=-c search_path=<schema>`: `Store::connect` turns

@@ -198,6 +198,12 @@ impl Stack {
         })
     }
 
+    /// Starts a second node on this stack's database, with its own store (pool, listener),
+    /// edge, API, alert engine, COT and token, as another `sentinella run` of a cluster.
+    pub async fn start_peer(&self, launch: Launch<'_>) -> anyhow::Result<Stack> {
+        Stack::start_on(self.db.another_node().await, launch).await
+    }
+
     /// The store.
     pub fn store(&self) -> &store::Store {
         &self.db.store

@@ -17,11 +17,14 @@
 //! only what comes after.
 //!
 //! **Ordering.** Events are sent in increasing id order, each once. The store makes event
-//! ids visible in increasing order (event writes are serialised), so "every event with an id
-//! above the last one sent" never skips one that commits later. The stream reads from the
-//! store only: it wakes when this process writes an event ([`store::Store::alert_feed`]) and
-//! at least every second (events written by another process, e.g. a gateway running apart),
-//! reads the events after the last one sent in pages of [`PAGE`], and sends them.
+//! ids visible in increasing order (event writes are serialised, across nodes too: a
+//! database lock), so "every event with an id above the last one sent" never skips one that
+//! commits later. The stream reads from the store only: it wakes when an event is written by
+//! this process or, on PostgreSQL, by any node on the same database
+//! ([`store::Store::alert_feed`], fed by `NOTIFY`), and at least every second (a lost
+//! notification, e.g. while the store's listener reconnects), reads the events after the
+//! last one sent in pages of [`PAGE`], and sends them. Event ids come from the store, so a
+//! client may resume on any node with the last id it got.
 //!
 //! **Failures.** A store error does not end the stream: it is logged, nothing is sent, and
 //! the read is retried at the next tick. A comment (`:`) is sent every 15 s when idle, so
@@ -49,7 +52,7 @@ use super::error::{ApiError, rejection};
 
 /// Events read from the store at a time.
 pub(crate) const PAGE: i64 = 500;
-/// How often the store is read when nothing in this process announced an event.
+/// How often the store is read when no event was announced.
 pub(crate) const POLL: Duration = Duration::from_secs(1);
 /// How often an idle stream sends a keep-alive comment.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -167,7 +170,7 @@ impl Cursor {
         }
     }
 
-    /// Until this process announces an event or the next poll tick.
+    /// Until an event is announced (by any node) or the next poll tick.
     async fn wait(&mut self) {
         match &mut self.feed {
             Some(feed) => {

@@ -12,10 +12,9 @@
 //!   identity-provider JWT is refused from then until it expires) → 204.
 //! - `GET /api/v1/auth/me` → the caller with their role and COTs.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
@@ -241,58 +240,31 @@ impl Hasher {
     }
 }
 
-/// Failed logins in a sliding window, per (username, client address) and per client
-/// address. In memory: a restart forgets, which an attacker cannot trigger from the login
-/// form.
+/// Failed-login throttling: at most `per_user_source` failed attempts per (username, client
+/// address) and `per_source` per client address within `window` (429 with `Retry-After`
+/// beyond). The counts live in the store (`store::Store::admit_login`), so every node of a
+/// cluster on one database counts the same attempts: failures on one node throttle logins on
+/// the others, and a restart forgets nothing.
 ///
 /// An attempt is counted when it is admitted, before its password is hashed, so parallel
-/// guesses cannot all pass the check before the first one is counted; a successful login
-/// takes its own attempt back. There is no lockout per username alone: failures from one
-/// address never stop the user logging in from another (a stranger cannot lock anyone out),
-/// and behind a trusted proxy the address is the client's (see
-/// [`super::auth::client_address`]).
+/// guesses cannot all pass the check before the first one is counted (the store counts the
+/// attempts of one key one after the other, across nodes); a successful login takes its own
+/// attempt back. There is no lockout per username alone: failures from one address never
+/// stop the user logging in from another (a stranger cannot lock anyone out), and behind a
+/// trusted proxy the address is the client's (see [`super::auth::client_address`]).
 #[derive(Debug)]
 pub struct LoginLimiter {
-    window: Duration,
-    per_user_source: usize,
-    per_source: usize,
-    state: Mutex<Counts>,
+    limits: store::LoginLimits,
     refused: AtomicU64,
 }
 
-#[derive(Debug, Default)]
-struct Counts {
-    /// Attempt times (admitted, not taken back) per key.
-    attempts: HashMap<String, VecDeque<Instant>>,
-    /// Refusals per (username, address) in the current audit window.
-    refusals: HashMap<String, Refusals>,
-}
-
-#[derive(Debug)]
-struct Refusals {
-    since: Instant,
-    count: u64,
-}
-
 /// An admitted login attempt, counted already; [`LoginLimiter::succeeded`] takes it back.
-#[derive(Debug)]
-pub struct Attempt {
-    pair: String,
-    source: Option<String>,
-    at: Instant,
-}
+pub type Attempt = store::LoginAttempt;
 
-/// A refused login attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Throttled {
-    /// Seconds until an attempt from this (username, address) may be admitted again.
-    pub retry_after: u64,
-    /// Whether this refusal opens a new audit window for its (username, address): write one
-    /// audit row for it; refusals that follow in the window are only counted.
-    pub audit: bool,
-    /// When `audit`: refusals of the previous window that had no row of their own.
-    pub unlogged_before: u64,
-}
+/// A refused login attempt: `retry_after` seconds; `audit` when it opens a new audit window
+/// for its (username, address), with `unlogged_before` refusals of the previous window that
+/// had no audit row of their own.
+pub type Throttled = store::LoginRefusal;
 
 impl Default for LoginLimiter {
     /// 5 failures per (username, address) and 20 per address in 15 minutes.
@@ -306,15 +278,16 @@ impl LoginLimiter {
     /// per address within `window`.
     pub fn new(window: Duration, per_user_source: usize, per_source: usize) -> Self {
         LoginLimiter {
-            window,
-            per_user_source: per_user_source.max(1),
-            per_source: per_source.max(1),
-            state: Mutex::new(Counts::default()),
+            limits: store::LoginLimits {
+                window: time::Duration::try_from(window).unwrap_or(time::Duration::MAX),
+                per_pair: per_user_source.max(1) as u64,
+                per_source: per_source.max(1) as u64,
+            },
             refused: AtomicU64::new(0),
         }
     }
 
-    /// How many attempts were refused since start.
+    /// How many attempts this process refused since start.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
@@ -325,99 +298,34 @@ impl LoginLimiter {
         format!("{}\n{}", username.to_lowercase(), source.unwrap_or("?"))
     }
 
-    /// Admits and counts an attempt, or refuses it when its (username, address) or its
-    /// address is over the limit.
-    pub fn admit(&self, username: &str, source: Option<&str>) -> Result<Attempt, Throttled> {
-        let now = Instant::now();
+    /// Admits and counts an attempt (`Ok(Ok(_))`), or refuses it (`Ok(Err(_))`) when its
+    /// (username, address) or its address is over the limit.
+    pub async fn admit(
+        &self,
+        store: &store::Store,
+        username: &str,
+        source: Option<&str>,
+    ) -> Result<Result<Attempt, Throttled>, ApiError> {
         let pair = Self::pair_key(username, source);
         let source_key = source.map(|s| format!("ip:{s}"));
-        let Ok(mut counts) = self.state.lock() else {
-            return Err(Throttled {
-                retry_after: self.window.as_secs().max(1),
-                audit: false,
-                unlogged_before: 0,
-            });
-        };
-        if counts.attempts.len() > 100_000 || counts.refusals.len() > 100_000 {
-            let window = self.window;
-            counts
-                .attempts
-                .retain(|_, q| q.back().is_some_and(|t| now - *t < window));
-            counts.refusals.retain(|_, r| now - r.since < window);
-        }
-        let mut wait = None;
-        let keys = [
-            (Some(&pair), self.per_user_source),
-            (source_key.as_ref(), self.per_source),
-        ];
-        for (key, limit) in keys {
-            let Some(q) = key.and_then(|k| counts.attempts.get_mut(k)) else {
-                continue;
-            };
-            while q.front().is_some_and(|t| now - *t >= self.window) {
-                q.pop_front();
-            }
-            if q.len() >= limit
-                && let Some(oldest) = q.front()
-            {
-                let secs = self.window.saturating_sub(now - *oldest).as_secs().max(1);
-                wait = Some(wait.map_or(secs, |w: u64| w.max(secs)));
-            }
-        }
-        if let Some(retry_after) = wait {
+        let admitted = store
+            .admit_login(
+                &pair,
+                source_key.as_deref(),
+                self.limits,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+        if admitted.is_err() {
             self.refused.fetch_add(1, Ordering::Relaxed);
-            let window = self.window;
-            let r = counts.refusals.entry(pair).or_insert(Refusals {
-                since: now,
-                count: 0,
-            });
-            let (audit, unlogged_before) = if r.count == 0 || now - r.since >= window {
-                let before = r.count.saturating_sub(1);
-                *r = Refusals {
-                    since: now,
-                    count: 1,
-                };
-                (true, before)
-            } else {
-                r.count += 1;
-                (false, 0)
-            };
-            return Err(Throttled {
-                retry_after,
-                audit,
-                unlogged_before,
-            });
         }
-        counts
-            .attempts
-            .entry(pair.clone())
-            .or_default()
-            .push_back(now);
-        if let Some(k) = &source_key {
-            counts.attempts.entry(k.clone()).or_default().push_back(now);
-        }
-        Ok(Attempt {
-            pair,
-            source: source_key,
-            at: now,
-        })
+        Ok(admitted)
     }
 
     /// A successful login: clears its (username, address) failures and takes its own
     /// attempt back from the address's count (the address's other failures stay).
-    pub fn succeeded(&self, attempt: Attempt) {
-        let Ok(mut counts) = self.state.lock() else {
-            return;
-        };
-        counts.attempts.remove(&attempt.pair);
-        if let Some(q) = attempt
-            .source
-            .as_ref()
-            .and_then(|k| counts.attempts.get_mut(k))
-            && let Some(i) = q.iter().position(|t| *t == attempt.at)
-        {
-            q.remove(i);
-        }
+    pub async fn succeeded(&self, store: &store::Store, attempt: Attempt) -> Result<(), ApiError> {
+        Ok(store.login_succeeded(&attempt).await?)
     }
 }
 
@@ -504,7 +412,10 @@ async fn login(
         ..store::NewAudit::default()
     };
     // Counted before any work: parallel guesses cannot all pass the check first.
-    let attempt = match limiter.admit(&body.username, source.as_deref()) {
+    let attempt = match limiter
+        .admit(&state.store, &body.username, source.as_deref())
+        .await?
+    {
         Ok(attempt) => attempt,
         Err(throttled) => {
             if throttled.audit {
@@ -563,7 +474,7 @@ async fn login(
             return Err(ApiError::InvalidCredentials);
         }
     };
-    limiter.succeeded(attempt);
+    limiter.succeeded(&state.store, attempt).await?;
     let (token, token_hash) = new_token();
     let expires_at = OffsetDateTime::now_utc() + state.auth.session_ttl;
     state
@@ -633,34 +544,49 @@ mod tests {
         assert!(hash_password("short").is_err());
     }
 
-    #[test]
-    fn limiter_counts_per_user_and_address_and_per_address() {
-        let l = LoginLimiter::new(Duration::from_secs(60), 3, 5);
+    #[tokio::test]
+    async fn limiter_counts_per_user_and_address_and_per_address() {
+        let db = store::testing::TestDb::sqlite().await;
+        let st = &db.store;
+        let l = &LoginLimiter::new(Duration::from_secs(60), 3, 5);
+        let admit = |user: &'static str, ip: &'static str| async move {
+            l.admit(st, user, Some(ip)).await.expect("store")
+        };
         for _ in 0..3 {
-            assert!(l.admit("Anna", Some("10.0.0.1")).is_ok());
+            assert!(admit("Anna", "10.0.0.1").await.is_ok());
         }
-        let refused = l.admit("ANNA", Some("10.0.0.1")).unwrap_err();
+        let refused = admit("ANNA", "10.0.0.1").await.unwrap_err();
         assert!((1..=60).contains(&refused.retry_after));
         assert!(refused.audit, "the first refusal of a window is audited");
-        assert!(!l.admit("anna", Some("10.0.0.1")).unwrap_err().audit);
+        assert!(!admit("anna", "10.0.0.1").await.unwrap_err().audit);
         // Anna from elsewhere is not locked out.
-        let ok = l.admit("anna", Some("10.0.0.9")).unwrap();
-        l.succeeded(ok);
+        let ok = admit("anna", "10.0.0.9").await.unwrap();
+        l.succeeded(st, ok).await.unwrap();
         // Another user from the same address: two more failures block the address too.
-        assert!(l.admit("bruno", Some("10.0.0.1")).is_ok());
-        assert!(l.admit("bruno", Some("10.0.0.1")).is_ok());
-        assert!(l.admit("carla", Some("10.0.0.1")).is_err());
-        assert!(l.admit("carla", Some("10.0.0.2")).is_ok());
+        assert!(admit("bruno", "10.0.0.1").await.is_ok());
+        assert!(admit("bruno", "10.0.0.1").await.is_ok());
+        assert!(admit("carla", "10.0.0.1").await.is_err());
+        assert!(admit("carla", "10.0.0.2").await.is_ok());
         assert_eq!(l.refused(), 3);
     }
 
-    #[test]
-    fn a_successful_login_takes_its_attempt_back() {
+    #[tokio::test]
+    async fn a_successful_login_takes_its_attempt_back() {
+        let db = store::testing::TestDb::sqlite().await;
         let l = LoginLimiter::new(Duration::from_secs(60), 2, 2);
         for _ in 0..10 {
-            let a = l.admit("anna", Some("10.0.0.1")).unwrap();
-            l.succeeded(a);
+            let a = l
+                .admit(&db.store, "anna", Some("10.0.0.1"))
+                .await
+                .unwrap()
+                .unwrap();
+            l.succeeded(&db.store, a).await.unwrap();
         }
-        assert!(l.admit("bruno", Some("10.0.0.1")).is_ok());
+        assert!(
+            l.admit(&db.store, "bruno", Some("10.0.0.1"))
+                .await
+                .unwrap()
+                .is_ok()
+        );
     }
 }
