@@ -141,7 +141,8 @@ impl RouterHandle {
         }
         let mut wait = Duration::from_micros(200);
         while (self.busy)() {
-            tokio::time::sleep(wait).await;
+            // Boxed: a rare wait, kept out of every connection's task.
+            Box::pin(tokio::time::sleep(wait)).await;
             wait = (wait * 2).min(Duration::from_millis(20));
         }
         // Room was there a moment ago: at worst this blocks briefly on a race.

@@ -319,7 +319,7 @@ pub(crate) async fn serve(
                 let balancer = peer;
                 let header = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    header = proxy.read(&mut stream, balancer) => header,
+                    header = Box::pin(proxy.read(&mut stream, balancer)) => header,
                 };
                 match header {
                     Ok(client) => peer = client,
@@ -407,7 +407,10 @@ async fn tls_connection(
     ctx: &EdgeContext,
     cancel: &CancellationToken,
 ) -> Result<(), EdgeError> {
-    let handshake = tokio::time::timeout(ctx.config.tls_handshake_timeout, acceptor.accept(stream));
+    let handshake = Box::pin(tokio::time::timeout(
+        ctx.config.tls_handshake_timeout,
+        acceptor.accept(stream),
+    ));
     let tls = tokio::select! {
         _ = cancel.cancelled() => return Err(EdgeError::ShuttingDown),
         done = handshake => done
@@ -422,7 +425,10 @@ async fn tls_connection(
     let device_id =
         pki::device_id_from_cert(leaf).map_err(|e| EdgeError::Handshake(e.to_string()))?;
     let identity = Identity::Certificate { device_id, sha256 };
-    connection(tls, peer, identity, ctx, cancel).await
+    // Boxed, like everything only the opening of a connection needs: a task's size is fixed
+    // at spawn by its largest state, and an idle connection should pay only for its steady
+    // state (see `open`).
+    connection(Box::new(tls), peer, identity, ctx, cancel).await
 }
 
 /// One device connection over any byte stream: CONNECT, authorization, then forwarding.
@@ -438,203 +444,135 @@ where
 {
     let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let max = ctx.config.max_packet_size;
-    let first = tokio::select! {
-        _ = cancel.cancelled() => return Err(EdgeError::ShuttingDown),
-        first = tokio::time::timeout(
-            ctx.config.connect_timeout,
-            read_packet(&mut client, &mut buf, max),
-        ) => first.map_err(|_| EdgeError::ConnectTimeout)??,
-    };
-    let Some(Packet::Connect(connect, _, will, _, login)) = first else {
-        return Err(EdgeError::NotConnect);
-    };
-
-    // Without a keep-alive a vanished device would hold its slot for ever (rumqttd refuses
-    // these too, silently).
-    let authorized = if connect.keep_alive == 0 {
-        Err((ConnectReturnCode::NotAuthorized, "keep-alive 0 (disabled)"))
-    } else {
-        authorize(
-            &connect.client_id,
-            login.as_ref(),
-            will.as_ref(),
-            &identity,
-            ctx,
-        )
-        .await
-    };
-    let device_id = match authorized {
-        Ok(id) => id,
-        Err((code, why)) => {
-            let mut out = BytesMut::new();
-            let connack = ConnAck {
-                session_present: false,
-                code,
-            };
-            let _ = V4.write(Packet::ConnAck(connack, None), &mut out);
-            let _ = client.write_all(&out).await;
-            let _ = client.shutdown().await;
-            return Err(EdgeError::Refused(why));
-        }
-    };
+    let Opened {
+        device_id,
+        keep_alive,
+        will,
+        live,
+        mut link_tx,
+        mut link_rx,
+    } = Box::pin(open(&mut client, &mut buf, peer, identity, ctx, cancel)).await?;
     let device = DeviceId::parse(&device_id).map_err(|_| EdgeError::Refused("bad device id"))?;
-    let cert_sha256 = match &identity {
-        Identity::Certificate { sha256, .. } => Some(sha256.as_str()),
-        Identity::Password => None,
-    };
-    let live = ctx.live.register(&device_id, cert_sha256);
-    Metrics::add(&ctx.metrics.edge_connections_total, 1);
-    let tls = matches!(identity, Identity::Certificate { .. });
-    tracing::info!(device = %device_id, %peer, tls, "device connected");
-
-    // The device's config is retained before the device can subscribe to it.
-    let _ = ctx
-        .broker
-        .outbound
-        .send(ctx.repeats.config_message(device).await)
-        .await;
-
-    // The device's own in-process link to the router, a clean session whatever the device
-    // asked: nothing of its session may outlive its connection in the broker.
-    let (mut link_tx, mut link_rx, connack) = match ctx.broker.router.link(device_id.clone()).await
-    {
-        Ok(link) => link,
-        Err(why) => {
-            tracing::error!(device = %device_id, %why, "the broker refused the device's link");
-            let mut out = BytesMut::new();
-            let connack = ConnAck {
-                session_present: false,
-                code: ConnectReturnCode::ServiceUnavailable,
-            };
-            let _ = V4.write(Packet::ConnAck(connack, None), &mut out);
-            let _ = client.write_all(&out).await;
-            let _ = client.shutdown().await;
-            return Err(EdgeError::Refused("broker unavailable"));
-        }
-    };
-    let mut out = BytesMut::with_capacity(64);
-    if let Some(packet) = Option::<Packet>::from(connack) {
-        V4.write(packet, &mut out).map_err(EdgeError::Mqtt)?;
-    }
-    client.write_all(&out).await?;
-    client.flush().await?;
-    let _ = ctx.inbound.send(presence(&device_id, true)).await;
 
     // The device must send something within 1.5 × its keep-alive (MQTT 3.1.1 §3.1.2.10).
-    let idle = Duration::from_millis(u64::from(connect.keep_alive) * 1500);
+    let idle = Duration::from_millis(u64::from(keep_alive) * 1500);
     let router = &ctx.broker.router;
     let (mut from_client, mut to_client) = tokio::io::split(client);
-    let downstream = async {
-        let mut out = BytesMut::new();
-        loop {
-            let mut next = link_rx.next().await.map_err(|_| EdgeError::BrokerDropped)?;
-            let mut unscheduled = false;
-            let mut dropped = false;
-            out.clear();
-            // Everything the router has already handed over goes out in one write.
+    // The two directions are pinned in place (moved into `select!` by value they would take
+    // their room in the task twice) and dropped with this block, giving their borrows back.
+    let result = {
+        let downstream = std::pin::pin!(async {
+            let mut out = BytesMut::new();
             loop {
-                match next {
-                    Some(Notification::Unschedule) => unscheduled = true,
-                    Some(Notification::Disconnect(..)) => dropped = true,
-                    Some(notification) => {
-                        if let Some(packet) = Option::<Packet>::from(notification) {
-                            V4.write(packet, &mut out).map_err(EdgeError::Mqtt)?;
+                let mut next = link_rx.next().await.map_err(|_| EdgeError::BrokerDropped)?;
+                let mut unscheduled = false;
+                let mut dropped = false;
+                out.clear();
+                // Everything the router has already handed over goes out in one write.
+                loop {
+                    match next {
+                        Some(Notification::Unschedule) => unscheduled = true,
+                        Some(Notification::Disconnect(..)) => dropped = true,
+                        Some(notification) => {
+                            if let Some(packet) = Option::<Packet>::from(notification) {
+                                V4.write(packet, &mut out).map_err(EdgeError::Mqtt)?;
+                            }
                         }
+                        None => {}
                     }
-                    None => {}
+                    match now_or_never(link_rx.next()) {
+                        Some(Ok(more)) => next = more,
+                        Some(Err(_)) => {
+                            dropped = true;
+                            break;
+                        }
+                        None => break,
+                    }
                 }
-                match now_or_never(link_rx.next()) {
-                    Some(Ok(more)) => next = more,
-                    Some(Err(_)) => {
-                        dropped = true;
+                if !out.is_empty() {
+                    to_client.write_all(&out).await?;
+                    to_client.flush().await?;
+                }
+                if dropped {
+                    return Err::<End, EdgeError>(EdgeError::BrokerDropped);
+                }
+                if unscheduled {
+                    link_rx.wake().await.map_err(|_| EdgeError::BrokerDropped)?;
+                }
+                // An idle connection keeps no write buffer.
+                if out.capacity() > 4096 {
+                    out = BytesMut::new();
+                }
+            }
+        });
+        let upstream = std::pin::pin!(async {
+            let mut filters = HashSet::new();
+            loop {
+                let read = tokio::select! {
+                    biased;
+                    // Shutdown: take nothing more from the device, but keep the connection open
+                    // (downstream) until the pipeline has sent its last acks.
+                    _ = cancel.cancelled() => {
+                        ctx.close.cancelled().await;
+                        return Ok::<End, EdgeError>(End::Shutdown);
+                    }
+                    read = tokio::time::timeout(idle, read_packet(&mut from_client, &mut buf, max)) => read,
+                };
+                let Some(packet) = read.map_err(|_| EdgeError::KeepAlive)?? else {
+                    return Ok(End::Closed);
+                };
+                // Whatever else the device has already sent goes to the router in the same event.
+                let mut packets = vec![packet];
+                let mut failed = None;
+                while failed.is_none() && packets.len() < MAX_PACKETS_PER_PUSH {
+                    match decode(&mut buf, max) {
+                        Ok(Some(packet)) => packets.push(packet),
+                        Ok(None) => break,
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                // Checked in order: what precedes a violation (or a DISCONNECT) still counts.
+                let mut end = None;
+                let mut publishes = false;
+                for (i, packet) in packets.iter().enumerate() {
+                    if let Err(e) = check_packet(packet, device, &mut filters, &ctx.inbound).await {
+                        end = Some((i, Err(e)));
                         break;
                     }
-                    None => break,
+                    publishes |= matches!(packet, Packet::Publish(..));
+                    if matches!(packet, Packet::Disconnect(..)) {
+                        end = Some((i + 1, Ok(End::Disconnected)));
+                        break;
+                    }
+                }
+                if let Some((keep, _)) = &end {
+                    packets.truncate(*keep);
+                }
+                if publishes {
+                    wait_for_room(ctx).await;
+                }
+                router
+                    .push(&mut link_tx, packets)
+                    .await
+                    .map_err(|_| EdgeError::BrokerDropped)?;
+                if let Some((_, outcome)) = end {
+                    return outcome;
+                }
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                // An idle connection keeps only a small read buffer.
+                if buf.is_empty() && buf.capacity() > READ_BUFFER {
+                    buf = BytesMut::new();
                 }
             }
-            if !out.is_empty() {
-                to_client.write_all(&out).await?;
-                to_client.flush().await?;
-            }
-            if dropped {
-                return Err::<End, EdgeError>(EdgeError::BrokerDropped);
-            }
-            if unscheduled {
-                link_rx.wake().await.map_err(|_| EdgeError::BrokerDropped)?;
-            }
-            // An idle connection keeps no write buffer.
-            if out.capacity() > 4096 {
-                out = BytesMut::new();
-            }
+        });
+        tokio::select! {
+            r = upstream => r,
+            r = downstream => r,
+            _ = ctx.close.cancelled() => Ok(End::Shutdown),
+            _ = live.token.cancelled() => Err(EdgeError::Revoked),
         }
-    };
-    let upstream = async {
-        let mut filters = HashSet::new();
-        loop {
-            let read = tokio::select! {
-                biased;
-                // Shutdown: take nothing more from the device, but keep the connection open
-                // (downstream) until the pipeline has sent its last acks.
-                _ = cancel.cancelled() => {
-                    ctx.close.cancelled().await;
-                    return Ok::<End, EdgeError>(End::Shutdown);
-                }
-                read = tokio::time::timeout(idle, read_packet(&mut from_client, &mut buf, max)) => read,
-            };
-            let Some(packet) = read.map_err(|_| EdgeError::KeepAlive)?? else {
-                return Ok(End::Closed);
-            };
-            // Whatever else the device has already sent goes to the router in the same event.
-            let mut packets = vec![packet];
-            let mut failed = None;
-            while failed.is_none() && packets.len() < MAX_PACKETS_PER_PUSH {
-                match decode(&mut buf, max) {
-                    Ok(Some(packet)) => packets.push(packet),
-                    Ok(None) => break,
-                    Err(e) => failed = Some(e),
-                }
-            }
-            // Checked in order: what precedes a violation (or a DISCONNECT) still counts.
-            let mut end = None;
-            let mut publishes = false;
-            for (i, packet) in packets.iter().enumerate() {
-                if let Err(e) = check_packet(packet, device, &mut filters, &ctx.inbound).await {
-                    end = Some((i, Err(e)));
-                    break;
-                }
-                publishes |= matches!(packet, Packet::Publish(..));
-                if matches!(packet, Packet::Disconnect(..)) {
-                    end = Some((i + 1, Ok(End::Disconnected)));
-                    break;
-                }
-            }
-            if let Some((keep, _)) = &end {
-                packets.truncate(*keep);
-            }
-            if publishes {
-                wait_for_room(ctx).await;
-            }
-            router
-                .push(&mut link_tx, packets)
-                .await
-                .map_err(|_| EdgeError::BrokerDropped)?;
-            if let Some((_, outcome)) = end {
-                return outcome;
-            }
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            // An idle connection keeps only a small read buffer.
-            if buf.is_empty() && buf.capacity() > READ_BUFFER {
-                buf = BytesMut::new();
-            }
-        }
-    };
-    let result = tokio::select! {
-        r = upstream => r,
-        r = downstream => r,
-        _ = ctx.close.cancelled() => Ok(End::Shutdown),
-        _ = live.token.cancelled() => Err(EdgeError::Revoked),
     };
     // Leave the router. A DISCONNECT the device sent is already there; a link the router
     // dropped is gone (its id may already belong to another connection). Otherwise the
@@ -672,6 +610,122 @@ where
         return Err(EdgeError::Violation("packet too large"));
     }
     result
+}
+
+/// What the opening of a connection hands to its steady state.
+struct Opened {
+    device_id: String,
+    keep_alive: u16,
+    will: Option<rumqttd::protocol::LastWill>,
+    live: LiveGuard,
+    link_tx: rumqttd::local::LinkTx,
+    link_rx: rumqttd::local::LinkRx,
+}
+
+/// The opening of a device connection: CONNECT within `connect_timeout`, authorization, the
+/// device's retained config, its router link and the CONNACK. Awaited boxed by `connection`, so
+/// its large, short-lived state (packets with their properties, store lookups) is not part of
+/// every connection task for the connection's whole life.
+async fn open<S>(
+    client: &mut S,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    identity: Identity,
+    ctx: &EdgeContext,
+    cancel: &CancellationToken,
+) -> Result<Opened, EdgeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let first = tokio::select! {
+        _ = cancel.cancelled() => return Err(EdgeError::ShuttingDown),
+        first = tokio::time::timeout(
+            ctx.config.connect_timeout,
+            read_packet(client, buf, ctx.config.max_packet_size),
+        ) => first.map_err(|_| EdgeError::ConnectTimeout)??,
+    };
+    let Some(Packet::Connect(connect, _, will, _, login)) = first else {
+        return Err(EdgeError::NotConnect);
+    };
+
+    // Without a keep-alive a vanished device would hold its slot for ever (rumqttd refuses
+    // these too, silently).
+    let authorized = if connect.keep_alive == 0 {
+        Err((ConnectReturnCode::NotAuthorized, "keep-alive 0 (disabled)"))
+    } else {
+        Box::pin(authorize(
+            &connect.client_id,
+            login.as_ref(),
+            will.as_ref(),
+            &identity,
+            ctx,
+        ))
+        .await
+    };
+    let device_id = match authorized {
+        Ok(id) => id,
+        Err((code, why)) => {
+            let mut out = BytesMut::new();
+            let connack = ConnAck {
+                session_present: false,
+                code,
+            };
+            let _ = V4.write(Packet::ConnAck(connack, None), &mut out);
+            let _ = client.write_all(&out).await;
+            let _ = client.shutdown().await;
+            return Err(EdgeError::Refused(why));
+        }
+    };
+    let device = DeviceId::parse(&device_id).map_err(|_| EdgeError::Refused("bad device id"))?;
+    let cert_sha256 = match &identity {
+        Identity::Certificate { sha256, .. } => Some(sha256.as_str()),
+        Identity::Password => None,
+    };
+    let live = ctx.live.register(&device_id, cert_sha256);
+    Metrics::add(&ctx.metrics.edge_connections_total, 1);
+    let tls = matches!(identity, Identity::Certificate { .. });
+    tracing::info!(device = %device_id, %peer, tls, "device connected");
+
+    // The device's config is retained before the device can subscribe to it.
+    let _ = ctx
+        .broker
+        .outbound
+        .send(Box::pin(ctx.repeats.config_message(device)).await)
+        .await;
+
+    // The device's own in-process link to the router, a clean session whatever the device
+    // asked: nothing of its session may outlive its connection in the broker.
+    let (link_tx, link_rx, connack) =
+        match Box::pin(ctx.broker.router.link(device_id.clone())).await {
+            Ok(link) => link,
+            Err(why) => {
+                tracing::error!(device = %device_id, %why, "the broker refused the device's link");
+                let mut out = BytesMut::new();
+                let connack = ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::ServiceUnavailable,
+                };
+                let _ = V4.write(Packet::ConnAck(connack, None), &mut out);
+                let _ = client.write_all(&out).await;
+                let _ = client.shutdown().await;
+                return Err(EdgeError::Refused("broker unavailable"));
+            }
+        };
+    let mut out = BytesMut::with_capacity(64);
+    if let Some(packet) = Option::<Packet>::from(connack) {
+        V4.write(packet, &mut out).map_err(EdgeError::Mqtt)?;
+    }
+    client.write_all(&out).await?;
+    client.flush().await?;
+    let _ = ctx.inbound.send(presence(&device_id, true)).await;
+    Ok(Opened {
+        device_id,
+        keep_alive: connect.keep_alive,
+        will,
+        live,
+        link_tx,
+        link_rx,
+    })
 }
 
 /// Checks a CONNECT; returns the device id or the CONNACK code to refuse with.
@@ -798,7 +852,7 @@ async fn check_packet(
                     ),
                     &publish.payload,
                 );
-                let _ = inbound.send(Inbound::Refused(entry)).await;
+                let _ = Box::pin(inbound.send(Inbound::Refused(entry))).await;
                 return Err(EdgeError::Violation("publish outside own topics"));
             }
             Ok(())
@@ -830,7 +884,7 @@ async fn check_packet(
                 };
                 if let Some((reason, detail, why)) = refused {
                     let entry = refusal(&filter.path, Some(device.as_str()), reason, detail, &[]);
-                    let _ = inbound.send(Inbound::Refused(entry)).await;
+                    let _ = Box::pin(inbound.send(Inbound::Refused(entry))).await;
                     return Err(EdgeError::Violation(why));
                 }
                 filters.insert(filter.path.clone());
@@ -862,7 +916,9 @@ fn device_may_subscribe(filter: &str, device: DeviceId<'_>) -> bool {
 async fn wait_for_room(ctx: &EdgeContext) {
     let low_water = ctx.config.queue_capacity / 10;
     while ctx.inbound.capacity() < low_water {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Boxed: the rare waits below (and the refusals above) would otherwise take their
+        // room in every connection's task.
+        Box::pin(tokio::time::sleep(Duration::from_millis(5))).await;
     }
 }
 

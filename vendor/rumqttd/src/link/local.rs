@@ -380,17 +380,24 @@ impl LinkRx {
         // Read from cache first
         // One router_rx trigger signifies a bunch of notifications. So we
         // should always check cache first
-        match self.cache.pop_front() {
-            Some(v) => Ok(Some(v)),
+        let next = match self.cache.pop_front() {
+            Some(v) => Some(v),
             None => {
                 // If cache is empty, check for router trigger and get fresh notifications
                 self.router_rx.recv_async().await?;
                 // Collect 'all' the data in the buffer after a notification.
                 // Notification means fresh data which isn't previously collected
                 mem::swap(&mut *self.send_buffer.lock(), &mut self.cache);
-                Ok(self.cache.pop_front())
+                self.cache.pop_front()
             }
+        };
+        // Sentinella: once drained the cache is given back, so an idle link holds no
+        // notification buffer (it is swapped with the router's send buffer, which would
+        // otherwise keep a grown one too; about 1 KiB each).
+        if self.cache.is_empty() {
+            self.cache.shrink_to_fit();
         }
+        Ok(next)
     }
 
     pub(crate) async fn exchange(

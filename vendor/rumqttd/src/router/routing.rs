@@ -1388,6 +1388,8 @@ fn ack_device_data(ackslog: &mut AckLog, outgoing: &mut Outgoing) -> bool {
         buffer.push_back(message);
         count += 1;
     }
+    // Sentinella: an idle connection keeps no ack buffer (about 1 KiB once grown).
+    acks.shrink_to_fit();
 
     debug!(acks_count = count, "Acks sent to device");
     outgoing.handle.try_send(()).ok();
