@@ -334,6 +334,8 @@ async fn a_node_killed_under_load_loses_nothing_and_its_partitions_move() -> any
         dev.stop().await;
     }
     cancel.cancel();
+    // The console goes away first: a node's shutdown waits (up to 30 s) for open streams.
+    drop(resumed);
     for n in nodes.iter_mut().skip(1) {
         let status = n.terminate().await?;
         assert!(status.success(), "{} SIGTERM exit status {status}", n.name);

@@ -2,8 +2,8 @@
 //! and the e2e crate's helpers (HAProxy, the SSE reader), included by path because this crate
 //! cannot depend on `e2e`, which depends on it.
 
-// Each test binary uses part of these.
-#![allow(dead_code)]
+// Each test binary uses part of these, and none is reachable from outside it.
+#![allow(dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
