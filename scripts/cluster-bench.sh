@@ -45,8 +45,16 @@ HAP_MAXCONN=$(( ($(ulimit -Hn) - 100) / 2 ))
 WORK=$(mktemp -d); DB="sentinella_cluster_$$"
 NODE_PIDS=(); HAP=""; CLI=""
 stop_all() {
+  local pid
   for pid in $CLI $HAP "${NODE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in $CLI $HAP "${NODE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in $CLI $HAP "${NODE_PIDS[@]}"; do
+    # A node's shutdown waits up to 30 s for open API streams; past 40 s it is stuck.
+    for _ in $(seq 1 400); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "pid $pid still running 40 s after SIGTERM: killed"; kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
   NODE_PIDS=(); HAP=""; CLI=""
 }
 cleanup() { stop_all; psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $DB" >&2 || true; rm -rf "$WORK"; }

@@ -36,6 +36,7 @@ pub async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
 
 /// Debian's HAProxy (`/usr/sbin/haproxy`, else `haproxy` on the PATH), run in the foreground
 /// with a configuration checked first (`haproxy -c`); killed on drop.
+#[derive(Debug)]
 pub struct Haproxy {
     child: Child,
     config: PathBuf,
@@ -106,6 +107,7 @@ pub struct SseEvent {
 }
 
 /// A minimal reader of the API's alert stream (`/api/v1/alerts/stream`).
+#[derive(Debug)]
 pub struct Sse {
     response: reqwest::Response,
     buffer: String,

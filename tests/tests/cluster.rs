@@ -141,6 +141,8 @@ async fn alert_stream_across_nodes() -> anyhow::Result<()> {
     // Nothing more arrives on either (no duplicate sent later).
     assert!(on_b.next(Duration::from_millis(1500)).await?.is_none());
     assert!(on_a.next(Duration::from_millis(200)).await?.is_none());
+    // Closed before the nodes stop: a node's shutdown waits (up to 30 s) for open streams.
+    drop((on_a, on_b));
     dev.close();
     b.stop().await;
     a.stop().await;
