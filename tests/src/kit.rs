@@ -115,7 +115,11 @@ pub struct Sse {
 
 impl Sse {
     /// Opens the stream on the API at `api` with `token`, resuming after `last_id` if given.
-    pub async fn connect(api: SocketAddr, token: &str, last_id: Option<i64>) -> anyhow::Result<Sse> {
+    pub async fn connect(
+        api: SocketAddr,
+        token: &str,
+        last_id: Option<i64>,
+    ) -> anyhow::Result<Sse> {
         let mut req = reqwest::Client::new()
             .get(format!("http://{api}/api/v1/alerts/stream"))
             .bearer_auth(token)
