@@ -1,16 +1,23 @@
-//! Three `sentinella run` nodes on one PostgreSQL database behind HAProxy (Debian's, TCP
-//! mode): devices land on different nodes; one node is killed with SIGKILL under load. Its
-//! devices reconnect through HAProxy to the others, the survivors take over its alert
-//! partitions, every generated reading is stored exactly once and acked, and a critical
-//! reading sent while the partitions move alerts exactly once per patient.
+//! Three `sentinella run` nodes on one PostgreSQL database behind HAProxy (Debian's), as in
+//! production: TCP mode, mutual TLS passed through to the nodes, a PROXY protocol v2 header in
+//! front of each connection (`send-proxy-v2`; the nodes with `[gateway] proxy_protocol` and
+//! `proxy_trusted`), health checks on `/readyz`. Devices land on different nodes; one node is
+//! killed with SIGKILL under load. Its devices reconnect through HAProxy to the others, the
+//! survivors take over its alert partitions, every generated reading is stored exactly once
+//! and acked, a critical reading sent while the partitions move alerts exactly once per
+//! patient, and a nurse's alert stream (SSE) open on the killed node, resumed on a survivor
+//! with `Last-Event-ID`, has every alert event of the store once, in order.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use simulators::device::{DeviceHandle, DeviceSpec, spawn};
+use anyhow::bail;
+use common::Node;
+use common::kit::{Haproxy, Sse, SseEvent, free_port};
+use simulators::device::{DeviceHandle, DeviceSpec, DeviceTls, spawn};
 use store::testing::TestDb;
 use store::{AlertQuery, DeviceKind, NewDevice, NewPatient, Severity};
 use tokio_util::sync::CancellationToken;
@@ -20,161 +27,26 @@ const DEVICES: usize = 12;
 /// The issue's target for a dead node's partitions to be taken over.
 const TAKEOVER_WITHIN: Duration = Duration::from_secs(15);
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// One `sentinella run` process.
-struct Node {
-    name: String,
-    data_dir: tempfile::TempDir,
-    edge: u16,
-    api: u16,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(url: &str, name: &str) -> anyhow::Result<Node> {
-        let data_dir = tempfile::tempdir()?;
-        let (edge, api) = (free_port()?, free_port()?);
-        let child = Command::new(env!("CARGO_BIN_EXE_sentinella"))
-            .args([
-                "--database-url",
-                url,
-                "--log",
-                &std::env::var("CLUSTER_LOG").unwrap_or("warn".into()),
-                "run",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .env("SENTINELLA_NODE_ID", name)
-            .env("SENTINELLA_EDGE_LISTEN", format!("127.0.0.1:{edge}"))
-            .env("SENTINELLA_EDGE_TLS_LISTEN", "127.0.0.1:0")
-            .env("SENTINELLA_API_LISTEN", format!("127.0.0.1:{api}"))
-            .stdout(Stdio::null())
-            .spawn()
-            .context("spawn sentinella")?;
-        Ok(Node {
-            name: name.to_owned(),
-            data_dir,
-            edge,
-            api,
-            child: Some(child),
+/// HAProxy as packaging/haproxy/sentinella.cfg has it for devices, on this test's ports.
+fn haproxy_config(listen: u16, nodes: &[Node]) -> String {
+    let servers: String = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "    server {} 127.0.0.1:{} send-proxy-v2 check port {} inter 300ms fall 2 rise 1 \
+                 on-marked-down shutdown-sessions\n",
+                n.name, n.tls_edge, n.api
+            )
         })
-    }
-
-    async fn ready(&self) -> anyhow::Result<()> {
-        let url = format!("http://127.0.0.1:{}/readyz", self.api);
-        for _ in 0..400 {
-            if let Ok(resp) = reqwest::get(&url).await
-                && resp.status().is_success()
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("{} did not become ready", self.name)
-    }
-
-    /// The alert partitions this node holds, from its `/metrics`.
-    async fn partitions(&self) -> Option<u64> {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.api))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("sentinella_alert_partitions_held "))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    fn kill(&mut self) -> anyhow::Result<()> {
-        let mut child = self.child.take().context("not running")?;
-        child.kill()?;
-        child.wait()?;
-        Ok(())
-    }
-
-    async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()?;
-        for _ in 0..200 {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        child.kill()?;
-        bail!("{} did not exit within 10 s of SIGTERM", self.name)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = &self.data_dir;
-    }
-}
-
-/// Debian's HAProxy in the foreground, in TCP mode over the nodes' device listeners,
-/// checking each node's `/readyz`; killed on drop.
-struct Haproxy {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    fn start(listen: u16, nodes: &[Node]) -> anyhow::Result<Haproxy> {
-        let dir = tempfile::tempdir()?;
-        let servers: String = nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    "    server {} 127.0.0.1:{} check port {} inter 300ms fall 2 rise 1 \
-                     on-marked-down shutdown-sessions\n",
-                    n.name, n.edge, n.api
-                )
-            })
-            .collect();
-        let config = format!(
-            "global\n    maxconn 2000\n\
-             defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n    \
-             timeout server 1h\n    timeout check 2s\n    retries 3\n    option redispatch\n\
-             frontend devices\n    bind 127.0.0.1:{listen}\n    default_backend nodes\n\
-             backend nodes\n    balance roundrobin\n    option httpchk\n    \
-             http-check send meth GET uri /readyz\n    http-check expect status 200\n{servers}"
-        );
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config)?;
-        let program = if std::path::Path::new("/usr/sbin/haproxy").exists() {
-            "/usr/sbin/haproxy"
-        } else {
-            "haproxy"
-        };
-        let child = Command::new(program)
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("spawn haproxy (Debian package haproxy)")?;
-        Ok(Haproxy { child, _dir: dir })
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        .collect();
+    format!(
+        "global\n    maxconn 2000\n\
+         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n    \
+         timeout server 1h\n    timeout check 2s\n    retries 3\n    option redispatch\n\
+         frontend devices_tls\n    bind 127.0.0.1:{listen}\n    default_backend nodes\n\
+         backend nodes\n    balance roundrobin\n    option httpchk\n    \
+         http-check send meth GET uri /readyz\n    http-check expect status 200\n{servers}"
+    )
 }
 
 fn glucose(value: f32) -> protocol::Measurement {
@@ -209,15 +81,41 @@ async fn partitions_settled(nodes: &[&Node], within: Duration) -> anyhow::Result
     }
 }
 
+/// Reads `sse` until the stream ends (its node died) and returns what arrived.
+async fn until_ended(sse: &mut Sse) -> Vec<SseEvent> {
+    let mut seen = Vec::new();
+    while let Ok(Some(e)) = sse.next(Duration::from_secs(10)).await {
+        seen.push(e);
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_under_load_loses_nothing_and_its_partitions_move() -> anyhow::Result<()> {
     let db = TestDb::postgres().await;
     let store = db.store.clone();
     let cot = store.add_cot("COT-CLUSTER", "COT cluster").await?;
+    // A nurse's token (any node accepts it: sessions are in the store).
+    let token = api::ops::identity::service_account(
+        &store,
+        "cluster-nurse",
+        store::Role::Physician,
+        &[cot.id],
+    )
+    .await?;
 
+    // One device CA for every node (docs/deploy.md: the same CA on every node).
+    let pki = tempfile::tempdir()?;
+    let (ca, _) = pki::DeviceCa::load_or_create(pki.path())?;
+    let config = format!(
+        "pki_dir = {:?}\n[gateway]\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.1/32\"]\n",
+        pki.path().display().to_string()
+    );
     let mut nodes = Vec::new();
     for i in 1..=NODES {
-        nodes.push(Node::start(&db.url, &format!("node-{i}"))?);
+        let mut node = Node::new(&db.url, &format!("node-{i}"), Some(&config))?;
+        node.spawn()?;
+        nodes.push(node);
     }
     for n in &nodes {
         n.ready().await?;
@@ -227,7 +125,11 @@ async fn a_node_killed_under_load_loses_nothing_and_its_partitions_move() -> any
     eprintln!("3 nodes share the 64 partitions {shared:?} after all were ready");
 
     let lb = free_port()?;
-    let _haproxy = Haproxy::start(lb, &nodes)?;
+    let _haproxy = Haproxy::start(
+        &haproxy_config(lb, &nodes),
+        std::net::SocketAddr::from(([127, 0, 0, 1], lb)),
+    )
+    .await?;
 
     let cancel = CancellationToken::new();
     let mut devices: Vec<(DeviceHandle, i64)> = Vec::new();
@@ -241,8 +143,9 @@ async fn a_node_killed_under_load_loses_nothing_and_its_partitions_move() -> any
                 conditions: vec!["diabetes".into()],
             })
             .await?;
-        let secret = store::credentials::generate_secret();
         let id = format!("cluster-{i}");
+        // A password is still required by the store; the device connects with its certificate.
+        let secret = store::credentials::generate_secret();
         store
             .add_device(&NewDevice {
                 id: id.clone(),
@@ -252,7 +155,9 @@ async fn a_node_killed_under_load_loses_nothing_and_its_partitions_move() -> any
                 model: None,
             })
             .await?;
+        let cert = api::ops::devices::issue_cert(&store, &ca, &id).await?;
         let mut spec = DeviceSpec::new(&id, &secret, format!("127.0.0.1:{lb}"));
+        spec.tls = Some(DeviceTls::issued(cert, ca.cert_pem()));
         spec.resend_after = Duration::from_secs(2);
         let dev = spawn(spec, cancel.clone());
         dev.wait_connected(Duration::from_secs(20)).await?;
@@ -289,18 +194,40 @@ async fn a_node_killed_under_load_loses_nothing_and_its_partitions_move() -> any
         .count();
     assert_eq!(seen, DEVICES, "every device has published");
 
-    // Node 1 dies; at once every patient measures a dangerously low glucose, so most of the
-    // critical readings land while node 1's partitions are moving.
+    // A nurse follows the alerts on node 1, which is about to die; the first patient's
+    // critical reading reaches it before.
+    let start = store.last_alert_event_id().await?;
+    let mut stream = Sse::connect(
+        std::net::SocketAddr::from(([127, 0, 0, 1], nodes[0].api)),
+        &token,
+        None,
+    )
+    .await?;
+    let mut criticals = vec![devices[0].0.measure(glucose(38.0), now_ms())];
+    let mut on_dead = stream.until("opened", Duration::from_secs(15)).await?;
+
+    // Node 1 dies; at once every other patient measures a dangerously low glucose, so most of
+    // the critical readings land while node 1's partitions are moving.
     let killed = Instant::now();
     nodes[0].kill()?;
-    let criticals: Vec<_> = devices
-        .iter()
-        .map(|(dev, _)| dev.measure(glucose(38.0), now_ms()))
-        .collect();
+    for (dev, _) in &devices[1..] {
+        criticals.push(dev.measure(glucose(38.0), now_ms()));
+    }
+    // What reached the client before its node died, then the stream's end.
+    on_dead.extend(until_ended(&mut stream).await);
     let survivors: Vec<&Node> = nodes[1..].iter().collect();
     partitions_settled(&survivors, TAKEOVER_WITHIN).await?;
     let takeover = killed.elapsed();
     eprintln!("the dead node's partitions were taken over {takeover:?} after SIGKILL");
+
+    // The nurse's console reconnects to node 2 with the last id it saw.
+    let last_seen = on_dead.last().map(|e| e.id).unwrap_or(start);
+    let mut resumed = Sse::connect(
+        std::net::SocketAddr::from(([127, 0, 0, 1], nodes[1].api)),
+        &token,
+        Some(last_seen),
+    )
+    .await?;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     generating.store(false, Ordering::Relaxed);
@@ -375,10 +302,40 @@ async fn a_node_killed_under_load_loses_nothing_and_its_partitions_move() -> any
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The nurse's stream: what node 1 sent, then what node 2 sent after the last id seen, is
+    // the store's alert event list, every event once, in order.
+    let want: Vec<i64> = store
+        .alert_events_after(start, None, 10_000)
+        .await?
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let mut got: Vec<i64> = on_dead.iter().map(|e| e.id).collect();
+    let before_resume = got.len();
+    while got.len() < want.len() {
+        match resumed.next(Duration::from_secs(5)).await? {
+            Some(e) => got.push(e.id),
+            None => break,
+        }
+    }
+    // Nothing more arrives (no event sent twice).
+    if let Some(e) = resumed.next(Duration::from_millis(1500)).await? {
+        got.push(e.id);
+    }
+    eprintln!(
+        "alert stream: {before_resume} events from node 1 before it died, {} from node 2 after \
+         Last-Event-ID {last_seen}",
+        got.len() - before_resume
+    );
+    assert!(!on_dead.is_empty(), "node 1's stream delivered nothing");
+    assert_eq!(got, want, "no gap, no duplicate across the resume");
+
     for (dev, _) in devices {
         dev.stop().await;
     }
     cancel.cancel();
+    // The console goes away first: a node's shutdown waits (up to 30 s) for open streams.
+    drop(resumed);
     for n in nodes.iter_mut().skip(1) {
         let status = n.terminate().await?;
         assert!(status.success(), "{} SIGTERM exit status {status}", n.name);

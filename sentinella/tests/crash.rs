@@ -2,99 +2,18 @@
 //! devices reconnect and resend, and in the end every reading they generated is stored exactly
 //! once and no device holds an unacknowledged reading.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use simulators::device::{DeviceHandle, DeviceSpec, spawn};
 use store::testing::TestDb;
 use store::{DeviceKind, NewDevice, NewPatient};
 use tokio_util::sync::CancellationToken;
 
 const DEVICES: usize = 12;
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-struct Gateway {
-    url: String,
-    data_dir: tempfile::TempDir,
-    edge: u16,
-    api: u16,
-    child: Option<Child>,
-}
-
-impl Gateway {
-    fn new(url: String) -> anyhow::Result<Self> {
-        Ok(Gateway {
-            url,
-            data_dir: tempfile::tempdir()?,
-            edge: free_port()?,
-            api: free_port()?,
-            child: None,
-        })
-    }
-
-    async fn start(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(env!("CARGO_BIN_EXE_sentinella"))
-            .args(["--database-url", &self.url, "--log", "warn", "run"])
-            .arg("--data-dir")
-            .arg(self.data_dir.path())
-            .env("SENTINELLA_EDGE_LISTEN", format!("127.0.0.1:{}", self.edge))
-            .env("SENTINELLA_EDGE_TLS_LISTEN", "127.0.0.1:0")
-            .env("SENTINELLA_API_LISTEN", format!("127.0.0.1:{}", self.api))
-            .stdout(Stdio::null())
-            .spawn()
-            .context("spawn sentinella")?;
-        self.child = Some(child);
-        let url = format!("http://127.0.0.1:{}/readyz", self.api);
-        for _ in 0..200 {
-            if let Ok(resp) = reqwest::get(&url).await
-                && resp.status().is_success()
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("sentinella did not become ready")
-    }
-
-    fn kill(&mut self) -> anyhow::Result<()> {
-        let mut child = self.child.take().context("not running")?;
-        child.kill()?;
-        child.wait()?;
-        Ok(())
-    }
-
-    async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()?;
-        for _ in 0..200 {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        child.kill()?;
-        bail!("sentinella did not exit within 10 s of SIGTERM")
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Stop {
@@ -105,7 +24,7 @@ enum Stop {
 async fn survives(db: TestDb, stop: Stop) -> anyhow::Result<()> {
     let store = db.store.clone();
     let cot = store.add_cot("COT-CRASH", "COT crash").await?;
-    let mut gw = Gateway::new(db.url.clone())?;
+    let mut gw = common::Node::new(&db.url, "crash", None)?;
     gw.start().await?;
 
     let cancel = CancellationToken::new();

@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::harness::{Launch, RawDevice, Stack, init_logging, now_ms, topic};
+use e2e::kit::{Sse, SseEvent};
 use serde_json::{Value, json};
 use store::{DeviceKind, PendingRepeat, ReadingKind};
 use time::OffsetDateTime;
@@ -29,99 +30,6 @@ async fn two_nodes() -> anyhow::Result<(Stack, Stack)> {
         }
     }
     Ok((a, b))
-}
-
-/// One parsed Server-Sent Event.
-#[derive(Debug, Clone)]
-struct SseEvent {
-    id: i64,
-    kind: String,
-    data: Value,
-    /// When the client read it.
-    received: Instant,
-}
-
-/// A minimal SSE reader over a streaming response.
-struct Sse {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Sse {
-    async fn connect(stack: &Stack, token: &str, last_id: Option<i64>) -> anyhow::Result<Sse> {
-        let mut req = reqwest::Client::new()
-            .get(format!("http://{}/api/v1/alerts/stream", stack.api))
-            .bearer_auth(token)
-            .header("accept", "text/event-stream");
-        if let Some(id) = last_id {
-            req = req.header("last-event-id", id.to_string());
-        }
-        let response = req.send().await?;
-        anyhow::ensure!(response.status() == 200, "stream: {}", response.status());
-        Ok(Sse {
-            response,
-            buffer: String::new(),
-        })
-    }
-
-    /// The next event, or `None` if none arrives within `wait`.
-    async fn next(&mut self, wait: Duration) -> anyhow::Result<Option<SseEvent>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            while let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                if let Some(event) = parse(&block)? {
-                    return Ok(Some(event));
-                }
-            }
-            let Ok(chunk) = tokio::time::timeout_at(deadline, self.response.chunk()).await else {
-                return Ok(None);
-            };
-            let chunk = chunk?.ok_or_else(|| anyhow::anyhow!("the stream ended"))?;
-            self.buffer.push_str(std::str::from_utf8(&chunk)?);
-        }
-    }
-
-    /// Events up to and including the first of kind `kind` (within `wait` each).
-    async fn until(&mut self, kind: &str, wait: Duration) -> anyhow::Result<Vec<SseEvent>> {
-        let mut events = Vec::new();
-        loop {
-            let Some(e) = self.next(wait).await? else {
-                anyhow::bail!("no {kind:?} event within {wait:?}; got {events:?}");
-            };
-            let done = e.kind == kind;
-            events.push(e);
-            if done {
-                return Ok(events);
-            }
-        }
-    }
-}
-
-fn parse(block: &str) -> anyhow::Result<Option<SseEvent>> {
-    let (mut id, mut kind, mut data) = (None, None, String::new());
-    for line in block.lines() {
-        if line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "id" => id = Some(value.parse::<i64>()?),
-            "event" => kind = Some(value.to_owned()),
-            "data" => data.push_str(value),
-            _ => {}
-        }
-    }
-    let Some(id) = id else {
-        return Ok(None);
-    };
-    Ok(Some(SseEvent {
-        id,
-        kind: kind.unwrap_or_default(),
-        data: serde_json::from_str(&data)?,
-        received: Instant::now(),
-    }))
 }
 
 fn bp_batch(seq: u32, ts: i64, sys: u32, dia: u32) -> String {
@@ -154,7 +62,7 @@ async fn alert_stream_across_nodes() -> anyhow::Result<()> {
     let p = a.patient(&["hypertension"]).await?;
     let creds = a.device(p.id, DeviceKind::BloodPressure).await?;
     let start = a.store().last_alert_event_id().await?;
-    let mut on_a = Sse::connect(&a, &a.token, None).await?;
+    let mut on_a = Sse::connect(a.api, &a.token, None).await?;
 
     let mut dev = RawDevice::connect(b.edge, &creds.id, &creds.secret);
     dev.connected().await.map_err(anyhow::Error::msg)?;
@@ -216,7 +124,7 @@ async fn alert_stream_across_nodes() -> anyhow::Result<()> {
 
     // A client resuming on node B after the opened event gets what node A's client got
     // after it: same ids, in order, none missing, none twice.
-    let mut on_b = Sse::connect(&b, &a.token, Some(opened.id)).await?;
+    let mut on_b = Sse::connect(b.api, &a.token, Some(opened.id)).await?;
     let resumed = on_b.until("acknowledged", Duration::from_secs(5)).await?;
     let ids = |events: &[SseEvent]| events.iter().map(|e| e.id).collect::<Vec<_>>();
     assert_eq!(ids(&resumed), ids(&after_opened));
@@ -233,6 +141,8 @@ async fn alert_stream_across_nodes() -> anyhow::Result<()> {
     // Nothing more arrives on either (no duplicate sent later).
     assert!(on_b.next(Duration::from_millis(1500)).await?.is_none());
     assert!(on_a.next(Duration::from_millis(200)).await?.is_none());
+    // Closed before the nodes stop: a node's shutdown waits (up to 30 s) for open streams.
+    drop((on_a, on_b));
     dev.close();
     b.stop().await;
     a.stop().await;

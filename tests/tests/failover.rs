@@ -11,7 +11,6 @@
 //! devices' unacknowledged readings arrive by their resends; the node answers `/readyz` 200.
 //! The times from promotion to the first acknowledgement and to ready are printed.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use e2e::harness::{Launch, Stack, now_ms};
+use e2e::kit::free_port;
 use gateway::Metrics;
 use protocol::{Measurement, Spo2};
 use simulators::device::{DeviceSpec, spawn};
@@ -68,10 +68,6 @@ fn run(mut command: Command) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// One PostgreSQL cluster in a folder of the test; stopped (immediately) when dropped.

@@ -5,15 +5,14 @@
 //! The device's own address, not the balancer's, is what the per-IP limits count.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::time::Duration;
 
 use e2e::harness::{Db, RawDevice, Stack, now_ms, topic};
+use e2e::kit::{Haproxy, closed_by_server, free_port};
 use gateway::Metrics;
 use store::DeviceKind;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -22,19 +21,6 @@ async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> anyhow::Result<TcpStrea
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(IpAddr::V4(from), 0))?;
     Ok(socket.connect(to).await?)
-}
-
-/// Whether the server closed `s` (EOF or reset) within `within`.
-async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 512];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
 }
 
 /// A test load balancer: forwards every connection it accepts to `edge` after writing
@@ -208,66 +194,6 @@ async fn proxy_header_names_the_device_for_limits_and_bad_headers_are_refused() 
     dev3.close();
     stack.stop().await;
     Ok(())
-}
-
-/// A free TCP port on 127.0.0.1 (bound, read, released).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Debian's HAProxy, run in the foreground with `config`; killed on drop.
-struct Haproxy {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    async fn start(config: &str, wait_for: SocketAddr) -> anyhow::Result<Haproxy> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config)?;
-        let program = if std::path::Path::new("/usr/sbin/haproxy").exists() {
-            "/usr/sbin/haproxy"
-        } else {
-            "haproxy"
-        };
-        let check = Command::new(program)
-            .arg("-c")
-            .arg("-f")
-            .arg(&path)
-            .output()
-            .await?;
-        anyhow::ensure!(
-            check.status.success(),
-            "haproxy -c: {}{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let child = Command::new(program)
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while TcpStream::connect(wait_for).await.is_err() {
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "haproxy did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Haproxy { child, _dir: dir })
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
