@@ -99,6 +99,9 @@ pub struct AlertsConfig {
     /// in the store's outbox instead and the engine catches up from there (the writer never
     /// waits for the engine).
     pub queue_batches: usize,
+    /// Workers evaluating patients at the same time, each the patients of its share of the
+    /// alert partitions (a patient always by the same worker, its readings in order).
+    pub workers: usize,
     /// A pause before each reading is evaluated: makes the engine slow on purpose, for tests
     /// and benchmarks of a lagging engine. Not read from the file; zero otherwise.
     #[serde(skip)]
@@ -117,6 +120,7 @@ impl Default for AlertsConfig {
             late_after: Duration::from_secs(6 * 3600),
             max_cached_patients: 50_000,
             queue_batches: 256,
+            workers: 4,
             evaluation_delay: Duration::ZERO,
         }
     }
@@ -156,8 +160,29 @@ pub struct EngineMetrics {
     pub nodes_live: AtomicU64,
     /// Partitions taken (at start, from a node that died or left, or given back).
     pub partitions_taken: AtomicU64,
+    /// Workers evaluating now (gauge).
+    pub workers_busy: AtomicU64,
+    /// The most workers ever evaluating at the same time.
+    pub workers_busy_peak: AtomicU64,
     /// From a batch's commit to its alert events being written.
     pub commit_to_alert_seconds: Histogram,
+}
+
+/// A worker counted busy while it lives.
+struct Busy<'a>(&'a EngineMetrics);
+
+impl<'a> Busy<'a> {
+    fn start(metrics: &'a EngineMetrics) -> Busy<'a> {
+        let now = metrics.workers_busy.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics.workers_busy_peak.fetch_max(now, Ordering::Relaxed);
+        Busy(metrics)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.workers_busy.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl EngineMetrics {
@@ -225,6 +250,11 @@ impl EngineMetrics {
                 "alert_nodes_live",
                 "Nodes sharing the alert partitions, as last counted.",
                 &self.nodes_live,
+            ),
+            (
+                "alert_workers_busy",
+                "Alert engine workers evaluating readings now.",
+                &self.workers_busy,
             ),
         ] {
             let _ = writeln!(out, "# HELP sentinella_{name} {help}");
@@ -295,30 +325,26 @@ const CATCH_UP_GAP: time::Duration = time::Duration::seconds(1);
 /// How much history a window keeps (the longest baseline plus margin).
 const WINDOW: time::Duration = time::Duration::days(15);
 
-/// The alert engine.
+/// The alert engine: a coordinator and its workers.
+///
+/// The coordinator owns the hand-off, the outbox deletion, the partition leases and the
+/// timers' schedule; each [`Worker`] owns the patients of the partitions `p % workers == i`
+/// with their whole state (cache, plans, adherence clocks). A batch is split by worker and
+/// the workers evaluate their share at the same time, each on its own task; the coordinator
+/// waits for all of them before the next batch. So a patient is evaluated by one worker only,
+/// its readings in order, and nothing is shared between workers (no locks); leases and
+/// timers run between batches, when every worker is idle.
 pub struct Engine {
     store: Store,
     config: AlertsConfig,
     clock: Clock,
     metrics: Arc<EngineMetrics>,
-    patients: HashMap<i64, PatientState>,
-    /// Latest measurement per (patient, kind), for adherence.
-    last_measured: HashMap<(i64, ReadingKind), OffsetDateTime>,
-    /// Time-driven conditions known active (not to re-trigger every tick).
-    timed_active: HashSet<(i64, String)>,
-    plans: HashMap<i64, Arc<LoadedPlan>>,
-    /// Composed plans shared by every patient without a stored plan, by conditions.
-    templates: HashMap<String, Arc<LoadedPlan>>,
     /// Where repeat requests go (`None`: nowhere, e.g. a benchmark without devices).
     repeats: Option<mpsc::UnboundedSender<RepeatRequest>>,
-    last_repeat: HashMap<(String, ReadingKind), OffsetDateTime>,
-    /// When a late reading of (patient, kind) last arrived, by the engine's clock.
-    last_late: HashMap<(i64, ReadingKind), OffsetDateTime>,
-    /// The (patient, kind) pairs with a device (`None` until the first device tick).
-    device_kinds: Option<HashSet<(i64, ReadingKind)>>,
     /// Fires at shutdown: timers stop, the remaining batches are still evaluated.
     stopping: CancellationToken,
-    touch: u64,
+    /// `None` only while the worker is out on its task.
+    workers: Vec<Option<Worker>>,
     done_outbox: Vec<i64>,
     /// Outbox entries evaluated from the store (catch-up, takeover, other nodes' batches),
     /// with when: the same batch arriving from memory afterwards is skipped.
@@ -330,12 +356,67 @@ pub struct Engine {
     held_since: [Option<std::time::Instant>; store::leases::PARTITIONS as usize],
 }
 
+/// The state and evaluation of one worker's patients (see [`Engine`]).
+struct Worker {
+    store: Store,
+    config: AlertsConfig,
+    clock: Clock,
+    metrics: Arc<EngineMetrics>,
+    repeats: Option<mpsc::UnboundedSender<RepeatRequest>>,
+    stopping: CancellationToken,
+    /// The partitions of this worker (`p % workers == index`).
+    mask: u64,
+    /// Of those, the ones the engine holds now.
+    held: u64,
+    patients: HashMap<i64, PatientState>,
+    /// Latest measurement per (patient, kind), for adherence.
+    last_measured: HashMap<(i64, ReadingKind), OffsetDateTime>,
+    /// Time-driven conditions known active (not to re-trigger every tick).
+    timed_active: HashSet<(i64, String)>,
+    plans: HashMap<i64, Arc<LoadedPlan>>,
+    /// Composed plans shared by every patient without a stored plan, by conditions.
+    templates: HashMap<String, Arc<LoadedPlan>>,
+    last_repeat: HashMap<(String, ReadingKind), OffsetDateTime>,
+    /// When a late reading of (patient, kind) last arrived, by the engine's clock.
+    last_late: HashMap<(i64, ReadingKind), OffsetDateTime>,
+    /// The (patient, kind) pairs with a device (`None` until the first device tick).
+    device_kinds: Option<HashSet<(i64, ReadingKind)>>,
+    touch: u64,
+}
+
+/// Work for a worker: one patient's readings, from memory or read back from the store.
+enum Job {
+    Readings(i64, Vec<NewReading>),
+    /// Received-at spans of the patient's readings in the store.
+    Spans(i64, Vec<(OffsetDateTime, OffsetDateTime)>),
+}
+
+impl Job {
+    fn patient(&self) -> i64 {
+        match self {
+            Job::Readings(p, _) | Job::Spans(p, _) => *p,
+        }
+    }
+}
+
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("patients", &self.patients.len())
+            .field("workers", &self.workers.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The worker evaluating `patient`, of `workers`.
+fn worker_of(patient: i64, workers: usize) -> usize {
+    store::leases::partition_of(patient) as usize % workers
+}
+
+/// The partitions of worker `index` of `workers`.
+fn worker_mask(index: usize, workers: usize) -> u64 {
+    (0..store::leases::PARTITIONS)
+        .filter(|p| *p as usize % workers == index)
+        .fold(0u64, |m, p| m | (1u64 << p))
 }
 
 impl Engine {
@@ -345,27 +426,121 @@ impl Engine {
         clock: Clock,
         metrics: Arc<EngineMetrics>,
     ) -> Engine {
-        Engine {
+        let mut engine = Engine {
             store,
             config,
             clock,
             metrics,
+            repeats: None,
+            stopping: CancellationToken::new(),
+            workers: Vec::new(),
+            done_outbox: Vec::new(),
+            seen: HashMap::new(),
+            leases: None,
+            held_since: [None; store::leases::PARTITIONS as usize],
+        };
+        engine.reset_workers();
+        engine
+    }
+
+    /// New workers with empty caches (they fill from the store as patients measure).
+    fn reset_workers(&mut self) {
+        let k = self
+            .config
+            .workers
+            .clamp(1, store::leases::PARTITIONS as usize);
+        self.workers = (0..k).map(|i| Some(self.new_worker(i, k))).collect();
+    }
+
+    fn new_worker(&self, index: usize, of: usize) -> Worker {
+        // The cache bound is the engine's: each worker keeps its share.
+        let mut config = self.config.clone();
+        config.max_cached_patients = config.max_cached_patients.div_ceil(of).max(1);
+        Worker {
+            mask: worker_mask(index, of),
+            store: self.store.clone(),
+            config,
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+            repeats: self.repeats.clone(),
+            stopping: self.stopping.clone(),
+            held: 0,
             patients: HashMap::new(),
             last_measured: HashMap::new(),
             timed_active: HashSet::new(),
             plans: HashMap::new(),
             templates: HashMap::new(),
-            repeats: None,
             last_repeat: HashMap::new(),
             last_late: HashMap::new(),
             device_kinds: None,
-            stopping: CancellationToken::new(),
             touch: 0,
-            done_outbox: Vec::new(),
-            seen: HashMap::new(),
-            leases: None,
-            held_since: [None; store::leases::PARTITIONS as usize],
         }
+    }
+
+    /// The workers (all at home: between batches).
+    fn workers(&mut self) -> impl Iterator<Item = &mut Worker> {
+        let held = self.held();
+        self.workers.iter_mut().filter_map(move |w| {
+            let w = w.as_mut()?;
+            w.held = held & w.mask;
+            Some(w)
+        })
+    }
+
+    /// The worker of `patient`.
+    fn worker(&mut self, patient: i64) -> Option<&mut Worker> {
+        let i = worker_of(patient, self.workers.len());
+        self.workers.get_mut(i)?.as_mut()
+    }
+
+    /// Evaluates `jobs`, each worker its own patients on its own task, all at once; returns
+    /// the patients whose evaluation failed (their cached state is dropped).
+    async fn dispatch(&mut self, jobs: Vec<Job>) -> Vec<(i64, StoreError)> {
+        let k = self.workers.len();
+        let held = self.held();
+        let mut shares: Vec<Vec<Job>> = (0..k).map(|_| Vec::new()).collect();
+        for job in jobs {
+            shares[worker_of(job.patient(), k)].push(job);
+        }
+        let mut running = Vec::new();
+        for (i, share) in shares.into_iter().enumerate() {
+            if share.is_empty() {
+                continue;
+            }
+            let Some(mut worker) = self.workers[i].take() else {
+                continue;
+            };
+            worker.held = held & worker.mask;
+            running.push((
+                i,
+                share.iter().map(Job::patient).collect::<Vec<_>>(),
+                tokio::spawn(async move {
+                    let failed = worker.run(share).await;
+                    (worker, failed)
+                }),
+            ));
+        }
+        let mut failed = Vec::new();
+        for (i, patients, task) in running {
+            match task.await {
+                Ok((worker, f)) => {
+                    self.workers[i] = Some(worker);
+                    failed.extend(f);
+                }
+                Err(e) => {
+                    // A panic in a rule: the worker's cache is gone; it is rebuilt from the
+                    // store, and its batches stay in the outbox for the next start.
+                    tracing::error!(error = %e, worker = i, "alert engine worker failed");
+                    self.workers[i] = Some(self.new_worker(i, k));
+                    failed.extend(
+                        patients
+                            .into_iter()
+                            .map(|p| (p, StoreError::Invalid("alert worker failed".into()))),
+                    );
+                }
+            }
+        }
+        failed
     }
 
     /// Evaluates only the patients of the alert partitions `leases` holds, and takes its
@@ -379,14 +554,24 @@ impl Engine {
 
     /// Sends repeat requests to `tx` (the gateway delivers them to the devices).
     pub fn with_repeats(mut self, tx: mpsc::UnboundedSender<RepeatRequest>) -> Engine {
-        self.repeats = Some(tx);
+        self.repeats = Some(tx.clone());
+        for w in self.workers() {
+            w.repeats = Some(tx.clone());
+        }
         self
+    }
+
+    fn set_stopping(&mut self, cancel: &CancellationToken) {
+        self.stopping = cancel.clone();
+        for w in self.workers() {
+            w.stopping = cancel.clone();
+        }
     }
 
     /// Runs until `cancel` fires and the channel is drained: recovers the outbox first, then
     /// evaluates batches as they come and runs the timers.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Committed>, cancel: CancellationToken) {
-        self.stopping = cancel.clone();
+        self.set_stopping(&cancel);
         self.start_up(&cancel).await;
         let start = tokio::time::Instant::now() + self.config.tick;
         let mut tick = tokio::time::interval_at(start, self.config.tick);
@@ -407,7 +592,7 @@ impl Engine {
     /// [`Engine::run`] fed through a [`Handoff`]: the writer never waits for the engine;
     /// when the engine lags, it catches up from the outbox (see `store::handoff`).
     pub async fn run_handoff(mut self, handoff: Arc<Handoff>, cancel: CancellationToken) {
-        self.stopping = cancel.clone();
+        self.set_stopping(&cancel);
         self.start_up(&cancel).await;
         let start = tokio::time::Instant::now() + self.config.tick;
         let mut tick = tokio::time::interval_at(start, self.config.tick);
@@ -492,6 +677,7 @@ impl Engine {
                     .push((entry.min_received_at, entry.max_received_at));
             }
         }
+        let mut jobs = Vec::with_capacity(spans.len());
         for (patient, mut list) in spans {
             list.sort();
             let mut merged: Vec<(OffsetDateTime, OffsetDateTime)> = Vec::new();
@@ -501,14 +687,11 @@ impl Engine {
                     _ => merged.push((lo, hi)),
                 }
             }
-            for (lo, hi) in merged {
-                let stored = self
-                    .store
-                    .readings_received_between(patient, lo, hi)
-                    .await?;
-                let readings: Vec<NewReading> = stored.into_iter().map(to_new).collect();
-                self.evaluate_patient(patient, &readings).await?;
-            }
+            jobs.push(Job::Spans(patient, merged));
+        }
+        if let Some((_, e)) = self.dispatch(jobs).await.into_iter().next() {
+            // The entries stay: the next catch-up, poll or start evaluates them again.
+            return Err(e);
         }
         let ids: Vec<i64> = pending.iter().map(|e| e.id).collect();
         self.store.finish_outbox(&ids).await?;
@@ -560,8 +743,10 @@ impl Engine {
             {
                 Ok(rows) => {
                     for (patient, kind, at) in rows {
-                        if let Some(kind) = ReadingKind::parse(&kind) {
-                            self.last_measured.insert((patient, kind), at);
+                        if let Some(kind) = ReadingKind::parse(&kind)
+                            && let Some(w) = self.worker(patient)
+                        {
+                            w.last_measured.insert((patient, kind), at);
                         }
                     }
                     break;
@@ -591,6 +776,29 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Every patient's plan in two queries: stored plans, and the shared template for the
+    /// conditions of everyone else.
+    async fn load_all_plans(&mut self) -> Result<(), StoreError> {
+        let stored: HashMap<i64, store::CarePlanRow> = self
+            .store
+            .current_care_plans()
+            .await?
+            .into_iter()
+            .map(|r| (r.patient_id, r))
+            .collect();
+        for p in self.store.list_patients(None, None).await? {
+            let Some(w) = self.worker(p.id) else {
+                continue;
+            };
+            let loaded = match stored.get(&p.id) {
+                Some(row) => Arc::new(parse_stored(row)),
+                None => w.template_plan(&p.conditions),
+            };
+            w.plans.insert(p.id, loaded);
+        }
+        Ok(())
     }
 
     /// Logs a store error and waits a moment; false if shutting down.
@@ -631,15 +839,16 @@ impl Engine {
                 by_patient.entry(r.patient_id).or_default().push(r);
             }
         }
-        let mut ok = true;
-        for (patient, readings) in by_patient {
-            if let Err(e) = self.evaluate_patient(patient, &readings).await {
-                ok = false;
-                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                // The outbox entry stays: a restart evaluates these readings again.
-                tracing::warn!(error = %e, patient, "alert engine: evaluation failed; kept for re-evaluation");
-                self.patients.remove(&patient);
-            }
+        let jobs = by_patient
+            .into_iter()
+            .map(|(patient, readings)| Job::Readings(patient, readings))
+            .collect();
+        let failed = self.dispatch(jobs).await;
+        let ok = failed.is_empty();
+        for (patient, e) in failed {
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            // The outbox entry stays: a restart evaluates these readings again.
+            tracing::warn!(error = %e, patient, "alert engine: evaluation failed; kept for re-evaluation");
         }
         self.metrics
             .commit_to_alert_seconds
@@ -669,24 +878,132 @@ impl Engine {
         }
     }
 
-    /// Every patient's plan in two queries: stored plans, and the shared template for the
-    /// conditions of everyone else.
-    async fn load_all_plans(&mut self) -> Result<(), StoreError> {
-        let stored: HashMap<i64, store::CarePlanRow> = self
-            .store
-            .current_care_plans()
-            .await?
-            .into_iter()
-            .map(|r| (r.patient_id, r))
-            .collect();
-        for p in self.store.list_patients(None, None).await? {
-            let loaded = match stored.get(&p.id) {
-                Some(row) => Arc::new(parse_stored(row)),
-                None => self.template_plan(&p.conditions),
+    /// The time-driven rules.
+    pub async fn on_tick(&mut self) {
+        self.flush_outbox().await;
+        self.prune_seen();
+        let now = (self.clock)();
+        // The timers run worker by worker: once every 30 s, no need to run them in parallel.
+        match self.store.care_plan_versions().await {
+            Ok(versions) => {
+                let mut errors = Vec::new();
+                for w in self.workers() {
+                    if let Err(e) = w.refresh_plans(&versions).await {
+                        errors.push(e);
+                    }
+                }
+                errors.iter().for_each(|e| self.note_error(e));
+            }
+            Err(e) => self.note_error(&e),
+        }
+        if let Err(e) = self.escalate(now).await {
+            self.note_error(&e);
+        }
+        match self.store.list_devices(None, None).await {
+            Ok(devices) => {
+                let mut errors = Vec::new();
+                for w in self.workers() {
+                    if let Err(e) = w.devices(&devices, now).await {
+                        errors.push(e);
+                    }
+                }
+                errors.iter().for_each(|e| self.note_error(e));
+            }
+            Err(e) => self.note_error(&e),
+        }
+        let mut errors = Vec::new();
+        for w in self.workers() {
+            if let Err(e) = w.adherence(now).await {
+                errors.push(e);
+            }
+        }
+        errors.iter().for_each(|e| self.note_error(e));
+    }
+
+    fn note_error(&self, e: &StoreError) {
+        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "alert engine timer: store error; next tick retries");
+    }
+
+    async fn escalate(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
+        for alert in self.store.overdue_alerts(now, 500).await? {
+            if self.stopping.is_cancelled() {
+                break;
+            }
+            if !self.holds(alert.patient_id) {
+                continue;
+            }
+            let Some(response) = self.config.response(alert.severity) else {
+                continue;
             };
-            self.plans.insert(p.id, loaded);
+            let next = now + time::Duration::try_from(response).unwrap_or(time::Duration::HOUR);
+            if self
+                .store
+                .escalate_alert(alert.id, now, next)
+                .await?
+                .is_some()
+            {
+                self.metrics
+                    .alerts_escalated
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    alert = alert.id,
+                    patient = alert.patient_id,
+                    severity = alert.severity.as_str(),
+                    "alert escalated: not acknowledged in time"
+                );
+            }
         }
         Ok(())
+    }
+}
+
+impl Worker {
+    /// Evaluates its share of a batch, patient by patient; returns the patients that failed
+    /// (their cached state dropped: it is reloaded from the store next time).
+    async fn run(&mut self, jobs: Vec<Job>) -> Vec<(i64, StoreError)> {
+        let metrics = self.metrics.clone();
+        let _busy = Busy::start(&metrics);
+        let mut failed = Vec::new();
+        for job in jobs {
+            let patient = job.patient();
+            let result = match job {
+                Job::Readings(_, readings) => self.evaluate_patient(patient, &readings).await,
+                Job::Spans(_, spans) => self.evaluate_spans(patient, &spans).await,
+            };
+            if let Err(e) = result {
+                self.patients.remove(&patient);
+                failed.push((patient, e));
+            }
+        }
+        failed
+    }
+
+    /// Evaluates the patient's readings received in `spans`, read from the store.
+    async fn evaluate_spans(
+        &mut self,
+        patient: i64,
+        spans: &[(OffsetDateTime, OffsetDateTime)],
+    ) -> Result<(), StoreError> {
+        for &(lo, hi) in spans {
+            let stored = self
+                .store
+                .readings_received_between(patient, lo, hi)
+                .await?;
+            let readings: Vec<NewReading> = stored.into_iter().map(to_new).collect();
+            self.evaluate_patient(patient, &readings).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `patient` is this worker's.
+    fn mine(&self, patient: i64) -> bool {
+        store::leases::holds(self.mask, patient)
+    }
+
+    /// Whether the engine evaluates `patient` now (for the timers).
+    fn holds(&self, patient: i64) -> bool {
+        store::leases::holds(self.held, patient)
     }
 
     fn template_plan(&mut self, conditions: &[String]) -> Arc<LoadedPlan> {
@@ -1194,35 +1511,13 @@ impl Engine {
         Ok(())
     }
 
-    /// The time-driven rules.
-    pub async fn on_tick(&mut self) {
-        self.flush_outbox().await;
-        self.prune_seen();
-        let now = (self.clock)();
-        if let Err(e) = self.refresh_plans().await {
-            self.note_error(&e);
-        }
-        if let Err(e) = self.escalate(now).await {
-            self.note_error(&e);
-        }
-        if let Err(e) = self.devices(now).await {
-            self.note_error(&e);
-        }
-        if let Err(e) = self.adherence(now).await {
-            self.note_error(&e);
-        }
-    }
-
-    fn note_error(&self, e: &StoreError) {
-        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(error = %e, "alert engine timer: store error; next tick retries");
-    }
-
     /// Drops cached plans whose stored version changed, and loads plans of patients the
     /// engine has not met yet (their adherence clocks run too).
-    async fn refresh_plans(&mut self) -> Result<(), StoreError> {
-        let versions = self.store.care_plan_versions().await?;
-        for (patient, version) in versions {
+    async fn refresh_plans(&mut self, versions: &[(i64, i64)]) -> Result<(), StoreError> {
+        for &(patient, version) in versions {
+            if !self.mine(patient) {
+                continue;
+            }
             let stale = self
                 .plans
                 .get(&patient)
@@ -1233,38 +1528,6 @@ impl Engine {
                 if let Some(state) = self.patients.get_mut(&patient) {
                     state.plan = plan;
                 }
-            }
-        }
-        Ok(())
-    }
-
-    async fn escalate(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
-        for alert in self.store.overdue_alerts(now, 500).await? {
-            if self.stopping.is_cancelled() {
-                break;
-            }
-            if !self.holds(alert.patient_id) {
-                continue;
-            }
-            let Some(response) = self.config.response(alert.severity) else {
-                continue;
-            };
-            let next = now + time::Duration::try_from(response).unwrap_or(time::Duration::HOUR);
-            if self
-                .store
-                .escalate_alert(alert.id, now, next)
-                .await?
-                .is_some()
-            {
-                self.metrics
-                    .alerts_escalated
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    alert = alert.id,
-                    patient = alert.patient_id,
-                    severity = alert.severity.as_str(),
-                    "alert escalated: not acknowledged in time"
-                );
             }
         }
         Ok(())
@@ -1343,12 +1606,15 @@ impl Engine {
         Ok(())
     }
 
-    async fn devices(&mut self, now: OffsetDateTime) -> Result<(), StoreError> {
-        let devices = self.store.list_devices(None, None).await?;
+    async fn devices(
+        &mut self,
+        devices: &[store::Device],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         self.device_kinds = Some(
             devices
                 .iter()
-                .filter(|d| d.revoked_at.is_none())
+                .filter(|d| d.revoked_at.is_none() && self.mine(d.patient_id))
                 .map(|d| (d.patient_id, ReadingKind::from(d.kind)))
                 .collect(),
         );
@@ -1445,7 +1711,7 @@ fn metric_named(name: &str) -> Option<Metric> {
     serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
 }
 
-fn plan_of(engine: &Engine, patient: i64) -> Arc<LoadedPlan> {
+fn plan_of(engine: &Worker, patient: i64) -> Arc<LoadedPlan> {
     engine
         .patients
         .get(&patient)

@@ -248,6 +248,13 @@ fn gateway(config: &Config, p: &mut Problems) {
         p.nonzero_duration(key, value);
     }
     p.nonzero("gateway.alerts.max_cached_patients", a.max_cached_patients);
+    // A worker evaluates whole alert partitions: more workers than partitions would idle.
+    if a.workers == 0 || a.workers > store::leases::PARTITIONS as usize {
+        p.add(
+            "gateway.alerts.workers",
+            format!("must be 1 to {}", store::leases::PARTITIONS),
+        );
+    }
     tls_pair(p, "gateway", g.tls_cert.as_deref(), g.tls_key.as_deref());
     if let Some(ca) = &g.tls_client_ca {
         match read_certs(ca) {

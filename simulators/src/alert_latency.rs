@@ -51,6 +51,8 @@ pub struct LatencyOptions {
     pub trigger_share: f64,
     /// Readings for the engine-ceiling phase (0: skip it).
     pub ceiling_readings: usize,
+    /// The engine's workers (`[gateway.alerts] workers`; 1: the serial engine).
+    pub workers: usize,
     pub seed: u64,
 }
 
@@ -64,6 +66,7 @@ impl Default for LatencyOptions {
             batch_ms: 20,
             trigger_share: 0.01,
             ceiling_readings: 100_000,
+            workers: AlertsConfig::default().workers,
             seed: 1,
         }
     }
@@ -275,7 +278,10 @@ async fn run_on(
     let metrics = Arc::new(EngineMetrics::default());
     let engine = Engine::new(
         store.clone(),
-        AlertsConfig::default(),
+        AlertsConfig {
+            workers: opts.workers,
+            ..AlertsConfig::default()
+        },
         system_clock(),
         metrics.clone(),
     );

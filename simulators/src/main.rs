@@ -310,6 +310,9 @@ enum Command {
         /// Readings for the engine-ceiling phase (0: skip).
         #[arg(long, default_value_t = 100_000)]
         ceiling: usize,
+        /// The alert engine's workers (1: the serial engine).
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -617,10 +620,12 @@ async fn main() -> anyhow::Result<()> {
             duration,
             trigger_share,
             ceiling,
+            workers,
             json,
             out,
         } => {
             let opts = LatencyOptions {
+                workers,
                 database_url,
                 patients,
                 rate,

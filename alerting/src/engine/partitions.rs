@@ -138,10 +138,12 @@ impl Engine {
     /// Drops the cached state of the patients of `mask`: another node may change it.
     fn forget(&mut self, mask: u64) {
         let of = |patient: &i64| mask & (1u64 << partition_of(*patient)) != 0;
-        self.patients.retain(|p, _| !of(p));
-        self.timed_active.retain(|(p, _)| !of(p));
-        self.last_measured.retain(|(p, _), _| !of(p));
-        self.last_late.retain(|(p, _), _| !of(p));
+        for w in self.workers() {
+            w.patients.retain(|p, _| !of(p));
+            w.timed_active.retain(|(p, _)| !of(p));
+            w.last_measured.retain(|(p, _), _| !of(p));
+            w.last_late.retain(|(p, _), _| !of(p));
+        }
         for p in partitions_in(mask) {
             if self
                 .leases
@@ -160,8 +162,10 @@ impl Engine {
             if mask & (1u64 << partition_of(patient)) == 0 {
                 continue;
             }
-            if let Some(kind) = store::ReadingKind::parse(&kind) {
-                self.last_measured.insert((patient, kind), at);
+            if let Some(kind) = store::ReadingKind::parse(&kind)
+                && let Some(w) = self.worker(patient)
+            {
+                w.last_measured.insert((patient, kind), at);
             }
         }
         Ok(())
