@@ -6,6 +6,8 @@
 #
 #   bash scripts/bench.sh [sqlite|postgres|all]      (default: all)
 #   env: DEVICES (200), DURATION (30s), BATCH (32), IN_FLIGHT (4), PG (postgres base URL),
+#        WRITERS (gateway.writers, default 4: commit lanes; 1 = one commit at a time),
+#        ALERTS (1; 0 runs the gateway without its alert engine: the device path alone),
 #        HALF (1: on PostgreSQL also run a steady load at half the measured rate for its p99
 #        publish→ack), HALF_DURATION (30s), STORE_ROWS (200000: the store-alone runs)
 #
@@ -24,6 +26,8 @@ OUT=${OUT:-artifacts/bench}
 HALF=${HALF:-1}
 HALF_DURATION=${HALF_DURATION:-30s}
 STORE_ROWS=${STORE_ROWS:-200000}
+WRITERS=${WRITERS:-4}
+ALERTS=${ALERTS:-1}
 mkdir -p "$OUT"
 
 cargo build --release --locked -p sentinella -p simulators >&2
@@ -43,16 +47,28 @@ bench_one() {
       url="$PG/$db" ;;
   esac
   edge=$(free_port); api=$(free_port)
-  echo "== $backend: $DEVICES devices, batch $BATCH, in flight $IN_FLIGHT, $DURATION" >&2
+  printf '[gateway]\nwriters = %s\n[gateway.alerts]\nenabled = %s\n' "$WRITERS" \
+    "$([ "$ALERTS" = 1 ] && echo true || echo false)" > "$work/bench.toml"
+  echo "== $backend: $DEVICES devices, batch $BATCH, in flight $IN_FLIGHT, $DURATION, writers $WRITERS, alerts $ALERTS" >&2
   $BIN/sentinella-sim provision --database-url "$url" --patients "$DEVICES" --prefix bench --out "$work/fleet.json" >&2
   SENTINELLA_EDGE_LISTEN=127.0.0.1:$edge SENTINELLA_EDGE_TLS_LISTEN=127.0.0.1:0 SENTINELLA_API_LISTEN=127.0.0.1:$api \
-    $BIN/sentinella --database-url "$url" --data-dir "$work" --log warn run &
+    $BIN/sentinella --config "$work/bench.toml" --database-url "$url" --data-dir "$work" --log warn run &
   pid=$!
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$api/readyz" >/dev/null && break; sleep 0.1; done
   $BIN/sentinella-sim bench --fleet "$work/fleet.json" --broker "127.0.0.1:$edge" --devices "$DEVICES" \
     --duration "$DURATION" --batch "$BATCH" --in-flight "$IN_FLIGHT" --gateway-pid "$pid" --json \
     > "$OUT/$backend.json"
   curl -s "http://127.0.0.1:$api/metrics" > "$OUT/$backend.metrics.txt"
+  if [ "$backend" = postgres ]; then
+    # The alert engine lags at full load (the outbox holds what it has not evaluated yet);
+    # wait until it has caught up, so the half-rate run measures the device path in a
+    # steady state, and report how long the catch-up took.
+    local waited=0
+    while [ "$(psql "$url" -tAc 'SELECT count(*) FROM alert_outbox')" != 0 ] && [ $waited -lt 600 ]; do
+      sleep 1; waited=$((waited + 1))
+    done
+    echo "alert engine caught up ${waited} s after the full-load run ($(curl -s "http://127.0.0.1:$api/metrics" | awk '/^sentinella_alert_readings_evaluated_total/ {print $2}') readings evaluated)" | tee "$OUT/$backend.catchup.txt" >&2
+  fi
   if [ "$backend" = postgres ] && [ "$HALF" = 1 ]; then
     # The same fleet at half the rate just measured, paced: its publish→ack latency.
     local rate
@@ -61,6 +77,7 @@ bench_one() {
     $BIN/sentinella-sim chaos --fleet "$work/fleet.json" --broker "127.0.0.1:$edge" \
       --database-url "$url" --devices "$DEVICES" --rate "$rate" --duration "$HALF_DURATION" \
       --drain 60s --gateway-pid "$pid" --seed 2 --out "$OUT/$backend.half.json" > "$OUT/$backend.half.txt" || true
+    curl -s "http://127.0.0.1:$api/metrics" > "$OUT/$backend.half.metrics.txt"
   fi
   kill -TERM "$pid"; wait "$pid" || true
   if [ "$backend" = postgres ]; then psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS sentinella_bench_$$" >&2; fi

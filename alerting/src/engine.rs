@@ -305,8 +305,8 @@ struct LoadedPlan {
 #[derive(Debug)]
 struct PatientState {
     plan: Arc<LoadedPlan>,
-    /// Recent readings of every kind.
-    window: Vec<Obs>,
+    /// Recent readings of every kind, sorted.
+    window: rules::Window,
     /// Rules whose condition is active in the store (so a reading back in range clears).
     active: HashSet<String>,
     /// Unconfirmed alerts by rule, waiting for a repeat.
@@ -1053,10 +1053,12 @@ impl Worker {
                 limit: 10_000,
             })
             .await?;
-        let window = stored
-            .into_iter()
-            .map(|r| Obs::from_new(&to_new(r)))
-            .collect();
+        let window = rules::Window::new(
+            stored
+                .into_iter()
+                .map(|r| Obs::from_new(&to_new(r)))
+                .collect(),
+        );
         let open = self.store.open_alerts(patient).await?;
         let active = open
             .iter()
@@ -1142,17 +1144,10 @@ impl Worker {
                     return Ok(());
                 };
                 state.touched = touch;
-                if !state
-                    .window
-                    .iter()
-                    .any(|w| w.seq == o.seq && w.device_id == o.device_id)
-                {
-                    state.window.push(o.clone());
-                }
-                let newest = state.window.iter().map(|w| w.at).max().unwrap_or(o.at);
-                state.window.retain(|w| w.at >= newest - WINDOW);
+                state.window.insert(&o, WINDOW);
+                state.window.trim(WINDOW);
                 let late = !o.clock_bad && o.received_at - o.at > late_after;
-                let effects = rules::evaluate(&state.plan.plan, &state.window, &o);
+                let effects = rules::evaluate(&state.plan.plan, state.window.readings(), &o);
                 (state.plan.clone(), effects, late)
             };
             if o.quality == Quality::Excluded {

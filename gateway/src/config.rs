@@ -81,6 +81,9 @@ pub struct GatewayConfig {
     /// …or when its oldest row has waited this long.
     #[serde(with = "humantime_serde")]
     pub batch_max_delay: Duration,
+    /// Writer lanes: batches committed at once, each lane over its own patients (a patient's
+    /// devices always share a lane). On SQLite, whose writes take one lock, always 1.
+    pub writers: usize,
     /// Capacity of the queue between the broker link and the batcher (messages). When full,
     /// the link stops reading and the edge stops reading device sockets: backpressure.
     pub queue_capacity: usize,
@@ -119,6 +122,7 @@ impl Default for GatewayConfig {
             max_packet_size: 256 * 1024,
             batch_max_rows: 1000,
             batch_max_delay: Duration::from_millis(20),
+            writers: 4,
             queue_capacity: 8192,
             registry_ttl: Duration::from_secs(30),
             broker_segment_size: 16 * 1024 * 1024,

@@ -193,7 +193,11 @@ pub async fn start(
     )?;
     let registry = Arc::new(registry::Registry::new(store.clone(), config.registry_ttl));
 
-    let (batch_tx, batch_rx) = mpsc::channel(2);
+    let lanes = match store.backend() {
+        store::Backend::Sqlite => 1,
+        store::Backend::Postgres => config.writers.max(1),
+    };
+    let (batch_tx, batch_rx): (Vec<_>, Vec<_>) = (0..lanes).map(|_| mpsc::channel(2)).unzip();
     let batcher = ingest::batch::Batcher {
         registry: registry.clone(),
         metrics: metrics.clone(),

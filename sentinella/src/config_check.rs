@@ -232,6 +232,10 @@ fn gateway(config: &Config, p: &mut Problems) {
     }
     p.nonzero("gateway.batch_max_rows", g.batch_max_rows);
     p.nonzero_duration("gateway.batch_max_delay", g.batch_max_delay);
+    // Each lane holds one of the store's 16 pooled connections while it commits.
+    if g.writers == 0 || g.writers > 8 {
+        p.add("gateway.writers", "must be 1 to 8");
+    }
     p.nonzero("gateway.queue_capacity", g.queue_capacity);
     p.nonzero_duration("gateway.registry_ttl", g.registry_ttl);
     p.nonzero("gateway.broker_segment_size", g.broker_segment_size);

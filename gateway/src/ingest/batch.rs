@@ -1,6 +1,10 @@
-//! The batcher: groups decoded rows and hands full (or old enough) batches to the writer.
+//! The batcher: groups decoded rows and hands full (or old enough) batches to the writers.
 //!
 //! A message is never split across batches, so a device's ack always covers a whole publish.
+//! Rows are grouped by writer lane, the device's patient modulo the number of lanes (see
+//! [`lane`]): every row of one patient (its devices' readings, statuses, quarantine records)
+//! goes through one lane, so lanes commit disjoint rows at the same time without contending
+//! for locks, and a device's acks and a patient's hand-off to the alert engine keep their order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,15 +31,41 @@ pub(crate) struct Batcher {
     pub(crate) max_delay: Duration,
 }
 
+/// The writer lane of a patient's rows (of a device not provisioned: its id's hash).
+pub(crate) fn lane(patient: Option<i64>, device_id: &str, lanes: usize) -> usize {
+    let lanes = lanes.max(1) as u64;
+    let key = match patient {
+        Some(p) => p as u64,
+        None => device_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        }),
+    };
+    (key % lanes) as usize
+}
+
+/// The batches being filled, one per writer lane.
+struct Lanes {
+    batches: Vec<PendingBatch>,
+}
+
+impl Lanes {
+    fn rows(&self) -> usize {
+        self.batches.iter().map(PendingBatch::rows).sum()
+    }
+}
+
 impl Batcher {
-    /// Runs until `cancel`, then drains what is already queued and flushes it.
+    /// Runs until `cancel`, then drains what is already queued and flushes it. Batches go to
+    /// `writers[lane]`; a full batch or an expired window flushes every lane at once.
     pub(crate) async fn run(
         self,
         mut rx: mpsc::Receiver<Inbound>,
-        writer: mpsc::Sender<PendingBatch>,
+        writers: Vec<mpsc::Sender<PendingBatch>>,
         cancel: CancellationToken,
     ) {
-        let mut batch = PendingBatch::default();
+        let mut lanes = Lanes {
+            batches: writers.iter().map(|_| PendingBatch::default()).collect(),
+        };
         let mut deadline: Option<Instant> = None;
         loop {
             let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -43,17 +73,17 @@ impl Batcher {
                 biased;
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
-                    self.add(&mut batch, msg).await;
-                    if deadline.is_none() && batch.rows() > 0 {
+                    self.add(&mut lanes, msg).await;
+                    if deadline.is_none() && lanes.rows() > 0 {
                         deadline = Some(Instant::now() + self.max_delay);
                     }
-                    if batch.rows() >= self.max_rows && !self.flush(&mut batch, &writer).await {
+                    if lanes.rows() >= self.max_rows && !self.flush(&mut lanes, &writers).await {
                         return;
                     }
-                    if batch.rows() == 0 { deadline = None; }
+                    if lanes.rows() == 0 { deadline = None; }
                 }
                 _ = tokio::time::sleep_until(flush_at), if deadline.is_some() => {
-                    if !self.flush(&mut batch, &writer).await {
+                    if !self.flush(&mut lanes, &writers).await {
                         return;
                     }
                     deadline = None;
@@ -63,25 +93,36 @@ impl Batcher {
         }
         // Shutdown: whatever the link already handed over is committed and acked before exit.
         while let Ok(msg) = rx.try_recv() {
-            self.add(&mut batch, msg).await;
-            if batch.rows() >= self.max_rows {
-                self.flush(&mut batch, &writer).await;
+            self.add(&mut lanes, msg).await;
+            if lanes.rows() >= self.max_rows {
+                self.flush(&mut lanes, &writers).await;
             }
         }
-        self.flush(&mut batch, &writer).await;
+        self.flush(&mut lanes, &writers).await;
         tracing::debug!("batcher stopped");
     }
 
-    /// Sends the batch to the writer; false when the writer is gone.
-    async fn flush(&self, batch: &mut PendingBatch, writer: &mpsc::Sender<PendingBatch>) -> bool {
-        if batch.rows() == 0 {
-            return true;
+    /// Sends each lane's batch to its writer; false when a writer is gone.
+    async fn flush(&self, lanes: &mut Lanes, writers: &[mpsc::Sender<PendingBatch>]) -> bool {
+        for (batch, writer) in lanes.batches.iter_mut().zip(writers) {
+            if batch.rows() > 0 && writer.send(std::mem::take(batch)).await.is_err() {
+                return false;
+            }
         }
-        writer.send(std::mem::take(batch)).await.is_ok()
+        true
     }
 
-    async fn add(&self, batch: &mut PendingBatch, msg: Inbound) {
-        batch.oldest.get_or_insert_with(std::time::Instant::now);
+    /// The lane of a device's rows (its patient's, from the registry).
+    async fn lane_of(&self, device_id: &str, lanes: usize) -> usize {
+        let patient = match self.registry.lookup(device_id).await {
+            Ok(Some(entry)) => Some(entry.patient_id),
+            _ => None,
+        };
+        lane(patient, device_id, lanes)
+    }
+
+    async fn add(&self, lanes: &mut Lanes, msg: Inbound) {
+        let n = lanes.batches.len();
         match msg {
             Inbound::Publish {
                 topic,
@@ -92,10 +133,16 @@ impl Batcher {
                     .queue_depth
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 Metrics::add(&self.metrics.messages_received_total, 1);
-                self.add_publish(batch, &topic, &payload, received_at).await;
+                self.add_publish(lanes, &topic, &payload, received_at).await;
             }
             Inbound::Refused(entry) => {
                 Metrics::add(&self.metrics.quarantined_total, 1);
+                let lane = match &entry.device_id {
+                    Some(id) => self.lane_of(id, n).await,
+                    None => 0,
+                };
+                let batch = &mut lanes.batches[lane];
+                batch.oldest.get_or_insert_with(std::time::Instant::now);
                 batch.commit.quarantine.push(entry);
             }
             Inbound::Presence {
@@ -103,6 +150,8 @@ impl Batcher {
                 online,
                 at,
             } => {
+                let batch = &mut lanes.batches[self.lane_of(&device_id, n).await];
+                batch.oldest.get_or_insert_with(std::time::Instant::now);
                 // Presence only flips `online`; absent fields keep their stored values.
                 batch.commit.statuses.push(store::DeviceStatusUpdate {
                     device_id,
@@ -118,7 +167,7 @@ impl Batcher {
 
     async fn add_publish(
         &self,
-        batch: &mut PendingBatch,
+        lanes: &mut Lanes,
         topic: &Bytes,
         payload: &[u8],
         at: OffsetDateTime,
@@ -136,7 +185,7 @@ impl Batcher {
                     payload,
                     at,
                 );
-                return self.quarantine(batch, q);
+                return self.quarantine(&mut lanes.batches[0], q);
             }
         };
         let device_id = parsed.device.as_str();
@@ -152,7 +201,8 @@ impl Batcher {
                     payload,
                     at,
                 );
-                return self.quarantine(batch, q);
+                let lane = lane(None, device_id, lanes.batches.len());
+                return self.quarantine(&mut lanes.batches[lane], q);
             }
             Err(e) => {
                 // The registry read failed (store down). The message is not lost: it was never
@@ -161,6 +211,9 @@ impl Batcher {
                 return;
             }
         };
+        let lane = lane(Some(entry.patient_id), device_id, lanes.batches.len());
+        let batch = &mut lanes.batches[lane];
+        batch.oldest.get_or_insert_with(std::time::Instant::now);
         let src = Source {
             topic: &topic_str,
             device_id,
@@ -220,8 +273,31 @@ impl Batcher {
     }
 
     fn quarantine(&self, batch: &mut PendingBatch, q: store::NewQuarantine) {
+        batch.oldest.get_or_insert_with(std::time::Instant::now);
         tracing::info!(topic = %q.topic, reason = %q.reason, detail = %q.detail, "message quarantined");
         Metrics::add(&self.metrics.quarantined_total, 1);
         batch.commit.quarantine.push(q);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lane;
+
+    #[test]
+    fn a_patient_keeps_its_lane_and_patients_spread_over_all_lanes() {
+        let mut used = [0usize; 4];
+        for patient in 0..400i64 {
+            let l = lane(Some(patient), "any", 4);
+            assert_eq!(l, lane(Some(patient), "another-device", 4));
+            used[l] += 1;
+        }
+        assert_eq!(used, [100; 4]);
+        // Unknown devices: by id, stable, inside the range.
+        let l = lane(None, "ghost-1", 4);
+        assert!(l < 4);
+        assert_eq!(l, lane(None, "ghost-1", 4));
+        assert_eq!(lane(Some(7), "x", 1), 0);
+        assert_eq!(lane(Some(7), "x", 0), 0);
     }
 }

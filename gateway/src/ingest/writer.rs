@@ -1,4 +1,11 @@
-//! The writer: commits batches and acknowledges what was committed.
+//! The writers: commit batches and acknowledge what was committed.
+//!
+//! There is one writer per lane ([`super::batch::lane`]: a patient's rows always take the same
+//! lane), each committing its batches one after another, so up to `lanes` transactions are in
+//! flight at once over disjoint devices and patients: a commit's round trips and its WAL flush
+//! no longer hold every other device's batch back, and two lanes never wait on each other's
+//! row locks. Per device, batches are committed and acked in the order received; per patient,
+//! they reach the alert engine in that order.
 //!
 //! Retry policy: an error that can heal (connection lost, pool timeout, database restarting,
 //! disk full) is retried with backoff for as long as it takes; meanwhile the queues fill up and
@@ -24,7 +31,7 @@ use crate::telemetry::Metrics;
 /// How long a commit keeps being retried once shutdown has begun.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The writer's dependencies.
+/// The writers' dependencies, shared by every lane.
 #[derive(Debug)]
 pub(crate) struct Writer {
     pub(crate) store: Store,
@@ -36,8 +43,34 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Commits batches until the batcher hangs up.
-    pub(crate) async fn run(self, mut rx: mpsc::Receiver<PendingBatch>, cancel: CancellationToken) {
+    /// Runs one writer per lane until the batcher hangs up, then closes the engine's hand-off.
+    pub(crate) async fn run(
+        self,
+        lanes: Vec<mpsc::Receiver<PendingBatch>>,
+        cancel: CancellationToken,
+    ) {
+        let writer = Arc::new(self);
+        let mut tasks = tokio::task::JoinSet::new();
+        for rx in lanes {
+            tasks.spawn(writer.clone().lane(rx, cancel.clone()));
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "writer lane failed");
+            }
+        }
+        if let Some(engine) = &writer.engine {
+            engine.close();
+        }
+        tracing::debug!("writer stopped");
+    }
+
+    /// Commits one lane's batches until the batcher hangs up.
+    async fn lane(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<PendingBatch>,
+        cancel: CancellationToken,
+    ) {
         while let Some(mut batch) = rx.recv().await {
             let started = Instant::now();
             batch.commit.outbox = self.engine.is_some();
@@ -78,10 +111,6 @@ impl Writer {
                     .observe(oldest.elapsed());
             }
         }
-        if let Some(engine) = &self.engine {
-            engine.close();
-        }
-        tracing::debug!("writer stopped");
     }
 
     async fn commit(
