@@ -322,6 +322,9 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Outbox spans of one patient this close together are read back in one query.
 const CATCH_UP_GAP: time::Duration = time::Duration::seconds(1);
 
+/// Readings evaluated between two yields to the runtime.
+const YIELD_EVERY: usize = 32;
+
 /// How much history a window keeps (the longest baseline plus margin).
 const WINDOW: time::Duration = time::Duration::days(15);
 
@@ -1132,9 +1135,15 @@ impl Worker {
             time::Duration::try_from(self.config.late_after).unwrap_or(time::Duration::HOUR);
         let mut late_review: Vec<(Obs, Severity)> = Vec::new();
         let mut clock_devices: Vec<(String, i64, OffsetDateTime)> = Vec::new();
-        for o in obs {
+        for (i, o) in obs.into_iter().enumerate() {
             if !self.config.evaluation_delay.is_zero() {
                 tokio::time::sleep(self.config.evaluation_delay).await;
+            }
+            // Evaluating is CPU work on the runtime the device connections and the writers
+            // share: give them a turn between chunks of a long backlog, or their acks wait
+            // behind it.
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
             }
             self.metrics
                 .readings_evaluated
