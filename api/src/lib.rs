@@ -75,6 +75,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a shutdown waits for in-flight requests (as long as the request timeout).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// The server's shutdown, handed to every request: long-lived responses (the alert stream)
+/// end when it fires instead of holding the shutdown for [`SHUTDOWN_GRACE`]; the client
+/// reconnects, through the load balancer to another node, with `Last-Event-ID`.
+#[derive(Debug, Clone)]
+pub(crate) struct Shutdown(pub(crate) CancellationToken);
+
 /// Serves the API on `listener` until `cancel`, then finishes in-flight requests (default
 /// [`ConnLimits`]).
 pub async fn serve(
@@ -138,14 +144,15 @@ pub async fn serve_with(
         let app = app.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let shutdown = Shutdown(cancel.clone());
         tokio::spawn(async move {
             let _permit = permit;
             match tls {
-                None => serve_connection(tcp, peer, app, limits, watcher).await,
+                None => serve_connection(tcp, peer, app, limits, watcher, shutdown).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(stream, peer, app, limits, watcher).await
+                            serve_connection(stream, peer, app, limits, watcher, shutdown).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "API TLS handshake failed")
@@ -175,11 +182,13 @@ async fn serve_connection<I>(
     app: axum::Router,
     limits: ConnLimits,
     watcher: Watcher,
+    shutdown: Shutdown,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = app.map_request(move |mut req: axum::http::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(shutdown.clone());
         req
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -282,3 +282,39 @@ async fn idle_stream_is_kept_alive_past_the_request_timeout() {
     assert_eq!(event[0].data["alert_id"], a);
     cancel.cancel();
 }
+
+/// A node's shutdown ends open streams at once (their consoles reconnect to another node with
+/// `Last-Event-ID`) instead of holding the shutdown for its 30 s grace.
+#[tokio::test]
+async fn shutdown_ends_open_streams_at_once() {
+    let f = fixture(TestDb::sqlite().await).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(api::serve(listener, f.state(), cancel.clone()));
+    let mut client = SseClient::connect(&base, &f.token, "", None).await;
+    let a = open(&f, &trigger(f.p1, "late", Severity::Medium, 1, &[])).await;
+    assert_eq!(client.take(1).await[0].data["alert_id"], a);
+    let stopping = tokio::time::Instant::now();
+    cancel.cancel();
+    // The body ends (not an error, not a hang)…
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match client.response.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within 5 s of the shutdown");
+    assert!(end, "the stream ends cleanly");
+    // …and the server is done well inside the 10 s a node has to stop.
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server stops within 5 s with a stream open")
+        .unwrap()
+        .unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+}

@@ -86,6 +86,7 @@ pub(super) fn router() -> axum::Router<AppState> {
 
 async fn stream(
     State(state): State<AppState>,
+    shutdown: Option<axum::Extension<crate::Shutdown>>,
     caller: Caller,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
@@ -121,6 +122,13 @@ async fn stream(
     let events = futures_util::stream::unfold(cursor, |mut cursor| async move {
         let event = cursor.next().await;
         Some((Ok(event), cursor))
+    });
+    // At shutdown the stream ends, so the node stops at once and the console reconnects.
+    let events = futures_util::StreamExt::take_until(events, async move {
+        match shutdown {
+            Some(axum::Extension(crate::Shutdown(cancel))) => cancel.cancelled_owned().await,
+            None => std::future::pending().await,
+        }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
