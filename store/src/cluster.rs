@@ -158,6 +158,7 @@ async fn listener(
         };
         let mut l = match connected {
             Ok(l) => l,
+            Err(_) if pool.is_closed() => break,
             Err(e) => {
                 tracing::warn!(error = %e, "cluster listener: cannot LISTEN; retrying");
                 tokio::select! {
@@ -203,6 +204,9 @@ async fn listener(
                     wake_all(&feed, &devices);
                     break;
                 }
+                // The store is closing (shutdown): stop quietly.
+                Err(sqlx::Error::PoolClosed) => break,
+                Err(_) if pool.is_closed() => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster listener failed; reconnecting");
                     listening.store(false, Ordering::Release);
