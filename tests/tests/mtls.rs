@@ -9,10 +9,11 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use e2e::harness::{Db, RawDevice, Stack, now_ms, topic};
+use e2e::kit::closed_by_server;
 use gateway::Metrics;
 use simulators::device::DeviceTls;
 use store::DeviceKind;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::Command;
 
@@ -45,19 +46,6 @@ fn bp(seq: u32) -> String {
         seq,
         r#""kind":"bp","sys":152,"dia":94,"pulse":77,"unit":"mmHg""#,
     )
-}
-
-/// Whether the server closed `s` (EOF or reset) within `within`.
-async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 512];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
