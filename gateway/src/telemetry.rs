@@ -74,6 +74,8 @@ metrics! {
     readings_clock_implausible_total: "Readings whose device time is implausible (clock ahead, or more than a year behind).",
     readings_acked_total: "Readings acknowledged to devices as committed.",
     batches_committed_total: "Batches committed to the store.",
+    commits_in_flight: "Batch commits running now, over all writer lanes.",
+    commits_in_flight_peak: "Most batch commits that ran at once since start (at most gateway.writers).",
     engine_lagging_batches_total: "Committed batches left to the alert engine's outbox because the engine lagged (it catches up from the store; ingest never waits for it).",
     store_retries_total: "Store commits that failed and were retried.",
     queue_depth: "Messages waiting between the broker link and the batcher.",

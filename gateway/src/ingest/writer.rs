@@ -74,7 +74,13 @@ impl Writer {
         while let Some(mut batch) = rx.recv().await {
             let started = Instant::now();
             batch.commit.outbox = self.engine.is_some();
-            match self.commit(&batch.commit, &cancel).await {
+            let m = &self.metrics;
+            let running = m.commits_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+            m.commits_in_flight_peak
+                .fetch_max(running, Ordering::Relaxed);
+            let committed = self.commit(&batch.commit, &cancel).await;
+            m.commits_in_flight.fetch_sub(1, Ordering::Relaxed);
+            match committed {
                 Ok(outcome) => {
                     self.to_engine(&batch.commit.readings, &outcome).await;
                     let m = &self.metrics;
