@@ -48,8 +48,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use store::{
-    AlertReading, Confirmation, NewReading, ReadingKind, ReadingQuery, Severity, Store, StoreError,
-    Trigger, TriggerOutcome,
+    AlertReading, AlertWrite, AlertWritten, Confirmation, NewReading, ReadingKind, ReadingQuery,
+    Severity, Store, StoreError, Trigger, TriggerOutcome,
 };
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -60,6 +60,7 @@ use super::plan::{self, CarePlan, Check, Metric};
 use super::rules::{self, Effect, Obs, Quality};
 
 mod partitions;
+mod writes;
 use store::handoff::{Handoff, Next};
 use telemetry::Histogram;
 
@@ -120,7 +121,7 @@ impl Default for AlertsConfig {
             late_after: Duration::from_secs(6 * 3600),
             max_cached_patients: 50_000,
             queue_batches: 256,
-            workers: 4,
+            workers: 32,
             evaluation_delay: Duration::ZERO,
         }
     }
@@ -164,6 +165,10 @@ pub struct EngineMetrics {
     pub workers_busy: AtomicU64,
     /// The most workers ever evaluating at the same time.
     pub workers_busy_peak: AtomicU64,
+    /// Alert writes (triggers, clears, confirmations) committed, and the transactions
+    /// that committed them (the group commit's effect is the ratio).
+    pub alert_writes: AtomicU64,
+    pub alert_write_commits: AtomicU64,
     /// From a batch's commit to its alert events being written.
     pub commit_to_alert_seconds: Histogram,
 }
@@ -229,6 +234,16 @@ impl EngineMetrics {
                 "alert_engine_catch_ups_total",
                 "Times the alert engine, lagging, read committed batches back from the outbox.",
                 &self.catch_ups,
+            ),
+            (
+                "alert_writes_total",
+                "Alert writes (triggers, clears, confirmations) the engine committed.",
+                &self.alert_writes,
+            ),
+            (
+                "alert_write_commits_total",
+                "Transactions that committed the engine's alert writes (several per commit).",
+                &self.alert_write_commits,
             ),
             (
                 "alert_partitions_taken_total",
@@ -322,6 +337,9 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Outbox spans of one patient this close together are read back in one query.
 const CATCH_UP_GAP: time::Duration = time::Duration::seconds(1);
 
+/// Queued batches evaluated together, up to this many readings (see [`Engine::on_batches`]).
+const MERGE_READINGS: usize = 20_000;
+
 /// Readings evaluated between two yields to the runtime.
 const YIELD_EVERY: usize = 32;
 
@@ -339,6 +357,8 @@ const WINDOW: time::Duration = time::Duration::days(15);
 /// timers run between batches, when every worker is idle.
 pub struct Engine {
     store: Store,
+    /// The workers' alert writes, committed in groups.
+    writes: writes::Writes,
     config: AlertsConfig,
     clock: Clock,
     metrics: Arc<EngineMetrics>,
@@ -362,6 +382,7 @@ pub struct Engine {
 /// The state and evaluation of one worker's patients (see [`Engine`]).
 struct Worker {
     store: Store,
+    writes: writes::Writes,
     config: AlertsConfig,
     clock: Clock,
     metrics: Arc<EngineMetrics>,
@@ -430,6 +451,7 @@ impl Engine {
         metrics: Arc<EngineMetrics>,
     ) -> Engine {
         let mut engine = Engine {
+            writes: writes::Writes::new(store.clone(), metrics.clone()),
             store,
             config,
             clock,
@@ -462,6 +484,7 @@ impl Engine {
         Worker {
             mask: worker_mask(index, of),
             store: self.store.clone(),
+            writes: self.writes.clone(),
             config,
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
@@ -582,7 +605,17 @@ impl Engine {
         loop {
             tokio::select! {
                 batch = rx.recv() => match batch {
-                    Some(batch) => self.on_batch(batch).await,
+                    Some(batch) => {
+                        let mut batches = vec![batch];
+                        let mut readings = batches[0].readings.len();
+                        while readings < MERGE_READINGS
+                            && let Ok(more) = rx.try_recv()
+                        {
+                            readings += more.readings.len();
+                            batches.push(more);
+                        }
+                        self.on_batches(batches).await;
+                    }
                     None => break,
                 },
                 _ = tick.tick(), if !cancel.is_cancelled() => self.on_tick().await,
@@ -624,7 +657,11 @@ impl Engine {
                     stop_by = Some(tokio::time::Instant::now() + STOP_GRACE);
                 }
                 next = handoff.next() => match next {
-                    Next::Batch(batch) => self.on_batch(batch).await,
+                    Next::Batch(batch) => {
+                        let mut batches = vec![batch];
+                        batches.extend(handoff.take_ready(MERGE_READINGS));
+                        self.on_batches(batches).await;
+                    }
                     Next::CatchUp => {
                         // Until it works: the handoff queues nothing meanwhile.
                         while let Err(e) = self.catch_up().await {
@@ -827,20 +864,39 @@ impl Engine {
     /// Evaluates one committed batch: the readings of the partitions held since before its
     /// commit whose outbox entry was not already evaluated from the store.
     pub async fn on_batch(&mut self, batch: Committed) {
-        let mut skip = 0u64;
-        for entry in &batch.outbox {
-            let taken_after = self.held_since[entry.partition as usize]
-                .is_some_and(|since| since > batch.committed);
-            if self.seen.remove(&entry.id).is_some() || taken_after {
-                skip |= 1u64 << entry.partition;
-            }
-        }
-        let evaluate = self.held() & !skip;
+        self.on_batches(vec![batch]).await;
+    }
+
+    /// Evaluates committed batches together, in commit order (see [`Engine::on_batch`]): one
+    /// dispatch for all, so the workers share more readings (and more alert writes to commit
+    /// in one group) between two waits for the slowest of them.
+    pub async fn on_batches(&mut self, batches: Vec<Committed>) {
         let mut by_patient: HashMap<i64, Vec<NewReading>> = HashMap::new();
-        for r in batch.readings {
-            if store::leases::holds(evaluate, r.patient_id) {
-                by_patient.entry(r.patient_id).or_default().push(r);
+        let mut done = Vec::new();
+        let mut committed = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut skip = 0u64;
+            for entry in &batch.outbox {
+                let taken_after = self.held_since[entry.partition as usize]
+                    .is_some_and(|since| since > batch.committed);
+                if self.seen.remove(&entry.id).is_some() || taken_after {
+                    skip |= 1u64 << entry.partition;
+                }
             }
+            let evaluate = self.held() & !skip;
+            for r in batch.readings {
+                if store::leases::holds(evaluate, r.patient_id) {
+                    by_patient.entry(r.patient_id).or_default().push(r);
+                }
+            }
+            done.extend(
+                batch
+                    .outbox
+                    .iter()
+                    .filter(|e| evaluate & (1u64 << e.partition) != 0)
+                    .map(|e| e.id),
+            );
+            committed.push(batch.committed);
         }
         let jobs = by_patient
             .into_iter()
@@ -850,18 +906,14 @@ impl Engine {
         let ok = failed.is_empty();
         for (patient, e) in failed {
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-            // The outbox entry stays: a restart evaluates these readings again.
+            // The outbox entries stay: a restart evaluates these readings again.
             tracing::warn!(error = %e, patient, "alert engine: evaluation failed; kept for re-evaluation");
         }
-        self.metrics
-            .commit_to_alert_seconds
-            .observe(batch.committed.elapsed());
+        for at in committed {
+            self.metrics.commit_to_alert_seconds.observe(at.elapsed());
+        }
         if ok {
-            for entry in &batch.outbox {
-                if evaluate & (1u64 << entry.partition) != 0 {
-                    self.done_outbox.push(entry.id);
-                }
-            }
+            self.done_outbox.extend(done);
             if self.done_outbox.len() >= 64 {
                 self.flush_outbox().await;
             }
@@ -1227,8 +1279,14 @@ impl Worker {
                     "value": o.values.get(p.metric),
                 })
                 .to_string();
-                self.store
-                    .confirm_alert(patient, &rule_id, now, what, Some(&detail))
+                self.writes
+                    .write(AlertWrite::Confirm {
+                        patient_id: patient,
+                        rule_id: rule_id.clone(),
+                        at: now,
+                        what,
+                        detail: Some(detail),
+                    })
                     .await?;
                 if let Some(state) = self.patients.get_mut(&patient) {
                     state.unconfirmed.remove(&rule_id);
@@ -1259,7 +1317,7 @@ impl Worker {
                 detail: None,
                 unconfirmed: false,
             };
-            self.record(self.store.trigger_alert(&t).await?);
+            self.record(self.trigger(t).await?);
         }
         if !late_review.is_empty() {
             let plan = plan_of(self, patient);
@@ -1293,7 +1351,7 @@ impl Worker {
                 detail: Some(serde_json::json!({ "worst_band": worst.as_str() }).to_string()),
                 unconfirmed: false,
             };
-            self.record(self.store.trigger_alert(&t).await?);
+            self.record(self.trigger(t).await?);
         }
         Ok(())
     }
@@ -1303,6 +1361,14 @@ impl Worker {
             .response(severity)
             .and_then(|d| time::Duration::try_from(d).ok())
             .map(|d| now + d)
+    }
+
+    /// Opens or updates an alert (through the group commit).
+    async fn trigger(&self, t: Trigger) -> Result<TriggerOutcome, StoreError> {
+        self.writes
+            .write(AlertWrite::Trigger(t))
+            .await?
+            .into_trigger()
     }
 
     fn record(&self, outcome: TriggerOutcome) {
@@ -1395,7 +1461,7 @@ impl Worker {
                     detail: None,
                     unconfirmed: single,
                 };
-                let outcome = self.store.trigger_alert(&t).await?;
+                let outcome = self.trigger(t).await?;
                 let opened = matches!(outcome, TriggerOutcome::Opened { .. });
                 self.record(outcome);
                 if let Some(state) = self.patients.get_mut(&patient) {
@@ -1504,12 +1570,14 @@ impl Worker {
         now: OffsetDateTime,
         measured: Option<OffsetDateTime>,
     ) -> Result<(), StoreError> {
-        if self
-            .store
-            .clear_alert(patient, rule_id, now, measured, None)
-            .await?
-            .is_some()
-        {
+        let write = AlertWrite::Clear {
+            patient_id: patient,
+            rule_id: rule_id.to_owned(),
+            at: now,
+            measured_at: measured,
+            detail: None,
+        };
+        if let AlertWritten::Clear(Some(_)) = self.writes.write(write).await? {
             self.metrics.alerts_cleared.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -1602,7 +1670,7 @@ impl Worker {
                         detail: Some(serde_json::json!({ "last_measured": since.unix_timestamp(), "expected_every_hours": expected.every_hours }).to_string()),
                         unconfirmed: false,
                     };
-                    self.record(self.store.trigger_alert(&t).await?);
+                    self.record(self.trigger(t).await?);
                     self.timed_active.insert(key);
                 }
             }
@@ -1676,7 +1744,7 @@ impl Worker {
                         detail: None,
                         unconfirmed: false,
                     };
-                    self.record(self.store.trigger_alert(&t).await?);
+                    self.record(self.trigger(t).await?);
                     self.timed_active.insert(key);
                 } else if clears && self.timed_active.remove(&key) {
                     self.clear(d.patient_id, &rule_id, now, None).await?;

@@ -93,6 +93,8 @@ pub struct LatencyReport {
     /// The engine alone: readings evaluated per second with `trigger_share` triggering.
     pub ceiling_readings: u64,
     pub ceiling_readings_per_s: Option<f64>,
+    /// Alert writes per committed group, over the whole run (the group commit at work).
+    pub alert_writes_per_commit: f64,
     pub engine_errors: u64,
 }
 
@@ -446,6 +448,11 @@ async fn run_on(
         commit_p99_ms: ms(commit_hist.value_at_quantile(0.99)),
         ceiling_readings: opts.ceiling_readings as u64,
         ceiling_readings_per_s: ceiling,
+        alert_writes_per_commit: {
+            let writes = metrics.alert_writes.load(Ordering::Relaxed) as f64;
+            let commits = metrics.alert_write_commits.load(Ordering::Relaxed).max(1) as f64;
+            (writes / commits * 10.0).round() / 10.0
+        },
         engine_errors: metrics.errors.load(Ordering::Relaxed),
     })
 }
@@ -474,6 +481,10 @@ impl fmt::Display for LatencyReport {
             }
             None => {}
         }
-        writeln!(f, "engine errors {}", self.engine_errors)
+        writeln!(
+            f,
+            "alert writes per commit {:.1}; engine errors {}",
+            self.alert_writes_per_commit, self.engine_errors
+        )
     }
 }

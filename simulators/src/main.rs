@@ -311,7 +311,7 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         ceiling: usize,
         /// The alert engine's workers (1: the serial engine).
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 32)]
         workers: usize,
         /// Print the report as JSON.
         #[arg(long)]

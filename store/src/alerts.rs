@@ -16,6 +16,8 @@ use crate::rows::Columns;
 use crate::sql::{AnyRow, Tx, Val};
 use crate::{Result, Store, StoreError};
 
+mod bulk;
+
 /// How urgent an alert is; the order is the triage order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -158,6 +160,54 @@ pub enum TriggerOutcome {
     Unchanged { alert_id: i64 },
 }
 
+/// One write of the alert engine: [`Store::write_alerts`] commits several in one transaction.
+#[derive(Debug, Clone)]
+pub enum AlertWrite {
+    /// [`Store::trigger_alert`].
+    Trigger(Trigger),
+    /// [`Store::clear_alert`].
+    Clear {
+        patient_id: i64,
+        rule_id: String,
+        at: OffsetDateTime,
+        measured_at: Option<OffsetDateTime>,
+        detail: Option<String>,
+    },
+    /// [`Store::confirm_alert`].
+    Confirm {
+        patient_id: i64,
+        rule_id: String,
+        at: OffsetDateTime,
+        what: Confirmation,
+        detail: Option<String>,
+    },
+}
+
+/// What an [`AlertWrite`] did, variant for variant.
+#[derive(Debug, Clone)]
+pub enum AlertWritten {
+    Trigger(TriggerOutcome),
+    Clear(Option<i64>),
+    Confirm(Option<AlertEvent>),
+}
+
+/// Most writes committed together by [`Store::write_alerts`].
+pub const MAX_ALERT_WRITES: usize = 64;
+
+impl AlertWritten {
+    /// What a [`AlertWrite::Trigger`] did (an error for any other answer).
+    pub fn into_trigger(self) -> Result<TriggerOutcome> {
+        match self {
+            AlertWritten::Trigger(outcome) => Ok(outcome),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(written: &AlertWritten) -> StoreError {
+    StoreError::Invalid(format!("alert write answered with {written:?}"))
+}
+
 /// A stored alert.
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
@@ -275,151 +325,99 @@ const MAX_ALERTS: i64 = 1_000;
 const MAX_EVENTS: i64 = 10_000;
 
 impl Store {
-    /// Opens the (patient, rule) alert or updates the open one, linking the trigger's
-    /// readings, in one transaction with its event.
-    pub async fn trigger_alert(&self, t: &Trigger) -> Result<TriggerOutcome> {
+    /// Commits `writes` in one transaction, in order (the engine's group commit: the
+    /// transactions that append alert events run one at a time, see `Tx::lock_events`, so one
+    /// commit for many writes is what lets the engine keep up with a region's readings).
+    /// One answer per write, in order. If one fails the transaction is rolled back and every
+    /// write is tried again alone, so a failure is only that write's.
+    pub async fn write_alerts(&self, writes: &[AlertWrite]) -> Vec<Result<AlertWritten>> {
+        match self.write_alerts_at_once(writes).await {
+            Ok(done) => done.into_iter().map(Ok).collect(),
+            Err(e) if writes.len() <= 1 => vec![Err(e)],
+            Err(_) => {
+                let mut done = Vec::with_capacity(writes.len());
+                for w in writes {
+                    done.push(self.write_alert(w.clone()).await);
+                }
+                done
+            }
+        }
+    }
+
+    /// One [`AlertWrite`] in its own transaction.
+    pub async fn write_alert(&self, write: AlertWrite) -> Result<AlertWritten> {
+        let mut done = self
+            .write_alerts_at_once(std::slice::from_ref(&write))
+            .await?;
+        done.pop()
+            .ok_or_else(|| StoreError::Invalid("alert write gave no answer".into()))
+    }
+
+    async fn write_alerts_at_once(&self, writes: &[AlertWrite]) -> Result<Vec<AlertWritten>> {
         let mut tx = self.tx().await?;
         tx.lock_events().await?;
-        let open = open_alert(&mut tx, t.patient_id, &t.rule_id).await?;
-        let (outcome, event) = match open {
-            None => {
-                let Some(cot) = tx
-                    .one(
-                        "SELECT cot_id FROM patients WHERE id = $1",
-                        &[Val::I64(t.patient_id)],
-                    )
-                    .await?
-                else {
-                    return Err(StoreError::NotFound {
-                        what: what("patient", t.patient_id),
-                    });
-                };
-                let cot_id = cot.bigint("cot_id")?;
-                let sql = "INSERT INTO alerts (patient_id, cot_id, rule_id, rule_kind, title, \
-                    severity, severity_rank, condition, workflow, plan_version, metric, unit, \
-                    count, first_value, worst_value, last_value, opened_at, last_triggered_at, \
-                    last_measured_at, due_at, updated_at, confirmation) VALUES ($1, $2, $3, $4, \
-                    $5, $6, $7, 'active', 'new', $8, $9, $10, $11, $16, $17, $12, $13, $13, $14, \
-                    $15, $13, $18) RETURNING id";
-                let count = i64::try_from(t.readings.len().max(1)).unwrap_or(i64::MAX);
-                let row = tx
-                    .one(
-                        sql,
-                        &[
-                            Val::I64(t.patient_id),
-                            Val::I64(cot_id),
-                            Val::Text(&t.rule_id),
-                            Val::Text(&t.rule_kind),
-                            Val::Text(&t.title),
-                            Val::Text(t.severity.as_str()),
-                            Val::I64(t.severity.rank()),
-                            Val::OptI64(t.plan_version),
-                            Val::OptText(t.metric.as_deref()),
-                            Val::OptText(t.unit.as_deref()),
-                            Val::I64(count),
-                            Val::F64(t.value),
-                            Val::Ts(t.at),
-                            Val::OptTs(latest(&t.readings)),
-                            Val::OptTs(t.due_at),
-                            Val::F64(
-                                t.readings
-                                    .first()
-                                    .and_then(|r| r.value)
-                                    .filter(|_| t.rule_kind != "average")
-                                    .or(t.value),
-                            ),
-                            Val::F64(worst_of(None, t)),
-                            Val::OptText(t.unconfirmed.then_some("unconfirmed")),
-                        ],
-                    )
-                    .await?
-                    .ok_or_else(|| StoreError::decode("INSERT … RETURNING gave no row".into()))?;
-                let alert_id = row.bigint("id")?;
-                link_readings(&mut tx, alert_id, &t.readings).await?;
-                (
-                    TriggerOutcome::Opened { alert_id },
-                    Some((alert_id, cot_id, "opened", t.severity)),
-                )
-            }
-            Some(open) => {
-                let new_links = link_readings(&mut tx, open.id, &t.readings).await?;
-                let reactivated = open.condition == "cleared";
-                if new_links == 0 && !reactivated {
-                    tx.commit().await?;
-                    return Ok(TriggerOutcome::Unchanged { alert_id: open.id });
-                }
-                let severity_raised = t.severity > open.severity;
-                let severity = open.severity.max(t.severity);
-                let worst = worst_of(open.worst_value, t);
-                let last_measured = match (open.last_measured_at, latest(&t.readings)) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                };
-                let added = i64::try_from(new_links.max(1)).unwrap_or(i64::MAX);
-                // A worse band puts the alert back in the queue: it needs acknowledging
-                // again, within the response time of its new severity.
-                let (workflow, due_at) = if severity_raised {
-                    ("new", t.due_at)
-                } else {
-                    (open.workflow.as_str(), open.due_at)
-                };
-                let sql = "UPDATE alerts SET count = count + $2, last_value = COALESCE($3, last_value), \
-                    worst_value = $4, last_triggered_at = $5, last_measured_at = $6, \
-                    severity = $7, severity_rank = $8, condition = 'active', cleared_at = NULL, \
-                    workflow = $9, due_at = $10, updated_at = $5 WHERE id = $1";
-                tx.exec(
-                    sql,
-                    &[
-                        Val::I64(open.id),
-                        Val::I64(added),
-                        Val::F64(t.value),
-                        Val::F64(worst),
-                        Val::Ts(t.at),
-                        Val::OptTs(last_measured),
-                        Val::Text(severity.as_str()),
-                        Val::I64(severity.rank()),
-                        Val::Text(workflow),
-                        Val::OptTs(due_at),
-                    ],
-                )
-                .await?;
-                let kind = if severity_raised {
-                    "severity_raised"
-                } else if reactivated {
-                    "reactivated"
-                } else {
-                    "updated"
-                };
-                (
-                    TriggerOutcome::Updated {
-                        alert_id: open.id,
-                        severity_raised,
-                        reactivated,
-                    },
-                    Some((open.id, open.cot_id, kind, severity)),
-                )
-            }
-        };
+        if let Tx::Pg(pg) = &mut tx
+            && writes.len() > 1
+        {
+            let (done, last_event) = bulk::write_pg(pg, writes).await?;
+            tx.commit().await?;
+            self.announce(last_event);
+            return Ok(done);
+        }
+        let mut done = Vec::with_capacity(writes.len());
         let mut last_event = 0;
-        if let Some((alert_id, cot_id, kind, severity)) = event {
-            last_event = insert_event(
-                &mut tx,
-                EventRow {
-                    alert_id,
-                    patient_id: t.patient_id,
-                    cot_id,
-                    at: t.at,
-                    kind,
-                    actor: "engine",
-                    severity,
-                    detail: t.detail.as_deref(),
-                },
-            )
-            .await?;
+        for w in writes {
+            let (written, event) = match w {
+                AlertWrite::Trigger(t) => {
+                    let (outcome, event) = trigger_in(&mut tx, t).await?;
+                    (AlertWritten::Trigger(outcome), event)
+                }
+                AlertWrite::Clear {
+                    patient_id,
+                    rule_id,
+                    at,
+                    measured_at,
+                    detail,
+                } => {
+                    let (id, event) = clear_in(
+                        &mut tx,
+                        *patient_id,
+                        rule_id,
+                        *at,
+                        *measured_at,
+                        detail.as_deref(),
+                    )
+                    .await?;
+                    (AlertWritten::Clear(id), event)
+                }
+                AlertWrite::Confirm {
+                    patient_id,
+                    rule_id,
+                    at,
+                    what,
+                    detail,
+                } => {
+                    let event =
+                        confirm_in(&mut tx, *patient_id, rule_id, *at, *what, detail.as_deref())
+                            .await?;
+                    let id = event.as_ref().map_or(0, |e| e.id);
+                    (AlertWritten::Confirm(event), id)
+                }
+            };
+            last_event = last_event.max(event);
+            done.push(written);
         }
         tx.commit().await?;
         self.announce(last_event);
-        Ok(outcome)
+        Ok(done)
+    }
+
+    /// Opens the (patient, rule) alert or updates the open one, linking the trigger's
+    /// readings, in one transaction with its event.
+    pub async fn trigger_alert(&self, t: &Trigger) -> Result<TriggerOutcome> {
+        self.write_alert(AlertWrite::Trigger(t.clone()))
+            .await?
+            .into_trigger()
     }
 
     /// Marks the condition of the open (patient, rule) alert cleared. Returns the alert id
@@ -432,46 +430,17 @@ impl Store {
         measured_at: Option<OffsetDateTime>,
         detail: Option<&str>,
     ) -> Result<Option<i64>> {
-        let mut tx = self.tx().await?;
-        tx.lock_events().await?;
-        let Some(open) = open_alert(&mut tx, patient_id, rule_id).await? else {
-            tx.commit().await?;
-            return Ok(None);
+        let write = AlertWrite::Clear {
+            patient_id,
+            rule_id: rule_id.to_owned(),
+            at,
+            measured_at,
+            detail: detail.map(str::to_owned),
         };
-        if open.condition != "active" {
-            tx.commit().await?;
-            return Ok(None);
+        match self.write_alert(write).await? {
+            AlertWritten::Clear(id) => Ok(id),
+            other => Err(unexpected(&other)),
         }
-        // An older reading than the one that last moved the condition cannot clear it.
-        if let (Some(last), Some(m)) = (open.last_measured_at, measured_at)
-            && m < last
-        {
-            tx.commit().await?;
-            return Ok(None);
-        }
-        tx.exec(
-            "UPDATE alerts SET condition = 'cleared', cleared_at = $2, updated_at = $2, \
-             last_measured_at = COALESCE($3, last_measured_at) WHERE id = $1",
-            &[Val::I64(open.id), Val::Ts(at), Val::OptTs(measured_at)],
-        )
-        .await?;
-        let id = insert_event(
-            &mut tx,
-            EventRow {
-                alert_id: open.id,
-                patient_id,
-                cot_id: open.cot_id,
-                at,
-                kind: "cleared",
-                actor: "engine",
-                severity: open.severity,
-                detail,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        self.announce(id);
-        Ok(Some(open.id))
     }
 
     /// new → acknowledged.
@@ -685,68 +654,17 @@ impl Store {
         what: Confirmation,
         detail: Option<&str>,
     ) -> Result<Option<AlertEvent>> {
-        let mut tx = self.tx().await?;
-        tx.lock_events().await?;
-        // The newest unconfirmed (patient, rule) alert, resolved or not: a nurse may resolve
-        // a critical alert before its repeat lands, and the repeat still belongs on record.
-        let sql = format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE patient_id = $1 AND rule_id = $2 \
-             AND confirmation = 'unconfirmed' ORDER BY id DESC LIMIT 1"
-        );
-        let found = tx
-            .one(&sql, &[Val::I64(patient_id), Val::Text(rule_id)])
-            .await?
-            .as_ref()
-            .map(alert_from_row)
-            .transpose()?;
-        let Some(a) = found else {
-            tx.commit().await?;
-            return Ok(None);
+        let write = AlertWrite::Confirm {
+            patient_id,
+            rule_id: rule_id.to_owned(),
+            at,
+            what,
+            detail: detail.map(str::to_owned),
         };
-        let (kind, severity) = match what {
-            Confirmation::Confirmed => {
-                tx.exec(
-                    "UPDATE alerts SET confirmation = 'confirmed', updated_at = $2 WHERE id = $1",
-                    &[Val::I64(a.id), Val::Ts(at)],
-                )
-                .await?;
-                ("confirmed", a.severity)
-            }
-            Confirmation::Downgraded { severity, due_at } => {
-                let severity = severity.min(a.severity);
-                let due_at = due_at.filter(|_| a.workflow != Workflow::Resolved);
-                tx.exec(
-                    "UPDATE alerts SET confirmation = 'not_confirmed', severity = $2, \
-                     severity_rank = $3, due_at = $4, updated_at = $5 WHERE id = $1",
-                    &[
-                        Val::I64(a.id),
-                        Val::Text(severity.as_str()),
-                        Val::I64(severity.rank()),
-                        Val::OptTs(due_at),
-                        Val::Ts(at),
-                    ],
-                )
-                .await?;
-                ("downgraded", severity)
-            }
-        };
-        let event = insert_event_returning(
-            &mut tx,
-            EventRow {
-                alert_id: a.id,
-                patient_id: a.patient_id,
-                cot_id: a.cot_id,
-                at,
-                kind,
-                actor: "engine",
-                severity,
-                detail,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        self.announce(event.id);
-        Ok(Some(event))
+        match self.write_alert(write).await? {
+            AlertWritten::Confirm(event) => Ok(event),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// When the newest (patient, rule) alert was opened, resolved or not.
@@ -1203,6 +1121,102 @@ impl Store {
     }
 }
 
+/// How many readings a new alert counts.
+pub(crate) fn reading_count(t: &Trigger) -> i64 {
+    i64::try_from(t.readings.len().max(1)).unwrap_or(i64::MAX)
+}
+
+/// The value a new alert shows first: its first reading's (an average's, its mean).
+pub(crate) fn first_value(t: &Trigger) -> Option<f64> {
+    t.readings
+        .first()
+        .and_then(|r| r.value)
+        .filter(|_| t.rule_kind != "average")
+        .or(t.value)
+}
+
+/// Whether a reading measured at `measured_at` clears the open alert's condition.
+pub(crate) fn clears(open: &Alert, measured_at: Option<OffsetDateTime>) -> bool {
+    // An older reading than the one that last moved the condition cannot clear it.
+    open.condition == "active"
+        && !matches!((open.last_measured_at, measured_at), (Some(last), Some(m)) if m < last)
+}
+
+/// The severity and due time a downgraded unconfirmed alert takes (never worse than it was;
+/// a resolved alert is due no more).
+pub(crate) fn downgraded(
+    a: &Alert,
+    severity: Severity,
+    due_at: Option<OffsetDateTime>,
+) -> (Severity, Option<OffsetDateTime>) {
+    (
+        severity.min(a.severity),
+        due_at.filter(|_| a.workflow != Workflow::Resolved),
+    )
+}
+
+/// How a trigger changes the open alert of its (patient, rule), shared by the one-by-one and
+/// the bulk writes.
+pub(crate) struct TriggerUpdate {
+    pub(crate) added: i64,
+    pub(crate) worst: Option<f64>,
+    pub(crate) last_measured: Option<OffsetDateTime>,
+    pub(crate) severity: Severity,
+    pub(crate) workflow: String,
+    pub(crate) due_at: Option<OffsetDateTime>,
+    pub(crate) severity_raised: bool,
+    pub(crate) reactivated: bool,
+}
+
+impl TriggerUpdate {
+    /// `None`: nothing changes (no new reading linked, condition still active).
+    pub(crate) fn of(open: &Alert, t: &Trigger, new_links: u64) -> Option<TriggerUpdate> {
+        let reactivated = open.condition == "cleared";
+        if new_links == 0 && !reactivated {
+            return None;
+        }
+        let severity_raised = t.severity > open.severity;
+        // A worse band puts the alert back in the queue: it needs acknowledging again,
+        // within the response time of its new severity.
+        let (workflow, due_at) = if severity_raised {
+            ("new", t.due_at)
+        } else {
+            (open.workflow.as_str(), open.due_at)
+        };
+        Some(TriggerUpdate {
+            added: i64::try_from(new_links.max(1)).unwrap_or(i64::MAX),
+            worst: worst_of(open.worst_value, t),
+            last_measured: match (open.last_measured_at, latest(&t.readings)) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+            severity: open.severity.max(t.severity),
+            workflow: workflow.to_owned(),
+            due_at,
+            severity_raised,
+            reactivated,
+        })
+    }
+
+    pub(crate) fn outcome(&self, alert_id: i64) -> TriggerOutcome {
+        TriggerOutcome::Updated {
+            alert_id,
+            severity_raised: self.severity_raised,
+            reactivated: self.reactivated,
+        }
+    }
+
+    pub(crate) fn event_kind(&self) -> &'static str {
+        if self.severity_raised {
+            "severity_raised"
+        } else if self.reactivated {
+            "reactivated"
+        } else {
+            "updated"
+        }
+    }
+}
+
 /// The worst of `so_far` and every value of the trigger (its readings and its own value): an
 /// alert opened by a run shows the run's worst, not the confirming reading's.
 fn worst_of(so_far: Option<f64>, t: &Trigger) -> Option<f64> {
@@ -1282,6 +1296,220 @@ fn event_from_row(r: &AnyRow) -> Result<AlertEvent> {
 }
 
 /// Raises the alert feed to `event_id` (waking its subscribers) if it is newer.
+/// [`Store::trigger_alert`] inside `tx` (events locked): the outcome and the newest event id
+/// written (0: none).
+async fn trigger_in(tx: &mut Tx, t: &Trigger) -> Result<(TriggerOutcome, i64)> {
+    let open = open_alert(tx, t.patient_id, &t.rule_id).await?;
+    let (outcome, event) = match open {
+        None => {
+            let Some(cot) = tx
+                .one(
+                    "SELECT cot_id FROM patients WHERE id = $1",
+                    &[Val::I64(t.patient_id)],
+                )
+                .await?
+            else {
+                return Err(StoreError::NotFound {
+                    what: what("patient", t.patient_id),
+                });
+            };
+            let cot_id = cot.bigint("cot_id")?;
+            let sql = "INSERT INTO alerts (patient_id, cot_id, rule_id, rule_kind, title, \
+                    severity, severity_rank, condition, workflow, plan_version, metric, unit, \
+                    count, first_value, worst_value, last_value, opened_at, last_triggered_at, \
+                    last_measured_at, due_at, updated_at, confirmation) VALUES ($1, $2, $3, $4, \
+                    $5, $6, $7, 'active', 'new', $8, $9, $10, $11, $16, $17, $12, $13, $13, $14, \
+                    $15, $13, $18) RETURNING id";
+            let row = tx
+                .one(
+                    sql,
+                    &[
+                        Val::I64(t.patient_id),
+                        Val::I64(cot_id),
+                        Val::Text(&t.rule_id),
+                        Val::Text(&t.rule_kind),
+                        Val::Text(&t.title),
+                        Val::Text(t.severity.as_str()),
+                        Val::I64(t.severity.rank()),
+                        Val::OptI64(t.plan_version),
+                        Val::OptText(t.metric.as_deref()),
+                        Val::OptText(t.unit.as_deref()),
+                        Val::I64(reading_count(t)),
+                        Val::F64(t.value),
+                        Val::Ts(t.at),
+                        Val::OptTs(latest(&t.readings)),
+                        Val::OptTs(t.due_at),
+                        Val::F64(first_value(t)),
+                        Val::F64(worst_of(None, t)),
+                        Val::OptText(t.unconfirmed.then_some("unconfirmed")),
+                    ],
+                )
+                .await?
+                .ok_or_else(|| StoreError::decode("INSERT … RETURNING gave no row".into()))?;
+            let alert_id = row.bigint("id")?;
+            link_readings(tx, alert_id, &t.readings).await?;
+            (
+                TriggerOutcome::Opened { alert_id },
+                Some((alert_id, cot_id, "opened", t.severity)),
+            )
+        }
+        Some(open) => {
+            let new_links = link_readings(tx, open.id, &t.readings).await?;
+            let Some(u) = TriggerUpdate::of(&open, t, new_links) else {
+                return Ok((TriggerOutcome::Unchanged { alert_id: open.id }, 0));
+            };
+            let sql = "UPDATE alerts SET count = count + $2, last_value = COALESCE($3, last_value), \
+                    worst_value = $4, last_triggered_at = $5, last_measured_at = $6, \
+                    severity = $7, severity_rank = $8, condition = 'active', cleared_at = NULL, \
+                    workflow = $9, due_at = $10, updated_at = $5 WHERE id = $1";
+            tx.exec(
+                sql,
+                &[
+                    Val::I64(open.id),
+                    Val::I64(u.added),
+                    Val::F64(t.value),
+                    Val::F64(u.worst),
+                    Val::Ts(t.at),
+                    Val::OptTs(u.last_measured),
+                    Val::Text(u.severity.as_str()),
+                    Val::I64(u.severity.rank()),
+                    Val::Text(&u.workflow),
+                    Val::OptTs(u.due_at),
+                ],
+            )
+            .await?;
+            (
+                u.outcome(open.id),
+                Some((open.id, open.cot_id, u.event_kind(), u.severity)),
+            )
+        }
+    };
+    let mut last_event = 0;
+    if let Some((alert_id, cot_id, kind, severity)) = event {
+        last_event = insert_event(
+            tx,
+            EventRow {
+                alert_id,
+                patient_id: t.patient_id,
+                cot_id,
+                at: t.at,
+                kind,
+                actor: "engine",
+                severity,
+                detail: t.detail.as_deref(),
+            },
+        )
+        .await?;
+    }
+    Ok((outcome, last_event))
+}
+
+/// [`Store::clear_alert`] inside `tx` (events locked): the alert id if it was active, and
+/// the event id written (0: none).
+async fn clear_in(
+    tx: &mut Tx,
+    patient_id: i64,
+    rule_id: &str,
+    at: OffsetDateTime,
+    measured_at: Option<OffsetDateTime>,
+    detail: Option<&str>,
+) -> Result<(Option<i64>, i64)> {
+    let Some(open) = open_alert(tx, patient_id, rule_id).await? else {
+        return Ok((None, 0));
+    };
+    if !clears(&open, measured_at) {
+        return Ok((None, 0));
+    }
+    tx.exec(
+        "UPDATE alerts SET condition = 'cleared', cleared_at = $2, updated_at = $2, \
+             last_measured_at = COALESCE($3, last_measured_at) WHERE id = $1",
+        &[Val::I64(open.id), Val::Ts(at), Val::OptTs(measured_at)],
+    )
+    .await?;
+    let id = insert_event(
+        tx,
+        EventRow {
+            alert_id: open.id,
+            patient_id,
+            cot_id: open.cot_id,
+            at,
+            kind: "cleared",
+            actor: "engine",
+            severity: open.severity,
+            detail,
+        },
+    )
+    .await?;
+    Ok((Some(open.id), id))
+}
+
+/// [`Store::confirm_alert`] inside `tx` (events locked).
+async fn confirm_in(
+    tx: &mut Tx,
+    patient_id: i64,
+    rule_id: &str,
+    at: OffsetDateTime,
+    what: Confirmation,
+    detail: Option<&str>,
+) -> Result<Option<AlertEvent>> {
+    // The newest unconfirmed (patient, rule) alert, resolved or not: a nurse may resolve
+    // a critical alert before its repeat lands, and the repeat still belongs on record.
+    let sql = format!(
+        "SELECT {ALERT_COLUMNS} FROM alerts WHERE patient_id = $1 AND rule_id = $2 \
+             AND confirmation = 'unconfirmed' ORDER BY id DESC LIMIT 1"
+    );
+    let found = tx
+        .one(&sql, &[Val::I64(patient_id), Val::Text(rule_id)])
+        .await?
+        .as_ref()
+        .map(alert_from_row)
+        .transpose()?;
+    let Some(a) = found else {
+        return Ok(None);
+    };
+    let (kind, severity) = match what {
+        Confirmation::Confirmed => {
+            tx.exec(
+                "UPDATE alerts SET confirmation = 'confirmed', updated_at = $2 WHERE id = $1",
+                &[Val::I64(a.id), Val::Ts(at)],
+            )
+            .await?;
+            ("confirmed", a.severity)
+        }
+        Confirmation::Downgraded { severity, due_at } => {
+            let (severity, due_at) = downgraded(&a, severity, due_at);
+            tx.exec(
+                "UPDATE alerts SET confirmation = 'not_confirmed', severity = $2, \
+                     severity_rank = $3, due_at = $4, updated_at = $5 WHERE id = $1",
+                &[
+                    Val::I64(a.id),
+                    Val::Text(severity.as_str()),
+                    Val::I64(severity.rank()),
+                    Val::OptTs(due_at),
+                    Val::Ts(at),
+                ],
+            )
+            .await?;
+            ("downgraded", severity)
+        }
+    };
+    let event = insert_event_returning(
+        tx,
+        EventRow {
+            alert_id: a.id,
+            patient_id: a.patient_id,
+            cot_id: a.cot_id,
+            at,
+            kind,
+            actor: "engine",
+            severity,
+            detail,
+        },
+    )
+    .await?;
+    Ok(Some(event))
+}
+
 pub(crate) fn announce_to(feed: &watch::Sender<i64>, event_id: i64) {
     if event_id > 0 {
         feed.send_if_modified(|last| {

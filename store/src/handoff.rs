@@ -96,6 +96,22 @@ impl Handoff {
         self.overflowed_total.load(Ordering::Relaxed)
     }
 
+    /// The batches queued now, up to `max_readings` readings in all (at least one batch if
+    /// any is queued), without waiting: the engine evaluates them together.
+    pub fn take_ready(&self, max_readings: usize) -> Vec<Committed> {
+        let mut state = self.state();
+        let mut taken = Vec::new();
+        let mut readings = 0;
+        while let Some(next) = state.queue.front() {
+            if !taken.is_empty() && readings + next.readings.len() > max_readings {
+                break;
+            }
+            readings += next.readings.len();
+            taken.extend(state.queue.pop_front());
+        }
+        taken
+    }
+
     /// Waits for the engine's next step. Cancel-safe: nothing is taken unless returned.
     pub async fn next(&self) -> Next {
         loop {

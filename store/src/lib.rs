@@ -91,8 +91,8 @@ pub mod testing;
 mod throttle;
 
 pub use alerts::{
-    Alert, AlertEvent, AlertQuery, AlertReading, Confirmation, OutboxEntry, Severity, Trigger,
-    TriggerOutcome, Workflow,
+    Alert, AlertEvent, AlertQuery, AlertReading, AlertWrite, AlertWritten, Confirmation,
+    MAX_ALERT_WRITES, OutboxEntry, Severity, Trigger, TriggerOutcome, Workflow,
 };
 pub use audit::{AuditEntry, AuditQuery, NewAudit};
 pub use careplans::{CarePlanRow, NewCarePlan};

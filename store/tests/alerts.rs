@@ -3,15 +3,20 @@
 
 mod common;
 
-use common::{T0, fixture, reading};
+use common::{Fixture, T0, fixture, reading};
 use store::testing::TestDb;
 use store::{
-    AlertQuery, AlertReading, CommitBatch, NewCarePlan, ReadingsLayout, Severity, StoreError,
-    Trigger, TriggerOutcome, Workflow,
+    AlertQuery, AlertReading, AlertWrite, AlertWritten, CommitBatch, Confirmation, NewCarePlan,
+    ReadingsLayout, Severity, StoreError, Trigger, TriggerOutcome, Workflow,
 };
 use time::Duration;
 
-on_all_backends!(care_plan_versions, alert_lifecycle, outbox_and_fresh);
+on_all_backends!(
+    care_plan_versions,
+    alert_lifecycle,
+    outbox_and_fresh,
+    grouped_writes_match_one_by_one
+);
 
 async fn care_plan_versions(db: TestDb, _layout: ReadingsLayout) {
     let store = &db.store;
@@ -380,4 +385,198 @@ async fn outbox_and_fresh(db: TestDb, _layout: ReadingsLayout) {
         last,
         vec![(f.patient.id, "bp".to_owned(), T0 + Duration::minutes(1))]
     );
+}
+
+/// The engine's writes of one script, in two twin worlds: one by one (`write_alert`, each its
+/// own transaction) and in groups (`write_alerts`, one transaction each; on PostgreSQL the
+/// set-by-set statements). Same answers, same alerts, same events.
+async fn grouped_writes_match_one_by_one(db: TestDb, _layout: ReadingsLayout) {
+    let store = &db.store;
+    let mut solo = Vec::new();
+    let mut grouped = Vec::new();
+    for i in 0..3 {
+        solo.push(fixture(store, &format!("gs{i}")).await);
+        grouped.push(fixture(store, &format!("gg{i}")).await);
+    }
+    let feed = store.alert_feed();
+    let mut answers: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for (world, fixtures) in [&solo, &grouped].into_iter().enumerate() {
+        for group in script(fixtures) {
+            let done = if world == 0 {
+                let mut done = Vec::new();
+                for w in &group {
+                    done.push(store.write_alert(w.clone()).await);
+                }
+                done
+            } else {
+                store.write_alerts(&group).await
+            };
+            assert_eq!(done.len(), group.len());
+            for d in done {
+                answers[world].push(answer(store, fixtures, d).await);
+            }
+        }
+    }
+    assert!(feed.has_changed().unwrap());
+    assert_eq!(answers[0], answers[1]);
+    // The script reaches every kind of answer.
+    for kind in [
+        "opened",
+        "unchanged",
+        "severity_raised",
+        "reactivated",
+        "cleared",
+        "not cleared",
+        "downgraded",
+        "confirmed",
+        "no unconfirmed",
+        "not found",
+    ] {
+        assert!(
+            answers[0].iter().any(|a| a.starts_with(kind)),
+            "no {kind} in {:?}",
+            answers[0]
+        );
+    }
+    let (a, b) = (world(store, &solo).await, world(store, &grouped).await);
+    assert_eq!(a.len(), 5, "{a:?}");
+    assert_eq!(a, b);
+}
+
+/// Groups of writes touching every path: opened, unchanged, severity raised, reactivated,
+/// cleared (and not: no alert, an older reading), confirmed, downgraded, a missing patient,
+/// and the same (patient, rule) twice in one group.
+fn script(f: &[Fixture]) -> Vec<Vec<AlertWrite>> {
+    let (p0, p1, p2) = (f[0].patient.id, f[1].patient.id, f[2].patient.id);
+    let on = |p: i64, rule: &str, severity: Severity, value: f64, seqs: &[i64], single: bool| {
+        let mut t = trigger(p, severity, value, seqs);
+        t.rule_id = rule.into();
+        t.unconfirmed = single;
+        t.detail = Some(format!("{{\"v\":{value}}}"));
+        for r in &mut t.readings {
+            r.device_id = format!("{rule}-{p}");
+        }
+        AlertWrite::Trigger(t)
+    };
+    let clear = |p: i64, rule: &str, minutes: i64| AlertWrite::Clear {
+        patient_id: p,
+        rule_id: rule.into(),
+        at: T0 + Duration::hours(2),
+        measured_at: Some(T0 + Duration::minutes(minutes)),
+        detail: None,
+    };
+    let confirm = |p: i64, rule: &str, what: Confirmation| AlertWrite::Confirm {
+        patient_id: p,
+        rule_id: rule.into(),
+        at: T0 + Duration::hours(2),
+        what,
+        detail: Some("{\"repeat\":true}".into()),
+    };
+    vec![
+        vec![
+            on(p0, "bp-high", Severity::High, 182.0, &[1], true),
+            on(p1, "bp-high", Severity::Medium, 150.0, &[1, 2], false),
+            clear(p2, "bp-high", 5),
+            confirm(p2, "bp-high", Confirmation::Confirmed),
+            on(p0, "bp-high", Severity::High, 182.0, &[1], true),
+            on(p0, "spo2-low", Severity::Critical, 85.0, &[3], true),
+        ],
+        vec![
+            on(p1, "bp-high", Severity::High, 170.0, &[3], false),
+            confirm(
+                p0,
+                "bp-high",
+                Confirmation::Downgraded {
+                    severity: Severity::Medium,
+                    due_at: Some(T0 + Duration::hours(6)),
+                },
+            ),
+            confirm(p0, "spo2-low", Confirmation::Confirmed),
+            clear(p0, "spo2-low", 10),
+        ],
+        vec![
+            on(p0, "spo2-low", Severity::Critical, 84.0, &[4], false),
+            clear(p1, "bp-high", 0),
+            clear(p1, "bp-high", 20),
+            on(p2, "glucose-low", Severity::High, 50.0, &[7], false),
+        ],
+        vec![
+            on(999_999, "bp-high", Severity::High, 190.0, &[9], false),
+            on(p2, "bp-high", Severity::Medium, 155.0, &[8], false),
+        ],
+    ]
+}
+
+/// An answer in words, alerts named by (patient number, rule) so the two worlds compare.
+async fn answer(
+    store: &store::Store,
+    f: &[Fixture],
+    done: Result<AlertWritten, StoreError>,
+) -> String {
+    let who = |id: i64| async move {
+        let a = store.get_alert(id).await.unwrap().unwrap();
+        let n = f.iter().position(|f| f.patient.id == a.patient_id).unwrap();
+        format!("{n}/{}", a.rule_id)
+    };
+    match done {
+        Ok(AlertWritten::Trigger(TriggerOutcome::Opened { alert_id })) => {
+            format!("opened {}", who(alert_id).await)
+        }
+        Ok(AlertWritten::Trigger(TriggerOutcome::Unchanged { alert_id })) => {
+            format!("unchanged {}", who(alert_id).await)
+        }
+        Ok(AlertWritten::Trigger(TriggerOutcome::Updated {
+            alert_id,
+            severity_raised,
+            reactivated,
+        })) => {
+            let kind = if severity_raised {
+                "severity_raised"
+            } else if reactivated {
+                "reactivated"
+            } else {
+                "updated"
+            };
+            format!("{kind} {}", who(alert_id).await)
+        }
+        Ok(AlertWritten::Clear(Some(id))) => format!("cleared {}", who(id).await),
+        Ok(AlertWritten::Clear(None)) => "not cleared".into(),
+        Ok(AlertWritten::Confirm(Some(e))) => {
+            format!("{} {:?} {}", e.kind, e.severity, who(e.alert_id).await)
+        }
+        Ok(AlertWritten::Confirm(None)) => "no unconfirmed".into(),
+        Err(StoreError::NotFound { .. }) => "not found".into(),
+        Err(e) => format!("error {e}"),
+    }
+}
+
+/// Every alert of the fixtures' patients with its events, without ids.
+async fn world(store: &store::Store, fixtures: &[Fixture]) -> Vec<(serde_json::Value, String)> {
+    let mut rows = Vec::new();
+    for f in fixtures {
+        let mut alerts = store
+            .list_alerts(&AlertQuery {
+                patient_id: Some(f.patient.id),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        alerts.sort_by(|a, b| (&a.rule_id, a.id).cmp(&(&b.rule_id, b.id)));
+        for a in alerts {
+            let events: Vec<_> = store
+                .alert_events(a.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.kind, e.severity, e.at, e.actor, e.detail))
+                .collect();
+            let mut row = serde_json::to_value(&a).unwrap();
+            for k in ["id", "patient_id", "cot_id"] {
+                row.as_object_mut().unwrap().remove(k);
+            }
+            rows.push((row, format!("{events:?}")));
+        }
+    }
+    rows
 }

@@ -1,0 +1,73 @@
+//! The engine's alert writes, committed in groups.
+//!
+//! Every transaction that appends alert events holds the store's event lock until it commits
+//! (so the live stream sees event ids in order), which makes them run one at a time: one
+//! commit per trigger capped the engine at a few hundred alert writes a second, whatever the
+//! number of workers. The workers hand their writes to one task instead; while it commits a
+//! group, the next writes queue, and it commits those together (up to
+//! [`store::MAX_ALERT_WRITES`]). A worker waits for its own write, so a patient's writes
+//! stay in order and its cached state changes only after the store did.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use store::{AlertWrite, AlertWritten, Store, StoreError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::EngineMetrics;
+
+type Reply = oneshot::Sender<Result<AlertWritten, StoreError>>;
+
+/// A handle to the group-commit task (cheap to clone; the task starts with the first write
+/// and ends when the last handle is dropped).
+#[derive(Clone)]
+pub(super) struct Writes {
+    store: Store,
+    metrics: Arc<EngineMetrics>,
+    queue: Arc<OnceLock<mpsc::UnboundedSender<(AlertWrite, Reply)>>>,
+}
+
+impl Writes {
+    pub(super) fn new(store: Store, metrics: Arc<EngineMetrics>) -> Writes {
+        Writes {
+            store,
+            metrics,
+            queue: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Commits `write` with whatever other writes are waiting, and returns what it did.
+    pub(super) async fn write(&self, write: AlertWrite) -> Result<AlertWritten, StoreError> {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(commit_groups(self.store.clone(), self.metrics.clone(), rx));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        if queue.send((write, reply)).is_err() {
+            return Err(StoreError::Invalid("alert writer stopped".into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Invalid("alert writer stopped".into())))
+    }
+}
+
+async fn commit_groups(
+    store: Store,
+    metrics: Arc<EngineMetrics>,
+    mut rx: mpsc::UnboundedReceiver<(AlertWrite, Reply)>,
+) {
+    let mut group = Vec::with_capacity(store::MAX_ALERT_WRITES);
+    while rx.recv_many(&mut group, store::MAX_ALERT_WRITES).await > 0 {
+        let (writes, replies): (Vec<AlertWrite>, Vec<Reply>) = group.drain(..).unzip();
+        let done = store.write_alerts(&writes).await;
+        let ok = done.iter().filter(|d| d.is_ok()).count() as u64;
+        metrics.alert_writes.fetch_add(ok, Ordering::Relaxed);
+        metrics.alert_write_commits.fetch_add(1, Ordering::Relaxed);
+        for (reply, result) in replies.into_iter().zip(done) {
+            // The worker may have gone (shutdown); what was committed stays committed.
+            let _ = reply.send(result);
+        }
+    }
+}
