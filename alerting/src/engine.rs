@@ -359,6 +359,10 @@ pub struct Engine {
     store: Store,
     /// The workers' alert writes, committed in groups.
     writes: writes::Writes,
+    cpu: Arc<tokio::sync::Semaphore>,
+    /// Fires `STOP_GRACE` after shutdown began: the workers leave what they have not
+    /// evaluated yet in the outbox (a catch-up of a long backlog is one step).
+    halt: CancellationToken,
     config: AlertsConfig,
     clock: Clock,
     metrics: Arc<EngineMetrics>,
@@ -383,6 +387,9 @@ pub struct Engine {
 struct Worker {
     store: Store,
     writes: writes::Writes,
+    /// Shared by the workers: see [`cpu_permits`].
+    cpu: Arc<tokio::sync::Semaphore>,
+    halt: CancellationToken,
     config: AlertsConfig,
     clock: Clock,
     metrics: Arc<EngineMetrics>,
@@ -431,6 +438,18 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Why a worker left a patient unevaluated at shutdown (see `Engine::halt`).
+fn halted() -> StoreError {
+    StoreError::Invalid("alert engine stopping".into())
+}
+
+/// How many workers may evaluate rules at the same instant: half the cores (at least one).
+/// The workers are many so that their store round trips overlap (and their alert writes share
+/// commits), not to take every core from the device path on the same runtime.
+fn cpu_permits() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// The worker evaluating `patient`, of `workers`.
 fn worker_of(patient: i64, workers: usize) -> usize {
     store::leases::partition_of(patient) as usize % workers
@@ -452,6 +471,8 @@ impl Engine {
     ) -> Engine {
         let mut engine = Engine {
             writes: writes::Writes::new(store.clone(), metrics.clone()),
+            cpu: Arc::new(tokio::sync::Semaphore::new(cpu_permits())),
+            halt: CancellationToken::new(),
             store,
             config,
             clock,
@@ -485,6 +506,8 @@ impl Engine {
             mask: worker_mask(index, of),
             store: self.store.clone(),
             writes: self.writes.clone(),
+            cpu: self.cpu.clone(),
+            halt: self.halt.clone(),
             config,
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
@@ -644,9 +667,19 @@ impl Engine {
         polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // At shutdown the queue is drained for at most STOP_GRACE; what is left stays in the
         // outbox, which the next start evaluates (so SIGTERM never waits on a lagging engine).
+        // A step in progress at that point (a long catch-up is one step) is cut short too: this
+        // loop only sees the cancellation between steps, so a task of its own halts the workers.
+        let halt = self.halt.clone();
+        let stopping = cancel.clone();
+        let halter = tokio::spawn(async move {
+            stopping.cancelled().await;
+            tokio::time::sleep(STOP_GRACE).await;
+            halt.cancel();
+        });
         let mut stop_by: Option<tokio::time::Instant> = None;
         loop {
-            if stop_by.is_some_and(|t| tokio::time::Instant::now() >= t) {
+            if self.halt.is_cancelled() || stop_by.is_some_and(|t| tokio::time::Instant::now() >= t)
+            {
                 tracing::info!(
                     "alert engine stopping; batches not yet evaluated stay in the outbox"
                 );
@@ -665,7 +698,7 @@ impl Engine {
                     Next::CatchUp => {
                         // Until it works: the handoff queues nothing meanwhile.
                         while let Err(e) = self.catch_up().await {
-                            if !self.wait_after(&e, &cancel).await {
+                            if self.halt.is_cancelled() || !self.wait_after(&e, &cancel).await {
                                 break;
                             }
                         }
@@ -677,6 +710,7 @@ impl Engine {
                 _ = polls.tick(), if shared && !cancel.is_cancelled() => self.poll_others().await,
             }
         }
+        halter.abort();
         self.flush_outbox().await;
         self.release_leases().await;
         tracing::debug!("alert engine stopped");
@@ -904,10 +938,17 @@ impl Engine {
             .collect();
         let failed = self.dispatch(jobs).await;
         let ok = failed.is_empty();
-        for (patient, e) in failed {
-            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-            // The outbox entries stay: a restart evaluates these readings again.
-            tracing::warn!(error = %e, patient, "alert engine: evaluation failed; kept for re-evaluation");
+        if self.halt.is_cancelled() && !ok {
+            tracing::info!(
+                patients = failed.len(),
+                "alert engine stopped mid-step; the rest stays in the outbox for the next start"
+            );
+        } else {
+            for (patient, e) in failed {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                // The outbox entries stay: a restart evaluates these readings again.
+                tracing::warn!(error = %e, patient, "alert engine: evaluation failed; kept for re-evaluation");
+            }
         }
         for at in committed {
             self.metrics.commit_to_alert_seconds.observe(at.elapsed());
@@ -1022,6 +1063,10 @@ impl Worker {
         let mut failed = Vec::new();
         for job in jobs {
             let patient = job.patient();
+            if self.halt.is_cancelled() {
+                failed.push((patient, halted()));
+                continue;
+            }
             let result = match job {
                 Job::Readings(_, readings) => self.evaluate_patient(patient, &readings).await,
                 Job::Spans(_, spans) => self.evaluate_spans(patient, &spans).await,
@@ -1196,11 +1241,18 @@ impl Worker {
             // behind it.
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 tokio::task::yield_now().await;
+                if self.halt.is_cancelled() {
+                    return Err(halted());
+                }
             }
             self.metrics
                 .readings_evaluated
                 .fetch_add(1, Ordering::Relaxed);
             let (plan, effects, late) = {
+                // At most `cpu_permits()` workers evaluate at any instant, however many wait
+                // on the store: the rest of the runtime (connections, batcher, writers) keeps
+                // its share of the cores.
+                let _cpu = self.cpu.clone().acquire_owned().await;
                 let Some(state) = self.patients.get_mut(&patient) else {
                     return Ok(());
                 };

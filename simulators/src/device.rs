@@ -479,7 +479,19 @@ struct Limits {
     resend_after: Duration,
 }
 
+/// The longest resend timeout, as it doubles while acks do not come.
+pub const MAX_RESEND_AFTER: Duration = Duration::from_secs(60);
+
 impl Limits {
+    /// The resend timeout after `doublings` expiries without an ack in between: like the
+    /// firmware's uplink (`firmware/core/src/uplink.rs`), a slow gateway is not sent every
+    /// batch again every `resend_after`, which would only add to its load.
+    fn resend(&self, doublings: u32) -> Duration {
+        self.resend_after
+            .saturating_mul(1u32 << doublings.min(16))
+            .min(MAX_RESEND_AFTER.max(self.resend_after))
+    }
+
     fn new(spec: &DeviceSpec) -> Self {
         Limits {
             max_batch: spec.max_batch.clamp(1, MAX_BATCH),
@@ -617,6 +629,8 @@ struct State {
     generated: u64,
     publishes: u64,
     resent: u64,
+    /// The resend timeout is `resend_after` doubled this many times (see [`Limits::resend`]).
+    resend_doublings: u32,
     replayed: u64,
     acks: u64,
     bad_messages: u64,
@@ -651,6 +665,7 @@ impl State {
             generated: 0,
             publishes: 0,
             resent: 0,
+            resend_doublings: 0,
             replayed: 0,
             acks: 0,
             bad_messages: 0,
@@ -719,6 +734,8 @@ impl State {
     /// replayed, never sent, or garbage ranges) are ignored.
     fn apply_ack(&mut self, ack: &Ack, now: Instant) {
         self.acks += 1;
+        // The path to the store works: the first resend timeout applies again.
+        self.resend_doublings = 0;
         for (ranges, committed) in [(&ack.committed, true), (&ack.rejected, false)] {
             for range in ranges.iter() {
                 if range.0 > range.1 {
@@ -838,7 +855,7 @@ impl State {
                         id,
                         Batch {
                             seqs,
-                            deadline: now + limits.resend_after,
+                            deadline: now + limits.resend(self.resend_doublings),
                         },
                     );
                     self.publishes += 1;
@@ -858,9 +875,11 @@ impl State {
     }
 
     /// Forgets batches that are fully settled, and frees the unsettled readings of batches
-    /// that waited longer than `resend_after`, so they are sent again.
+    /// that waited past their deadline, so they are sent again (and the next batches wait
+    /// twice as long: see [`Limits::resend`]).
     fn retire_batches(&mut self, now: Instant) {
         let outbox = &mut self.outbox;
+        let mut expired = false;
         self.batches.retain(|&id, batch| {
             let live = batch
                 .seqs
@@ -872,6 +891,7 @@ impl State {
             if batch.deadline > now {
                 return true;
             }
+            expired = true;
             for seq in &batch.seqs {
                 if let Some(entry) = outbox.get_mut(seq)
                     && entry.batch == Some(id)
@@ -881,6 +901,9 @@ impl State {
             }
             false
         });
+        if expired {
+            self.resend_doublings = self.resend_doublings.saturating_add(1).min(16);
+        }
     }
 }
 
@@ -1256,9 +1279,24 @@ mod tests {
 
         // After the deadline, both unacked batches go again.
         let later = t0 + spec.resend_after + Duration::from_millis(1);
-        let (actions, _) = st.plan(&limits, later, &mut setup, &mut buf);
+        let (actions, next) = st.plan(&limits, later, &mut setup, &mut buf);
         assert_eq!(count_readings(&actions), 5);
         assert_eq!(st.resent, 5);
+        // No ack came in time: the resent batches wait twice as long.
+        assert_eq!(next, Some(later + 2 * spec.resend_after));
+        // An ack brings the first timeout back.
+        let mut ack = Ack::default();
+        ack.committed.push(SeqRange(4, 8)).unwrap();
+        st.apply_ack(&ack, later);
+        st.add(reading(9));
+        let (actions, next) = st.plan(&limits, later, &mut setup, &mut buf);
+        assert_eq!(count_readings(&actions), 1);
+        assert_eq!(next, Some(later + spec.resend_after));
+        assert_eq!(
+            limits.resend(10),
+            MAX_RESEND_AFTER,
+            "the timeout stops doubling at its cap"
+        );
     }
 
     #[test]

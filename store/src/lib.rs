@@ -22,6 +22,7 @@
 //!   status in one transaction) and reading queries.
 //! - `readings::bulk`: the ingest batch's bulk writes, per backend (`UNNEST` on PostgreSQL, multi-row
 //!   `VALUES` on SQLite).
+//! - `alerts::bulk`: the alert engine's grouped writes on PostgreSQL, set by set (`UNNEST`).
 //! - `identity`: staff users, roles, COT membership.
 //! - `contacts`: patients' contacts and context; interventions recorded on alerts (calls,
 //!   advice, GP informed, …), which re-queue an alert when a call does not reach the patient.
@@ -49,7 +50,8 @@
 //! Where the SQL genuinely differs, the text keeps one shape and takes the differing fragment
 //! from `Store::dialect` (e.g. `COLLATE "C"`). The exceptions, each in one place: `readings/bulk.rs`
 //! (the ingest batch's readings and device statuses: `UNNEST` arrays on PostgreSQL,
-//! multi-row `VALUES` on SQLite), `schema.rs` (migrations, readings layout, partitions) and
+//! multi-row `VALUES` on SQLite), `alerts/bulk.rs` (a group of the engine's alert writes,
+//! `UNNEST` arrays on PostgreSQL; SQLite writes them one by one through `sql.rs`), `schema.rs` (migrations, readings layout, partitions) and
 //! `connect.rs` (pools). A new query goes through `Store::read`/`read_one`/`exec` or a
 //! transaction (`Store::tx`, `Tx::exec`/`all`/`one`), never a `match` on the backend.
 //!

@@ -106,3 +106,53 @@ async fn a_lagging_alert_engine_does_not_slow_commit_acks() -> anyhow::Result<()
     stack.stop().await;
     Ok(())
 }
+
+/// Shutdown does not wait for a lagging engine: stopped while it catches up on a backlog it
+/// needs half a minute for (one step, read back from the outbox), the node is down within
+/// the engine's 2 s grace plus the rest of the shutdown, and what the engine had not evaluated
+/// is still in the outbox for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_a_long_catch_up_short() -> anyhow::Result<()> {
+    let stack = Stack::start_with(Db::Postgres, |c| {
+        c.alerts.evaluation_delay = SLOW;
+        c.alerts.queue_batches = 1;
+        c.gateway.batch_max_delay = Duration::from_millis(5);
+    })
+    .await?;
+    let patient = stack.patient(&["hypertension"]).await?;
+    let device = stack.device(patient.id, DeviceKind::BloodPressure).await?;
+    let mut dev = RawDevice::connect(stack.edge, &device.id, &device.secret);
+    dev.connected().await.map_err(anyhow::Error::msg)?;
+    dev.subscribe(&topic(&device.id, "ack")).await?;
+    for seq in 1..=READINGS {
+        publish_acked(&mut dev, &device.id, seq).await?;
+    }
+    // The engine is in its catch-up (one step for everything pending): 100 readings at
+    // 4 a second.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stack
+        .alert_metrics
+        .catch_ups
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        if Instant::now() > deadline {
+            bail!("the engine never started catching up");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dev.close();
+    let started = Instant::now();
+    let db = stack.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "shutdown waited {took:?} for the engine's catch-up"
+    );
+    let pending = db.store.pending_outbox().await?;
+    assert!(
+        !pending.is_empty(),
+        "the catch-up was not cut short: nothing left in the outbox"
+    );
+    Ok(())
+}

@@ -9,10 +9,13 @@
 //!   after a gateway restart.
 //! - **Window.** At most `max_in_flight` batches of at most `max_batch` readings wait for an
 //!   ack at once.
-//! - **Resend.** A batch without a (complete) ack within `resend_after_ms` is forgotten, so its
+//! - **Resend.** A batch without a (complete) ack within the resend timeout is forgotten, so its
 //!   unsettled readings go out again; after a reconnection everything in flight goes out again
 //!   (the session is clean, so the old publishes may be lost). The gateway dedupes on
-//!   (device, seq).
+//!   (device, seq). The timeout starts at `resend_after_ms` and doubles, up to
+//!   `resend_max_ms`, every time a batch expires; an ack brings it back (TCP's retransmission
+//!   timeout, without the RTT estimate): a gateway slowed down by a storm is not sent every
+//!   batch again every 5 s, which would only add to its load.
 
 use protocol::ack::Ack;
 
@@ -25,8 +28,10 @@ pub struct UplinkConfig {
     pub max_batch: usize,
     /// Most batches awaiting an ack (1 to [`MAX_IN_FLIGHT`]).
     pub max_in_flight: usize,
-    /// How long a batch waits for its ack before it is sent again.
+    /// How long a batch waits for its ack before it is sent again (the first time).
     pub resend_after_ms: u64,
+    /// The longest wait, as it doubles while acks do not come.
+    pub resend_max_ms: u64,
     /// How long a connection attempt may take.
     pub connect_timeout_ms: u64,
     /// First back-off delay.
@@ -43,6 +48,7 @@ impl Default for UplinkConfig {
             max_batch: MAX_BATCH,
             max_in_flight: MAX_IN_FLIGHT,
             resend_after_ms: 5_000,
+            resend_max_ms: 60_000,
             connect_timeout_ms: 10_000,
             backoff_min_ms: 200,
             backoff_max_ms: 30_000,
@@ -79,6 +85,8 @@ pub struct Uplink {
     link: Link,
     batches: heapless::Vec<Batch, MAX_IN_FLIGHT>,
     backoff: Backoff,
+    /// The resend timeout now (see the module docs).
+    resend_ms: u64,
 }
 
 impl Uplink {
@@ -90,9 +98,12 @@ impl Uplink {
             max_in_flight: config.max_in_flight.clamp(1, MAX_IN_FLIGHT),
             backoff_min_ms: config.backoff_min_ms.max(1),
             backoff_max_ms: config.backoff_max_ms.max(config.backoff_min_ms.max(1)),
+            resend_after_ms: config.resend_after_ms.max(1),
+            resend_max_ms: config.resend_max_ms.max(config.resend_after_ms.max(1)),
             ..config
         };
         Uplink {
+            resend_ms: config.resend_after_ms,
             backoff: Backoff::new(config.backoff_min_ms, config.backoff_max_ms, seed),
             config,
             link: Link::Down { retry_at_ms: 0 },
@@ -161,7 +172,7 @@ impl Uplink {
     pub fn sent(&mut self, seqs: impl IntoIterator<Item = u32>, now_ms: u64) {
         let mut batch = Batch {
             seqs: heapless::Vec::new(),
-            deadline_ms: now_ms.saturating_add(self.config.resend_after_ms),
+            deadline_ms: now_ms.saturating_add(self.resend_ms),
         };
         for seq in seqs.into_iter().take(self.config.max_batch) {
             let _ = batch.seqs.push(seq);
@@ -176,12 +187,24 @@ impl Uplink {
         }
     }
 
-    /// Forgets batches whose deadline passed, so their readings are sent again. Returns how
-    /// many batches expired.
+    /// Forgets batches whose deadline passed, so their readings are sent again, and doubles
+    /// the resend timeout if any did. Returns how many batches expired.
     pub fn expire(&mut self, now_ms: u64) -> usize {
         let before = self.batches.len();
         self.batches.retain(|b| b.deadline_ms > now_ms);
-        before - self.batches.len()
+        let expired = before - self.batches.len();
+        if expired > 0 {
+            self.resend_ms = self
+                .resend_ms
+                .saturating_mul(2)
+                .min(self.config.resend_max_ms);
+        }
+        expired
+    }
+
+    /// How long a batch sent now would wait for its ack.
+    pub fn resend_timeout_ms(&self) -> u64 {
+        self.resend_ms
     }
 
     /// An ack arrived: settled seqs leave their batches; the back-off resets (the whole path
@@ -192,6 +215,7 @@ impl Uplink {
         }
         self.batches.retain(|b| !b.seqs.is_empty());
         self.backoff.reset();
+        self.resend_ms = self.config.resend_after_ms;
     }
 
     /// The next time something is due: a connection attempt or a resend deadline.
@@ -317,6 +341,39 @@ mod tests {
         let mut other = Backoff::new(100, 1_000, 43);
         let others: heapless::Vec<u64, 16> = (0..16).map(|_| other.next_delay()).collect();
         assert_ne!(delays, others, "different seeds, different jitter");
+    }
+
+    #[test]
+    fn the_resend_timeout_doubles_until_an_ack() {
+        let mut u = Uplink::new(
+            UplinkConfig {
+                resend_max_ms: 5_000,
+                ..config()
+            },
+            7,
+        );
+        u.connected(0);
+        u.sent([1], 0);
+        assert_eq!(u.next_deadline(), Some(1_000));
+        assert_eq!(u.expire(1_000), 1);
+        // Sent again: it waits twice as long, then four times, up to the cap.
+        u.sent([1], 1_000);
+        assert_eq!(u.next_deadline(), Some(3_000));
+        assert_eq!(u.expire(3_000), 1);
+        u.sent([1], 3_000);
+        assert_eq!(u.next_deadline(), Some(7_000));
+        assert_eq!(u.expire(7_000), 1);
+        assert_eq!(u.resend_timeout_ms(), 5_000, "capped");
+        assert_eq!(u.expire(7_000), 0, "nothing expired, nothing doubles");
+        assert_eq!(u.resend_timeout_ms(), 5_000);
+        // Any ack: the path works again, the first timeout applies.
+        u.sent([1], 7_000);
+        let mut ack = Ack::default();
+        ack.committed.push(SeqRange(1, 1)).unwrap();
+        u.acked(&ack);
+        assert_eq!(u.resend_timeout_ms(), 1_000);
+        u.sent([2], 8_000);
+        assert_eq!(u.next_deadline(), Some(9_000));
     }
 
     #[test]

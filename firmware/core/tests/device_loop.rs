@@ -185,6 +185,7 @@ fn uplink() -> UplinkConfig {
         max_batch: 4,
         max_in_flight: 2,
         resend_after_ms: 5_000,
+        resend_max_ms: 60_000,
         connect_timeout_ms: 1_000,
         backoff_min_ms: 100,
         backoff_max_ms: 3_000,

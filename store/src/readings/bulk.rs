@@ -1,5 +1,5 @@
-//! The ingest batch's bulk writes, the one place besides `sql.rs` and `schema.rs` that
-//! matches on the backend: on PostgreSQL all readings of a batch go in with one `UNNEST`
+//! The ingest batch's bulk writes, one of the few places besides `sql.rs` and `schema.rs`
+//! that match on the backend (the other: `alerts/bulk.rs`): on PostgreSQL all readings of a batch go in with one `UNNEST`
 //! statement that also moves each device's `last_seen_at`/`last_seq`, and device statuses
 //! with one `UNNEST` update; on SQLite readings go in as multi-row `VALUES` of 500 rows,
 //! devices are touched with one `UPDATE … FROM (VALUES …)` per 500 devices, and statuses
