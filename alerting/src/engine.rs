@@ -1241,9 +1241,9 @@ impl Worker {
             // behind it.
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 tokio::task::yield_now().await;
-                if self.halt.is_cancelled() {
-                    return Err(halted());
-                }
+            }
+            if self.halt.is_cancelled() {
+                return Err(halted());
             }
             self.metrics
                 .readings_evaluated

@@ -147,6 +147,7 @@ async fn shutdown_cuts_a_long_catch_up_short() -> anyhow::Result<()> {
     let started = Instant::now();
     let db = stack.stop().await;
     let took = started.elapsed();
+    eprintln!("stopped in {took:?} while the engine was catching up");
     assert!(
         took < Duration::from_secs(10),
         "shutdown waited {took:?} for the engine's catch-up"
