@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use e2e::harness::{Db, RawDevice, Stack, now_ms, topic};
+use e2e::harness::{Db, DeviceCreds, RawDevice, Stack, now_ms, topic};
 use gateway::Metrics;
 use store::DeviceKind;
 
@@ -36,11 +36,15 @@ async fn publish_acked(dev: &mut RawDevice, id: &str, seq: u32) -> anyhow::Resul
     bail!("{id}: no commit ack for seq {seq}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lagging_alert_engine_does_not_slow_commit_acks() -> anyhow::Result<()> {
+/// A node on PostgreSQL whose engine pauses `delay` before every reading and holds `queue`
+/// batches in memory, with a hypertensive patient's cuff connected and listening for acks.
+async fn lagging_stack(
+    delay: Duration,
+    queue: usize,
+) -> anyhow::Result<(Stack, store::Patient, DeviceCreds, RawDevice)> {
     let stack = Stack::start_with(Db::Postgres, |c| {
-        c.alerts.evaluation_delay = SLOW;
-        c.alerts.queue_batches = 8;
+        c.alerts.evaluation_delay = delay;
+        c.alerts.queue_batches = queue;
         c.gateway.batch_max_delay = Duration::from_millis(5);
     })
     .await?;
@@ -49,6 +53,12 @@ async fn a_lagging_alert_engine_does_not_slow_commit_acks() -> anyhow::Result<()
     let mut dev = RawDevice::connect(stack.edge, &device.id, &device.secret);
     dev.connected().await.map_err(anyhow::Error::msg)?;
     dev.subscribe(&topic(&device.id, "ack")).await?;
+    Ok((stack, patient, device, dev))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_alert_engine_does_not_slow_commit_acks() -> anyhow::Result<()> {
+    let (stack, patient, device, mut dev) = lagging_stack(SLOW, 8).await?;
 
     // One reading per batch: each is committed and acked before the next is sent.
     for seq in 1..=READINGS {
@@ -113,17 +123,7 @@ async fn a_lagging_alert_engine_does_not_slow_commit_acks() -> anyhow::Result<()
 /// is still in the outbox for the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cuts_a_long_catch_up_short() -> anyhow::Result<()> {
-    let stack = Stack::start_with(Db::Postgres, |c| {
-        c.alerts.evaluation_delay = 2 * SLOW;
-        c.alerts.queue_batches = 1;
-        c.gateway.batch_max_delay = Duration::from_millis(5);
-    })
-    .await?;
-    let patient = stack.patient(&["hypertension"]).await?;
-    let device = stack.device(patient.id, DeviceKind::BloodPressure).await?;
-    let mut dev = RawDevice::connect(stack.edge, &device.id, &device.secret);
-    dev.connected().await.map_err(anyhow::Error::msg)?;
-    dev.subscribe(&topic(&device.id, "ack")).await?;
+    let (stack, _patient, device, mut dev) = lagging_stack(2 * SLOW, 1).await?;
     let catch_ups = || {
         stack
             .alert_metrics
