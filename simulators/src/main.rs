@@ -313,6 +313,9 @@ enum Command {
         /// The alert engine's workers (1: the serial engine).
         #[arg(long, default_value_t = 32)]
         workers: usize,
+        /// Producers committing at once, each its own patients (the gateway's commit lanes).
+        #[arg(long, default_value_t = 1)]
+        producers: usize,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -621,11 +624,13 @@ async fn main() -> anyhow::Result<()> {
             trigger_share,
             ceiling,
             workers,
+            producers,
             json,
             out,
         } => {
             let opts = LatencyOptions {
                 workers,
+                producers,
                 database_url,
                 patients,
                 rate,
