@@ -48,8 +48,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use store::{
-    AlertReading, AlertWrite, AlertWritten, Confirmation, NewReading, ReadingKind, ReadingQuery,
-    Severity, Store, StoreError, Trigger, TriggerOutcome,
+    AlertReading, AlertWrite, Confirmation, NewReading, ReadingKind, ReadingQuery, Severity, Store,
+    StoreError, Trigger, TriggerOutcome,
 };
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -676,19 +676,16 @@ impl Engine {
             tokio::time::sleep(STOP_GRACE).await;
             halt.cancel();
         });
-        let mut stop_by: Option<tokio::time::Instant> = None;
+        let halted = self.halt.clone();
         loop {
-            if self.halt.is_cancelled() || stop_by.is_some_and(|t| tokio::time::Instant::now() >= t)
-            {
+            if halted.is_cancelled() {
                 tracing::info!(
                     "alert engine stopping; batches not yet evaluated stay in the outbox"
                 );
                 break;
             }
             tokio::select! {
-                _ = cancel.cancelled(), if stop_by.is_none() => {
-                    stop_by = Some(tokio::time::Instant::now() + STOP_GRACE);
-                }
+                _ = halted.cancelled() => {}
                 next = handoff.next() => match next {
                     Next::Batch(batch) => {
                         let mut batches = vec![batch];
@@ -1629,7 +1626,7 @@ impl Worker {
             measured_at: measured,
             detail: None,
         };
-        if let AlertWritten::Clear(Some(_)) = self.writes.write(write).await? {
+        if self.writes.write(write).await?.into_clear()?.is_some() {
             self.metrics.alerts_cleared.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())

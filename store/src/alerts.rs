@@ -202,6 +202,22 @@ impl AlertWritten {
             other => Err(unexpected(&other)),
         }
     }
+
+    /// What a [`AlertWrite::Clear`] did (an error for any other answer).
+    pub fn into_clear(self) -> Result<Option<i64>> {
+        match self {
+            AlertWritten::Clear(id) => Ok(id),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// What a [`AlertWrite::Confirm`] did (an error for any other answer).
+    pub fn into_confirm(self) -> Result<Option<AlertEvent>> {
+        match self {
+            AlertWritten::Confirm(event) => Ok(event),
+            other => Err(unexpected(&other)),
+        }
+    }
 }
 
 fn unexpected(written: &AlertWritten) -> StoreError {
@@ -437,10 +453,7 @@ impl Store {
             measured_at,
             detail: detail.map(str::to_owned),
         };
-        match self.write_alert(write).await? {
-            AlertWritten::Clear(id) => Ok(id),
-            other => Err(unexpected(&other)),
-        }
+        self.write_alert(write).await?.into_clear()
     }
 
     /// new → acknowledged.
@@ -661,10 +674,7 @@ impl Store {
             what,
             detail: detail.map(str::to_owned),
         };
-        match self.write_alert(write).await? {
-            AlertWritten::Confirm(event) => Ok(event),
-            other => Err(unexpected(&other)),
-        }
+        self.write_alert(write).await?.into_confirm()
     }
 
     /// When the newest (patient, rule) alert was opened, resolved or not.
