@@ -1257,7 +1257,7 @@ impl Worker {
                 state.window.insert(&o, WINDOW);
                 state.window.trim(WINDOW);
                 let late = !o.clock_bad && o.received_at - o.at > late_after;
-                let effects = rules::evaluate(&state.plan.plan, state.window.readings(), &o);
+                let effects = state.window.evaluate(&state.plan.plan, &o);
                 (state.plan.clone(), effects, late)
             };
             if o.quality == Quality::Excluded {

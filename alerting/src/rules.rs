@@ -9,6 +9,9 @@ use protocol::reading::{MeasurementStatus, sensor};
 
 use super::plan::{Band, CarePlan, Check, Condition, Direction, Metric};
 
+mod sums;
+use sums::Sums;
+
 /// Whether a reading may raise a clinical alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quality {
@@ -164,6 +167,12 @@ pub struct Window {
     obs: Vec<Obs>,
     /// Readings before this index have left the window; they are dropped in bulk.
     start: usize,
+    /// How many readings have been dropped from the front of `obs` in all.
+    dropped: u64,
+    /// Bumped whenever a reading lands anywhere but at the end (positions move).
+    version: u64,
+    /// The running sums of the trends and averages evaluated on this window.
+    running: sums::Running,
 }
 
 /// A reading read back from the store may carry its times rounded to the store's precision:
@@ -178,7 +187,10 @@ impl Window {
     /// A window of readings in any order.
     pub fn new(mut obs: Vec<Obs>) -> Window {
         obs.sort_by(order);
-        Window { obs, start: 0 }
+        Window {
+            obs,
+            ..Window::default()
+        }
     }
 
     /// The readings in the window, oldest first: what [`evaluate`] takes.
@@ -199,7 +211,30 @@ impl Window {
             return;
         }
         let at = self.start + live.partition_point(|w| order(w, o).is_le());
+        if at != self.obs.len() {
+            self.version += 1;
+        }
         self.obs.insert(at, o.clone());
+    }
+
+    /// [`evaluate`]s `current` on this window: from the running sums of its trends and averages
+    /// when `current` is its newest reading (as readings in time order are, once inserted),
+    /// else afresh.
+    pub fn evaluate(&mut self, plan: &CarePlan, current: &Obs) -> Vec<Effect> {
+        let live = &self.obs[self.start..];
+        if live.last() != Some(current) {
+            return evaluate_with(plan, live, current, &mut sums::Scan);
+        }
+        let mut sums = sums::Live {
+            running: &mut self.running,
+            positions: sums::Positions {
+                all: &self.obs,
+                dropped: self.dropped,
+                start: self.start,
+                version: self.version,
+            },
+        };
+        evaluate_with(plan, live, current, &mut sums)
     }
 
     /// Lets go of readings older than `span` before the newest.
@@ -212,6 +247,7 @@ impl Window {
         // In bulk, once the dead prefix outweighs the live part: amortised O(1) per reading.
         if self.start >= 64 && self.start * 2 >= self.obs.len() {
             self.obs.drain(..self.start);
+            self.dropped += self.start as u64;
             self.start = 0;
         }
     }
@@ -260,13 +296,23 @@ pub const REPEAT_RULE: &str = "quality-repeat";
 /// `window` holds the patient's recent readings of every kind, sorted by (time, seq) as
 /// [`Window::readings`] gives them.
 pub fn evaluate(plan: &CarePlan, window: &[Obs], current: &Obs) -> Vec<Effect> {
+    evaluate_with(plan, window, current, &mut sums::Scan)
+}
+
+/// [`evaluate`], the trends' baselines and the averages' periods summed by `sums`.
+fn evaluate_with(
+    plan: &CarePlan,
+    window: &[Obs],
+    current: &Obs,
+    sums: &mut impl Sums,
+) -> Vec<Effect> {
     debug_assert!(window.is_sorted_by(|a, b| order(a, b).is_le()));
     let mut out = Vec::new();
     if current.quality == Quality::Excluded {
         return out;
     }
     let mut repeat = false;
-    for rule in &plan.rules {
+    for (index, rule) in plan.rules.iter().enumerate() {
         match &rule.check {
             Check::Threshold { bands, hysteresis } => {
                 let metrics: Vec<Metric> = bands
@@ -302,7 +348,7 @@ pub fn evaluate(plan: &CarePlan, window: &[Obs], current: &Obs) -> Vec<Effect> {
                 }
                 // The longest run any band needs is all this rule reads.
                 let longest = bands.iter().map(|b| b.consecutive.max(1) as usize).max();
-                let history = eligible(
+                let (history, _) = eligible(
                     window,
                     current,
                     |o| metrics.iter().any(|m| m.kinds().contains(&o.kind)),
@@ -374,26 +420,22 @@ pub fn evaluate(plan: &CarePlan, window: &[Obs], current: &Obs) -> Vec<Effect> {
                 }
                 let n = (*consecutive).max(1) as usize;
                 let since = current.at - Duration::days(i64::from(*baseline_days));
-                // The run, and the baseline's days before it.
-                let history = eligible(
+                // The run, then the baseline: the days before the run, from `since`.
+                let (run, oldest) = eligible(
                     window,
                     current,
                     |o| metric.kinds().contains(&o.kind) && o.values.get(*metric).is_some(),
-                    |found, next| found + 1 >= n && next.at < since,
+                    |found, _| found + 1 >= n,
                 );
-                if history.len() < n {
+                if run.len() < n {
                     continue;
                 }
-                let run = &history[history.len() - n..];
-                let mut baseline: Vec<f64> = history[..history.len() - n]
-                    .iter()
-                    .filter(|o| o.at >= since)
-                    .filter_map(|o| o.values.get(*metric))
-                    .collect();
-                if baseline.len() < *min_baseline as usize {
+                let from = window.partition_point(|o| o.at < since);
+                let baseline = sums.baseline(index, window, *metric, (from, oldest), current);
+                if baseline.len < *min_baseline as usize {
                     continue;
                 }
-                let median = median(&mut baseline);
+                let median = baseline.median;
                 let off = |v: f64| match direction {
                     Direction::Drop => median - v,
                     Direction::Rise => v - median,
@@ -436,26 +478,14 @@ pub fn evaluate(plan: &CarePlan, window: &[Obs], current: &Obs) -> Vec<Effect> {
                     continue;
                 }
                 let since = current.at - Duration::days(i64::from(*days));
-                let period: Vec<&Obs> = eligible(
-                    window,
-                    current,
-                    |o| any.iter().any(|c| c.metric.kinds().contains(&o.kind)),
-                    |_, next| next.at <= since,
-                )
-                .into_iter()
-                .filter(|o| o.at > since)
-                .collect();
-                // `period` is in time order: count the days by their changes.
-                let day = |o: &Obs| o.at.to_offset(time::UtcOffset::UTC).date();
-                let day_count = usize::from(!period.is_empty())
-                    + period.windows(2).filter(|w| day(w[0]) != day(w[1])).count();
-                if period.len() < *min_readings as usize || day_count < *min_days as usize {
+                let kinds = sums::Kinds::of(any.iter().map(|c| c.metric));
+                let from = window.partition_point(|o| o.at <= since);
+                let end = window.partition_point(|o| o.at <= current.at);
+                let period = sums.period(index, window, kinds, (from, end), current, since);
+                if period.len < *min_readings as usize || period.days < *min_days as usize {
                     continue;
                 }
-                let mean = |m: Metric| {
-                    let v: Vec<f64> = period.iter().filter_map(|o| o.values.get(m)).collect();
-                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-                };
+                let mean = |m: Metric| period.mean(m);
                 let holding = any
                     .iter()
                     .find(|c| mean(c.metric).is_some_and(|v| c.holds(v)));
@@ -469,7 +499,10 @@ pub fn evaluate(plan: &CarePlan, window: &[Obs], current: &Obs) -> Vec<Effect> {
                         metric: m,
                         value: mean(m).map(|v| (v * 10.0).round() / 10.0),
                         higher_is_worse: c.higher_is_worse(),
-                        readings: period.iter().map(|o| run_entry(o, m)).collect(),
+                        readings: evidence(window, current, kinds, since)
+                            .iter()
+                            .map(|o| run_entry(o, m))
+                            .collect(),
                     });
                 } else if any.iter().all(|c| {
                     mean(c.metric).is_none_or(|v| !c.holds_widened(v, c.metric.hysteresis() * 0.6))
@@ -506,26 +539,51 @@ pub fn band_holds(band: &Band, o: &Obs) -> bool {
 /// (`current` last, counted once), read backwards from `current`'s place in the sorted
 /// `window` and stopping as soon as `enough(found, next)`: `found` readings before `current`
 /// are taken, and `next` is the next older one (so a rule pays for its look-back only).
+/// Also returns the index in `window` of the oldest one taken before `current`, or of
+/// `current`'s place if none was.
 fn eligible<'a>(
     window: &'a [Obs],
     current: &'a Obs,
     keep: impl Fn(&Obs) -> bool,
     enough: impl Fn(usize, &Obs) -> bool,
-) -> Vec<&'a Obs> {
+) -> (Vec<&'a Obs>, usize) {
     let end = window.partition_point(|o| o.at <= current.at);
+    let mut oldest = end;
     let mut out: Vec<&Obs> = Vec::new();
-    for o in window[..end].iter().rev() {
+    for (i, o) in window[..end].iter().enumerate().rev() {
         if enough(out.len(), o) {
             break;
         }
         if o.quality == Quality::Good && !o.same(current) && keep(o) {
             out.push(o);
+            oldest = i;
         }
     }
     out.reverse();
     out.push(current);
-    out
+    (out, oldest)
 }
+
+/// The readings an average's alert links as its evidence: its period's newest, at most
+/// [`AVERAGE_EVIDENCE`] (a home-BP week is 28; a monitor streaming all week is thousands).
+fn evidence<'a>(
+    window: &'a [Obs],
+    current: &'a Obs,
+    kinds: sums::Kinds,
+    since: OffsetDateTime,
+) -> Vec<&'a Obs> {
+    let (mut period, _) = eligible(
+        window,
+        current,
+        |o| kinds.has(o.kind),
+        |found, next| found + 1 >= AVERAGE_EVIDENCE || next.at <= since,
+    );
+    period.retain(|o| o.at > since);
+    period
+}
+
+/// The most readings an average's alert links (see [`evidence`]).
+pub const AVERAGE_EVIDENCE: usize = 64;
 
 /// Whether the device time cannot stand for the measurement time (unset or implausible, by
 /// the one shared rule, `ClockState::assess`).
@@ -537,26 +595,6 @@ fn clock_bad(measured: OffsetDateTime, received: OffsetDateTime, unset: bool) ->
 
 fn run_entry(o: &Obs, metric: Metric) -> (String, i64, OffsetDateTime, Option<f64>) {
     (o.device_id.clone(), o.seq, o.at, o.values.get(metric))
-}
-
-/// The median, by selection rather than a full sort (a baseline can hold thousands).
-fn median(values: &mut [f64]) -> f64 {
-    let n = values.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    let (lower, upper, _) = values.select_nth_unstable_by(n / 2, f64::total_cmp);
-    let upper = *upper;
-    if n % 2 == 1 {
-        upper
-    } else {
-        let below = lower
-            .iter()
-            .copied()
-            .max_by(f64::total_cmp)
-            .unwrap_or(upper);
-        (below + upper) / 2.0
-    }
 }
 
 #[cfg(test)]
@@ -949,7 +987,8 @@ mod tests {
                 &current,
                 glucose_only,
                 |f, _| f + 1 >= n,
-            ));
+            )
+            .0);
             assert_eq!(got, full[full.len().saturating_sub(n.max(1))..]);
             // Trend: everything since the baseline start, and at least the last n.
             let since = current.at - Duration::days(next(10) as i64);
@@ -958,7 +997,8 @@ mod tests {
                 &current,
                 glucose_only,
                 |f, o| f + 1 >= n && o.at < since,
-            ));
+            )
+            .0);
             let in_baseline = |id: &(String, i64)| {
                 let o = obs
                     .iter()
@@ -979,7 +1019,8 @@ mod tests {
                 &current,
                 glucose_only,
                 |_, o| o.at <= since,
-            ));
+            )
+            .0);
             let after: Vec<(String, i64)> = full
                 .iter()
                 .filter(|id| {
@@ -995,6 +1036,127 @@ mod tests {
                 .collect();
             assert_eq!(got, after);
         }
+    }
+
+    /// The running sums give what a fresh scan gives, effect for effect: random streams of
+    /// every kind (mostly in time order, some late, some repeated, equal times, questionable
+    /// and excluded readings, days without readings) through the window's trims and drops,
+    /// against every condition's plan and trends and averages of odd shapes (one reading, a
+    /// metric of two kinds, look-backs longer than the window).
+    #[test]
+    fn running_sums_match_a_fresh_scan() {
+        use super::super::plan::Rule;
+        let mut plan = effective_for(&["hypertension", "copd", "diabetes", "heart_failure"]);
+        let rule = |id: &str, check: Check| Rule {
+            id: id.into(),
+            title: id.into(),
+            check,
+            source: None,
+            origin: None,
+        };
+        for (i, (metric, n, days)) in [
+            (Metric::Pulse, 1, 1),
+            (Metric::Glucose, 2, 20),
+            (Metric::Spo2, 1, 3),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            plan.rules.push(rule(
+                &format!("trend-{i}"),
+                Check::Trend {
+                    metric,
+                    direction: if i % 2 == 0 {
+                        Direction::Rise
+                    } else {
+                        Direction::Drop
+                    },
+                    delta: 4.0,
+                    baseline_days: days,
+                    min_baseline: 2,
+                    severity: Severity::Low,
+                    consecutive: n,
+                },
+            ));
+            plan.rules.push(rule(
+                &format!("average-{i}"),
+                Check::Average {
+                    any: vec![Condition {
+                        metric,
+                        at_least: Some(if metric == Metric::Glucose { 150.0 } else { 90.0 }),
+                        ..Condition::default()
+                    }],
+                    days,
+                    min_readings: 1,
+                    min_days: 1,
+                    severity: Severity::Low,
+                },
+            ));
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let (mut live, mut trends, mut averages) = (0, 0, 0);
+        let span = Duration::days(15);
+        for _ in 0..3 {
+            let mut w = Window::default();
+            let mut sent: Vec<Obs> = Vec::new();
+            let mut minutes = 0i64;
+            for seq in 0..1500i64 {
+                let o = if next(25) == 0 && !sent.is_empty() {
+                    sent[next(sent.len() as u64) as usize].clone()
+                } else {
+                    minutes += [0, 1, 7, 60, 600, 3000][next(6) as usize];
+                    let at = if next(12) == 0 {
+                        minutes - next(20 * 24 * 60) as i64
+                    } else {
+                        minutes
+                    };
+                    // Tenths, as an f32 (what a device sends) widened to f64.
+                    let mut v = |lo: u64, span: u64| {
+                        f64::from((lo * 10 + next(span * 10)) as f32 / 10.0)
+                    };
+                    let (a, b, c, d) = (v(100, 80), v(60, 45), v(85, 15), v(50, 250));
+                    let pulse = v(50, 60);
+                    let mut o = match next(3) {
+                        0 => bp(seq, at, a, b),
+                        1 => spo2(seq, at, c),
+                        _ => glucose(seq, at, d),
+                    };
+                    o.values.pulse = Some(pulse);
+                    o.quality = match next(10) {
+                        0 => Quality::Questionable,
+                        1 => Quality::Excluded,
+                        _ => Quality::Good,
+                    };
+                    if next(3) == 0 {
+                        o.device_id = "e".into();
+                    }
+                    o
+                };
+                sent.push(o.clone());
+                w.insert(&o, span);
+                w.trim(span);
+                live += usize::from(w.readings().last() == Some(&o));
+                let fresh = evaluate(&plan, w.readings(), &o);
+                let running = w.evaluate(&plan, &o);
+                assert_eq!(running, fresh, "reading {seq} at minute {}", o.at - T0);
+                for e in &running {
+                    if let Effect::Trigger { rule_kind, .. } = e {
+                        trends += usize::from(*rule_kind == "trend");
+                        averages += usize::from(*rule_kind == "average");
+                    }
+                }
+            }
+        }
+        // Not a vacuous pass: the running sums answered most readings, and both kinds of
+        // rule fired.
+        assert!(live > 3_000, "{live}");
+        assert!(trends > 50 && averages > 50, "{trends} {averages}");
     }
 
     #[test]
@@ -1016,7 +1178,7 @@ mod tests {
                 n if n % 2 == 1 => sorted[n / 2],
                 n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
             };
-            let got = median(&mut values);
+            let got = sums::median(&mut values);
             assert!(
                 got == expected || (got.is_nan() && expected.is_nan()),
                 "n {n}"
