@@ -413,6 +413,8 @@ struct Worker {
     /// The (patient, kind) pairs with a device (`None` until the first device tick).
     device_kinds: Option<HashSet<(i64, ReadingKind)>>,
     touch: u64,
+    /// Answers of the current patient's writes that nothing waits on (see `writes`).
+    unsettled: Vec<writes::Answer>,
 }
 
 /// Work for a worker: one patient's readings, from memory or read back from the store.
@@ -523,6 +525,7 @@ impl Engine {
             last_late: HashMap::new(),
             device_kinds: None,
             touch: 0,
+            unsettled: Vec::new(),
         }
     }
 
@@ -1216,6 +1219,33 @@ impl Worker {
         patient: i64,
         readings: &[NewReading],
     ) -> Result<(), StoreError> {
+        let evaluated = self.evaluate_readings(patient, readings).await;
+        // Its writes' answers, even after a failure (a failed write fails the patient).
+        let mut settled = Ok(());
+        for answer in std::mem::take(&mut self.unsettled) {
+            match writes::settle(answer).await {
+                Ok(store::AlertWritten::Trigger(outcome)) => self.record(outcome),
+                Ok(store::AlertWritten::Clear(cleared)) => {
+                    if cleared.is_some() {
+                        self.metrics.alerts_cleared.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(other) => {
+                    settled = Err(StoreError::Invalid(format!(
+                        "alert writer: unexpected answer {other:?}"
+                    )));
+                }
+                Err(e) => settled = Err(e),
+            }
+        }
+        evaluated.and(settled)
+    }
+
+    async fn evaluate_readings(
+        &mut self,
+        patient: i64,
+        readings: &[NewReading],
+    ) -> Result<(), StoreError> {
         let now = (self.clock)();
         let mut obs: Vec<Obs> = readings.iter().map(Obs::from_new).collect();
         obs.sort_by(|a, b| a.at.cmp(&b.at).then(a.seq.cmp(&b.seq)));
@@ -1485,6 +1515,13 @@ impl Worker {
                     && readings.len() == 1
                     && severity >= Severity::High
                     && o.kind != ReadingKind::Glucose;
+                // An alert known open, updated: nothing below depends on the answer.
+                let known_open = !single
+                    && rule_kind != "average"
+                    && self
+                        .patients
+                        .get(&patient)
+                        .is_some_and(|s| s.active.contains(&rule_id));
                 let t = Trigger {
                     patient_id: patient,
                     rule_id: rule_id.clone(),
@@ -1510,6 +1547,10 @@ impl Worker {
                     detail: None,
                     unconfirmed: single,
                 };
+                if known_open {
+                    self.unsettled.push(self.writes.send(AlertWrite::Trigger(t)));
+                    return Ok(());
+                }
                 let outcome = self.trigger(t).await?;
                 let opened = matches!(outcome, TriggerOutcome::Opened { .. });
                 self.record(outcome);
@@ -1538,7 +1579,8 @@ impl Worker {
                     .get(&patient)
                     .is_some_and(|s| s.active.contains(&rule_id));
                 if active {
-                    self.clear(patient, &rule_id, now, None).await?;
+                    let write = clear_write(patient, &rule_id, now, None);
+                    self.unsettled.push(self.writes.send(write));
                     if let Some(state) = self.patients.get_mut(&patient) {
                         state.active.remove(&rule_id);
                     }
@@ -1619,13 +1661,7 @@ impl Worker {
         now: OffsetDateTime,
         measured: Option<OffsetDateTime>,
     ) -> Result<(), StoreError> {
-        let write = AlertWrite::Clear {
-            patient_id: patient,
-            rule_id: rule_id.to_owned(),
-            at: now,
-            measured_at: measured,
-            detail: None,
-        };
+        let write = clear_write(patient, rule_id, now, measured);
         if self.writes.write(write).await?.into_clear()?.is_some() {
             self.metrics.alerts_cleared.fetch_add(1, Ordering::Relaxed);
         }
@@ -1801,6 +1837,22 @@ impl Worker {
             }
         }
         Ok(())
+    }
+}
+
+/// Clears the (patient, rule) alert's condition.
+fn clear_write(
+    patient: i64,
+    rule_id: &str,
+    now: OffsetDateTime,
+    measured: Option<OffsetDateTime>,
+) -> AlertWrite {
+    AlertWrite::Clear {
+        patient_id: patient,
+        rule_id: rule_id.to_owned(),
+        at: now,
+        measured_at: measured,
+        detail: None,
     }
 }
 

@@ -5,9 +5,9 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Upper bounds of the histogram buckets, seconds.
-const BUCKETS: [f64; 12] = [
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+/// Upper bounds of the histogram buckets, seconds (0.25: the latency targets' bound).
+const BUCKETS: [f64; 13] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0,
 ];
 
 /// A Prometheus histogram with fixed buckets, lock-free.

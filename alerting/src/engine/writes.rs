@@ -5,8 +5,11 @@
 //! commit per trigger capped the engine at a few hundred alert writes a second, whatever the
 //! number of workers. The workers hand their writes to one task instead; while it commits a
 //! group, the next writes queue, and it commits those together (up to
-//! [`store::MAX_ALERT_WRITES`]). A worker waits for its own write, so a patient's writes
-//! stay in order and its cached state changes only after the store did.
+//! [`store::MAX_ALERT_WRITES`]). The task commits in the order the writes came, so a
+//! patient's writes stay in order. A worker waits for a write's answer when its cached state
+//! depends on it (an alert opened); an update or clear of an alert it knows is open it only
+//! [`Writes::send`]s, and settles the answers once the patient's readings are through (one
+//! wait per patient instead of one per reading, for a stream in an alert's band).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -17,6 +20,16 @@ use tokio::sync::{mpsc, oneshot};
 use super::EngineMetrics;
 
 type Reply = oneshot::Sender<Result<AlertWritten, StoreError>>;
+
+/// A write's answer, to [`settle`] later.
+pub(super) type Answer = oneshot::Receiver<Result<AlertWritten, StoreError>>;
+
+/// Waits for a sent write's answer.
+pub(super) async fn settle(answer: Answer) -> Result<AlertWritten, StoreError> {
+    answer
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Invalid("alert writer stopped".into())))
+}
 
 /// A handle to the group-commit task (cheap to clone; the task starts with the first write
 /// and ends when the last handle is dropped).
@@ -38,18 +51,21 @@ impl Writes {
 
     /// Commits `write` with whatever other writes are waiting, and returns what it did.
     pub(super) async fn write(&self, write: AlertWrite) -> Result<AlertWritten, StoreError> {
+        settle(self.send(write)).await
+    }
+
+    /// Queues `write` behind those sent before it; its answer comes through the [`Answer`]
+    /// (an error if the task has stopped).
+    pub(super) fn send(&self, write: AlertWrite) -> Answer {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(commit_groups(self.store.clone(), self.metrics.clone(), rx));
             tx
         });
         let (reply, answer) = oneshot::channel();
-        if queue.send((write, reply)).is_err() {
-            return Err(StoreError::Invalid("alert writer stopped".into()));
-        }
+        // Sent back on failure, the reply is dropped: the answer reads "stopped".
+        let _ = queue.send((write, reply));
         answer
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Invalid("alert writer stopped".into())))
     }
 }
 
