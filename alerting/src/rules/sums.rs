@@ -269,8 +269,100 @@ struct RunningBaseline {
     rule: usize,
     metric: Metric,
     covers: Covers,
-    /// Sorted by `f64::total_cmp`.
-    values: Vec<f64>,
+    values: Medians,
+}
+
+/// A multiset of values that gives its median at once: the lower half (with the middle value
+/// when the count is odd) and the upper half, each value counted by its `total_cmp` key, so a
+/// value costs O(log d) in and out (d: distinct values; an oximeter has a few dozen).
+#[derive(Debug, Clone, Default)]
+struct Medians {
+    lower: BTreeMap<i64, u32>,
+    upper: BTreeMap<i64, u32>,
+    lower_len: usize,
+    upper_len: usize,
+}
+
+/// A key whose integer order is `f64::total_cmp`'s (the same bit trick); its own inverse.
+fn key(v: f64) -> i64 {
+    let bits = v.to_bits() as i64;
+    bits ^ ((((bits >> 63) as u64) >> 1) as i64)
+}
+
+fn value(key_: i64) -> f64 {
+    f64::from_bits((key_ ^ ((((key_ >> 63) as u64) >> 1) as i64)) as u64)
+}
+
+fn take_one(half: &mut BTreeMap<i64, u32>, k: i64) -> bool {
+    match half.get_mut(&k) {
+        Some(n) if *n > 1 => *n -= 1,
+        Some(_) => {
+            half.remove(&k);
+        }
+        None => return false,
+    }
+    true
+}
+
+impl Medians {
+    fn len(&self) -> usize {
+        self.lower_len + self.upper_len
+    }
+
+    fn insert(&mut self, v: f64) {
+        let k = key(v);
+        if self.lower.last_key_value().is_none_or(|(top, _)| k <= *top) {
+            *self.lower.entry(k).or_default() += 1;
+            self.lower_len += 1;
+        } else {
+            *self.upper.entry(k).or_default() += 1;
+            self.upper_len += 1;
+        }
+        self.balance();
+    }
+
+    fn remove(&mut self, v: f64) {
+        let k = key(v);
+        if self.lower.last_key_value().is_some_and(|(top, _)| k <= *top) {
+            if take_one(&mut self.lower, k) {
+                self.lower_len -= 1;
+            }
+        } else if take_one(&mut self.upper, k) {
+            self.upper_len -= 1;
+        }
+        self.balance();
+    }
+
+    /// Keeps `lower_len` equal to `upper_len` or one more.
+    fn balance(&mut self) {
+        while self.lower_len > self.upper_len + 1 {
+            let (&k, _) = self.lower.last_key_value().expect("lower is not empty");
+            take_one(&mut self.lower, k);
+            *self.upper.entry(k).or_default() += 1;
+            self.lower_len -= 1;
+            self.upper_len += 1;
+        }
+        while self.upper_len > self.lower_len {
+            let (&k, _) = self.upper.first_key_value().expect("upper is not empty");
+            take_one(&mut self.upper, k);
+            *self.lower.entry(k).or_default() += 1;
+            self.upper_len -= 1;
+            self.lower_len += 1;
+        }
+    }
+
+    /// The median as [`median`] computes it (`NaN` when empty).
+    fn median(&self) -> f64 {
+        let Some((&below, _)) = self.lower.last_key_value() else {
+            return f64::NAN;
+        };
+        if self.lower_len > self.upper_len {
+            value(below)
+        } else {
+            let (&above, _) = self.upper.first_key_value().expect("halves are balanced");
+            (value(below) + value(above)) / 2.0
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -370,7 +462,7 @@ impl Sums for Live<'_> {
                     rule,
                     metric,
                     covers: at.covers((to.0, to.0)),
-                    values: Vec::new(),
+                    values: Medians::default(),
                 });
                 baselines.len() - 1
             });
@@ -379,30 +471,24 @@ impl Sums for Live<'_> {
         at.slide(
             entry.covers,
             to,
-            || values.borrow_mut().clear(),
+            || *values.borrow_mut() = Medians::default(),
             |o, added| {
                 let Some(v) = o.values.get(metric).filter(|_| in_baseline(o, metric)) else {
                     return;
                 };
-                let mut values = values.borrow_mut();
                 if added {
-                    let at = values.partition_point(|x| x.total_cmp(&v).is_le());
-                    values.insert(at, v);
-                } else if let Ok(at) = values.binary_search_by(|x| x.total_cmp(&v)) {
-                    values.remove(at);
+                    values.borrow_mut().insert(v);
+                } else {
+                    values.borrow_mut().remove(v);
                 }
             },
         );
         entry.values = values.into_inner();
         entry.covers = at.covers(to);
-        let values = &entry.values;
-        let n = values.len();
-        let median = match n {
-            0 => f64::NAN,
-            _ if n % 2 == 1 => values[n / 2],
-            _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-        };
-        Baseline { len: n, median }
+        Baseline {
+            len: entry.values.len(),
+            median: entry.values.median(),
+        }
     }
 
     fn period(
