@@ -340,8 +340,10 @@ const CATCH_UP_GAP: time::Duration = time::Duration::seconds(1);
 /// Queued batches evaluated together, up to this many readings (see [`Engine::on_batches`]).
 const MERGE_READINGS: usize = 20_000;
 
-/// Readings evaluated between two yields to the runtime.
-const YIELD_EVERY: usize = 32;
+/// How long a worker evaluates before it yields to the runtime (and its CPU permit). Each
+/// yield puts it behind every ready connection task and hands the permit on; every 32
+/// readings was a few hundred task switches a second for a few microseconds of work each.
+const YIELD_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// How much history a window keeps (the longest baseline plus margin).
 const WINDOW: time::Duration = time::Duration::days(15);
@@ -413,8 +415,11 @@ struct Worker {
     /// The (patient, kind) pairs with a device (`None` until the first device tick).
     device_kinds: Option<HashSet<(i64, ReadingKind)>>,
     touch: u64,
-    /// Answers of the current patient's writes that nothing waits on (see `writes`).
-    unsettled: Vec<writes::Answer>,
+    /// Answers of writes nothing waits on (see `writes`), by patient: settled once the
+    /// worker's share of a step is through (one wait for all, not one per patient).
+    unsettled: Vec<(i64, writes::Answer)>,
+    /// Whether the (patient, average rule) alert was open when read in this step.
+    open_seen: HashMap<(i64, String), bool>,
 }
 
 /// Work for a worker: one patient's readings, from memory or read back from the store.
@@ -526,6 +531,7 @@ impl Engine {
             device_kinds: None,
             touch: 0,
             unsettled: Vec::new(),
+            open_seen: HashMap::new(),
         }
     }
 
@@ -1076,6 +1082,14 @@ impl Worker {
                 failed.push((patient, e));
             }
         }
+        self.open_seen.clear();
+        let settled = self.settle().await;
+        for (patient, e) in settled {
+            if !failed.iter().any(|(p, _)| *p == patient) {
+                self.patients.remove(&patient);
+                failed.push((patient, e));
+            }
+        }
         failed
     }
 
@@ -1214,15 +1228,11 @@ impl Worker {
     }
 
     /// Evaluates a patient's new readings in measurement order.
-    async fn evaluate_patient(
-        &mut self,
-        patient: i64,
-        readings: &[NewReading],
-    ) -> Result<(), StoreError> {
-        let evaluated = self.evaluate_readings(patient, readings).await;
-        // Its writes' answers, even after a failure (a failed write fails the patient).
-        let mut settled = Ok(());
-        for answer in std::mem::take(&mut self.unsettled) {
+    /// Waits for the answers of the writes sent without waiting; returns the patients whose
+    /// writes failed.
+    async fn settle(&mut self) -> Vec<(i64, StoreError)> {
+        let mut failed: Vec<(i64, StoreError)> = Vec::new();
+        for (patient, answer) in std::mem::take(&mut self.unsettled) {
             match writes::settle(answer).await {
                 Ok(store::AlertWritten::Trigger(outcome)) => self.record(outcome),
                 Ok(store::AlertWritten::Clear(cleared)) => {
@@ -1230,18 +1240,14 @@ impl Worker {
                         self.metrics.alerts_cleared.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Ok(other) => {
-                    settled = Err(StoreError::Invalid(format!(
-                        "alert writer: unexpected answer {other:?}"
-                    )));
-                }
-                Err(e) => settled = Err(e),
+                Ok(store::AlertWritten::Confirm(_)) => {}
+                Err(e) => failed.push((patient, e)),
             }
         }
-        evaluated.and(settled)
+        failed
     }
 
-    async fn evaluate_readings(
+    async fn evaluate_patient(
         &mut self,
         patient: i64,
         readings: &[NewReading],
@@ -1259,15 +1265,25 @@ impl Worker {
             time::Duration::try_from(self.config.late_after).unwrap_or(time::Duration::HOUR);
         let mut late_review: Vec<(Obs, Severity)> = Vec::new();
         let mut clock_devices: Vec<(String, i64, OffsetDateTime)> = Vec::new();
-        for (i, o) in obs.into_iter().enumerate() {
+        // At most `cpu_permits()` workers evaluate at any instant, however many wait on the
+        // store: the rest of the runtime (connections, batcher, writers) keeps its share of
+        // the cores. A worker holds its permit from reading to reading (taking it for each
+        // one was a task switch per reading) and lets go of it before it may wait on the
+        // store and at every yield.
+        let mut cpu: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let mut turn = std::time::Instant::now();
+        for o in obs {
             if !self.config.evaluation_delay.is_zero() {
+                cpu = None;
                 tokio::time::sleep(self.config.evaluation_delay).await;
             }
             // Evaluating is CPU work on the runtime the device connections and the writers
             // share: give them a turn between chunks of a long backlog, or their acks wait
             // behind it.
-            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+            if cpu.is_some() && turn.elapsed() >= YIELD_AFTER {
+                cpu = None;
                 tokio::task::yield_now().await;
+                turn = std::time::Instant::now();
             }
             if self.halt.is_cancelled() {
                 return Err(halted());
@@ -1276,10 +1292,11 @@ impl Worker {
                 .readings_evaluated
                 .fetch_add(1, Ordering::Relaxed);
             let (plan, effects, late) = {
-                // At most `cpu_permits()` workers evaluate at any instant, however many wait
-                // on the store: the rest of the runtime (connections, batcher, writers) keeps
-                // its share of the cores.
-                let _cpu = self.cpu.clone().acquire_owned().await;
+                if cpu.is_none() {
+                    cpu = self.cpu.clone().acquire_owned().await.ok();
+                    turn = std::time::Instant::now();
+                }
+
                 let Some(state) = self.patients.get_mut(&patient) else {
                     return Ok(());
                 };
@@ -1290,6 +1307,10 @@ impl Worker {
                 let effects = state.window.evaluate(&state.plan.plan, &o);
                 (state.plan.clone(), effects, late)
             };
+
+            if effects.iter().any(|e| self.may_wait(patient, e, &o)) {
+                cpu = None;
+            }
             if o.quality == Quality::Excluded {
                 self.metrics
                     .readings_suppressed
@@ -1358,15 +1379,15 @@ impl Worker {
                     "value": o.values.get(p.metric),
                 })
                 .to_string();
-                self.writes
-                    .write(AlertWrite::Confirm {
-                        patient_id: patient,
-                        rule_id: rule_id.clone(),
-                        at: now,
-                        what,
-                        detail: Some(detail),
-                    })
-                    .await?;
+                // Sent without waiting: the pending confirmation goes whatever the answer.
+                let answer = self.writes.send(AlertWrite::Confirm {
+                    patient_id: patient,
+                    rule_id: rule_id.clone(),
+                    at: now,
+                    what,
+                    detail: Some(detail),
+                });
+                self.unsettled.push((patient, answer));
                 if let Some(state) = self.patients.get_mut(&patient) {
                     state.unconfirmed.remove(&rule_id);
                 }
@@ -1507,21 +1528,8 @@ impl Worker {
                 if rule_kind == "average" && !self.average_may_open(patient, &rule_id, now).await? {
                     return Ok(());
                 }
-                // One reading in a high or critical band: an alert at once, unconfirmed until a
-                // repeat. Only for the artefact-prone kinds (cuff, oximeter): a meter's glucose
-                // is what it is, and its retest after treatment (the "rule of 15") measures
-                // the treatment, not the reading.
-                let single = rule_kind == "threshold"
-                    && readings.len() == 1
-                    && severity >= Severity::High
-                    && o.kind != ReadingKind::Glucose;
-                // An alert known open, updated: nothing below depends on the answer.
-                let known_open = !single
-                    && rule_kind != "average"
-                    && self
-                        .patients
-                        .get(&patient)
-                        .is_some_and(|s| s.active.contains(&rule_id));
+                let single = single_reading(rule_kind, readings.len(), severity, o.kind);
+                let unneeded = self.answer_unneeded(patient, &rule_id, rule_kind, single);
                 let t = Trigger {
                     patient_id: patient,
                     rule_id: rule_id.clone(),
@@ -1547,8 +1555,12 @@ impl Worker {
                     detail: None,
                     unconfirmed: single,
                 };
-                if known_open {
-                    self.unsettled.push(self.writes.send(AlertWrite::Trigger(t)));
+                if unneeded {
+                    let answer = self.writes.send(AlertWrite::Trigger(t));
+                    self.unsettled.push((patient, answer));
+                    if let Some(state) = self.patients.get_mut(&patient) {
+                        state.active.insert(rule_id);
+                    }
                     return Ok(());
                 }
                 let outcome = self.trigger(t).await?;
@@ -1580,7 +1592,8 @@ impl Worker {
                     .is_some_and(|s| s.active.contains(&rule_id));
                 if active {
                     let write = clear_write(patient, &rule_id, now, None);
-                    self.unsettled.push(self.writes.send(write));
+                    let answer = self.writes.send(write);
+                    self.unsettled.push((patient, answer));
                     if let Some(state) = self.patients.get_mut(&patient) {
                         state.active.remove(&rule_id);
                     }
@@ -1588,6 +1601,39 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Whether nothing the worker does after a trigger depends on its answer, so it is sent
+    /// without waiting (see `writes`): only whether a single-reading alert or an average's
+    /// was opened (not updated) changes its cached state.
+    fn answer_unneeded(&self, patient: i64, rule_id: &str, rule_kind: &str, single: bool) -> bool {
+        // An average's alert in its quiet week updated: it was read open in this step (a
+        // nurse may have resolved it since it opened).
+        let average_open = || {
+            self.open_seen
+                .get(&(patient, rule_id.to_owned()))
+                .copied()
+                .unwrap_or(false)
+        };
+        !single && (rule_kind != "average" || average_open())
+    }
+
+    /// Whether applying `effect` may wait on the store (else the worker keeps its CPU permit).
+    fn may_wait(&self, patient: i64, effect: &Effect, o: &Obs) -> bool {
+        match effect {
+            Effect::Trigger {
+                rule_id,
+                rule_kind,
+                severity,
+                readings,
+                ..
+            } => {
+                let single = single_reading(rule_kind, readings.len(), *severity, o.kind);
+                !self.answer_unneeded(patient, rule_id, rule_kind, single)
+            }
+            // Sent without waiting, or no store at all.
+            Effect::Clear { .. } | Effect::Repeat { .. } => false,
+        }
     }
 
     /// Whether an average rule may trigger: its open alert may always be updated, but a new
@@ -1617,13 +1663,20 @@ impl Worker {
         if now >= until {
             return Ok(true);
         }
-        // Quiet: only an alert still open (not resolved) takes the trigger.
-        Ok(self
+        // Quiet: only an alert still open (not resolved) takes the trigger. Read once per
+        // patient and step: a stream in the average's band triggers on every reading.
+        let key = (patient, rule_id.to_owned());
+        if let Some(open) = self.open_seen.get(&key) {
+            return Ok(*open);
+        }
+        let open = self
             .store
             .open_alerts(patient)
             .await?
             .iter()
-            .any(|a| a.rule_id == rule_id))
+            .any(|a| a.rule_id == rule_id);
+        self.open_seen.insert(key, open);
+        Ok(open)
     }
 
     /// Clears the adherence alerts of `kind` whose schedule the latest measurement meets.
@@ -1854,6 +1907,16 @@ fn clear_write(
         measured_at: measured,
         detail: None,
     }
+}
+
+/// One reading in a high or critical band: an alert at once, unconfirmed until a repeat. Only
+/// for the artefact-prone kinds (cuff, oximeter): a meter's glucose is what it is, and its
+/// retest after treatment (the "rule of 15") measures the treatment, not the reading.
+fn single_reading(rule_kind: &str, readings: usize, severity: Severity, kind: ReadingKind) -> bool {
+    rule_kind == "threshold"
+        && readings == 1
+        && severity >= Severity::High
+        && kind != ReadingKind::Glucose
 }
 
 fn empty_plan() -> CarePlan {

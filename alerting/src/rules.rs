@@ -159,7 +159,8 @@ impl Obs {
     }
 }
 
-/// A patient's recent readings of every kind, kept sorted by (time, seq), so each rule reads
+/// A patient's recent readings of every kind, kept sorted by time (a window read from the
+/// store by (time, seq), later readings of an equal time after it), so each rule reads
 /// only its own look-back, backwards from the reading evaluated, instead of the whole window
 /// (a continuous glucose monitor alone puts some 4,000 readings in 15 days).
 #[derive(Debug, Clone, Default)]
@@ -199,7 +200,7 @@ impl Window {
     }
 
     /// Adds a reading unless it is already there (same device and seq), or older than `span`
-    /// before the newest. Readings with equal (time, seq) keep their arrival order.
+    /// before the newest. Readings of equal time keep their arrival order.
     pub fn insert(&mut self, o: &Obs, span: Duration) {
         let live = &self.obs[self.start..];
         if live.last().is_some_and(|newest| o.at < newest.at - span) {
@@ -210,7 +211,9 @@ impl Window {
         if live[lo..hi].iter().any(|w| w.same(o)) {
             return;
         }
-        let at = self.start + live.partition_point(|w| order(w, o).is_le());
+        // After every reading of its time: two devices measuring in the same instant append
+        // rather than land mid-window (which restarts the running sums).
+        let at = self.start + live.partition_point(|w| w.at <= o.at);
         if at != self.obs.len() {
             self.version += 1;
         }
@@ -293,7 +296,7 @@ pub fn repeat_after_minutes(kind: ReadingKind) -> u32 {
 pub const REPEAT_RULE: &str = "quality-repeat";
 
 /// Evaluates `current` (already in `window`, or not) against every reading rule of `plan`.
-/// `window` holds the patient's recent readings of every kind, sorted by (time, seq) as
+/// `window` holds the patient's recent readings of every kind, sorted by time as
 /// [`Window::readings`] gives them.
 pub fn evaluate(plan: &CarePlan, window: &[Obs], current: &Obs) -> Vec<Effect> {
     evaluate_with(plan, window, current, &mut sums::Scan)
@@ -306,7 +309,7 @@ fn evaluate_with(
     current: &Obs,
     sums: &mut impl Sums,
 ) -> Vec<Effect> {
-    debug_assert!(window.is_sorted_by(|a, b| order(a, b).is_le()));
+    debug_assert!(window.is_sorted_by(|a, b| a.at <= b.at));
     let mut out = Vec::new();
     if current.quality == Quality::Excluded {
         return out;
@@ -982,22 +985,13 @@ mod tests {
             let glucose_only = |o: &Obs| o.kind == ReadingKind::Glucose;
             // Threshold: the last n.
             let n = next(6) as usize + 1;
-            let got = ids(eligible(
-                window.readings(),
-                &current,
-                glucose_only,
-                |f, _| f + 1 >= n,
-            )
-            .0);
+            let got = ids(eligible(window.readings(), &current, glucose_only, |f, _| f + 1 >= n).0);
             assert_eq!(got, full[full.len().saturating_sub(n.max(1))..]);
             // Trend: everything since the baseline start, and at least the last n.
             let since = current.at - Duration::days(next(10) as i64);
-            let got = ids(eligible(
-                window.readings(),
-                &current,
-                glucose_only,
-                |f, o| f + 1 >= n && o.at < since,
-            )
+            let got = ids(eligible(window.readings(), &current, glucose_only, |f, o| {
+                f + 1 >= n && o.at < since
+            })
             .0);
             let in_baseline = |id: &(String, i64)| {
                 let o = obs
@@ -1014,12 +1008,9 @@ mod tests {
                 .count();
             assert_eq!(got, full[full.len() - expected_len..]);
             // Average: strictly after `since`.
-            let got = ids(eligible(
-                window.readings(),
-                &current,
-                glucose_only,
-                |_, o| o.at <= since,
-            )
+            let got = ids(eligible(window.readings(), &current, glucose_only, |_, o| {
+                o.at <= since
+            })
             .0);
             let after: Vec<(String, i64)> = full
                 .iter()
@@ -1083,7 +1074,11 @@ mod tests {
                 Check::Average {
                     any: vec![Condition {
                         metric,
-                        at_least: Some(if metric == Metric::Glucose { 150.0 } else { 90.0 }),
+                        at_least: Some(if metric == Metric::Glucose {
+                            150.0
+                        } else {
+                            90.0
+                        }),
                         ..Condition::default()
                     }],
                     days,
@@ -1117,9 +1112,8 @@ mod tests {
                         minutes
                     };
                     // Tenths, as an f32 (what a device sends) widened to f64.
-                    let mut v = |lo: u64, span: u64| {
-                        f64::from((lo * 10 + next(span * 10)) as f32 / 10.0)
-                    };
+                    let mut v =
+                        |lo: u64, span: u64| f64::from((lo * 10 + next(span * 10)) as f32 / 10.0);
                     let (a, b, c, d) = (v(100, 80), v(60, 45), v(85, 15), v(50, 250));
                     let pulse = v(50, 60);
                     let mut o = match next(3) {

@@ -8,8 +8,8 @@
 //! [`store::MAX_ALERT_WRITES`]). The task commits in the order the writes came, so a
 //! patient's writes stay in order. A worker waits for a write's answer when its cached state
 //! depends on it (an alert opened); an update or clear of an alert it knows is open it only
-//! [`Writes::send`]s, and settles the answers once the patient's readings are through (one
-//! wait per patient instead of one per reading, for a stream in an alert's band).
+//! [`Writes::send`]s, and settles the answers once its share of the step is through (one
+//! wait per worker and step instead of one per reading, for a stream in an alert's band).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};

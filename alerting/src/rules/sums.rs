@@ -323,7 +323,11 @@ impl Medians {
 
     fn remove(&mut self, v: f64) {
         let k = key(v);
-        if self.lower.last_key_value().is_some_and(|(top, _)| k <= *top) {
+        if self
+            .lower
+            .last_key_value()
+            .is_some_and(|(top, _)| k <= *top)
+        {
             if take_one(&mut self.lower, k) {
                 self.lower_len -= 1;
             }
@@ -406,7 +410,13 @@ impl Positions<'_> {
     /// in at the back and `step(reading, false)` for what left at the front. When it cannot
     /// (the window changed, the span went back, or what left has been dropped) it calls
     /// `restart` and steps in all of `to`.
-    fn slide(&self, from: Covers, to: Span, restart: impl FnOnce(), mut step: impl FnMut(&Obs, bool)) {
+    fn slide(
+        &self,
+        from: Covers,
+        to: Span,
+        restart: impl FnOnce(),
+        mut step: impl FnMut(&Obs, bool),
+    ) {
         let can = from.version == self.version
             && from.span.0 >= self.dropped
             && from.span.0 <= to.0
@@ -451,7 +461,9 @@ impl Sums for Live<'_> {
         _current: &Obs,
     ) -> Baseline {
         // `current` is the last reading: leave it out by ending the span before it.
-        let to = self.positions.span((lo, hi.min(window.len().saturating_sub(1))));
+        let to = self
+            .positions
+            .span((lo, hi.min(window.len().saturating_sub(1))));
         let at = &self.positions;
         let baselines = &mut self.running.baselines;
         let i = baselines
