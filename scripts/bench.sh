@@ -9,7 +9,9 @@
 #        WRITERS (gateway.writers, default 4: commit lanes; 1 = one commit at a time),
 #        ALERTS (1; 0 runs the gateway without its alert engine: the device path alone),
 #        HALF (1: on PostgreSQL also run a steady load at half the measured rate for its p99
-#        publish→ack), HALF_DURATION (30s), STORE_ROWS (200000: the store-alone runs)
+#        publish→ack), HALF_DURATION (30s), STORE_ROWS (200000: the store-alone runs),
+#        ALERT_RATES ("": on PostgreSQL, after the half-rate run, steady loads at these
+#        readings/s, each for HALF_DURATION, reporting commit -> alert evaluated at each)
 #
 # On PostgreSQL the same run then measures the store alone (`store/examples/bulk_insert.rs`:
 # `Store::commit_batch` with batches of 1,000 on the same schema, one writer; and the narrow-row
@@ -28,6 +30,7 @@ HALF_DURATION=${HALF_DURATION:-30s}
 STORE_ROWS=${STORE_ROWS:-200000}
 WRITERS=${WRITERS:-4}
 ALERTS=${ALERTS:-1}
+ALERT_RATES=${ALERT_RATES:-}
 mkdir -p "$OUT"
 
 cargo build --release --locked -p sentinella -p simulators >&2
@@ -79,6 +82,21 @@ bench_one() {
       --database-url "$url" --devices "$DEVICES" --rate "$rate" --duration "$HALF_DURATION" \
       --drain 60s --gateway-pid "$pid" --seed 2 --out "$OUT/$backend.half.json" > "$OUT/$backend.half.txt" || true
     curl -s "http://127.0.0.1:$api/metrics" > "$OUT/$backend.half.metrics.txt"
+  fi
+  if [ "$backend" = postgres ]; then
+    for rate in $ALERT_RATES; do
+      # Each from a caught-up engine, so each rate's histogram is its own.
+      local waited=0
+      while [ "$(psql "$url" -tAc 'SELECT count(*) FROM alert_outbox')" != 0 ] && [ $waited -lt 600 ]; do
+        sleep 1; waited=$((waited + 1))
+      done
+      curl -s "http://127.0.0.1:$api/metrics" > "$OUT/$backend.rate$rate.before.txt"
+      echo "== $backend: steady load at $rate readings/s, $HALF_DURATION" >&2
+      $BIN/sentinella-sim chaos --fleet "$work/fleet.json" --broker "127.0.0.1:$edge" \
+        --database-url "$url" --devices "$DEVICES" --rate "$rate" --duration "$HALF_DURATION" \
+        --drain 60s --gateway-pid "$pid" --seed 3 --out "$OUT/$backend.rate$rate.json" > "$OUT/$backend.rate$rate.txt" || true
+      curl -s "http://127.0.0.1:$api/metrics" > "$OUT/$backend.rate$rate.after.txt"
+    done
   fi
   kill -TERM "$pid"; wait "$pid" || true
   if [ "$backend" = postgres ]; then psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS sentinella_bench_$$" >&2; fi
@@ -132,6 +150,15 @@ if half:
     after = buckets(f"{out}/postgres.half.metrics.txt")
     if after:
         lines.append(f"commit -> alert evaluated, at half the rate: {alert_p99(after, buckets(f'{out}/postgres.caughtup.metrics.txt'))}")
+import glob
+for before in sorted(glob.glob(f"{out}/postgres.rate*.before.txt")):
+    rate = before.split(".rate")[1].split(".")[0]
+    try:
+        run = json.load(open(f"{out}/postgres.rate{rate}.json"))
+        acks = f"publish->ack p99 {run['latency']['p99_ms']:.0f} ms"
+    except (OSError, ValueError, KeyError):
+        acks = "no chaos report"
+    lines.append(f"commit -> alert evaluated, at {int(rate):,} readings/s offered: {alert_p99(buckets(f'{out}/postgres.rate{rate}.after.txt'), buckets(before))}; {acks}")
 if half:
     l = half["latency"]
     lines.append(f"at half the rate ({half['target_rate']:,.0f} readings/s offered): publish->ack p50 {l['p50_ms']:.0f} ms, p99 {l['p99_ms']:.0f} ms, max {l['max_ms']:.0f} ms")
