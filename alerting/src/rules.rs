@@ -648,6 +648,16 @@ mod tests {
         )
     }
 
+    /// Draws below `n`, reproducibly (xorshift64 from `seed`).
+    fn draws(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        }
+    }
+
     fn triggers(effects: &[Effect]) -> Vec<(String, Severity)> {
         effects
             .iter()
@@ -955,13 +965,7 @@ mod tests {
         let ids = |v: Vec<&Obs>| -> Vec<(String, i64)> {
             v.iter().map(|o| (o.device_id.clone(), o.seq)).collect()
         };
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = draws(0x2545_f491_4f6c_dd1d);
         for _ in 0..200 {
             let mut obs = Vec::new();
             for seq in 0..(next(300) as i64 + 1) {
@@ -1088,13 +1092,7 @@ mod tests {
                 },
             ));
         }
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = draws(0x9e37_79b9_7f4a_7c15);
         let (mut live, mut trends, mut averages) = (0, 0, 0);
         let span = Duration::days(15);
         for _ in 0..3 {

@@ -188,6 +188,17 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// Every metric, in declaration order (`m as usize` indexes it).
+    pub const ALL: [Metric; 7] = [
+        Metric::Systolic,
+        Metric::Diastolic,
+        Metric::MeanArterial,
+        Metric::Pulse,
+        Metric::Spo2,
+        Metric::PerfusionIndex,
+        Metric::Glucose,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Metric::Systolic => "systolic",

@@ -21,29 +21,11 @@ use super::{Obs, Quality};
 use crate::plan::Metric;
 
 /// Every [`Metric`], for per-metric sums.
-const METRICS: usize = 7;
+const METRICS: usize = Metric::ALL.len();
 
 fn metric_index(m: Metric) -> usize {
-    match m {
-        Metric::Systolic => 0,
-        Metric::Diastolic => 1,
-        Metric::MeanArterial => 2,
-        Metric::Pulse => 3,
-        Metric::Spo2 => 4,
-        Metric::PerfusionIndex => 5,
-        Metric::Glucose => 6,
-    }
+    m as usize
 }
-
-const ALL_METRICS: [Metric; METRICS] = [
-    Metric::Systolic,
-    Metric::Diastolic,
-    Metric::MeanArterial,
-    Metric::Pulse,
-    Metric::Spo2,
-    Metric::PerfusionIndex,
-    Metric::Glucose,
-];
 
 /// A set of reading kinds, as a bit mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,7 +105,7 @@ impl Period {
                 }
             }
         }
-        for m in ALL_METRICS {
+        for m in Metric::ALL {
             if let Some(v) = o.values.get(m) {
                 let i = metric_index(m);
                 if added {

@@ -245,15 +245,7 @@ pub(crate) fn metric_slug(metric: Metric) -> &'static str {
 }
 
 /// Every metric, in the order the export lists them.
-pub(crate) const METRICS: [Metric; 7] = [
-    Metric::Systolic,
-    Metric::Diastolic,
-    Metric::MeanArterial,
-    Metric::Pulse,
-    Metric::Spo2,
-    Metric::PerfusionIndex,
-    Metric::Glucose,
-];
+pub(crate) const METRICS: [Metric; 7] = Metric::ALL;
 
 /// The inverse of [`metric_slug`].
 pub(crate) fn metric_from_slug(slug: &str) -> Option<Metric> {
