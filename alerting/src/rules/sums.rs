@@ -91,7 +91,7 @@ struct Period {
 
 impl Period {
     /// Adds `o` (`added`) or takes it away.
-    fn step(&mut self, o: &Obs, added: bool) {
+    fn count(&mut self, o: &Obs, added: bool) {
         let d = day(o.at);
         if added {
             self.len += 1;
@@ -204,11 +204,11 @@ impl Sums for Scan {
         let mut period = Period::default();
         for o in &window[lo..hi.max(lo)] {
             if in_period(o, kinds) && !o.same(current) {
-                period.step(o, true);
+                period.count(o, true);
             }
         }
         if current.at > since {
-            period.step(current, true);
+            period.count(current, true);
         }
         period.summary()
     }
@@ -246,12 +246,19 @@ struct Covers {
     version: u64,
 }
 
+/// A sum that readings step in and out of, for one filter (`Key`).
+trait Step: Default {
+    type Key: Copy + PartialEq;
+    fn step(&mut self, key: Self::Key, o: &Obs, added: bool);
+}
+
+/// One rule's running sum: what it covers and the sum.
 #[derive(Debug, Clone)]
-struct RunningBaseline {
+struct RunningSum<T: Step> {
     rule: usize,
-    metric: Metric,
+    key: T::Key,
     covers: Covers,
-    values: Medians,
+    sum: T,
 }
 
 /// A multiset of values that gives its median at once: the lower half (with the middle value
@@ -284,6 +291,30 @@ fn take_one(half: &mut BTreeMap<i64, u32>, k: i64) -> bool {
         None => return false,
     }
     true
+}
+
+impl Step for Medians {
+    type Key = Metric;
+
+    fn step(&mut self, metric: Metric, o: &Obs, added: bool) {
+        if let Some(v) = o.values.get(metric).filter(|_| in_baseline(o, metric)) {
+            if added {
+                self.insert(v);
+            } else {
+                self.remove(v);
+            }
+        }
+    }
+}
+
+impl Step for Period {
+    type Key = Kinds;
+
+    fn step(&mut self, kinds: Kinds, o: &Obs, added: bool) {
+        if in_period(o, kinds) {
+            self.count(o, added);
+        }
+    }
 }
 
 impl Medians {
@@ -351,19 +382,11 @@ impl Medians {
     }
 }
 
-#[derive(Debug, Clone)]
-struct RunningPeriod {
-    rule: usize,
-    kinds: Kinds,
-    covers: Covers,
-    period: Period,
-}
-
 /// The running sums of one window, one per rule that has asked.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Running {
-    baselines: Vec<RunningBaseline>,
-    periods: Vec<RunningPeriod>,
+    baselines: Vec<RunningSum<Medians>>,
+    periods: Vec<RunningSum<Period>>,
 }
 
 /// The readings a [`Running`] sums over: every reading the window still holds (`all`, the
@@ -388,17 +411,30 @@ impl Positions<'_> {
         &self.all[(position - self.dropped) as usize]
     }
 
-    /// Moves a running sum from `from` to `to`, calling `step(reading, true)` for what came
-    /// in at the back and `step(reading, false)` for what left at the front. When it cannot
-    /// (the window changed, the span went back, or what left has been dropped) it calls
-    /// `restart` and steps in all of `to`.
-    fn slide(
+    /// Brings `rule`'s running sum in `sums` to cover `to`: steps in what came in at the back
+    /// and out what left at the front; starts afresh when it cannot (the window changed, the
+    /// span went back, or what left has been dropped).
+    fn update<'s, T: Step>(
         &self,
-        from: Covers,
+        sums: &'s mut Vec<RunningSum<T>>,
+        rule: usize,
+        key: T::Key,
         to: Span,
-        restart: impl FnOnce(),
-        mut step: impl FnMut(&Obs, bool),
-    ) {
+    ) -> &'s T {
+        let i = match sums.iter().position(|e| e.rule == rule && e.key == key) {
+            Some(i) => i,
+            None => {
+                sums.push(RunningSum {
+                    rule,
+                    key,
+                    covers: self.covers((to.0, to.0)),
+                    sum: T::default(),
+                });
+                sums.len() - 1
+            }
+        };
+        let entry = &mut sums[i];
+        let from = entry.covers;
         let can = from.version == self.version
             && from.span.0 >= self.dropped
             && from.span.0 <= to.0
@@ -406,16 +442,18 @@ impl Positions<'_> {
             && from.span.1 <= to.1;
         let added = if can {
             for p in from.span.0..to.0 {
-                step(self.at(p), false);
+                entry.sum.step(key, self.at(p), false);
             }
             from.span.1..to.1
         } else {
-            restart();
+            entry.sum = T::default();
             to.0..to.1
         };
         for p in added {
-            step(self.at(p), true);
+            entry.sum.step(key, self.at(p), true);
         }
+        entry.covers = self.covers(to);
+        &entry.sum
     }
 
     fn covers(&self, span: Span) -> Covers {
@@ -446,42 +484,12 @@ impl Sums for Live<'_> {
         let to = self
             .positions
             .span((lo, hi.min(window.len().saturating_sub(1))));
-        let at = &self.positions;
-        let baselines = &mut self.running.baselines;
-        let i = baselines
-            .iter()
-            .position(|b| b.rule == rule && b.metric == metric)
-            .unwrap_or_else(|| {
-                baselines.push(RunningBaseline {
-                    rule,
-                    metric,
-                    covers: at.covers((to.0, to.0)),
-                    values: Medians::default(),
-                });
-                baselines.len() - 1
-            });
-        let entry = &mut baselines[i];
-        let values = std::cell::RefCell::new(std::mem::take(&mut entry.values));
-        at.slide(
-            entry.covers,
-            to,
-            || *values.borrow_mut() = Medians::default(),
-            |o, added| {
-                let Some(v) = o.values.get(metric).filter(|_| in_baseline(o, metric)) else {
-                    return;
-                };
-                if added {
-                    values.borrow_mut().insert(v);
-                } else {
-                    values.borrow_mut().remove(v);
-                }
-            },
-        );
-        entry.values = values.into_inner();
-        entry.covers = at.covers(to);
+        let values = self
+            .positions
+            .update(&mut self.running.baselines, rule, metric, to);
         Baseline {
-            len: entry.values.len(),
-            median: entry.values.median(),
+            len: values.len(),
+            median: values.median(),
         }
     }
 
@@ -497,34 +505,8 @@ impl Sums for Live<'_> {
         // `current` is the last reading: the period runs to the window's end, `current`
         // included exactly when it is after `since` (then `lo` is at or before it).
         let to = self.positions.span((lo, window.len()));
-        let at = &self.positions;
-        let periods = &mut self.running.periods;
-        let i = periods
-            .iter()
-            .position(|p| p.rule == rule && p.kinds == kinds)
-            .unwrap_or_else(|| {
-                periods.push(RunningPeriod {
-                    rule,
-                    kinds,
-                    covers: at.covers((to.0, to.0)),
-                    period: Period::default(),
-                });
-                periods.len() - 1
-            });
-        let entry = &mut periods[i];
-        let period = std::cell::RefCell::new(std::mem::take(&mut entry.period));
-        at.slide(
-            entry.covers,
-            to,
-            || *period.borrow_mut() = Period::default(),
-            |o, added| {
-                if in_period(o, kinds) {
-                    period.borrow_mut().step(o, added);
-                }
-            },
-        );
-        entry.period = period.into_inner();
-        entry.covers = at.covers(to);
-        entry.period.summary()
+        self.positions
+            .update(&mut self.running.periods, rule, kinds, to)
+            .summary()
     }
 }
