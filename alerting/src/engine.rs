@@ -391,6 +391,15 @@ struct Worker {
     writes: writes::Writes,
     /// Shared by the workers: see [`cpu_permits`].
     cpu: Arc<tokio::sync::Semaphore>,
+    /// The permit while this worker evaluates. At most `cpu_permits()` workers evaluate at
+    /// any instant, however many wait on the store: the rest of the runtime (connections,
+    /// batcher, writers) keeps its share of the cores. A worker keeps its permit from
+    /// reading to reading and from patient to patient (taking it for each was a task switch
+    /// per patient) and lets go of it before it may wait on the store, at every yield and
+    /// when its share of a step is through.
+    cpu_held: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Readings evaluated since the worker last yielded.
+    since_yield: usize,
     halt: CancellationToken,
     config: AlertsConfig,
     clock: Clock,
@@ -514,6 +523,8 @@ impl Engine {
             store: self.store.clone(),
             writes: self.writes.clone(),
             cpu: self.cpu.clone(),
+            cpu_held: None,
+            since_yield: 0,
             halt: self.halt.clone(),
             config,
             clock: self.clock.clone(),
@@ -1083,6 +1094,7 @@ impl Worker {
             }
         }
         self.open_seen.clear();
+        self.cpu_held = None;
         let settled = self.settle().await;
         for (patient, e) in settled {
             if !failed.iter().any(|(p, _)| *p == patient) {
@@ -1100,6 +1112,7 @@ impl Worker {
         spans: &[(OffsetDateTime, OffsetDateTime)],
     ) -> Result<(), StoreError> {
         for &(lo, hi) in spans {
+            self.cpu_held = None;
             let stored = self
                 .store
                 .readings_received_between(patient, lo, hi)
@@ -1258,6 +1271,10 @@ impl Worker {
         let Some(first) = obs.first().map(|o| o.at) else {
             return Ok(());
         };
+        if !self.patients.contains_key(&patient) {
+            // Its state is read from the store: the permit goes to a worker with work.
+            self.cpu_held = None;
+        }
         self.load_patient(patient, first).await?;
         self.touch += 1;
         let touch = self.touch;
@@ -1265,22 +1282,18 @@ impl Worker {
             time::Duration::try_from(self.config.late_after).unwrap_or(time::Duration::HOUR);
         let mut late_review: Vec<(Obs, Severity)> = Vec::new();
         let mut clock_devices: Vec<(String, i64, OffsetDateTime)> = Vec::new();
-        // At most `cpu_permits()` workers evaluate at any instant, however many wait on the
-        // store: the rest of the runtime (connections, batcher, writers) keeps its share of
-        // the cores. A worker holds its permit from reading to reading (taking it for each
-        // one was a task switch per reading) and lets go of it before it may wait on the
-        // store and at every yield.
-        let mut cpu: Option<tokio::sync::OwnedSemaphorePermit> = None;
-        for (i, o) in obs.into_iter().enumerate() {
+        for o in obs {
             if !self.config.evaluation_delay.is_zero() {
-                cpu = None;
+                self.cpu_held = None;
                 tokio::time::sleep(self.config.evaluation_delay).await;
             }
             // Evaluating is CPU work on the runtime the device connections and the writers
             // share: give them a turn between chunks of a long backlog, or their acks wait
             // behind it.
-            if i % YIELD_EVERY == YIELD_EVERY - 1 {
-                cpu = None;
+            self.since_yield += 1;
+            if self.since_yield >= YIELD_EVERY {
+                self.since_yield = 0;
+                self.cpu_held = None;
                 tokio::task::yield_now().await;
             }
             if self.halt.is_cancelled() {
@@ -1290,8 +1303,8 @@ impl Worker {
                 .readings_evaluated
                 .fetch_add(1, Ordering::Relaxed);
             let (plan, effects, late) = {
-                if cpu.is_none() {
-                    cpu = self.cpu.clone().acquire_owned().await.ok();
+                if self.cpu_held.is_none() {
+                    self.cpu_held = self.cpu.clone().acquire_owned().await.ok();
                 }
 
                 let Some(state) = self.patients.get_mut(&patient) else {
@@ -1306,7 +1319,7 @@ impl Worker {
             };
 
             if effects.iter().any(|e| self.may_wait(patient, e, &o)) {
-                cpu = None;
+                self.cpu_held = None;
             }
             if o.quality == Quality::Excluded {
                 self.metrics
@@ -1389,6 +1402,10 @@ impl Worker {
                     state.unconfirmed.remove(&rule_id);
                 }
             }
+        }
+        if !clock_devices.is_empty() || !late_review.is_empty() {
+            // Their triggers wait on the store.
+            self.cpu_held = None;
         }
         for (device, seq, at) in clock_devices {
             let severity = clock_severity(&plan_of(self, patient));
@@ -1698,6 +1715,7 @@ impl Worker {
                 && now - last <= hours(expected.every_hours + expected.grace_hours)
                 && self.timed_active.remove(&(patient, rule.id.clone()))
             {
+                self.cpu_held = None;
                 self.clear(patient, &rule.id, now, Some(last)).await?;
             }
         }
