@@ -22,6 +22,9 @@
 #              503 while it is down and 200 again within READY_LIMIT (60) seconds of its start.
 #   storm      STORM_DEVICES (10000) devices each hold BACKLOG (20) readings, then all connect
 #              within SPREAD (0s: at once); reports the time until every backlog is acked.
+#              STORM_TLS=1: every device gets a client certificate from the gateway's device CA
+#              and connects to its TLS listener over mutual TLS (the per-IP limits exempt
+#              127.0.0.0/8: the devices all come from one address); artifacts storm-tls*.
 #   steady     (not in `all`) the kill/term load without a fault: the control.
 #
 # env: BACKEND (postgres|sqlite; default postgres), PG (postgres://postgres@127.0.0.1:5432),
@@ -49,6 +52,7 @@ STORM_DEVICES=${STORM_DEVICES:-10000}
 BACKLOG=${BACKLOG:-20}
 SPREAD=${SPREAD:-0s}
 STORM_TIMEOUT=${STORM_TIMEOUT:-600s}
+STORM_TLS=${STORM_TLS:-0}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 PG_VERSION=${PG_VERSION:-15}
 PG_CLUSTER=${PG_CLUSTER:-main}
@@ -120,12 +124,14 @@ fresh_store() {
   esac
   # provision gives each patient one to three devices, about 1.6 on average.
   patients=$(( want * 7 / 10 + 50 ))
+  # With $2 = tls: certificates from the CA the gateway keeps in its data dir ($WORK/pki).
   $BIN/sentinella-sim provision --database-url "$URL" --patients "$patients" --prefix chaos \
-    --out "$WORK/fleet.json" >&2
+    ${2:+--ca-dir "$WORK/pki"} --out "$WORK/fleet.json" >&2
   local have
   have=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["devices"]))' "$WORK/fleet.json")
   [ "$have" -ge "$want" ] || { echo "provisioned only $have devices, need $want" >&2; exit 1; }
-  EDGE=$(free_port); API=$(free_port)
+  EDGE=$(free_port); EDGE_TLS=$(free_port); API=$(free_port)
+  printf '[gateway]\nper_ip_exempt = ["127.0.0.0/8"]\n' > "$WORK/gateway.toml"
 }
 
 drop_store() {
@@ -143,8 +149,8 @@ drop_store() {
 # Starts the gateway on $EDGE/$API (the same ports every time), logging to the run's log.
 start_gateway() {
   echo "--- $(date -Is) start" >> "$OUT/$RUN.gateway.log"
-  SENTINELLA_EDGE_LISTEN=127.0.0.1:$EDGE SENTINELLA_EDGE_TLS_LISTEN=127.0.0.1:0 SENTINELLA_API_LISTEN=127.0.0.1:$API \
-    $BIN/sentinella --database-url "$URL" --data-dir "$WORK" --log "$GATEWAY_LOG" run \
+  SENTINELLA_EDGE_LISTEN=127.0.0.1:$EDGE SENTINELLA_EDGE_TLS_LISTEN=127.0.0.1:$EDGE_TLS SENTINELLA_API_LISTEN=127.0.0.1:$API \
+    $BIN/sentinella --config "$WORK/gateway.toml" --database-url "$URL" --data-dir "$WORK" --log "$GATEWAY_LOG" run \
     >> "$OUT/$RUN.gateway.log" 2>&1 &
   GW=$!
   echo "$GW" > "$WORK/gateway.pid"
@@ -322,11 +328,18 @@ run_steady() {
 run_storm() {
   local t0 cmd rc=0
   t0=$(now_ms)
-  cmd="STORM_DEVICES=$STORM_DEVICES BACKLOG=$BACKLOG SPREAD=$SPREAD STORM_TIMEOUT=$STORM_TIMEOUT bash scripts/chaos.sh storm"
-  fresh_store "$STORM_DEVICES"
+  cmd="STORM_DEVICES=$STORM_DEVICES BACKLOG=$BACKLOG SPREAD=$SPREAD STORM_TIMEOUT=$STORM_TIMEOUT STORM_TLS=$STORM_TLS bash scripts/chaos.sh storm"
+  local broker
+  if [ "$STORM_TLS" = 1 ]; then
+    fresh_store "$STORM_DEVICES" tls
+    broker="127.0.0.1:$EDGE_TLS"
+  else
+    fresh_store "$STORM_DEVICES"
+    broker="127.0.0.1:$EDGE"
+  fi
   start_gateway
   wait_ready 60 > /dev/null || { fail "the gateway never became ready"; footer "$t0" "$cmd"; return; }
-  $BIN/sentinella-sim storm --fleet "$WORK/fleet.json" --broker "127.0.0.1:$EDGE" \
+  $BIN/sentinella-sim storm --fleet "$WORK/fleet.json" --broker "$broker" \
     --database-url "$URL" --devices "$STORM_DEVICES" --backlog "$BACKLOG" --spread "$SPREAD" \
     --timeout "$STORM_TIMEOUT" --gateway-pid-file "$WORK/gateway.pid" --api "127.0.0.1:$API" \
     --out "$OUT/$RUN.json" >> "$OUT/$RUN.txt" 2> "$OUT/$RUN.sim.log" || rc=$?
@@ -342,7 +355,13 @@ run() {
     kill) header kill "SIGKILL under load"; run_crash KILL ;;
     term) header term "SIGTERM under load"; run_crash TERM ;;
     pg-outage) header pg-outage "PostgreSQL down for ${OUTAGE}s under load"; run_pg_outage ;;
-    storm) header storm "$STORM_DEVICES devices with $BACKLOG readings each reconnect"; run_storm ;;
+    storm)
+      if [ "$STORM_TLS" = 1 ]; then
+        header storm-tls "$STORM_DEVICES devices with $BACKLOG readings each reconnect over mutual TLS"
+      else
+        header storm "$STORM_DEVICES devices with $BACKLOG readings each reconnect"
+      fi
+      run_storm ;;
   esac
 }
 

@@ -204,9 +204,13 @@ enum Command {
         /// The fleet file written by `provision`.
         #[arg(long)]
         fleet: PathBuf,
-        /// The gateway's device edge, `host:port`.
+        /// The gateway's device edge, `host:port`: the TLS listener for a fleet with
+        /// certificates (`provision --ca-dir`), the plain one otherwise or with `--plain`.
         #[arg(long, default_value = "127.0.0.1:1884")]
         broker: String,
+        /// Connect with passwords over plain TCP even if the fleet has certificates.
+        #[arg(long)]
+        plain: bool,
         /// The store the gateway writes to (read directly at the end).
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
@@ -550,6 +554,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Storm {
             fleet,
             broker,
+            plain,
             database_url,
             devices,
             backlog,
@@ -574,6 +579,7 @@ async fn main() -> anyhow::Result<()> {
                 database_url,
                 seed,
                 first_seq: floor.first_seq()?,
+                plain,
                 ..StormOptions::default()
             };
             let report = run_storm(&file, &broker, &opts, cancel).await?;

@@ -63,6 +63,8 @@ pub struct StormOptions {
     pub seed: u64,
     /// First seq of every device (see `fleet::SeqFloor`).
     pub first_seq: u32,
+    /// Connect with passwords over plain TCP even where the fleet has certificates.
+    pub plain: bool,
 }
 
 impl Default for StormOptions {
@@ -78,6 +80,7 @@ impl Default for StormOptions {
             database_url: String::new(),
             seed: 1,
             first_seq: 1,
+            plain: false,
         }
     }
 }
@@ -102,6 +105,9 @@ pub struct StormReport {
     pub backlog: usize,
     /// Connections let go over this long, seconds.
     pub spread_secs: f64,
+    /// Devices that connected over mutual TLS (their certificate as the credential); the
+    /// rest connected over plain TCP with a password.
+    pub tls_devices: usize,
     /// Readings generated (devices × backlog).
     pub generated: u64,
     /// Readings acked as committed.
@@ -170,11 +176,16 @@ pub async fn run_storm(
     let base_ms = now_ms();
     let mut handles = Vec::with_capacity(n);
     let mut logs = Vec::with_capacity(n);
+    let mut tls_devices = 0;
     for (i, d) in chosen.iter().enumerate() {
         let mut spec = DeviceSpec::new(&d.id, &d.secret, broker);
         spec.resend_after = opts.resend_after;
         spec.first_seq = opts.first_seq;
         spec.history = 0;
+        if !opts.plain {
+            spec.tls = d.tls.clone();
+        }
+        tls_devices += usize::from(spec.tls.is_some());
         let delay = opts.spread.mul_f64(i as f64 / n as f64);
         let gate = go.clone();
         let handle = device::spawn_when(spec, devices_cancel.clone(), async move {
@@ -314,6 +325,7 @@ pub async fn run_storm(
         devices: n,
         backlog: opts.backlog,
         spread_secs: opts.spread.as_secs_f64(),
+        tls_devices,
         generated,
         acked,
         connected,
@@ -342,8 +354,16 @@ impl fmt::Display for StormReport {
         let s = |v: Option<f64>| v.map_or("never".to_owned(), |v| format!("{v:.1} s"));
         writeln!(
             f,
-            "storm        {} devices × {} readings = {} held before connecting, let go within {:.1} s",
-            self.devices, self.backlog, self.generated, self.spread_secs
+            "storm        {} devices × {} readings = {} held before connecting, let go within {:.1} s; {}",
+            self.devices,
+            self.backlog,
+            self.generated,
+            self.spread_secs,
+            match self.tls_devices {
+                0 => "plain TCP, passwords".to_owned(),
+                t if t == self.devices => "mutual TLS, device certificates".to_owned(),
+                t => format!("{t} over mutual TLS, the rest plain TCP"),
+            }
         )?;
         writeln!(
             f,
