@@ -172,6 +172,14 @@ impl LiveConnections {
         conns.len()
     }
 
+    /// Whether `device` has a connection registered after `guard`'s (a device reconnecting
+    /// before its first connection is through: rumqttd keeps the newer one).
+    fn newer_than(&self, guard: &LiveGuard) -> bool {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&guard.device)
+            .is_some_and(|conns| conns.keys().any(|id| *id > guard.id))
+    }
+
     /// Whether `device` has a live connection.
     pub(crate) fn has(&self, device: &str) -> bool {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -695,22 +703,29 @@ where
 
     // The device's own in-process link to the router, a clean session whatever the device
     // asked: nothing of its session may outlive its connection in the broker.
-    let (link_tx, link_rx, connack) =
-        match Box::pin(ctx.broker.router.link(device_id.clone())).await {
-            Ok(link) => link,
-            Err(why) => {
+    let (link_tx, link_rx, connack) = match Box::pin(ctx.broker.router.link(device_id.clone()))
+        .await
+    {
+        Ok(link) => link,
+        Err(why) => {
+            // rumqttd drops the older link of a client id when a newer one connects: a
+            // device that reconnected meanwhile is no fault of the broker's.
+            if ctx.live.newer_than(&live) {
+                tracing::info!(device = %device_id, %peer, "a newer connection of the device took its session; this one is closed");
+            } else {
                 tracing::error!(device = %device_id, %why, "the broker refused the device's link");
-                let mut out = BytesMut::new();
-                let connack = ConnAck {
-                    session_present: false,
-                    code: ConnectReturnCode::ServiceUnavailable,
-                };
-                let _ = V4.write(Packet::ConnAck(connack, None), &mut out);
-                let _ = client.write_all(&out).await;
-                let _ = client.shutdown().await;
-                return Err(EdgeError::Refused("broker unavailable"));
             }
-        };
+            let mut out = BytesMut::new();
+            let connack = ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::ServiceUnavailable,
+            };
+            let _ = V4.write(Packet::ConnAck(connack, None), &mut out);
+            let _ = client.write_all(&out).await;
+            let _ = client.shutdown().await;
+            return Err(EdgeError::Refused("broker unavailable"));
+        }
+    };
     let mut out = BytesMut::with_capacity(64);
     if let Some(packet) = Option::<Packet>::from(connack) {
         V4.write(packet, &mut out).map_err(EdgeError::Mqtt)?;
@@ -1006,5 +1021,30 @@ pub(crate) fn refusal(
         detail,
         payload: kept.to_vec(),
         payload_size: payload.len() as i64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_knows_when_its_device_reconnected_after_it() {
+        let live = Arc::new(LiveConnections::default());
+        let first = live.register("bp-1", None);
+        let other = live.register("bp-2", None);
+        assert!(!live.newer_than(&first), "alone, nothing is newer");
+        let second = live.register("bp-1", None);
+        assert!(
+            live.newer_than(&first),
+            "the device reconnected after the first"
+        );
+        assert!(!live.newer_than(&second), "nothing came after the second");
+        assert!(
+            !live.newer_than(&other),
+            "another device's connections do not count"
+        );
+        drop(second);
+        assert!(!live.newer_than(&first), "the newer one is gone again");
     }
 }
