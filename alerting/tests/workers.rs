@@ -152,3 +152,77 @@ async fn one_worker_evaluates_one_patient_at_a_time() {
     let metrics = two_batches(&db, 1).await;
     assert_eq!(metrics.workers_busy_peak.load(Ordering::Relaxed), 1);
 }
+
+/// An alert write that fails (sent without waiting, settled at the end of the step) keeps its
+/// step's outbox entries, and its patient's state is read back from the store: the next step
+/// evaluates from what is stored, and the catch-up that follows does what the failed writes
+/// should have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_alert_write_keeps_its_batches_in_the_outbox() {
+    let db = TestDb::postgres().await;
+    let store = &db.store;
+    let who = enrol(store).await;
+    let metrics = Arc::new(EngineMetrics::default());
+    let config = AlertsConfig {
+        workers: 4,
+        ..AlertsConfig::default()
+    };
+    let mut engine = Engine::new(store.clone(), config, system_clock(), metrics.clone());
+    let t0 = OffsetDateTime::now_utc() - time::Duration::minutes(10);
+    let at = |m: i64| t0 + time::Duration::minutes(m);
+    let crisis = who
+        .iter()
+        .map(|(p, d)| bp(*p, d, 1, at(0), 200.0, 122.0))
+        .collect();
+    engine.on_batch(commit(store, crisis).await).await;
+    assert_eq!(
+        engine.catch_up().await.expect("catch-up"),
+        0,
+        "all evaluated"
+    );
+    for (patient, _) in &who {
+        let open = store.open_alerts(*patient).await.expect("alerts");
+        assert!(open.iter().any(|a| a.condition == "active"), "{open:?}");
+    }
+
+    // Every alert write fails from here: an event can no longer be appended.
+    db.exec("ALTER TABLE alert_events ADD CONSTRAINT no_events CHECK (false) NOT VALID")
+        .await
+        .expect("constraint");
+    let normal = who
+        .iter()
+        .map(|(p, d)| bp(*p, d, 2, at(1), 124.0, 78.0))
+        .collect();
+    let second = commit(store, normal).await;
+    let again = who
+        .iter()
+        .map(|(p, d)| bp(*p, d, 3, at(2), 122.0, 76.0))
+        .collect();
+    let third = commit(store, again).await;
+    let kept = second.outbox.len() + third.outbox.len();
+    assert!(kept > 0);
+    // The second step's confirmations and clears are sent without waiting and fail; so do the
+    // third's, from the states read back.
+    engine.on_batches(vec![second]).await;
+    engine.on_batches(vec![third]).await;
+    assert_eq!(metrics.alerts_cleared.load(Ordering::Relaxed), 0);
+    db.exec("ALTER TABLE alert_events DROP CONSTRAINT no_events")
+        .await
+        .expect("drop constraint");
+
+    // Both steps' entries were kept: the catch-up evaluates them from the store.
+    assert_eq!(engine.catch_up().await.expect("catch-up"), kept);
+    assert!(metrics.errors.load(Ordering::Relaxed) >= PATIENTS as u64);
+    for (patient, _) in &who {
+        let open = store.open_alerts(*patient).await.expect("alerts");
+        assert!(
+            open.iter().all(|a| a.condition != "active"),
+            "patient {patient}: {open:?}"
+        );
+    }
+    assert_eq!(
+        engine.catch_up().await.expect("catch-up"),
+        0,
+        "nothing left"
+    );
+}
