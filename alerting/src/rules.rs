@@ -170,8 +170,6 @@ pub struct Window {
     start: usize,
     /// How many readings have been dropped from the front of `obs` in all.
     dropped: u64,
-    /// Bumped whenever a reading lands anywhere but at the end (positions move).
-    version: u64,
     /// The running sums of the trends and averages evaluated on this window.
     running: sums::Running,
 }
@@ -215,7 +213,9 @@ impl Window {
         // rather than land mid-window (which restarts the running sums).
         let at = self.start + live.partition_point(|w| w.at <= o.at);
         if at != self.obs.len() {
-            self.version += 1;
+            // The readings after it move up one: the running sums follow them (and take it in
+            // where it lands inside what they sum) rather than start afresh over the window.
+            self.running.inserted(self.dropped + at as u64, o);
         }
         self.obs.insert(at, o.clone());
     }
@@ -234,7 +234,6 @@ impl Window {
                 all: &self.obs,
                 dropped: self.dropped,
                 start: self.start,
-                version: self.version,
             },
         };
         evaluate_with(plan, live, current, &mut sums)
@@ -1106,6 +1105,10 @@ mod tests {
                     minutes += [0, 1, 7, 60, 600, 3000][next(6) as usize];
                     let at = if next(12) == 0 {
                         minutes - next(20 * 24 * 60) as i64
+                    } else if next(6) == 0 {
+                        // Another device's batch a moment behind: it lands just before the
+                        // newest, inside the running sums' spans.
+                        minutes - next(15) as i64
                     } else {
                         minutes
                     };

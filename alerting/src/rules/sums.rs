@@ -238,14 +238,6 @@ pub(super) fn median(values: &mut [f64]) -> f64 {
 /// every reading dropped before it.
 type Span = (u64, u64);
 
-/// What a running sum covers: the readings at these absolute positions, as they stood at this
-/// window version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Covers {
-    span: Span,
-    version: u64,
-}
-
 /// A sum that readings step in and out of, for one filter (`Key`).
 trait Step: Default {
     type Key: Copy + PartialEq;
@@ -257,7 +249,8 @@ trait Step: Default {
 struct RunningSum<T: Step> {
     rule: usize,
     key: T::Key,
-    covers: Covers,
+    /// The absolute positions of the readings summed.
+    covers: Span,
     sum: T,
 }
 
@@ -389,15 +382,37 @@ pub(super) struct Running {
     periods: Vec<RunningSum<Period>>,
 }
 
+impl Running {
+    /// `o` landed at absolute position `at`, before the window's newest: the readings from
+    /// `at` on moved up one. A sum over readings all before `at` is unchanged; one over
+    /// readings all from `at` on moves up one; one with `at` inside takes `o` in and grows by
+    /// one. (Before, any reading landing mid-window restarted every sum: O(window) for the
+    /// next reading, each time a patient's two devices' batches crossed.)
+    pub(super) fn inserted(&mut self, at: u64, o: &Obs) {
+        shift(&mut self.baselines, at, o);
+        shift(&mut self.periods, at, o);
+    }
+}
+
+fn shift<T: Step>(sums: &mut [RunningSum<T>], at: u64, o: &Obs) {
+    for entry in sums {
+        let (lo, hi) = entry.covers;
+        if at <= lo {
+            entry.covers = (lo + 1, hi + 1);
+        } else if at < hi {
+            entry.covers = (lo, hi + 1);
+            entry.sum.step(entry.key, o, true);
+        }
+    }
+}
+
 /// The readings a [`Running`] sums over: every reading the window still holds (`all`, the
-/// first at absolute position `dropped`), the live ones from `start`, and the window's
-/// version (bumped whenever a reading lands anywhere but at the end, which moves positions).
+/// first at absolute position `dropped`) and the live ones from `start`.
 #[derive(Clone, Copy)]
 pub(super) struct Positions<'a> {
     pub(super) all: &'a [Obs],
     pub(super) dropped: u64,
     pub(super) start: usize,
-    pub(super) version: u64,
 }
 
 impl Positions<'_> {
@@ -412,8 +427,8 @@ impl Positions<'_> {
     }
 
     /// Brings `rule`'s running sum in `sums` to cover `to`: steps in what came in at the back
-    /// and out what left at the front; starts afresh when it cannot (the window changed, the
-    /// span went back, or what left has been dropped).
+    /// and out what left at the front; starts afresh when it cannot (the span went back, or
+    /// what left has been dropped).
     fn update<'s, T: Step>(
         &self,
         sums: &'s mut Vec<RunningSum<T>>,
@@ -427,7 +442,7 @@ impl Positions<'_> {
                 sums.push(RunningSum {
                     rule,
                     key,
-                    covers: self.covers((to.0, to.0)),
+                    covers: (to.0, to.0),
                     sum: T::default(),
                 });
                 sums.len() - 1
@@ -435,16 +450,12 @@ impl Positions<'_> {
         };
         let entry = &mut sums[i];
         let from = entry.covers;
-        let can = from.version == self.version
-            && from.span.0 >= self.dropped
-            && from.span.0 <= to.0
-            && to.0 <= from.span.1
-            && from.span.1 <= to.1;
+        let can = from.0 >= self.dropped && from.0 <= to.0 && to.0 <= from.1 && from.1 <= to.1;
         let added = if can {
-            for p in from.span.0..to.0 {
+            for p in from.0..to.0 {
                 entry.sum.step(key, self.at(p), false);
             }
-            from.span.1..to.1
+            from.1..to.1
         } else {
             entry.sum = T::default();
             to.0..to.1
@@ -452,15 +463,8 @@ impl Positions<'_> {
         for p in added {
             entry.sum.step(key, self.at(p), true);
         }
-        entry.covers = self.covers(to);
+        entry.covers = to;
         &entry.sum
-    }
-
-    fn covers(&self, span: Span) -> Covers {
-        Covers {
-            span,
-            version: self.version,
-        }
     }
 }
 
