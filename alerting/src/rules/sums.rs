@@ -426,9 +426,10 @@ impl Positions<'_> {
         &self.all[(position - self.dropped) as usize]
     }
 
-    /// Brings `rule`'s running sum in `sums` to cover `to`: steps in what came in at the back
-    /// and out what left at the front; starts afresh when it cannot (the span went back, or
-    /// what left has been dropped).
+    /// Brings `rule`'s running sum in `sums` to cover `to`: steps in and out what differs at
+    /// either end (a span moves on with each newer reading, and back a little for a reading
+    /// landing before the newest); starts afresh when the spans do not overlap or a reading
+    /// to step out has been dropped.
     fn update<'s, T: Step>(
         &self,
         sums: &'s mut Vec<RunningSum<T>>,
@@ -450,29 +451,34 @@ impl Positions<'_> {
         };
         let entry = &mut sums[i];
         let from = entry.covers;
-        let can = from.0 >= self.dropped && from.0 <= to.0 && to.0 <= from.1 && from.1 <= to.1;
-        let added = if can {
-            for p in from.0..to.0 {
-                entry.sum.step(key, self.at(p), false);
+        if from.0 >= self.dropped && to.0 <= from.1 && from.0 <= to.1 {
+            let (front, back) = (
+                from.0.min(to.0)..from.0.max(to.0),
+                from.1.min(to.1)..from.1.max(to.1),
+            );
+            for p in front {
+                entry.sum.step(key, self.at(p), p < from.0);
             }
-            from.1..to.1
+            for p in back {
+                entry.sum.step(key, self.at(p), p >= from.1);
+            }
         } else {
             entry.sum = T::default();
-            to.0..to.1
-        };
-        for p in added {
-            entry.sum.step(key, self.at(p), true);
+            for p in to.0..to.1 {
+                entry.sum.step(key, self.at(p), true);
+            }
         }
         entry.covers = to;
         &entry.sum
     }
 }
 
-/// [`Sums`] from a window's running sums, for its newest reading (`current`, the last of the
-/// live readings).
+/// [`Sums`] from a window's running sums, for a reading in the window (`current`, at this
+/// index of the live readings, after every other reading of its time).
 pub(super) struct Live<'a> {
     pub(super) running: &'a mut Running,
     pub(super) positions: Positions<'a>,
+    pub(super) current: usize,
 }
 
 impl Sums for Live<'_> {
@@ -484,10 +490,9 @@ impl Sums for Live<'_> {
         (lo, hi): (usize, usize),
         _current: &Obs,
     ) -> Baseline {
-        // `current` is the last reading: leave it out by ending the span before it.
-        let to = self
-            .positions
-            .span((lo, hi.min(window.len().saturating_sub(1))));
+        // `current` is the last reading of its time: a span that reaches it ends there, so
+        // it is left out.
+        let to = self.positions.span((lo, hi.min(self.current)));
         let values = self
             .positions
             .update(&mut self.running.baselines, rule, metric, to);
@@ -502,13 +507,13 @@ impl Sums for Live<'_> {
         rule: usize,
         window: &[Obs],
         kinds: Kinds,
-        (lo, _hi): (usize, usize),
+        (lo, hi): (usize, usize),
         _current: &Obs,
         _since: OffsetDateTime,
     ) -> Summary {
-        // `current` is the last reading: the period runs to the window's end, `current`
+        // The period runs to `current`, the last reading of its time (`hi`), `current`
         // included exactly when it is after `since` (then `lo` is at or before it).
-        let to = self.positions.span((lo, window.len()));
+        let to = self.positions.span((lo, hi));
         self.positions
             .update(&mut self.running.periods, rule, kinds, to)
             .summary()
