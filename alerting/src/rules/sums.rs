@@ -485,7 +485,7 @@ impl Sums for Live<'_> {
     fn baseline(
         &mut self,
         rule: usize,
-        window: &[Obs],
+        _window: &[Obs],
         metric: Metric,
         (lo, hi): (usize, usize),
         _current: &Obs,
@@ -505,7 +505,7 @@ impl Sums for Live<'_> {
     fn period(
         &mut self,
         rule: usize,
-        window: &[Obs],
+        _window: &[Obs],
         kinds: Kinds,
         (lo, hi): (usize, usize),
         _current: &Obs,
