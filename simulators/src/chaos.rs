@@ -386,7 +386,7 @@ pub async fn run_chaos(
     let (gateway, simulator, timeline, readyz) = monitor.finish().await;
 
     info!("verifying the store");
-    let store = check_store(&opts.database_url, &records).await?;
+    let store = check_store(&opts.database_url, &records, opts.first_seq).await?;
     let fault = opts
         .fault_file
         .as_ref()
@@ -825,7 +825,7 @@ pub(crate) fn write_procs(
 pub(crate) fn write_store(f: &mut fmt::Formatter<'_>, s: &StoreCheck) -> fmt::Result {
     writeln!(
         f,
-        "store        {}: {} rows ({} distinct) and {} keys for {} generated; {} duplicates, {} lost, {} acked-not-stored, {} rejected; {} pending in {} devices ({} not stored, {} stored but unacked) (checked in {:.1} s; store total {})",
+        "store        {}: {} rows ({} distinct) and {} keys for {} generated; {} duplicates, {} lost, {} acked-not-stored, {} rejected; {} pending in {} devices ({} not stored, {} stored but unacked) (checked in {:.1} s; store total {}, {} rows and keys of earlier runs not judged)",
         s.backend,
         s.stored_rows,
         s.distinct_rows,
@@ -840,7 +840,8 @@ pub(crate) fn write_store(f: &mut fmt::Formatter<'_>, s: &StoreCheck) -> fmt::Re
         s.undelivered,
         s.stored_not_acked,
         s.check_secs,
-        s.store_total
+        s.store_total,
+        s.earlier
     )?;
     for e in &s.examples {
         writeln!(f, "  {e}")?;

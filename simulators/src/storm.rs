@@ -313,7 +313,7 @@ pub async fn run_storm(
     let (gateway, simulator, timeline, readyz) = monitor.finish().await;
 
     info!("verifying the store");
-    let store = check_store(&opts.database_url, &records).await?;
+    let store = check_store(&opts.database_url, &records, opts.first_seq).await?;
     let mut failures = store.failures();
     if !completed {
         failures.push(format!(
