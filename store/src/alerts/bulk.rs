@@ -4,9 +4,13 @@
 //! ([`TriggerUpdate`], [`clears`], [`downgraded`]); only the statements differ.
 //!
 //! A group is split into rounds in which every (patient, rule) appears once, so that no two
-//! writes of a round touch the same alert; rounds run one after another in the transaction.
+//! writes of a round touch the same alert: round k takes the k-th write of each (patient,
+//! rule), so an alert's writes keep their order, and a group of updates streaming into a few
+//! alerts takes as many rounds as the busiest alert has writes (cutting a round at the first
+//! repeated pair took one round per write for such a group). Rounds run one after another in
+//! the transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
@@ -27,21 +31,30 @@ pub(super) async fn write_pg(
     conn: &mut PgConnection,
     writes: &[AlertWrite],
 ) -> Result<(Vec<AlertWritten>, i64)> {
-    let mut done = Vec::with_capacity(writes.len());
-    let mut last_event = 0;
-    let mut start = 0;
-    while start < writes.len() {
-        let mut keys = HashSet::new();
-        let end = start
-            + writes[start..]
-                .iter()
-                .take_while(|w| keys.insert(key(w)))
-                .count();
-        let (answers, last) = round(conn, &writes[start..end]).await?;
-        done.extend(answers);
-        last_event = last_event.max(last);
-        start = end;
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    let mut seen: HashMap<(i64, &str), usize> = HashMap::new();
+    for (i, w) in writes.iter().enumerate() {
+        let k = seen.entry(key(w)).or_default();
+        if *k == rounds.len() {
+            rounds.push(Vec::new());
+        }
+        rounds[*k].push(i);
+        *k += 1;
     }
+    let mut done: Vec<Option<AlertWritten>> = vec![None; writes.len()];
+    let mut last_event = 0;
+    for indices in rounds {
+        let round_writes: Vec<&AlertWrite> = indices.iter().map(|&i| &writes[i]).collect();
+        let (answers, last) = round(conn, &round_writes).await?;
+        for (i, answer) in indices.into_iter().zip(answers) {
+            done[i] = Some(answer);
+        }
+        last_event = last_event.max(last);
+    }
+    let done = done
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| StoreError::Invalid("an alert write got no answer".into()))?;
     Ok((done, last_event))
 }
 
@@ -74,7 +87,10 @@ struct Event<'a> {
 }
 
 /// Writes whose (patient, rule) pairs are all different.
-async fn round(conn: &mut PgConnection, writes: &[AlertWrite]) -> Result<(Vec<AlertWritten>, i64)> {
+async fn round(
+    conn: &mut PgConnection,
+    writes: &[&AlertWrite],
+) -> Result<(Vec<AlertWritten>, i64)> {
     // 1. The alerts the writes are about: the open one per (patient, rule) for triggers and
     //    clears; the newest unconfirmed one, resolved or not, for confirmations.
     let (mut open_keys, mut confirm_keys) = (Pairs::default(), Pairs::default());
