@@ -972,26 +972,60 @@ pub(crate) struct OutboxRow<'a> {
     pub patients: &'a str,
 }
 
-/// Writes an outbox row of a batch inside the commit transaction (see
-/// `CommitBatch::outbox`).
-pub(crate) async fn insert_outbox(tx: &mut Tx, row: &OutboxRow<'_>) -> Result<i64> {
-    let row = tx
-        .one(
+/// Writes the outbox rows of a batch inside the commit transaction (see
+/// `CommitBatch::outbox`) and returns their ids, in `rows`' order (one per partition). On
+/// PostgreSQL in one statement: a batch of a few hundred readings touches a dozen partitions,
+/// and a round trip each was a tenth of the ingest transaction's statements.
+pub(crate) async fn insert_outbox(tx: &mut Tx, rows: &[OutboxRow<'_>]) -> Result<Vec<i64>> {
+    if let Tx::Pg(pg) = tx {
+        let parts: Vec<i64> = rows.iter().map(|r| i64::from(r.partition)).collect();
+        let written: Vec<(i64, i64)> = sqlx::query_as(
             "INSERT INTO alert_outbox \
              (min_received_at, max_received_at, readings, patients, part, node) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            &[
-                Val::Ts(row.min),
-                Val::Ts(row.max),
-                Val::I64(row.readings),
-                Val::Text(row.patients),
-                Val::I64(i64::from(row.partition)),
-                Val::Text(row.node),
-            ],
+             SELECT v.min, v.max, v.readings, v.patients, v.part, $6 \
+             FROM UNNEST($1::timestamptz[], $2::timestamptz[], $3::int8[], $4::text[], \
+             $5::int8[]) AS v(min, max, readings, patients, part) RETURNING id, part::int8",
         )
-        .await?
-        .ok_or_else(|| StoreError::decode("INSERT … RETURNING gave no row".into()))?;
-    row.bigint("id")
+        .bind(rows.iter().map(|r| r.min).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.max).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.readings).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.patients).collect::<Vec<_>>())
+        .bind(&parts)
+        .bind(rows.first().map_or("", |r| r.node))
+        .fetch_all(&mut **pg)
+        .await?;
+        let ids: std::collections::HashMap<i64, i64> =
+            written.into_iter().map(|(id, part)| (part, id)).collect();
+        return parts
+            .iter()
+            .map(|p| {
+                ids.get(p).copied().ok_or_else(|| {
+                    StoreError::decode(format!("no outbox row came back for partition {p}"))
+                })
+            })
+            .collect();
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in rows {
+        let written = tx
+            .one(
+                "INSERT INTO alert_outbox \
+                 (min_received_at, max_received_at, readings, patients, part, node) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                &[
+                    Val::Ts(row.min),
+                    Val::Ts(row.max),
+                    Val::I64(row.readings),
+                    Val::Text(row.patients),
+                    Val::I64(i64::from(row.partition)),
+                    Val::Text(row.node),
+                ],
+            )
+            .await?
+            .ok_or_else(|| StoreError::decode("INSERT … RETURNING gave no row".into()))?;
+        ids.push(written.bigint("id")?);
+    }
+    Ok(ids)
 }
 
 fn latest(readings: &[AlertReading]) -> Option<OffsetDateTime> {

@@ -385,6 +385,44 @@ async fn outbox_and_fresh(db: TestDb, _layout: ReadingsLayout) {
         last,
         vec![(f.patient.id, "bp".to_owned(), T0 + Duration::minutes(1))]
     );
+
+    // A batch over patients of several partitions: one entry per partition, each answered
+    // with its own id (on PostgreSQL they are written by one statement).
+    let mut readings = Vec::new();
+    for i in 0..8 {
+        let g = fixture(store, &format!("obp{i}")).await;
+        readings.push(reading(&g.bp, 1, T0 + Duration::minutes(i)));
+    }
+    let parts: std::collections::BTreeSet<u32> = readings
+        .iter()
+        .map(|r| store::leases::partition_of(r.patient_id))
+        .collect();
+    assert!(parts.len() > 1, "{parts:?}");
+    let done = store
+        .commit_batch(&CommitBatch {
+            readings: readings.clone(),
+            outbox: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut pending = store.pending_outbox().await.unwrap();
+    pending.sort_by_key(|e| e.partition);
+    assert_eq!(done.outbox.len(), parts.len());
+    assert_eq!(pending.len(), parts.len());
+    for entry in &done.outbox {
+        let stored = pending.iter().find(|p| p.id == entry.id).unwrap();
+        assert_eq!(stored.partition, entry.partition);
+        let mut expected: Vec<i64> = readings
+            .iter()
+            .map(|r| r.patient_id)
+            .filter(|&p| store::leases::partition_of(p) == entry.partition)
+            .collect();
+        expected.sort_unstable();
+        let mut patients = stored.patients.clone();
+        patients.sort_unstable();
+        assert_eq!(patients, expected);
+    }
 }
 
 /// The engine's writes of one script, in two twin worlds: one by one (`write_alert`, each its

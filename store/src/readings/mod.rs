@@ -305,21 +305,33 @@ async fn write_outbox(
         part.count += 1;
         part.patients.insert(r.patient_id);
     }
-    let mut written = Vec::with_capacity(parts.len());
-    for (partition, part) in parts {
-        let list: Vec<String> = part.patients.iter().map(i64::to_string).collect();
-        let entry = crate::alerts::OutboxRow {
-            partition,
+    let lists: Vec<(u32, &Part, String)> = parts
+        .iter()
+        .map(|(&partition, part)| {
+            let list: Vec<String> = part.patients.iter().map(i64::to_string).collect();
+            (partition, part, list.join(","))
+        })
+        .collect();
+    let rows: Vec<crate::alerts::OutboxRow<'_>> = lists
+        .iter()
+        .map(|(partition, part, patients)| crate::alerts::OutboxRow {
+            partition: *partition,
             node,
             min: part.min,
             max: part.max,
             readings: part.count,
-            patients: &list.join(","),
-        };
-        let id = crate::alerts::insert_outbox(tx, &entry).await?;
-        written.push(OutboxRef { partition, id });
-    }
-    Ok(written)
+            patients,
+        })
+        .collect();
+    let ids = crate::alerts::insert_outbox(tx, &rows).await?;
+    Ok(rows
+        .iter()
+        .zip(ids)
+        .map(|(row, id)| OutboxRef {
+            partition: row.partition,
+            id,
+        })
+        .collect())
 }
 
 pub(crate) const READING_COLUMNS: &str = "device_id, seq, patient_id, kind, measured_at, received_at, \
