@@ -962,21 +962,21 @@ impl Store {
 }
 
 /// One outbox row: the readings of one alert partition of a committed batch.
-pub(crate) struct OutboxRow<'a> {
+pub(crate) struct OutboxRow {
     pub partition: u32,
-    pub node: &'a str,
     pub min: OffsetDateTime,
     pub max: OffsetDateTime,
     pub readings: i64,
     /// The patients, comma-separated.
-    pub patients: &'a str,
+    pub patients: String,
 }
 
 /// Writes the outbox rows of a batch inside the commit transaction (see
-/// `CommitBatch::outbox`) and returns their ids, in `rows`' order (one per partition). On
+/// `CommitBatch::outbox`), naming the node that committed it, and returns their ids, in
+/// `rows`' order (one per partition). On
 /// PostgreSQL in one statement: a batch of a few hundred readings touches a dozen partitions,
 /// and a round trip each was a tenth of the ingest transaction's statements.
-pub(crate) async fn insert_outbox(tx: &mut Tx, rows: &[OutboxRow<'_>]) -> Result<Vec<i64>> {
+pub(crate) async fn insert_outbox(tx: &mut Tx, node: &str, rows: &[OutboxRow]) -> Result<Vec<i64>> {
     if let Tx::Pg(pg) = tx {
         let parts: Vec<i64> = rows.iter().map(|r| i64::from(r.partition)).collect();
         let written: Vec<(i64, i64)> = sqlx::query_as(
@@ -989,9 +989,9 @@ pub(crate) async fn insert_outbox(tx: &mut Tx, rows: &[OutboxRow<'_>]) -> Result
         .bind(rows.iter().map(|r| r.min).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.max).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.readings).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.patients).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.patients.as_str()).collect::<Vec<_>>())
         .bind(&parts)
-        .bind(rows.first().map_or("", |r| r.node))
+        .bind(node)
         .fetch_all(&mut **pg)
         .await?;
         let ids: std::collections::HashMap<i64, i64> =
@@ -1016,9 +1016,9 @@ pub(crate) async fn insert_outbox(tx: &mut Tx, rows: &[OutboxRow<'_>]) -> Result
                     Val::Ts(row.min),
                     Val::Ts(row.max),
                     Val::I64(row.readings),
-                    Val::Text(row.patients),
+                    Val::Text(&row.patients),
                     Val::I64(i64::from(row.partition)),
-                    Val::Text(row.node),
+                    Val::Text(node),
                 ],
             )
             .await?

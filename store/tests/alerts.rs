@@ -406,8 +406,7 @@ async fn outbox_and_fresh(db: TestDb, _layout: ReadingsLayout) {
         })
         .await
         .unwrap();
-    let mut pending = store.pending_outbox().await.unwrap();
-    pending.sort_by_key(|e| e.partition);
+    let pending = store.pending_outbox().await.unwrap();
     assert_eq!(done.outbox.len(), parts.len());
     assert_eq!(pending.len(), parts.len());
     for entry in &done.outbox {

@@ -305,25 +305,20 @@ async fn write_outbox(
         part.count += 1;
         part.patients.insert(r.patient_id);
     }
-    let lists: Vec<(u32, &Part, String)> = parts
-        .iter()
-        .map(|(&partition, part)| {
+    let rows: Vec<crate::alerts::OutboxRow> = parts
+        .into_iter()
+        .map(|(partition, part)| {
             let list: Vec<String> = part.patients.iter().map(i64::to_string).collect();
-            (partition, part, list.join(","))
+            crate::alerts::OutboxRow {
+                partition,
+                min: part.min,
+                max: part.max,
+                readings: part.count,
+                patients: list.join(","),
+            }
         })
         .collect();
-    let rows: Vec<crate::alerts::OutboxRow<'_>> = lists
-        .iter()
-        .map(|(partition, part, patients)| crate::alerts::OutboxRow {
-            partition: *partition,
-            node,
-            min: part.min,
-            max: part.max,
-            readings: part.count,
-            patients,
-        })
-        .collect();
-    let ids = crate::alerts::insert_outbox(tx, &rows).await?;
+    let ids = crate::alerts::insert_outbox(tx, node, &rows).await?;
     Ok(rows
         .iter()
         .zip(ids)
