@@ -1206,7 +1206,7 @@ pub(crate) struct TriggerUpdate {
     pub(crate) worst: Option<f64>,
     pub(crate) last_measured: Option<OffsetDateTime>,
     pub(crate) severity: Severity,
-    pub(crate) workflow: String,
+    pub(crate) workflow: Workflow,
     pub(crate) due_at: Option<OffsetDateTime>,
     pub(crate) severity_raised: bool,
     pub(crate) reactivated: bool,
@@ -1223,9 +1223,9 @@ impl TriggerUpdate {
         // A worse band puts the alert back in the queue: it needs acknowledging again,
         // within the response time of its new severity.
         let (workflow, due_at) = if severity_raised {
-            ("new", t.due_at)
+            (Workflow::New, t.due_at)
         } else {
-            (open.workflow.as_str(), open.due_at)
+            (open.workflow, open.due_at)
         };
         Some(TriggerUpdate {
             added: i64::try_from(new_links.max(1)).unwrap_or(i64::MAX),
@@ -1235,11 +1235,26 @@ impl TriggerUpdate {
                 (a, b) => a.or(b),
             },
             severity: open.severity.max(t.severity),
-            workflow: workflow.to_owned(),
+            workflow,
             due_at,
             severity_raised,
             reactivated,
         })
+    }
+
+    /// The open alert as the update leaves it: what the one-by-one `UPDATE` writes.
+    pub(crate) fn apply(&self, a: &mut Alert, t: &Trigger) {
+        a.count = a.count.saturating_add(self.added);
+        a.last_value = t.value.or(a.last_value);
+        a.worst_value = self.worst;
+        a.last_triggered_at = t.at;
+        a.last_measured_at = self.last_measured;
+        a.severity = self.severity;
+        "active".clone_into(&mut a.condition);
+        a.cleared_at = None;
+        a.workflow = self.workflow;
+        a.due_at = self.due_at;
+        a.updated_at = t.at;
     }
 
     pub(crate) fn outcome(&self, alert_id: i64) -> TriggerOutcome {
@@ -1417,7 +1432,7 @@ async fn trigger_in(tx: &mut Tx, t: &Trigger) -> Result<(TriggerOutcome, i64)> {
                     Val::OptTs(u.last_measured),
                     Val::Text(u.severity.as_str()),
                     Val::I64(u.severity.rank()),
-                    Val::Text(&u.workflow),
+                    Val::Text(u.workflow.as_str()),
                     Val::OptTs(u.due_at),
                 ],
             )

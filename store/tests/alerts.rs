@@ -460,6 +460,7 @@ async fn grouped_writes_match_one_by_one(db: TestDb, _layout: ReadingsLayout) {
     for kind in [
         "opened",
         "unchanged",
+        "updated",
         "severity_raised",
         "reactivated",
         "cleared",
@@ -476,13 +477,13 @@ async fn grouped_writes_match_one_by_one(db: TestDb, _layout: ReadingsLayout) {
         );
     }
     let (a, b) = (world(store, &solo).await, world(store, &grouped).await);
-    assert_eq!(a.len(), 5, "{a:?}");
+    assert_eq!(a.len(), 7, "{a:?}");
     assert_eq!(a, b);
 }
 
 /// Groups of writes touching every path: opened, unchanged, severity raised, reactivated,
 /// cleared (and not: no alert, an older reading), confirmed, downgraded, a missing patient,
-/// and the same (patient, rule) twice in one group.
+/// and the same (patient, rule) twice in one group, and runs of triggers on one alert.
 fn script(f: &[Fixture]) -> Vec<Vec<AlertWrite>> {
     let (p0, p1, p2) = (f[0].patient.id, f[1].patient.id, f[2].patient.id);
     let on = |p: i64, rule: &str, severity: Severity, value: f64, seqs: &[i64], single: bool| {
@@ -541,7 +542,35 @@ fn script(f: &[Fixture]) -> Vec<Vec<AlertWrite>> {
             on(999_999, "bp-high", Severity::High, 190.0, &[9], false),
             on(p2, "bp-high", Severity::Medium, 155.0, &[8], false),
         ],
+        // Runs of triggers on one alert, interleaved with others' and cut by a clear and a
+        // confirmation: each trigger decided on the alert as the one before it left it.
+        stamped(vec![
+            on(p2, "spo2-low", Severity::Medium, 91.0, &[20], false),
+            on(p1, "bp-high", Severity::High, 171.0, &[30], false),
+            on(p2, "spo2-low", Severity::Medium, 90.0, &[20, 21], false),
+            on(p2, "spo2-low", Severity::High, 88.0, &[21], false),
+            on(p1, "bp-high", Severity::High, 172.0, &[30, 31], false),
+            on(p2, "glucose-high", Severity::High, 300.0, &[50], true),
+            on(p2, "spo2-low", Severity::High, 87.0, &[22], false),
+            on(p2, "glucose-high", Severity::High, 310.0, &[51], true),
+            clear(p2, "spo2-low", 40),
+            confirm(p2, "glucose-high", Confirmation::Confirmed),
+            on(p2, "spo2-low", Severity::High, 86.0, &[41], false),
+            on(p2, "glucose-high", Severity::Critical, 320.0, &[52], false),
+            on(p2, "spo2-low", Severity::Critical, 80.0, &[42, 42], false),
+            on(p2, "spo2-low", Severity::Critical, 79.0, &[43], false),
+        ]),
     ]
+}
+
+/// Each trigger of `group` a minute after the one before, so the order shows in the alerts.
+fn stamped(mut group: Vec<AlertWrite>) -> Vec<AlertWrite> {
+    for (n, w) in (0i64..).zip(&mut group) {
+        if let AlertWrite::Trigger(t) = w {
+            t.at = T0 + Duration::hours(1) + Duration::minutes(n);
+        }
+    }
+    group
 }
 
 /// An answer in words, alerts named by (patient number, rule) so the two worlds compare.
@@ -608,11 +637,19 @@ async fn world(store: &store::Store, fixtures: &[Fixture]) -> Vec<(serde_json::V
                 .into_iter()
                 .map(|e| (e.kind, e.severity, e.at, e.actor, e.detail))
                 .collect();
+            // Device ids name the patient, which differs between the worlds.
+            let links: Vec<_> = store
+                .alert_readings(a.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.seq, r.measured_at, r.value))
+                .collect();
             let mut row = serde_json::to_value(&a).unwrap();
             for k in ["id", "patient_id", "cot_id"] {
                 row.as_object_mut().unwrap().remove(k);
             }
-            rows.push((row, format!("{events:?}")));
+            rows.push((row, format!("{events:?} {links:?}")));
         }
     }
     rows

@@ -4,16 +4,19 @@
 //! ([`TriggerUpdate`], [`clears`], [`downgraded`]); only the statements differ.
 //!
 //! A group is split into rounds in which every (patient, rule) appears once, so that no two
-//! writes of a round touch the same alert: round k takes the k-th write of each (patient,
-//! rule), so an alert's writes keep their order, and a group of updates streaming into a few
-//! alerts takes as many rounds as the busiest alert has writes (cutting a round at the first
-//! repeated pair took one round per write for such a group). Rounds run one after another in
-//! the transaction.
+//! items of a round touch the same alert. Per (patient, rule) the writes are cut into items:
+//! a run of consecutive triggers is one item, a clear or a confirmation is one on its own;
+//! round k takes the k-th item of each (patient, rule), so an alert's writes keep their order.
+//! A run of triggers is folded in memory: the alert is read (or opened by the first) once,
+//! every trigger's update is decided on the alert as the ones before it left it, and one
+//! `UPDATE` writes where the run ends, beside every trigger's own event. A worker streaming
+//! updates into one alert sends dozens back to back; one round each cost four or five
+//! statements apiece. Rounds run one after another in the transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
 use time::OffsetDateTime;
 
 use super::{
@@ -31,24 +34,10 @@ pub(super) async fn write_pg(
     conn: &mut PgConnection,
     writes: &[AlertWrite],
 ) -> Result<(Vec<AlertWritten>, i64)> {
-    let mut rounds: Vec<Vec<usize>> = Vec::new();
-    let mut seen: HashMap<(i64, &str), usize> = HashMap::new();
-    for (i, w) in writes.iter().enumerate() {
-        let k = seen.entry(key(w)).or_default();
-        if *k == rounds.len() {
-            rounds.push(Vec::new());
-        }
-        rounds[*k].push(i);
-        *k += 1;
-    }
     let mut done: Vec<Option<AlertWritten>> = vec![None; writes.len()];
     let mut last_event = 0;
-    for indices in rounds {
-        let round_writes: Vec<&AlertWrite> = indices.iter().map(|&i| &writes[i]).collect();
-        let (answers, last) = round(conn, &round_writes).await?;
-        for (i, answer) in indices.into_iter().zip(answers) {
-            done[i] = Some(answer);
-        }
+    for items in rounds(writes) {
+        let last = round(conn, writes, &items, &mut done).await?;
         last_event = last_event.max(last);
     }
     let done = done
@@ -56,6 +45,32 @@ pub(super) async fn write_pg(
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| StoreError::Invalid("an alert write got no answer".into()))?;
     Ok((done, last_event))
+}
+
+/// The writes' indices cut into rounds of items (see the module's notes): each item is a run
+/// of consecutive triggers of one (patient, rule), or one clear or confirmation.
+fn rounds(writes: &[AlertWrite]) -> Vec<Vec<Vec<usize>>> {
+    let mut rounds: Vec<Vec<Vec<usize>>> = Vec::new();
+    // Per (patient, rule): its items so far, and where its last item sits if it is a run of
+    // triggers still open to the next one.
+    let mut seen: HashMap<(i64, &str), (usize, Option<usize>)> = HashMap::new();
+    for (i, w) in writes.iter().enumerate() {
+        let trigger = matches!(w, AlertWrite::Trigger(_));
+        let (items, run) = seen.entry(key(w)).or_default();
+        match *run {
+            Some(at) if trigger => rounds[*items - 1][at].push(i),
+            _ => {
+                if *items == rounds.len() {
+                    rounds.push(Vec::new());
+                }
+                let round = &mut rounds[*items];
+                *run = trigger.then_some(round.len());
+                round.push(vec![i]);
+                *items += 1;
+            }
+        }
+    }
+    rounds
 }
 
 fn key(w: &AlertWrite) -> (i64, &str) {
@@ -74,6 +89,13 @@ fn key(w: &AlertWrite) -> (i64, &str) {
     }
 }
 
+fn trigger(w: &AlertWrite) -> Option<&Trigger> {
+    match w {
+        AlertWrite::Trigger(t) => Some(t),
+        _ => None,
+    }
+}
+
 /// An event to append, and which write it answers.
 struct Event<'a> {
     write: usize,
@@ -86,15 +108,19 @@ struct Event<'a> {
     detail: Option<&'a str>,
 }
 
-/// Writes whose (patient, rule) pairs are all different.
+/// One round: items whose (patient, rule) pairs are all different. Puts each write's answer
+/// in `done`; returns the newest event id written (0: none).
 async fn round(
     conn: &mut PgConnection,
-    writes: &[&AlertWrite],
-) -> Result<(Vec<AlertWritten>, i64)> {
-    // 1. The alerts the writes are about: the open one per (patient, rule) for triggers and
+    writes: &[AlertWrite],
+    items: &[Vec<usize>],
+    done: &mut [Option<AlertWritten>],
+) -> Result<i64> {
+    // 1. The alerts the items are about: the open one per (patient, rule) for triggers and
     //    clears; the newest unconfirmed one, resolved or not, for confirmations.
     let (mut open_keys, mut confirm_keys) = (Pairs::default(), Pairs::default());
-    for w in writes {
+    for item in items {
+        let w = &writes[item[0]];
         let (patient, rule) = key(w);
         match w {
             AlertWrite::Confirm { .. } => confirm_keys.push(patient, rule),
@@ -122,80 +148,96 @@ async fn round(
     )
     .await?;
 
-    // 2. New alerts for the triggers with none open.
-    let new: Vec<&Trigger> = writes
+    // 2. New alerts, opened by the first trigger of a run with none open.
+    let new: Vec<&Trigger> = items
         .iter()
-        .filter_map(|w| match w {
-            AlertWrite::Trigger(t) if !open.contains_key(&(t.patient_id, t.rule_id.clone())) => {
-                Some(t)
-            }
-            _ => None,
-        })
+        .filter_map(|item| trigger(&writes[item[0]]))
+        .filter(|t| !open.contains_key(&(t.patient_id, t.rule_id.clone())))
         .collect();
     let created = insert_alerts(conn, &new).await?;
 
-    // 3. Every trigger's readings linked to its alert; how many were new, per alert.
+    // 3. Every trigger's readings linked to its alert; how many each linked first.
     let mut links = Links::default();
-    for w in writes {
-        if let AlertWrite::Trigger(t) = w {
-            let k = (t.patient_id, t.rule_id.clone());
-            let id = match (open.get(&k), created.get(&k)) {
-                (Some(a), _) => a.id,
-                (None, Some((id, _))) => *id,
-                (None, None) => {
-                    return Err(StoreError::NotFound {
-                        what: what("patient", t.patient_id),
-                    });
-                }
-            };
-            links.push(id, t);
+    for item in items {
+        let Some(first) = trigger(&writes[item[0]]) else {
+            continue;
+        };
+        let k = (first.patient_id, first.rule_id.clone());
+        let Some(alert) = open.get(&k).or_else(|| created.get(&k)) else {
+            return Err(StoreError::NotFound {
+                what: what("patient", first.patient_id),
+            });
+        };
+        let mut linked = HashSet::new();
+        for &i in item {
+            if let Some(t) = trigger(&writes[i]) {
+                links.push(alert.id, i, t, &mut linked);
+            }
         }
     }
-    let new_links = links.insert(conn).await?;
+    let added = links.insert(conn).await?;
 
-    // 4. What each write does.
-    let mut answers = Vec::with_capacity(writes.len());
+    // 4. What each write does; a run of triggers, one after another on the alert as the
+    //    previous one left it.
     let mut events = Vec::new();
     let mut updates = Updates::default();
-    for (i, w) in writes.iter().enumerate() {
-        let answer = match w {
-            AlertWrite::Trigger(t) => AlertWritten::Trigger({
-                let k = (t.patient_id, t.rule_id.clone());
-                if let Some(a) = open.get(&k) {
-                    let added = new_links.get(&a.id).copied().unwrap_or(0);
-                    match TriggerUpdate::of(a, t, added) {
-                        None => TriggerOutcome::Unchanged { alert_id: a.id },
-                        Some(u) => {
-                            events.push(Event {
-                                write: i,
-                                alert_id: a.id,
-                                patient_id: t.patient_id,
-                                cot_id: a.cot_id,
-                                at: t.at,
-                                kind: u.event_kind(),
-                                severity: u.severity,
-                                detail: t.detail.as_deref(),
-                            });
-                            let outcome = u.outcome(a.id);
-                            updates.trigger(a.id, t, u);
-                            outcome
-                        }
+    for item in items {
+        let i = item[0];
+        let answer = match &writes[i] {
+            AlertWrite::Trigger(first) => {
+                let k = (first.patient_id, first.rule_id.clone());
+                let (mut alert, rest) = match (open.get(&k), created.get(&k)) {
+                    (Some(a), _) => (a.clone(), &item[..]),
+                    (None, Some(a)) => {
+                        events.push(Event {
+                            write: i,
+                            alert_id: a.id,
+                            patient_id: first.patient_id,
+                            cot_id: a.cot_id,
+                            at: first.at,
+                            kind: "opened",
+                            severity: first.severity,
+                            detail: first.detail.as_deref(),
+                        });
+                        done[i] = Some(AlertWritten::Trigger(TriggerOutcome::Opened {
+                            alert_id: a.id,
+                        }));
+                        (a.clone(), &item[1..])
                     }
-                } else {
-                    let (alert_id, cot_id) = created.get(&k).copied().unwrap_or_default();
-                    events.push(Event {
-                        write: i,
-                        alert_id,
-                        patient_id: t.patient_id,
-                        cot_id,
-                        at: t.at,
-                        kind: "opened",
-                        severity: t.severity,
-                        detail: t.detail.as_deref(),
-                    });
-                    TriggerOutcome::Opened { alert_id }
+                    // Checked in 3.
+                    (None, None) => continue,
+                };
+                let mut run_added = None;
+                for &j in rest {
+                    let Some(t) = trigger(&writes[j]) else {
+                        continue;
+                    };
+                    let outcome =
+                        match TriggerUpdate::of(&alert, t, added.get(&j).copied().unwrap_or(0)) {
+                            None => TriggerOutcome::Unchanged { alert_id: alert.id },
+                            Some(u) => {
+                                events.push(Event {
+                                    write: j,
+                                    alert_id: alert.id,
+                                    patient_id: t.patient_id,
+                                    cot_id: alert.cot_id,
+                                    at: t.at,
+                                    kind: u.event_kind(),
+                                    severity: u.severity,
+                                    detail: t.detail.as_deref(),
+                                });
+                                u.apply(&mut alert, t);
+                                *run_added.get_or_insert(0i64) += u.added;
+                                u.outcome(alert.id)
+                            }
+                        };
+                    done[j] = Some(AlertWritten::Trigger(outcome));
                 }
-            }),
+                if let Some(added) = run_added {
+                    updates.trigger(&alert, added);
+                }
+                continue;
+            }
             AlertWrite::Clear {
                 patient_id,
                 rule_id,
@@ -254,20 +296,22 @@ async fn round(
                 None => AlertWritten::Confirm(None),
             },
         };
-        answers.push(answer);
+        done[i] = Some(answer);
     }
 
-    // 5. The changes, then the events (every event of a round is on a different alert).
+    // 5. The changes, then the events. A confirmation's event is the only one of its alert
+    //    in the round (its (patient, rule) has no other item here).
     updates.write(conn).await?;
     let written = insert_events(conn, &events).await?;
-    let mut last_event = 0;
-    for (e, event) in events.iter().zip(written) {
-        last_event = last_event.max(event.id);
-        if let Some(AlertWritten::Confirm(slot)) = answers.get_mut(e.write) {
-            *slot = Some(event);
+    let last_event = written.iter().map(|e| e.id).max().unwrap_or(0);
+    let mut by_alert: HashMap<i64, AlertEvent> =
+        written.into_iter().map(|e| (e.alert_id, e)).collect();
+    for e in &events {
+        if let Some(Some(AlertWritten::Confirm(slot))) = done.get_mut(e.write) {
+            *slot = by_alert.remove(&e.alert_id);
         }
     }
-    Ok((answers, last_event))
+    Ok(last_event)
 }
 
 /// (patient, rule) pairs as two arrays.
@@ -305,19 +349,19 @@ async fn alerts_by_key(
         .collect()
 }
 
-/// Opens an alert per trigger (with its patient's COT); returns (id, COT) by (patient, rule).
-/// A trigger whose patient does not exist opens nothing.
+/// Opens an alert per trigger (with its patient's COT); returns them by (patient, rule). A
+/// trigger whose patient does not exist opens nothing.
 async fn insert_alerts(
     conn: &mut PgConnection,
     triggers: &[&Trigger],
-) -> Result<HashMap<(i64, String), (i64, i64)>> {
+) -> Result<HashMap<(i64, String), Alert>> {
     if triggers.is_empty() {
         return Ok(HashMap::new());
     }
     let col = |f: fn(&Trigger) -> Option<String>| -> Vec<Option<String>> {
         triggers.iter().map(|t| f(t)).collect()
     };
-    let rows: Vec<PgRow> = sqlx::query(
+    let rows: Vec<PgRow> = sqlx::query(&format!(
         "INSERT INTO alerts (patient_id, cot_id, rule_id, rule_kind, title, severity, \
          severity_rank, condition, workflow, plan_version, metric, unit, count, first_value, \
          worst_value, last_value, opened_at, last_triggered_at, last_measured_at, due_at, \
@@ -331,8 +375,8 @@ async fn insert_alerts(
          $17::text[]) AS v(patient_id, rule_id, rule_kind, title, severity, rank, plan_version, \
          metric, unit, count, first_value, worst, value, at, measured, due_at, confirmation) \
          JOIN patients p ON p.id = v.patient_id \
-         RETURNING id, patient_id, rule_id, cot_id",
-    )
+         RETURNING {ALERT_COLUMNS}"
+    ))
     .bind(triggers.iter().map(|t| t.patient_id).collect::<Vec<_>>())
     .bind(col(|t| Some(t.rule_id.clone())))
     .bind(col(|t| Some(t.rule_kind.clone())))
@@ -372,17 +416,15 @@ async fn insert_alerts(
     .bind(col(|t| t.unconfirmed.then(|| "unconfirmed".to_owned())))
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
+    rows.into_iter()
         .map(|r| {
-            Ok((
-                (r.try_get("patient_id")?, r.try_get("rule_id")?),
-                (r.try_get("id")?, r.try_get("cot_id")?),
-            ))
+            let a = alert_from_row(&AnyRow::Pg(r))?;
+            Ok(((a.patient_id, a.rule_id.clone()), a))
         })
         .collect()
 }
 
-/// Readings to link, as arrays.
+/// Readings to link, as arrays, and the write each is linked for.
 #[derive(Default)]
 struct Links {
     alerts: Vec<i64>,
@@ -390,39 +432,61 @@ struct Links {
     seqs: Vec<i64>,
     measured: Vec<OffsetDateTime>,
     values: Vec<Option<f64>>,
+    writes: Vec<usize>,
 }
 
 impl Links {
-    fn push(&mut self, alert_id: i64, t: &Trigger) {
+    /// The readings of trigger `write` on `alert_id`, but those `linked` already by an
+    /// earlier trigger of its run (one by one, the earlier write would have linked them).
+    fn push<'a>(
+        &mut self,
+        alert_id: i64,
+        write: usize,
+        t: &'a Trigger,
+        linked: &mut HashSet<(&'a str, i64)>,
+    ) {
         for r in &t.readings {
+            if !linked.insert((r.device_id.as_str(), r.seq)) {
+                continue;
+            }
             self.alerts.push(alert_id);
             self.devices.push(r.device_id.clone());
             self.seqs.push(r.seq);
             self.measured.push(r.measured_at);
             self.values.push(r.value);
+            self.writes.push(write);
         }
     }
 
-    /// Links them; returns how many were not linked before, per alert.
-    async fn insert(self, conn: &mut PgConnection) -> Result<HashMap<i64, u64>> {
+    /// Links them; returns how many were not linked before, per write.
+    async fn insert(self, conn: &mut PgConnection) -> Result<HashMap<usize, u64>> {
         let mut added = HashMap::new();
         if self.alerts.is_empty() {
             return Ok(added);
         }
-        let rows: Vec<(i64,)> = sqlx::query_as(
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
             "INSERT INTO alert_readings (alert_id, device_id, seq, measured_at, value) \
              SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::timestamptz[], \
-             $5::float8[]) ON CONFLICT DO NOTHING RETURNING alert_id",
+             $5::float8[]) ON CONFLICT DO NOTHING RETURNING alert_id, device_id, seq",
         )
-        .bind(self.alerts)
-        .bind(self.devices)
-        .bind(self.seqs)
-        .bind(self.measured)
-        .bind(self.values)
+        .bind(&self.alerts)
+        .bind(&self.devices)
+        .bind(&self.seqs)
+        .bind(&self.measured)
+        .bind(&self.values)
         .fetch_all(&mut *conn)
         .await?;
-        for (id,) in rows {
-            *added.entry(id).or_insert(0) += 1;
+        let new: HashSet<(i64, String, i64)> = rows.into_iter().collect();
+        for (((alert, device), seq), write) in self
+            .alerts
+            .into_iter()
+            .zip(self.devices)
+            .zip(self.seqs)
+            .zip(self.writes)
+        {
+            if new.contains(&(alert, device, seq)) {
+                *added.entry(write).or_insert(0) += 1;
+            }
         }
         Ok(added)
     }
@@ -440,7 +504,7 @@ struct Updates {
     t_measured: Vec<Option<OffsetDateTime>>,
     t_severity: Vec<String>,
     t_rank: Vec<i64>,
-    t_workflow: Vec<String>,
+    t_workflow: Vec<&'static str>,
     t_due: Vec<Option<OffsetDateTime>>,
     // Clears.
     c_ids: Vec<i64>,
@@ -458,17 +522,18 @@ struct Updates {
 }
 
 impl Updates {
-    fn trigger(&mut self, id: i64, t: &Trigger, u: TriggerUpdate) {
-        self.t_ids.push(id);
-        self.t_added.push(u.added);
-        self.t_value.push(t.value);
-        self.t_worst.push(u.worst);
-        self.t_at.push(t.at);
-        self.t_measured.push(u.last_measured);
-        self.t_severity.push(u.severity.as_str().to_owned());
-        self.t_rank.push(u.severity.rank());
-        self.t_workflow.push(u.workflow);
-        self.t_due.push(u.due_at);
+    /// A run of triggers on alert `a`, as the run left it, having counted `added` readings.
+    fn trigger(&mut self, a: &Alert, added: i64) {
+        self.t_ids.push(a.id);
+        self.t_added.push(added);
+        self.t_value.push(a.last_value);
+        self.t_worst.push(a.worst_value);
+        self.t_at.push(a.last_triggered_at);
+        self.t_measured.push(a.last_measured_at);
+        self.t_severity.push(a.severity.as_str().to_owned());
+        self.t_rank.push(a.severity.rank());
+        self.t_workflow.push(a.workflow.as_str());
+        self.t_due.push(a.due_at);
     }
 
     fn clear(&mut self, id: i64, at: OffsetDateTime, measured: Option<OffsetDateTime>) {
@@ -591,20 +656,13 @@ async fn insert_events(conn: &mut PgConnection, events: &[Event<'_>]) -> Result<
     .bind(events.iter().map(|e| e.detail).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
-    // RETURNING gives no order: match each event to its alert (one event per alert here).
-    let mut by_alert: HashMap<i64, AlertEvent> = rows
-        .into_iter()
-        .map(|r| {
-            let e = event_from_row(&AnyRow::Pg(r))?;
-            Ok((e.alert_id, e))
-        })
-        .collect::<Result<_>>()?;
-    events
-        .iter()
-        .map(|e| {
-            by_alert
-                .remove(&e.alert_id)
-                .ok_or_else(|| StoreError::decode("INSERT … RETURNING lost an event".into()))
-        })
+    // RETURNING gives no order; the caller matches the events it answers with by alert.
+    if rows.len() != events.len() {
+        return Err(StoreError::decode(
+            "INSERT … RETURNING lost an event".into(),
+        ));
+    }
+    rows.into_iter()
+        .map(|r| event_from_row(&AnyRow::Pg(r)))
         .collect()
 }
