@@ -49,6 +49,8 @@ bench_one() {
       psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >&2
       url="$PG/$db" ;;
   esac
+  # An earlier run's phases are not this one's.
+  rm -f "$OUT/$backend".half.* "$OUT/$backend".rate* "$OUT/$backend".caughtup.*
   edge=$(free_port); api=$(free_port)
   printf '[gateway]\nwriters = %s\n[gateway.alerts]\nenabled = %s\n' "$WRITERS" \
     "$([ "$ALERTS" = 1 ] && echo true || echo false)" > "$work/bench.toml"
@@ -155,7 +157,7 @@ for before in sorted(glob.glob(f"{out}/postgres.rate*.before.txt")):
     rate = before.split(".rate")[1].split(".")[0]
     try:
         run = json.load(open(f"{out}/postgres.rate{rate}.json"))
-        acks = f"publish->ack p99 {run['latency']['p99_ms']:.0f} ms"
+        acks = f"{run['generated'] / run['generating_secs']:,.0f} readings/s generated; publish->ack p99 {run['latency']['p99_ms']:.0f} ms"
     except (OSError, ValueError, KeyError):
         acks = "no chaos report"
     lines.append(f"commit -> alert evaluated, at {int(rate):,} readings/s offered: {alert_p99(buckets(f'{out}/postgres.rate{rate}.after.txt'), buckets(before))}; {acks}")
