@@ -1186,6 +1186,14 @@ pub(crate) fn clears(open: &Alert, measured_at: Option<OffsetDateTime>) -> bool 
         && !matches!((open.last_measured_at, measured_at), (Some(last), Some(m)) if m < last)
 }
 
+/// The open alert as a clear leaves it: what the one-by-one `UPDATE` writes.
+pub(crate) fn cleared(a: &mut Alert, at: OffsetDateTime, measured_at: Option<OffsetDateTime>) {
+    "cleared".clone_into(&mut a.condition);
+    a.cleared_at = Some(at);
+    a.updated_at = at;
+    a.last_measured_at = measured_at.or(a.last_measured_at);
+}
+
 /// The severity and due time a downgraded unconfirmed alert takes (never worse than it was;
 /// a resolved alert is due no more).
 pub(crate) fn downgraded(

@@ -477,13 +477,14 @@ async fn grouped_writes_match_one_by_one(db: TestDb, _layout: ReadingsLayout) {
         );
     }
     let (a, b) = (world(store, &solo).await, world(store, &grouped).await);
-    assert_eq!(a.len(), 7, "{a:?}");
+    assert_eq!(a.len(), 8, "{a:?}");
     assert_eq!(a, b);
 }
 
 /// Groups of writes touching every path: opened, unchanged, severity raised, reactivated,
 /// cleared (and not: no alert, an older reading), confirmed, downgraded, a missing patient,
-/// and the same (patient, rule) twice in one group, and runs of triggers on one alert.
+/// and the same (patient, rule) twice in one group, and runs of triggers and clears on one
+/// alert.
 fn script(f: &[Fixture]) -> Vec<Vec<AlertWrite>> {
     let (p0, p1, p2) = (f[0].patient.id, f[1].patient.id, f[2].patient.id);
     let on = |p: i64, rule: &str, severity: Severity, value: f64, seqs: &[i64], single: bool| {
@@ -542,8 +543,9 @@ fn script(f: &[Fixture]) -> Vec<Vec<AlertWrite>> {
             on(999_999, "bp-high", Severity::High, 190.0, &[9], false),
             on(p2, "bp-high", Severity::Medium, 155.0, &[8], false),
         ],
-        // Runs of triggers on one alert, interleaved with others' and cut by a clear and a
-        // confirmation: each trigger decided on the alert as the one before it left it.
+        // Runs of triggers and clears on one alert, interleaved with others' and cut by a
+        // confirmation: each write decided on the alert as the one before it left it (a
+        // clear with none open, one older than the last reading, one already cleared).
         stamped(vec![
             on(p2, "spo2-low", Severity::Medium, 91.0, &[20], false),
             on(p1, "bp-high", Severity::High, 171.0, &[30], false),
@@ -559,6 +561,12 @@ fn script(f: &[Fixture]) -> Vec<Vec<AlertWrite>> {
             on(p2, "glucose-high", Severity::Critical, 320.0, &[52], false),
             on(p2, "spo2-low", Severity::Critical, 80.0, &[42, 42], false),
             on(p2, "spo2-low", Severity::Critical, 79.0, &[43], false),
+            clear(p0, "temp-high", 5),
+            on(p0, "temp-high", Severity::High, 39.0, &[60], false),
+            clear(p0, "temp-high", 59),
+            clear(p0, "temp-high", 61),
+            clear(p0, "temp-high", 62),
+            on(p0, "temp-high", Severity::High, 39.5, &[63], false),
         ]),
     ]
 }

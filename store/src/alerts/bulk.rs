@@ -5,13 +5,15 @@
 //!
 //! A group is split into rounds in which every (patient, rule) appears once, so that no two
 //! items of a round touch the same alert. Per (patient, rule) the writes are cut into items:
-//! a run of consecutive triggers is one item, a clear or a confirmation is one on its own;
-//! round k takes the k-th item of each (patient, rule), so an alert's writes keep their order.
-//! A run of triggers is folded in memory: the alert is read (or opened by the first) once,
-//! every trigger's update is decided on the alert as the ones before it left it, and one
-//! `UPDATE` writes where the run ends, beside every trigger's own event. A worker streaming
-//! updates into one alert sends dozens back to back; one round each cost four or five
-//! statements apiece. Rounds run one after another in the transaction.
+//! a run of consecutive triggers and clears is one item, a confirmation is one on its own
+//! (it is about the newest unconfirmed alert, which may be resolved); round k takes the k-th
+//! item of each (patient, rule), so an alert's writes keep their order. A run is folded in
+//! memory: the alert is read (or opened by the run's first trigger) once, every write is
+//! decided on the alert as the ones before it left it, and one `UPDATE` writes where the run
+//! ends, beside every write's own event. A run stays on one alert: only a nurse resolves one.
+//! A worker streaming a patient in a band sends triggers and clears by the dozen back to back;
+//! one round each cost four or five statements apiece. Rounds run one after another in the
+//! transaction.
 
 use std::collections::{HashMap, HashSet};
 
@@ -21,8 +23,8 @@ use time::OffsetDateTime;
 
 use super::{
     ALERT_COLUMNS, Alert, AlertEvent, AlertWrite, AlertWritten, Confirmation, EVENT_COLUMNS,
-    Trigger, TriggerOutcome, TriggerUpdate, alert_from_row, clears, downgraded, event_from_row,
-    first_value, latest, reading_count, worst_of,
+    Trigger, TriggerOutcome, TriggerUpdate, alert_from_row, cleared, clears, downgraded,
+    event_from_row, first_value, latest, reading_count, worst_of,
 };
 use crate::error::what;
 use crate::sql::AnyRow;
@@ -48,23 +50,23 @@ pub(super) async fn write_pg(
 }
 
 /// The writes' indices cut into rounds of items (see the module's notes): each item is a run
-/// of consecutive triggers of one (patient, rule), or one clear or confirmation.
+/// of consecutive triggers and clears of one (patient, rule), or one confirmation.
 fn rounds(writes: &[AlertWrite]) -> Vec<Vec<Vec<usize>>> {
     let mut rounds: Vec<Vec<Vec<usize>>> = Vec::new();
-    // Per (patient, rule): its items so far, and where its last item sits if it is a run of
-    // triggers still open to the next one.
+    // Per (patient, rule): its items so far, and where its last item sits if it is a run
+    // still open to the next write.
     let mut seen: HashMap<(i64, &str), (usize, Option<usize>)> = HashMap::new();
     for (i, w) in writes.iter().enumerate() {
-        let trigger = matches!(w, AlertWrite::Trigger(_));
+        let folds = !matches!(w, AlertWrite::Confirm { .. });
         let (items, run) = seen.entry(key(w)).or_default();
         match *run {
-            Some(at) if trigger => rounds[*items - 1][at].push(i),
+            Some(at) if folds => rounds[*items - 1][at].push(i),
             _ => {
                 if *items == rounds.len() {
                     rounds.push(Vec::new());
                 }
                 let round = &mut rounds[*items];
-                *run = trigger.then_some(round.len());
+                *run = folds.then_some(round.len());
                 round.push(vec![i]);
                 *items += 1;
             }
@@ -151,7 +153,7 @@ async fn round(
     // 2. New alerts, opened by the first trigger of a run with none open.
     let new: Vec<&Trigger> = items
         .iter()
-        .filter_map(|item| trigger(&writes[item[0]]))
+        .filter_map(|item| item.iter().find_map(|&i| trigger(&writes[i])))
         .filter(|t| !open.contains_key(&(t.patient_id, t.rule_id.clone())))
         .collect();
     let created = insert_alerts(conn, &new).await?;
@@ -159,7 +161,7 @@ async fn round(
     // 3. Every trigger's readings linked to its alert; how many each linked first.
     let mut links = Links::default();
     for item in items {
-        let Some(first) = trigger(&writes[item[0]]) else {
+        let Some(first) = item.iter().find_map(|&i| trigger(&writes[i])) else {
             continue;
         };
         let k = (first.patient_id, first.rule_id.clone());
@@ -177,90 +179,94 @@ async fn round(
     }
     let added = links.insert(conn).await?;
 
-    // 4. What each write does; a run of triggers, one after another on the alert as the
-    //    previous one left it.
+    // 4. What each write does: a run's, one after another on the alert as the write before
+    //    left it.
     let mut events = Vec::new();
     let mut updates = Updates::default();
     for item in items {
         let i = item[0];
         let answer = match &writes[i] {
-            AlertWrite::Trigger(first) => {
-                let k = (first.patient_id, first.rule_id.clone());
-                let (mut alert, rest) = match (open.get(&k), created.get(&k)) {
-                    (Some(a), _) => (a.clone(), &item[..]),
-                    (None, Some(a)) => {
-                        events.push(Event {
-                            write: i,
-                            alert_id: a.id,
-                            patient_id: first.patient_id,
-                            cot_id: a.cot_id,
-                            at: first.at,
-                            kind: "opened",
-                            severity: first.severity,
-                            detail: first.detail.as_deref(),
-                        });
-                        done[i] = Some(AlertWritten::Trigger(TriggerOutcome::Opened {
-                            alert_id: a.id,
-                        }));
-                        (a.clone(), &item[1..])
-                    }
-                    // Checked in 3.
-                    (None, None) => continue,
-                };
+            AlertWrite::Trigger(_) | AlertWrite::Clear { .. } => {
+                let k = key(&writes[i]);
+                let k = (k.0, k.1.to_owned());
+                let mut alert = open.get(&k).cloned();
                 let mut run_added = None;
-                for &j in rest {
-                    let Some(t) = trigger(&writes[j]) else {
-                        continue;
+                for &j in item {
+                    let answer = match (&writes[j], alert.as_mut()) {
+                        // None open: the run's first trigger opened one.
+                        (AlertWrite::Trigger(t), None) => {
+                            let Some(a) = created.get(&k) else {
+                                // Checked in 3.
+                                continue;
+                            };
+                            events.push(Event {
+                                write: j,
+                                alert_id: a.id,
+                                patient_id: t.patient_id,
+                                cot_id: a.cot_id,
+                                at: t.at,
+                                kind: "opened",
+                                severity: t.severity,
+                                detail: t.detail.as_deref(),
+                            });
+                            alert = Some(a.clone());
+                            AlertWritten::Trigger(TriggerOutcome::Opened { alert_id: a.id })
+                        }
+                        (AlertWrite::Trigger(t), Some(a)) => AlertWritten::Trigger(
+                            match TriggerUpdate::of(a, t, added.get(&j).copied().unwrap_or(0)) {
+                                None => TriggerOutcome::Unchanged { alert_id: a.id },
+                                Some(u) => {
+                                    events.push(Event {
+                                        write: j,
+                                        alert_id: a.id,
+                                        patient_id: t.patient_id,
+                                        cot_id: a.cot_id,
+                                        at: t.at,
+                                        kind: u.event_kind(),
+                                        severity: u.severity,
+                                        detail: t.detail.as_deref(),
+                                    });
+                                    u.apply(a, t);
+                                    *run_added.get_or_insert(0i64) += u.added;
+                                    u.outcome(a.id)
+                                }
+                            },
+                        ),
+                        (
+                            AlertWrite::Clear {
+                                patient_id,
+                                at,
+                                measured_at,
+                                detail,
+                                ..
+                            },
+                            Some(a),
+                        ) if clears(a, *measured_at) => {
+                            events.push(Event {
+                                write: j,
+                                alert_id: a.id,
+                                patient_id: *patient_id,
+                                cot_id: a.cot_id,
+                                at: *at,
+                                kind: "cleared",
+                                severity: a.severity,
+                                detail: detail.as_deref(),
+                            });
+                            cleared(a, *at, *measured_at);
+                            run_added.get_or_insert(0);
+                            AlertWritten::Clear(Some(a.id))
+                        }
+                        (AlertWrite::Clear { .. }, _) => AlertWritten::Clear(None),
+                        // Not in a run.
+                        (AlertWrite::Confirm { .. }, _) => continue,
                     };
-                    let outcome =
-                        match TriggerUpdate::of(&alert, t, added.get(&j).copied().unwrap_or(0)) {
-                            None => TriggerOutcome::Unchanged { alert_id: alert.id },
-                            Some(u) => {
-                                events.push(Event {
-                                    write: j,
-                                    alert_id: alert.id,
-                                    patient_id: t.patient_id,
-                                    cot_id: alert.cot_id,
-                                    at: t.at,
-                                    kind: u.event_kind(),
-                                    severity: u.severity,
-                                    detail: t.detail.as_deref(),
-                                });
-                                u.apply(&mut alert, t);
-                                *run_added.get_or_insert(0i64) += u.added;
-                                u.outcome(alert.id)
-                            }
-                        };
-                    done[j] = Some(AlertWritten::Trigger(outcome));
+                    done[j] = Some(answer);
                 }
-                if let Some(added) = run_added {
-                    updates.trigger(&alert, added);
+                if let (Some(added), Some(a)) = (run_added, &alert) {
+                    updates.state(a, added);
                 }
                 continue;
             }
-            AlertWrite::Clear {
-                patient_id,
-                rule_id,
-                at,
-                measured_at,
-                detail,
-            } => match open.get(&(*patient_id, rule_id.clone())) {
-                Some(a) if clears(a, *measured_at) => {
-                    events.push(Event {
-                        write: i,
-                        alert_id: a.id,
-                        patient_id: *patient_id,
-                        cot_id: a.cot_id,
-                        at: *at,
-                        kind: "cleared",
-                        severity: a.severity,
-                        detail: detail.as_deref(),
-                    });
-                    updates.clear(a.id, *at, *measured_at);
-                    AlertWritten::Clear(Some(a.id))
-                }
-                _ => AlertWritten::Clear(None),
-            },
             AlertWrite::Confirm {
                 patient_id,
                 rule_id,
@@ -495,21 +501,20 @@ impl Links {
 /// The alert rows' changes of a round, by kind.
 #[derive(Default)]
 struct Updates {
-    // Triggers on an open alert.
-    t_ids: Vec<i64>,
-    t_added: Vec<i64>,
-    t_value: Vec<Option<f64>>,
-    t_worst: Vec<Option<f64>>,
-    t_at: Vec<OffsetDateTime>,
-    t_measured: Vec<Option<OffsetDateTime>>,
-    t_severity: Vec<String>,
-    t_rank: Vec<i64>,
-    t_workflow: Vec<&'static str>,
-    t_due: Vec<Option<OffsetDateTime>>,
-    // Clears.
-    c_ids: Vec<i64>,
-    c_at: Vec<OffsetDateTime>,
-    c_measured: Vec<Option<OffsetDateTime>>,
+    // Runs: the alert as the run left it, and the readings it counted.
+    s_ids: Vec<i64>,
+    s_added: Vec<i64>,
+    s_value: Vec<Option<f64>>,
+    s_worst: Vec<Option<f64>>,
+    s_triggered: Vec<OffsetDateTime>,
+    s_measured: Vec<Option<OffsetDateTime>>,
+    s_severity: Vec<String>,
+    s_rank: Vec<i64>,
+    s_condition: Vec<String>,
+    s_cleared: Vec<Option<OffsetDateTime>>,
+    s_workflow: Vec<&'static str>,
+    s_due: Vec<Option<OffsetDateTime>>,
+    s_at: Vec<OffsetDateTime>,
     // Confirmed.
     k_ids: Vec<i64>,
     k_at: Vec<OffsetDateTime>,
@@ -522,24 +527,21 @@ struct Updates {
 }
 
 impl Updates {
-    /// A run of triggers on alert `a`, as the run left it, having counted `added` readings.
-    fn trigger(&mut self, a: &Alert, added: i64) {
-        self.t_ids.push(a.id);
-        self.t_added.push(added);
-        self.t_value.push(a.last_value);
-        self.t_worst.push(a.worst_value);
-        self.t_at.push(a.last_triggered_at);
-        self.t_measured.push(a.last_measured_at);
-        self.t_severity.push(a.severity.as_str().to_owned());
-        self.t_rank.push(a.severity.rank());
-        self.t_workflow.push(a.workflow.as_str());
-        self.t_due.push(a.due_at);
-    }
-
-    fn clear(&mut self, id: i64, at: OffsetDateTime, measured: Option<OffsetDateTime>) {
-        self.c_ids.push(id);
-        self.c_at.push(at);
-        self.c_measured.push(measured);
+    /// A run on alert `a`, as the run left it, having counted `added` readings.
+    fn state(&mut self, a: &Alert, added: i64) {
+        self.s_ids.push(a.id);
+        self.s_added.push(added);
+        self.s_value.push(a.last_value);
+        self.s_worst.push(a.worst_value);
+        self.s_triggered.push(a.last_triggered_at);
+        self.s_measured.push(a.last_measured_at);
+        self.s_severity.push(a.severity.as_str().to_owned());
+        self.s_rank.push(a.severity.rank());
+        self.s_condition.push(a.condition.clone());
+        self.s_cleared.push(a.cleared_at);
+        self.s_workflow.push(a.workflow.as_str());
+        self.s_due.push(a.due_at);
+        self.s_at.push(a.updated_at);
     }
 
     fn confirmed(&mut self, id: i64, at: OffsetDateTime) {
@@ -562,41 +564,32 @@ impl Updates {
     }
 
     async fn write(self, conn: &mut PgConnection) -> Result<()> {
-        if !self.t_ids.is_empty() {
+        if !self.s_ids.is_empty() {
             sqlx::query(
-                "UPDATE alerts a SET count = a.count + v.added, \
-                 last_value = COALESCE(v.value, a.last_value), worst_value = v.worst, \
-                 last_triggered_at = v.at, last_measured_at = v.measured, severity = v.severity, \
-                 severity_rank = v.rank, condition = 'active', cleared_at = NULL, \
-                 workflow = v.workflow, due_at = v.due, updated_at = v.at \
+                "UPDATE alerts a SET count = a.count + v.added, last_value = v.value, \
+                 worst_value = v.worst, last_triggered_at = v.triggered, \
+                 last_measured_at = v.measured, severity = v.severity, severity_rank = v.rank, \
+                 condition = v.condition, cleared_at = v.cleared, workflow = v.workflow, \
+                 due_at = v.due, updated_at = v.at \
                  FROM UNNEST($1::int8[], $2::int8[], $3::float8[], $4::float8[], \
                  $5::timestamptz[], $6::timestamptz[], $7::text[], $8::int8[], $9::text[], \
-                 $10::timestamptz[]) AS v(id, added, value, worst, at, measured, severity, rank, \
-                 workflow, due) WHERE a.id = v.id",
+                 $10::timestamptz[], $11::text[], $12::timestamptz[], $13::timestamptz[]) \
+                 AS v(id, added, value, worst, triggered, measured, severity, rank, condition, \
+                 cleared, workflow, due, at) WHERE a.id = v.id",
             )
-            .bind(self.t_ids)
-            .bind(self.t_added)
-            .bind(self.t_value)
-            .bind(self.t_worst)
-            .bind(self.t_at)
-            .bind(self.t_measured)
-            .bind(self.t_severity)
-            .bind(self.t_rank)
-            .bind(self.t_workflow)
-            .bind(self.t_due)
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !self.c_ids.is_empty() {
-            sqlx::query(
-                "UPDATE alerts a SET condition = 'cleared', cleared_at = v.at, updated_at = v.at, \
-                 last_measured_at = COALESCE(v.measured, a.last_measured_at) \
-                 FROM UNNEST($1::int8[], $2::timestamptz[], $3::timestamptz[]) \
-                 AS v(id, at, measured) WHERE a.id = v.id",
-            )
-            .bind(self.c_ids)
-            .bind(self.c_at)
-            .bind(self.c_measured)
+            .bind(self.s_ids)
+            .bind(self.s_added)
+            .bind(self.s_value)
+            .bind(self.s_worst)
+            .bind(self.s_triggered)
+            .bind(self.s_measured)
+            .bind(self.s_severity)
+            .bind(self.s_rank)
+            .bind(self.s_condition)
+            .bind(self.s_cleared)
+            .bind(self.s_workflow)
+            .bind(self.s_due)
+            .bind(self.s_at)
             .execute(&mut *conn)
             .await?;
         }
