@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::hash::{Hash, Hasher};
 
 use store::{NewReading, ReadingKind, Severity};
 use time::{Duration, OffsetDateTime};
@@ -160,6 +161,13 @@ impl Obs {
     fn same(&self, other: &Obs) -> bool {
         self.seq == other.seq && self.device_id == other.device_id
     }
+
+    /// A hash of what [`Obs::same`] compares.
+    fn key(&self) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        (self.device_id.as_str(), self.seq).hash(&mut h);
+        h.finish()
+    }
 }
 
 /// A patient's recent readings of every kind, kept sorted by time (a window read from the
@@ -175,11 +183,12 @@ pub struct Window {
     dropped: u64,
     /// The running sums of the trends and averages evaluated on this window.
     running: sums::Running,
-    /// How many readings of each seq `obs` holds (the dropped prefix aside). A reading whose
-    /// seq is not here is not in the window, so the duplicate check scans the readings around
-    /// its time only on a hit: a dense window (a continuous monitor, a benchmark's hundreds of
-    /// readings a second) holds a thousand readings within the check's slack.
-    seqs: HashMap<i64, u32>,
+    /// How many readings of each (device, seq) hash `obs` holds (the dropped prefix aside). A
+    /// reading whose hash is not here is not in the window, so the duplicate check scans the
+    /// readings around its time only on a hit: a dense window (a continuous monitor, a
+    /// benchmark's hundreds of readings a second) holds a thousand readings within the check's
+    /// slack. (By seq alone, a patient's devices counting alike hit nearly every time.)
+    keys: HashMap<u64, u32>,
 }
 
 /// A reading read back from the store may carry its times rounded to the store's precision:
@@ -194,13 +203,13 @@ impl Window {
     /// A window of readings in any order.
     pub fn new(mut obs: Vec<Obs>) -> Window {
         obs.sort_by(order);
-        let mut seqs = HashMap::with_capacity(obs.len());
+        let mut keys = HashMap::with_capacity(obs.len());
         for o in &obs {
-            *seqs.entry(o.seq).or_insert(0) += 1;
+            *keys.entry(o.key()).or_insert(0) += 1;
         }
         Window {
             obs,
-            seqs,
+            keys,
             ..Window::default()
         }
     }
@@ -217,7 +226,8 @@ impl Window {
         if live.last().is_some_and(|newest| o.at < newest.at - span) {
             return;
         }
-        if self.seqs.contains_key(&o.seq) {
+        let key = o.key();
+        if self.keys.contains_key(&key) {
             let lo = live.partition_point(|w| w.at < o.at - SAME_READING_SLACK);
             let hi = live.partition_point(|w| w.at <= o.at + SAME_READING_SLACK);
             if live[lo..hi].iter().any(|w| w.same(o)) {
@@ -233,7 +243,7 @@ impl Window {
             self.running.inserted(self.dropped + at as u64, o);
         }
         self.obs.insert(at, o.clone());
-        *self.seqs.entry(o.seq).or_insert(0) += 1;
+        *self.keys.entry(key).or_insert(0) += 1;
     }
 
     /// [`evaluate`]s `current` on this window: from the running sums of its trends and averages
@@ -268,7 +278,7 @@ impl Window {
         // In bulk, once the dead prefix outweighs the live part: amortised O(1) per reading.
         if self.start >= 64 && self.start * 2 >= self.obs.len() {
             for o in self.obs.drain(..self.start) {
-                if let Entry::Occupied(mut n) = self.seqs.entry(o.seq) {
+                if let Entry::Occupied(mut n) = self.keys.entry(o.key()) {
                     *n.get_mut() -= 1;
                     if *n.get() == 0 {
                         n.remove();
@@ -971,11 +981,11 @@ mod tests {
         assert_eq!(big.readings().len(), 101);
         assert_eq!(big.readings()[0].seq, 899);
         assert!(big.obs.len() < 400);
-        // The seqs counted are the readings held, dropped ones gone; a live one is still
+        // The keys counted are the readings held, dropped ones gone; a live one is still
         // found when it comes again.
-        let counted: u32 = big.seqs.values().sum();
+        let counted: u32 = big.keys.values().sum();
         assert_eq!(counted as usize, big.obs.len());
-        assert!(!big.seqs.contains_key(&0));
+        assert!(!big.keys.contains_key(&spo2(0, 0, 95.0).key()));
         big.insert(&spo2(950, 950 * 60, 95.0), Duration::hours(100));
         assert_eq!(big.readings().len(), 101);
     }
