@@ -110,6 +110,28 @@ struct Event<'a> {
     detail: Option<&'a str>,
 }
 
+impl<'a> Event<'a> {
+    /// Trigger `t`'s event on alert `a`, answering write `write`.
+    fn trigger(
+        write: usize,
+        a: &Alert,
+        t: &'a Trigger,
+        kind: &'static str,
+        severity: super::Severity,
+    ) -> Event<'a> {
+        Event {
+            write,
+            alert_id: a.id,
+            patient_id: t.patient_id,
+            cot_id: a.cot_id,
+            at: t.at,
+            kind,
+            severity,
+            detail: t.detail.as_deref(),
+        }
+    }
+}
+
 /// One round: items whose (patient, rule) pairs are all different. Puts each write's answer
 /// in `done`; returns the newest event id written (0: none).
 async fn round(
@@ -199,16 +221,7 @@ async fn round(
                                 // Checked in 3.
                                 continue;
                             };
-                            events.push(Event {
-                                write: j,
-                                alert_id: a.id,
-                                patient_id: t.patient_id,
-                                cot_id: a.cot_id,
-                                at: t.at,
-                                kind: "opened",
-                                severity: t.severity,
-                                detail: t.detail.as_deref(),
-                            });
+                            events.push(Event::trigger(j, a, t, "opened", t.severity));
                             alert = Some(a.clone());
                             AlertWritten::Trigger(TriggerOutcome::Opened { alert_id: a.id })
                         }
@@ -216,16 +229,13 @@ async fn round(
                             match TriggerUpdate::of(a, t, added.get(&j).copied().unwrap_or(0)) {
                                 None => TriggerOutcome::Unchanged { alert_id: a.id },
                                 Some(u) => {
-                                    events.push(Event {
-                                        write: j,
-                                        alert_id: a.id,
-                                        patient_id: t.patient_id,
-                                        cot_id: a.cot_id,
-                                        at: t.at,
-                                        kind: u.event_kind(),
-                                        severity: u.severity,
-                                        detail: t.detail.as_deref(),
-                                    });
+                                    events.push(Event::trigger(
+                                        j,
+                                        a,
+                                        t,
+                                        u.event_kind(),
+                                        u.severity,
+                                    ));
                                     u.apply(a, t);
                                     *run_added.get_or_insert(0i64) += u.added;
                                     u.outcome(a.id)
