@@ -91,7 +91,7 @@ fn key(w: &AlertWrite) -> (i64, &str) {
     }
 }
 
-fn trigger(w: &AlertWrite) -> Option<&Trigger> {
+fn as_trigger(w: &AlertWrite) -> Option<&Trigger> {
     match w {
         AlertWrite::Trigger(t) => Some(t),
         _ => None,
@@ -175,7 +175,7 @@ async fn round(
     // 2. New alerts, opened by the first trigger of a run with none open.
     let new: Vec<&Trigger> = items
         .iter()
-        .filter_map(|item| item.iter().find_map(|&i| trigger(&writes[i])))
+        .filter_map(|item| item.iter().find_map(|&i| as_trigger(&writes[i])))
         .filter(|t| !open.contains_key(&(t.patient_id, t.rule_id.clone())))
         .collect();
     let created = insert_alerts(conn, &new).await?;
@@ -183,7 +183,7 @@ async fn round(
     // 3. Every trigger's readings linked to its alert; how many each linked first.
     let mut links = Links::default();
     for item in items {
-        let Some(first) = item.iter().find_map(|&i| trigger(&writes[i])) else {
+        let Some(first) = item.iter().find_map(|&i| as_trigger(&writes[i])) else {
             continue;
         };
         let k = (first.patient_id, first.rule_id.clone());
@@ -194,87 +194,29 @@ async fn round(
         };
         let mut linked = HashSet::new();
         for &i in item {
-            if let Some(t) = trigger(&writes[i]) {
+            if let Some(t) = as_trigger(&writes[i]) {
                 links.push(alert.id, i, t, &mut linked);
             }
         }
     }
     let added = links.insert(conn).await?;
 
-    // 4. What each write does: a run's, one after another on the alert as the write before
-    //    left it.
+    // 4. What each write does.
     let mut events = Vec::new();
     let mut updates = Updates::default();
     for item in items {
         let i = item[0];
         let answer = match &writes[i] {
             AlertWrite::Trigger(_) | AlertWrite::Clear { .. } => {
-                let k = key(&writes[i]);
-                let k = (k.0, k.1.to_owned());
-                let mut alert = open.get(&k).cloned();
-                let mut run_added = None;
-                for &j in item {
-                    let answer = match (&writes[j], alert.as_mut()) {
-                        // None open: the run's first trigger opened one.
-                        (AlertWrite::Trigger(t), None) => {
-                            let Some(a) = created.get(&k) else {
-                                // Checked in 3.
-                                continue;
-                            };
-                            events.push(Event::trigger(j, a, t, "opened", t.severity));
-                            alert = Some(a.clone());
-                            AlertWritten::Trigger(TriggerOutcome::Opened { alert_id: a.id })
-                        }
-                        (AlertWrite::Trigger(t), Some(a)) => AlertWritten::Trigger(
-                            match TriggerUpdate::of(a, t, added.get(&j).copied().unwrap_or(0)) {
-                                None => TriggerOutcome::Unchanged { alert_id: a.id },
-                                Some(u) => {
-                                    events.push(Event::trigger(
-                                        j,
-                                        a,
-                                        t,
-                                        u.event_kind(),
-                                        u.severity,
-                                    ));
-                                    u.apply(a, t);
-                                    *run_added.get_or_insert(0i64) += u.added;
-                                    u.outcome(a.id)
-                                }
-                            },
-                        ),
-                        (
-                            AlertWrite::Clear {
-                                patient_id,
-                                at,
-                                measured_at,
-                                detail,
-                                ..
-                            },
-                            Some(a),
-                        ) if clears(a, *measured_at) => {
-                            events.push(Event {
-                                write: j,
-                                alert_id: a.id,
-                                patient_id: *patient_id,
-                                cot_id: a.cot_id,
-                                at: *at,
-                                kind: "cleared",
-                                severity: a.severity,
-                                detail: detail.as_deref(),
-                            });
-                            cleared(a, *at, *measured_at);
-                            run_added.get_or_insert(0);
-                            AlertWritten::Clear(Some(a.id))
-                        }
-                        (AlertWrite::Clear { .. }, _) => AlertWritten::Clear(None),
-                        // Not in a run.
-                        (AlertWrite::Confirm { .. }, _) => continue,
-                    };
-                    done[j] = Some(answer);
-                }
-                if let (Some(added), Some(a)) = (run_added, &alert) {
-                    updates.state(a, added);
-                }
+                let (patient, rule) = key(&writes[i]);
+                let k = (patient, rule.to_owned());
+                let run = Run {
+                    writes,
+                    open: open.get(&k),
+                    created: created.get(&k),
+                    added: &added,
+                };
+                run.fold(item, &mut events, &mut updates, done);
                 continue;
             }
             AlertWrite::Confirm {
@@ -328,6 +270,91 @@ async fn round(
         }
     }
     Ok(last_event)
+}
+
+/// A run of triggers and clears on one (patient, rule), and what the round knows of it: the
+/// alert open before it, the one its first trigger opened (if none was), and how many readings
+/// each trigger linked first.
+struct Run<'a, 'r> {
+    writes: &'a [AlertWrite],
+    open: Option<&'r Alert>,
+    created: Option<&'r Alert>,
+    added: &'r HashMap<usize, u64>,
+}
+
+impl<'a> Run<'a, '_> {
+    /// Decides each write of `run` on the alert as the write before left it: answers in
+    /// `done`, events in `events`, and the alert as the run left it in `updates` if the run
+    /// changed it.
+    fn fold(
+        &self,
+        run: &[usize],
+        events: &mut Vec<Event<'a>>,
+        updates: &mut Updates,
+        done: &mut [Option<AlertWritten>],
+    ) {
+        let mut alert = self.open.cloned();
+        let mut changed = false;
+        let mut counted = 0i64;
+        for &j in run {
+            let answer = match (&self.writes[j], alert.as_mut()) {
+                // None open: the run's first trigger opened one (none: an unknown patient,
+                // which failed the round before this).
+                (AlertWrite::Trigger(t), None) => {
+                    let Some(a) = self.created else {
+                        continue;
+                    };
+                    events.push(Event::trigger(j, a, t, "opened", t.severity));
+                    alert = Some(a.clone());
+                    AlertWritten::Trigger(TriggerOutcome::Opened { alert_id: a.id })
+                }
+                (AlertWrite::Trigger(t), Some(a)) => {
+                    let added = self.added.get(&j).copied().unwrap_or(0);
+                    AlertWritten::Trigger(match TriggerUpdate::of(a, t, added) {
+                        None => TriggerOutcome::Unchanged { alert_id: a.id },
+                        Some(u) => {
+                            events.push(Event::trigger(j, a, t, u.event_kind(), u.severity));
+                            u.apply(a, t);
+                            changed = true;
+                            counted += u.added;
+                            u.outcome(a.id)
+                        }
+                    })
+                }
+                (
+                    AlertWrite::Clear {
+                        patient_id,
+                        at,
+                        measured_at,
+                        detail,
+                        ..
+                    },
+                    Some(a),
+                ) if clears(a, *measured_at) => {
+                    events.push(Event {
+                        write: j,
+                        alert_id: a.id,
+                        patient_id: *patient_id,
+                        cot_id: a.cot_id,
+                        at: *at,
+                        kind: "cleared",
+                        severity: a.severity,
+                        detail: detail.as_deref(),
+                    });
+                    cleared(a, *at, *measured_at);
+                    changed = true;
+                    AlertWritten::Clear(Some(a.id))
+                }
+                (AlertWrite::Clear { .. }, _) => AlertWritten::Clear(None),
+                // Never in a run.
+                (AlertWrite::Confirm { .. }, _) => continue,
+            };
+            done[j] = Some(answer);
+        }
+        if let Some(a) = alert.as_ref().filter(|_| changed) {
+            updates.state(a, counted);
+        }
+    }
 }
 
 /// (patient, rule) pairs as two arrays.
