@@ -155,6 +155,11 @@ pub struct EngineMetrics {
     pub errors: AtomicU64,
     /// Times the engine read lagging batches back from the outbox.
     pub catch_ups: AtomicU64,
+    /// Steps that started behind (their oldest batch committed more than `BEHIND_AFTER`
+    /// before), evaluated in long turns.
+    pub steps_behind: AtomicU64,
+    /// Times a worker gave the runtime a turn between readings.
+    pub yields: AtomicU64,
     /// Alert partitions this node holds now (gauge; all of them on SQLite).
     pub partitions_held: AtomicU64,
     /// Live nodes sharing the partitions, as last counted (gauge).
@@ -234,6 +239,16 @@ impl EngineMetrics {
                 "alert_engine_catch_ups_total",
                 "Times the alert engine, lagging, read committed batches back from the outbox.",
                 &self.catch_ups,
+            ),
+            (
+                "alert_engine_steps_behind_total",
+                "Steps of the alert engine that started behind and took long turns on the runtime.",
+                &self.steps_behind,
+            ),
+            (
+                "alert_engine_yields_total",
+                "Times an alert engine worker gave the device path a turn between readings.",
+                &self.yields,
             ),
             (
                 "alert_writes_total",
@@ -345,6 +360,17 @@ const MERGE_READINGS: usize = 20_000;
 /// device path's half-rate p99 publish->ack over 250 ms (320 ms in `bench.sh`).
 const YIELD_EVERY: usize = 32;
 
+/// The same for a step that starts behind: its oldest batch was committed more than
+/// [`BEHIND_AFTER`] before. A yield puts the worker behind every device connection and writer
+/// with work, so under a full device load 32 readings per turn bound what the engine
+/// evaluates, however few cycles it needs; late, it takes longer turns, and the acks wait
+/// a little instead of the alerts a lot.
+const YIELD_EVERY_BEHIND: usize = 512;
+
+/// How late a step's oldest batch may be before the step takes longer turns (a quarter of
+/// the commit → alert target).
+const BEHIND_AFTER: std::time::Duration = std::time::Duration::from_millis(60);
+
 /// How much history a window keeps (the longest baseline plus margin).
 const WINDOW: time::Duration = time::Duration::days(15);
 
@@ -400,6 +426,9 @@ struct Worker {
     cpu_held: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Readings evaluated since the worker last yielded.
     since_yield: usize,
+    /// Readings evaluated between two yields in this step: [`YIELD_EVERY`], or
+    /// [`YIELD_EVERY_BEHIND`] when it started behind.
+    turn: usize,
     halt: CancellationToken,
     config: AlertsConfig,
     clock: Clock,
@@ -525,6 +554,7 @@ impl Engine {
             cpu: self.cpu.clone(),
             cpu_held: None,
             since_yield: 0,
+            turn: YIELD_EVERY,
             halt: self.halt.clone(),
             config,
             clock: self.clock.clone(),
@@ -564,7 +594,7 @@ impl Engine {
 
     /// Evaluates `jobs`, each worker its own patients on its own task, all at once; returns
     /// the patients whose evaluation failed (their cached state is dropped).
-    async fn dispatch(&mut self, jobs: Vec<Job>) -> Vec<(i64, StoreError)> {
+    async fn dispatch(&mut self, jobs: Vec<Job>, turn: usize) -> Vec<(i64, StoreError)> {
         let k = self.workers.len();
         let held = self.held();
         let mut shares: Vec<Vec<Job>> = (0..k).map(|_| Vec::new()).collect();
@@ -580,6 +610,7 @@ impl Engine {
                 continue;
             };
             worker.held = held & worker.mask;
+            worker.turn = turn;
             running.push((
                 i,
                 share.iter().map(Job::patient).collect::<Vec<_>>(),
@@ -780,7 +811,7 @@ impl Engine {
             }
             jobs.push(Job::Spans(patient, merged));
         }
-        if let Some((_, e)) = self.dispatch(jobs).await.into_iter().next() {
+        if let Some((_, e)) = self.dispatch(jobs, YIELD_EVERY).await.into_iter().next() {
             // The entries stay: the next catch-up, poll or start evaluates them again.
             return Err(e);
         }
@@ -953,7 +984,17 @@ impl Engine {
             .into_iter()
             .map(|(patient, readings)| Job::Readings(patient, readings))
             .collect();
-        let failed = self.dispatch(jobs).await;
+        let behind = committed
+            .iter()
+            .min()
+            .is_some_and(|oldest| oldest.elapsed() > BEHIND_AFTER);
+        let turn = if behind {
+            self.metrics.steps_behind.fetch_add(1, Ordering::Relaxed);
+            YIELD_EVERY_BEHIND
+        } else {
+            YIELD_EVERY
+        };
+        let failed = self.dispatch(jobs, turn).await;
         let ok = failed.is_empty();
         if self.halt.is_cancelled() && !ok {
             tracing::info!(
@@ -1291,9 +1332,10 @@ impl Worker {
             // share: give them a turn between chunks of a long backlog, or their acks wait
             // behind it.
             self.since_yield += 1;
-            if self.since_yield >= YIELD_EVERY {
+            if self.since_yield >= self.turn {
                 self.since_yield = 0;
                 self.cpu_held = None;
+                self.metrics.yields.fetch_add(1, Ordering::Relaxed);
                 tokio::task::yield_now().await;
             }
             if self.halt.is_cancelled() {

@@ -226,3 +226,57 @@ async fn a_failed_alert_write_keeps_its_batches_in_the_outbox() {
         "nothing left"
     );
 }
+
+/// A step whose batches wait in the queue longer than the engine's "behind" mark takes long
+/// turns on the runtime (a yield every 512 readings instead of every 32), so the alerts catch
+/// up rather than queue behind every device connection; a step on time keeps short turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_starts_behind_takes_long_turns() {
+    let db = TestDb::sqlite().await;
+    let store = &db.store;
+    let who = enrol(store).await;
+    let (patient, device) = &who[0];
+    let metrics = Arc::new(EngineMetrics::default());
+    let config = AlertsConfig {
+        workers: 1,
+        ..AlertsConfig::default()
+    };
+    let mut engine = Engine::new(store.clone(), config, system_clock(), metrics.clone());
+    let t0 = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let readings = |from: i64| -> Vec<NewReading> {
+        (from..from + 1024)
+            .map(|i| {
+                bp(
+                    *patient,
+                    device,
+                    i,
+                    t0 + time::Duration::seconds(i),
+                    124.0,
+                    78.0,
+                )
+            })
+            .collect()
+    };
+    let yields = || metrics.yields.load(Ordering::Relaxed);
+
+    let on_time = commit(store, readings(0)).await;
+    engine.on_batches(vec![on_time]).await;
+    assert_eq!(metrics.steps_behind.load(Ordering::Relaxed), 0);
+    let short = yields();
+    assert!(
+        short >= 1024 / 32,
+        "{short} yields for 1,024 readings on time"
+    );
+
+    let mut late = commit(store, readings(1024)).await;
+    late.committed = Instant::now() - Duration::from_secs(1);
+    engine.on_batches(vec![late]).await;
+    assert_eq!(metrics.steps_behind.load(Ordering::Relaxed), 1);
+    let long = yields() - short;
+    assert!(
+        long <= 1024 / 512,
+        "{long} yields for 1,024 readings behind"
+    );
+    assert_eq!(metrics.readings_evaluated.load(Ordering::Relaxed), 2048);
+    assert_eq!(metrics.errors.load(Ordering::Relaxed), 0);
+}
