@@ -176,6 +176,12 @@ pub struct EngineMetrics {
     pub alert_write_commits: AtomicU64,
     /// From a batch's commit to its alert events being written.
     pub commit_to_alert_seconds: Histogram,
+    /// From the oldest batch's commit to the start of the step that evaluates it.
+    pub step_wait_seconds: Histogram,
+    /// A step: its readings evaluated and their alert writes committed.
+    pub step_seconds: Histogram,
+    /// A worker's wait, at the end of its share of a step, for its alert writes to commit.
+    pub settle_seconds: Histogram,
 }
 
 /// A worker counted busy while it lives.
@@ -296,6 +302,21 @@ impl EngineMetrics {
             "sentinella_commit_to_alert_seconds",
             "From a batch's commit to the alert engine having written its events.",
         );
+        self.step_wait_seconds.render(
+            out,
+            "sentinella_alert_step_wait_seconds",
+            "From the oldest batch's commit to the start of the alert engine step that evaluates it.",
+        );
+        self.step_seconds.render(
+            out,
+            "sentinella_alert_step_seconds",
+            "An alert engine step: its readings evaluated and their alert writes committed.",
+        );
+        self.settle_seconds.render(
+            out,
+            "sentinella_alert_settle_seconds",
+            "A worker's wait, at the end of its share of a step, for its alert writes to commit.",
+        );
     }
 }
 
@@ -321,7 +342,7 @@ pub const BACKLOG_QUIET: time::Duration = time::Duration::minutes(15);
 struct Pending {
     severity: Severity,
     metric: Metric,
-    at: OffsetDateTime,
+    at: rules::At,
 }
 
 /// A patient's plan as the engine uses it.
@@ -984,17 +1005,20 @@ impl Engine {
             .into_iter()
             .map(|(patient, readings)| Job::Readings(patient, readings))
             .collect();
-        let behind = committed
-            .iter()
-            .min()
-            .is_some_and(|oldest| oldest.elapsed() > BEHIND_AFTER);
+        let waited = committed.iter().min().map(|oldest| oldest.elapsed());
+        if let Some(w) = waited {
+            self.metrics.step_wait_seconds.observe(w);
+        }
+        let behind = waited.is_some_and(|w| w > BEHIND_AFTER);
         let turn = if behind {
             self.metrics.steps_behind.fetch_add(1, Ordering::Relaxed);
             YIELD_EVERY_BEHIND
         } else {
             YIELD_EVERY
         };
+        let started = std::time::Instant::now();
         let failed = self.dispatch(jobs, turn).await;
+        self.metrics.step_seconds.observe(started.elapsed());
         let ok = failed.is_empty();
         if self.halt.is_cancelled() && !ok {
             tracing::info!(
@@ -1136,7 +1160,9 @@ impl Worker {
         }
         self.open_seen.clear();
         self.cpu_held = None;
+        let settling = std::time::Instant::now();
         let settled = self.settle().await;
+        metrics.settle_seconds.observe(settling.elapsed());
         for (patient, e) in settled {
             if !failed.iter().any(|(p, _)| *p == patient) {
                 self.patients.remove(&patient);
@@ -1243,7 +1269,7 @@ impl Worker {
                     Pending {
                         severity: a.severity,
                         metric,
-                        at: a.last_measured_at.unwrap_or(a.opened_at),
+                        at: rules::At::from(a.last_measured_at.unwrap_or(a.opened_at)),
                     },
                 ))
             })
@@ -1316,7 +1342,7 @@ impl Worker {
             // Its state is read from the store: the permit goes to a worker with work.
             self.cpu_held = None;
         }
-        self.load_patient(patient, first).await?;
+        self.load_patient(patient, first.to_datetime()).await?;
         self.touch += 1;
         let touch = self.touch;
         let late_after =
@@ -1369,13 +1395,17 @@ impl Worker {
                     .fetch_add(1, Ordering::Relaxed);
             }
             let key = (patient, o.kind);
-            if self.last_measured.get(&key).is_none_or(|t| *t < o.at) {
-                self.last_measured.insert(key, o.at);
+            if self
+                .last_measured
+                .get(&key)
+                .is_none_or(|t| rules::At::from(*t) < o.at)
+            {
+                self.last_measured.insert(key, o.at.to_datetime());
             }
             // Measured is measured, late or not: adherence may be met again.
             self.adherence_met(patient, &plan, o.kind, now).await?;
             if o.clock_bad && has_rule(&plan.plan, |c| matches!(c, Check::Clock { .. })) {
-                clock_devices.push((o.device_id.clone(), o.seq, o.at));
+                clock_devices.push((o.device_id.clone(), o.seq, o.at.to_datetime()));
             }
             if late {
                 self.last_late.insert(key, now);
@@ -1498,7 +1528,7 @@ impl Worker {
                     .map(|(o, _)| AlertReading {
                         device_id: o.device_id.clone(),
                         seq: o.seq,
-                        measured_at: o.at,
+                        measured_at: o.at.to_datetime(),
                         value: None,
                     })
                     .collect(),
@@ -1619,6 +1649,8 @@ impl Worker {
                     }
                     return Ok(());
                 }
+                // Its answer waits on a commit: the permit goes to a worker with work.
+                self.cpu_held = None;
                 let outcome = self.trigger(t).await?;
                 let opened = matches!(outcome, TriggerOutcome::Opened { .. });
                 self.record(outcome);
@@ -1708,6 +1740,7 @@ impl Worker {
         {
             Some(until) => *until,
             None => {
+                self.cpu_held = None;
                 let last = self.store.last_alert_opened(patient, rule_id).await?;
                 let until = last.map_or(now, |t| t + time::Duration::days(7));
                 if let Some(state) = self.patients.get_mut(&patient) {
@@ -1725,6 +1758,7 @@ impl Worker {
         if let Some(open) = self.open_seen.get(&key) {
             return Ok(*open);
         }
+        self.cpu_held = None;
         let open = self
             .store
             .open_alerts(patient)

@@ -13,7 +13,9 @@ use protocol::reading::{MeasurementStatus, sensor};
 
 use super::plan::{Band, CarePlan, Check, Condition, Direction, Metric};
 
+mod at;
 mod sums;
+pub use at::At;
 use sums::Sums;
 
 /// Whether a reading may raise a clinical alert.
@@ -62,8 +64,8 @@ pub struct Obs {
     pub kind: ReadingKind,
     /// When it was measured, as far as we can tell: the device time, or the receive time
     /// when the device clock is unset or implausible.
-    pub at: OffsetDateTime,
-    pub received_at: OffsetDateTime,
+    pub at: At,
+    pub received_at: At,
     pub values: Values,
     pub quality: Quality,
     /// The device clock was unset or implausible.
@@ -138,12 +140,12 @@ impl Obs {
             device_id: r.device_id.clone(),
             seq: r.seq,
             kind: r.kind,
-            at: if clock_bad {
+            at: At::from(if clock_bad {
                 r.received_at
             } else {
                 r.measured_at
-            },
-            received_at: r.received_at,
+            }),
+            received_at: At::from(r.received_at),
             values: Values {
                 systolic: f(r.systolic),
                 diastolic: f(r.diastolic),
@@ -608,7 +610,7 @@ fn evidence<'a>(
     window: &'a [Obs],
     current: &'a Obs,
     kinds: sums::Kinds,
-    since: OffsetDateTime,
+    since: At,
 ) -> Vec<&'a Obs> {
     let (mut period, _) = eligible(
         window,
@@ -632,7 +634,12 @@ fn clock_bad(measured: OffsetDateTime, received: OffsetDateTime, unset: bool) ->
 }
 
 fn run_entry(o: &Obs, metric: Metric) -> (String, i64, OffsetDateTime, Option<f64>) {
-    (o.device_id.clone(), o.seq, o.at, o.values.get(metric))
+    (
+        o.device_id.clone(),
+        o.seq,
+        o.at.to_datetime(),
+        o.values.get(metric),
+    )
 }
 
 #[cfg(test)]
@@ -648,8 +655,8 @@ mod tests {
             device_id: "d".into(),
             seq,
             kind,
-            at: T0 + Duration::minutes(minutes),
-            received_at: T0 + Duration::minutes(minutes),
+            at: At::from(T0 + Duration::minutes(minutes)),
+            received_at: At::from(T0 + Duration::minutes(minutes)),
             values,
             quality: Quality::Good,
             clock_bad: false,
@@ -1185,7 +1192,12 @@ mod tests {
                 behind += usize::from(end > 0 && end < r.len() && r[end - 1] == o);
                 let fresh = evaluate(&plan, w.readings(), &o);
                 let running = w.evaluate(&plan, &o);
-                assert_eq!(running, fresh, "reading {seq} at minute {}", o.at - T0);
+                assert_eq!(
+                    running,
+                    fresh,
+                    "reading {seq} at minute {}",
+                    o.at - At::from(T0)
+                );
                 for e in &running {
                     if let Effect::Trigger { rule_kind, .. } = e {
                         trends += usize::from(*rule_kind == "trend");

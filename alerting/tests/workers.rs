@@ -279,4 +279,17 @@ async fn a_step_that_starts_behind_takes_long_turns() {
     );
     assert_eq!(metrics.readings_evaluated.load(Ordering::Relaxed), 2048);
     assert_eq!(metrics.errors.load(Ordering::Relaxed), 0);
+    // Where a late alert's time went: both steps timed, and only the second started a
+    // second after its batch's commit.
+    let mut text = String::new();
+    metrics.render_prometheus(&mut text);
+    for line in [
+        "sentinella_alert_step_wait_seconds_bucket{le=\"0.5\"} 1\n",
+        "sentinella_alert_step_wait_seconds_bucket{le=\"1\"} 1\n",
+        "sentinella_alert_step_wait_seconds_count 2\n",
+        "sentinella_alert_step_seconds_count 2\n",
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+    assert!(metrics.settle_seconds.count() >= 2);
 }

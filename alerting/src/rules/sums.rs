@@ -15,9 +15,8 @@
 use std::collections::BTreeMap;
 
 use store::ReadingKind;
-use time::{Date, OffsetDateTime, UtcOffset};
 
-use super::{Obs, Quality};
+use super::{At, Obs, Quality};
 use crate::plan::Metric;
 
 /// Every [`Metric`], for per-metric sums.
@@ -84,7 +83,7 @@ impl Summary {
 #[derive(Debug, Clone, Default)]
 struct Period {
     len: usize,
-    days: BTreeMap<Date, u32>,
+    days: BTreeMap<i64, u32>,
     sums: [f64; METRICS],
     counts: [u32; METRICS],
 }
@@ -92,7 +91,7 @@ struct Period {
 impl Period {
     /// Adds `o` (`added`) or takes it away.
     fn count(&mut self, o: &Obs, added: bool) {
-        let d = day(o.at);
+        let d = o.at.day();
         if added {
             self.len += 1;
             *self.days.entry(d).or_default() += 1;
@@ -129,10 +128,6 @@ impl Period {
     }
 }
 
-fn day(at: OffsetDateTime) -> Date {
-    at.to_offset(UtcOffset::UTC).date()
-}
-
 /// Whether a reading counts in a trend's baseline of `metric`.
 fn in_baseline(o: &Obs, metric: Metric) -> bool {
     o.quality == Quality::Good && metric.kinds().contains(&o.kind) && o.values.get(metric).is_some()
@@ -165,7 +160,7 @@ pub(super) trait Sums {
         kinds: Kinds,
         range: (usize, usize),
         current: &Obs,
-        since: OffsetDateTime,
+        since: At,
     ) -> Summary;
 }
 
@@ -199,7 +194,7 @@ impl Sums for Scan {
         kinds: Kinds,
         (lo, hi): (usize, usize),
         current: &Obs,
-        since: OffsetDateTime,
+        since: At,
     ) -> Summary {
         let mut period = Period::default();
         for o in &window[lo..hi.max(lo)] {
@@ -509,7 +504,7 @@ impl Sums for Live<'_> {
         kinds: Kinds,
         (lo, hi): (usize, usize),
         _current: &Obs,
-        _since: OffsetDateTime,
+        _since: At,
     ) -> Summary {
         // The period runs to `current`, the last reading of its time (`hi`), `current`
         // included exactly when it is after `since` (then `lo` is at or before it).
