@@ -1649,8 +1649,6 @@ impl Worker {
                     }
                     return Ok(());
                 }
-                // Its answer waits on a commit: the permit goes to a worker with work.
-                self.cpu_held = None;
                 let outcome = self.trigger(t).await?;
                 let opened = matches!(outcome, TriggerOutcome::Opened { .. });
                 self.record(outcome);
@@ -1740,7 +1738,6 @@ impl Worker {
         {
             Some(until) => *until,
             None => {
-                self.cpu_held = None;
                 let last = self.store.last_alert_opened(patient, rule_id).await?;
                 let until = last.map_or(now, |t| t + time::Duration::days(7));
                 if let Some(state) = self.patients.get_mut(&patient) {
@@ -1758,7 +1755,6 @@ impl Worker {
         if let Some(open) = self.open_seen.get(&key) {
             return Ok(*open);
         }
-        self.cpu_held = None;
         let open = self
             .store
             .open_alerts(patient)

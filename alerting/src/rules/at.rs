@@ -41,12 +41,6 @@ impl From<OffsetDateTime> for At {
     }
 }
 
-impl From<At> for OffsetDateTime {
-    fn from(t: At) -> OffsetDateTime {
-        t.to_datetime()
-    }
-}
-
 impl Sub for At {
     type Output = Duration;
 
