@@ -70,19 +70,27 @@ async fn commit(store: &Store, readings: Vec<NewReading>) -> Committed {
     }
 }
 
+/// An engine on `store` with `config` on the system clock, and its metrics.
+fn engine(store: &Store, config: AlertsConfig) -> (Engine, Arc<EngineMetrics>) {
+    let metrics = Arc::new(EngineMetrics::default());
+    let engine = Engine::new(store.clone(), config, system_clock(), metrics.clone());
+    (engine, metrics)
+}
+
 /// Two batches for every patient: a crisis reading (an unconfirmed alert), then a normal one
 /// a minute later (it settles the alert: not confirmed, condition cleared). Evaluated in the
 /// wrong order, the alert would stay active and unconfirmed. Returns the engine's metrics.
 async fn two_batches(db: &TestDb, workers: usize) -> Arc<EngineMetrics> {
     let store = &db.store;
     let who = enrol(store).await;
-    let metrics = Arc::new(EngineMetrics::default());
-    let config = AlertsConfig {
-        workers,
-        evaluation_delay: DELAY,
-        ..AlertsConfig::default()
-    };
-    let mut engine = Engine::new(store.clone(), config, system_clock(), metrics.clone());
+    let (mut engine, metrics) = engine(
+        store,
+        AlertsConfig {
+            workers,
+            evaluation_delay: DELAY,
+            ..AlertsConfig::default()
+        },
+    );
     let t0 = OffsetDateTime::now_utc() - time::Duration::minutes(10);
     let crisis = who
         .iter()
@@ -162,12 +170,13 @@ async fn a_failed_alert_write_keeps_its_batches_in_the_outbox() {
     let db = TestDb::postgres().await;
     let store = &db.store;
     let who = enrol(store).await;
-    let metrics = Arc::new(EngineMetrics::default());
-    let config = AlertsConfig {
-        workers: 4,
-        ..AlertsConfig::default()
-    };
-    let mut engine = Engine::new(store.clone(), config, system_clock(), metrics.clone());
+    let (mut engine, metrics) = engine(
+        store,
+        AlertsConfig {
+            workers: 4,
+            ..AlertsConfig::default()
+        },
+    );
     let t0 = OffsetDateTime::now_utc() - time::Duration::minutes(10);
     let at = |m: i64| t0 + time::Duration::minutes(m);
     let crisis = who
@@ -236,12 +245,13 @@ async fn a_step_that_starts_behind_takes_long_turns() {
     let store = &db.store;
     let who = enrol(store).await;
     let (patient, device) = &who[0];
-    let metrics = Arc::new(EngineMetrics::default());
-    let config = AlertsConfig {
-        workers: 1,
-        ..AlertsConfig::default()
-    };
-    let mut engine = Engine::new(store.clone(), config, system_clock(), metrics.clone());
+    let (mut engine, metrics) = engine(
+        store,
+        AlertsConfig {
+            workers: 1,
+            ..AlertsConfig::default()
+        },
+    );
     let t0 = OffsetDateTime::now_utc() - time::Duration::hours(1);
     let readings = |from: i64| -> Vec<NewReading> {
         (from..from + 1024)
