@@ -174,6 +174,8 @@ pub struct EngineMetrics {
     /// that committed them (the group commit's effect is the ratio).
     pub alert_writes: AtomicU64,
     pub alert_write_commits: AtomicU64,
+    /// Triggers whose answer a worker waited for: an alert it did not know open may open.
+    pub alert_write_waits: AtomicU64,
     /// From a batch's commit to its alert events being written.
     pub commit_to_alert_seconds: Histogram,
     /// From the oldest batch's commit to the start of the step that evaluates it.
@@ -265,6 +267,11 @@ impl EngineMetrics {
                 "alert_write_commits_total",
                 "Transactions that committed the engine's alert writes (several per commit).",
                 &self.alert_write_commits,
+            ),
+            (
+                "alert_write_waits_total",
+                "Alert triggers whose answer an engine worker waited for (an alert it did not know open may open).",
+                &self.alert_write_waits,
             ),
             (
                 "alert_partitions_taken_total",
@@ -360,6 +367,11 @@ struct PatientState {
     window: rules::Window,
     /// Rules whose condition is active in the store (so a reading back in range clears).
     active: HashSet<String>,
+    /// Rules with an alert not resolved, as the worker last learned: a trigger of one
+    /// updates it, so nothing waits for its answer. A nurse may have resolved one since;
+    /// then the trigger opens a new alert, and its answer, settled at the end of the step,
+    /// says so (see [`Worker::opened`]).
+    open: HashSet<String>,
     /// Unconfirmed alerts by rule, waiting for a repeat.
     unconfirmed: HashMap<String, Pending>,
     /// Average rules that opened an alert recently: quiet until then.
@@ -476,9 +488,27 @@ struct Worker {
     touch: u64,
     /// Answers of writes nothing waits on (see `writes`), by patient: settled once the
     /// worker's share of a step is through (one wait for all, not one per patient).
-    unsettled: Vec<(i64, writes::Answer)>,
+    unsettled: Vec<Unsettled>,
     /// Whether the (patient, average rule) alert was open when read in this step.
     open_seen: HashMap<(i64, String), bool>,
+}
+
+/// A write sent without waiting, settled once the worker's share of a step is through.
+struct Unsettled {
+    patient: i64,
+    answer: writes::Answer,
+    /// A trigger's: what it changes in the cached state if it opens an alert.
+    opens: Option<Opens>,
+}
+
+/// What a trigger that opens an alert changes in the worker's cached state.
+struct Opens {
+    rule_id: String,
+    /// A single reading's alert: unconfirmed until a repeat.
+    pending: Option<Pending>,
+    /// An average's alert: the rule is quiet for a week.
+    average: bool,
+    now: OffsetDateTime,
 }
 
 /// Work for a worker: one patient's readings, from memory or read back from the store.
@@ -1259,6 +1289,7 @@ impl Worker {
             .filter(|a| a.condition == "active")
             .map(|a| a.rule_id.clone())
             .collect();
+        let known_open = open.iter().map(|a| a.rule_id.clone()).collect();
         let unconfirmed = open
             .iter()
             .filter(|a| a.confirmation.as_deref() == Some("unconfirmed"))
@@ -1283,6 +1314,7 @@ impl Worker {
                 plan,
                 window,
                 active,
+                open: known_open,
                 unconfirmed,
                 quiet_until: HashMap::new(),
                 touched: 0,
@@ -1312,9 +1344,21 @@ impl Worker {
     /// writes failed.
     async fn settle(&mut self) -> Vec<(i64, StoreError)> {
         let mut failed: Vec<(i64, StoreError)> = Vec::new();
-        for (patient, answer) in std::mem::take(&mut self.unsettled) {
+        for Unsettled {
+            patient,
+            answer,
+            opens,
+        } in std::mem::take(&mut self.unsettled)
+        {
             match writes::settle(answer).await {
-                Ok(store::AlertWritten::Trigger(outcome)) => self.record(outcome),
+                Ok(store::AlertWritten::Trigger(outcome)) => {
+                    let opened = matches!(outcome, TriggerOutcome::Opened { .. });
+                    self.record(outcome);
+                    if let Some(opens) = opens.filter(|_| opened) {
+                        // Resolved by a nurse since the worker learned it open.
+                        self.opened(patient, opens);
+                    }
+                }
                 Ok(store::AlertWritten::Clear(cleared)) => {
                     if cleared.is_some() {
                         self.metrics.alerts_cleared.fetch_add(1, Ordering::Relaxed);
@@ -1469,15 +1513,15 @@ impl Worker {
                     what,
                     detail: Some(detail),
                 });
-                self.unsettled.push((patient, answer));
+                self.unsettled.push(Unsettled {
+                    patient,
+                    answer,
+                    opens: None,
+                });
                 if let Some(state) = self.patients.get_mut(&patient) {
                     state.unconfirmed.remove(&rule_id);
                 }
             }
-        }
-        if !clock_devices.is_empty() || !late_review.is_empty() {
-            // Their triggers wait on the store.
-            self.cpu_held = None;
         }
         for (device, seq, at) in clock_devices {
             let severity = clock_severity(&plan_of(self, patient));
@@ -1503,7 +1547,7 @@ impl Worker {
                 detail: None,
                 unconfirmed: false,
             };
-            self.record(self.trigger(t).await?);
+            self.send_trigger(t);
         }
         if !late_review.is_empty() {
             let plan = plan_of(self, patient);
@@ -1537,7 +1581,7 @@ impl Worker {
                 detail: Some(serde_json::json!({ "worst_band": worst.as_str() }).to_string()),
                 unconfirmed: false,
             };
-            self.record(self.trigger(t).await?);
+            self.send_trigger(t);
         }
         Ok(())
     }
@@ -1547,6 +1591,21 @@ impl Worker {
             .response(severity)
             .and_then(|d| time::Duration::try_from(d).ok())
             .map(|d| now + d)
+    }
+
+    /// Opens or updates an alert nothing in the cached state depends on (a device's clock,
+    /// a late reading's review) without waiting for it.
+    fn send_trigger(&mut self, t: Trigger) {
+        let patient = t.patient_id;
+        if let Some(state) = self.patients.get_mut(&patient) {
+            state.open.insert(t.rule_id.clone());
+        }
+        let answer = self.writes.send(AlertWrite::Trigger(t));
+        self.unsettled.push(Unsettled {
+            patient,
+            answer,
+            opens: None,
+        });
     }
 
     /// Opens or updates an alert (through the group commit).
@@ -1641,34 +1700,38 @@ impl Worker {
                     detail: None,
                     unconfirmed: single,
                 };
+                let opens = Opens {
+                    rule_id: rule_id.clone(),
+                    pending: single.then_some(Pending {
+                        severity,
+                        metric,
+                        at: o.at,
+                    }),
+                    average: rule_kind == "average",
+                    now,
+                };
+                // Whatever the answer, an alert of the rule is open and active after it.
+                if let Some(state) = self.patients.get_mut(&patient) {
+                    state.active.insert(rule_id.clone());
+                    state.open.insert(rule_id);
+                }
                 if unneeded {
                     let answer = self.writes.send(AlertWrite::Trigger(t));
-                    self.unsettled.push((patient, answer));
-                    if let Some(state) = self.patients.get_mut(&patient) {
-                        state.active.insert(rule_id);
-                    }
+                    self.unsettled.push(Unsettled {
+                        patient,
+                        answer,
+                        opens: Some(opens),
+                    });
                     return Ok(());
                 }
+                self.metrics
+                    .alert_write_waits
+                    .fetch_add(1, Ordering::Relaxed);
                 let outcome = self.trigger(t).await?;
                 let opened = matches!(outcome, TriggerOutcome::Opened { .. });
                 self.record(outcome);
-                if let Some(state) = self.patients.get_mut(&patient) {
-                    if single && opened {
-                        state.unconfirmed.insert(
-                            rule_id.clone(),
-                            Pending {
-                                severity,
-                                metric,
-                                at: o.at,
-                            },
-                        );
-                    }
-                    if rule_kind == "average" && opened {
-                        state
-                            .quiet_until
-                            .insert(rule_id.clone(), now + time::Duration::days(7));
-                    }
-                    state.active.insert(rule_id);
+                if opened {
+                    self.opened(patient, opens);
                 }
             }
             Effect::Clear { rule_id } => {
@@ -1679,7 +1742,11 @@ impl Worker {
                 if active {
                     let write = clear_write(patient, &rule_id, now, None);
                     let answer = self.writes.send(write);
-                    self.unsettled.push((patient, answer));
+                    self.unsettled.push(Unsettled {
+                        patient,
+                        answer,
+                        opens: None,
+                    });
                     if let Some(state) = self.patients.get_mut(&patient) {
                         state.active.remove(&rule_id);
                     }
@@ -1689,19 +1756,44 @@ impl Worker {
         Ok(())
     }
 
+    /// What an alert a trigger opened changes in the cached state: a single reading's waits
+    /// for its repeat, an average's rule goes quiet for a week.
+    fn opened(&mut self, patient: i64, opens: Opens) {
+        let Some(state) = self.patients.get_mut(&patient) else {
+            return;
+        };
+        if let Some(pending) = opens.pending {
+            state.unconfirmed.insert(opens.rule_id.clone(), pending);
+        }
+        if opens.average {
+            state
+                .quiet_until
+                .insert(opens.rule_id, opens.now + time::Duration::days(7));
+        }
+    }
+
     /// Whether nothing the worker does after a trigger depends on its answer, so it is sent
     /// without waiting (see `writes`): only whether a single-reading alert or an average's
-    /// was opened (not updated) changes its cached state.
+    /// was opened (not updated) changes its cached state, and the next reading of the
+    /// patient depends on it. The worker waits unless it knows the rule's alert open. If a
+    /// nurse resolved it since, the trigger opens a new one and [`Worker::settle`] applies
+    /// that at the end of the step: the patient's readings after it in the same step do not
+    /// confirm it, the next ones do.
     fn answer_unneeded(&self, patient: i64, rule_id: &str, rule_kind: &str, single: bool) -> bool {
+        if single {
+            return self
+                .patients
+                .get(&patient)
+                .is_some_and(|s| s.open.contains(rule_id));
+        }
         // An average's alert in its quiet week updated: it was read open in this step (a
         // nurse may have resolved it since it opened).
-        let average_open = || {
-            self.open_seen
+        rule_kind != "average"
+            || self
+                .open_seen
                 .get(&(patient, rule_id.to_owned()))
                 .copied()
                 .unwrap_or(false)
-        };
-        !single && (rule_kind != "average" || average_open())
     }
 
     /// Whether applying `effect` may wait on the store (else the worker keeps its CPU permit).

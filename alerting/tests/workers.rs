@@ -303,3 +303,85 @@ async fn a_step_that_starts_behind_takes_long_turns() {
     }
     assert!(metrics.settle_seconds.count() >= 2);
 }
+
+/// A patient's crisis readings, each over 30 minutes after the one before (each a single
+/// reading's alert, high): the first one's trigger waits for its answer (an alert may open,
+/// unconfirmed); the repeats in the same step update an alert the worker knows open and are
+/// sent without waiting. A nurse then resolves them; the next crisis reading,
+/// sent without waiting as an update, opens new alerts, and the end of its step learns so:
+/// the normal reading of the next step settles them (not confirmed, cleared).
+async fn a_stream_waits_once_and_a_resolved_alert_opens_again(db: &TestDb) {
+    let store = &db.store;
+    let who = enrol(store).await;
+    let (mut engine, metrics) = engine(store, AlertsConfig::default());
+    let t0 = OffsetDateTime::now_utc() - time::Duration::hours(3);
+    let at = |m: i64| t0 + time::Duration::minutes(m);
+    let stream = who
+        .iter()
+        .flat_map(|(p, d)| (1..=3).map(|s| bp(*p, d, s, at(31 * s), 200.0 + s as f32, 122.0)))
+        .collect();
+    engine.on_batch(commit(store, stream).await).await;
+    let opened = metrics.alerts_opened.load(Ordering::Relaxed);
+    assert!(opened >= PATIENTS as u64, "{opened} alerts opened");
+    assert_eq!(
+        metrics.alert_write_waits.load(Ordering::Relaxed),
+        opened,
+        "only the triggers that opened an alert waited for it"
+    );
+    assert_eq!(metrics.errors.load(Ordering::Relaxed), 0);
+    for (patient, _) in &who {
+        for a in store.open_alerts(*patient).await.expect("alerts") {
+            assert_eq!(
+                a.confirmation.as_deref(),
+                Some("confirmed"),
+                "patient {patient}: {} was repeated",
+                a.rule_id
+            );
+            store
+                .resolve_alert(a.id, "nurse.test", "called_patient", None, at(100))
+                .await
+                .expect("resolve");
+        }
+    }
+
+    let crisis = who.iter().map(|(p, d)| bp(*p, d, 4, at(124), 200.0, 122.0));
+    engine.on_batch(commit(store, crisis.collect()).await).await;
+    assert_eq!(
+        metrics.alert_write_waits.load(Ordering::Relaxed),
+        opened,
+        "the worker knew the alerts open: nothing waited"
+    );
+    assert_eq!(
+        metrics.alerts_opened.load(Ordering::Relaxed),
+        2 * opened,
+        "every resolved alert opened again"
+    );
+    let normal = who.iter().map(|(p, d)| bp(*p, d, 5, at(125), 124.0, 78.0));
+    engine.on_batch(commit(store, normal.collect()).await).await;
+    assert_eq!(metrics.errors.load(Ordering::Relaxed), 0);
+    for (patient, _) in &who {
+        let alerts = store.open_alerts(*patient).await.expect("alerts");
+        assert!(!alerts.is_empty(), "patient {patient}: not opened again");
+        for a in alerts {
+            assert_eq!(
+                a.confirmation.as_deref(),
+                Some("not_confirmed"),
+                "patient {patient}: the normal reading did not settle {} (opened unknown to the worker?)",
+                a.rule_id
+            );
+            assert_ne!(a.condition, "active", "patient {patient}: {}", a.rule_id);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_waits_once_and_a_resolved_alert_opens_again_postgres() {
+    let db = TestDb::postgres().await;
+    a_stream_waits_once_and_a_resolved_alert_opens_again(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_waits_once_and_a_resolved_alert_opens_again_sqlite() {
+    let db = TestDb::sqlite().await;
+    a_stream_waits_once_and_a_resolved_alert_opens_again(&db).await;
+}

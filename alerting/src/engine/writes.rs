@@ -7,8 +7,8 @@
 //! group, the next writes queue, and it commits those together (up to
 //! [`store::MAX_ALERT_WRITES`]). The task commits in the order the writes came, so a
 //! patient's writes stay in order. A worker waits for a write's answer when its cached state
-//! depends on it (an alert opened); an update or clear of an alert it knows is open it only
-//! [`Writes::send`]s, and settles the answers once its share of the step is through (one
+//! depends on it (an alert of a rule it does not know open may open); an update or clear of
+//! an alert it knows is open it only [`Writes::send`]s, and settles the answers once its share of the step is through (one
 //! wait per worker and step instead of one per reading, for a stream in an alert's band).
 
 use std::sync::atomic::Ordering;
