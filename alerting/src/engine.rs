@@ -1506,18 +1506,14 @@ impl Worker {
                 })
                 .to_string();
                 // Sent without waiting: the pending confirmation goes whatever the answer.
-                let answer = self.writes.send(AlertWrite::Confirm {
+                let confirm = AlertWrite::Confirm {
                     patient_id: patient,
                     rule_id: rule_id.clone(),
                     at: now,
                     what,
                     detail: Some(detail),
-                });
-                self.unsettled.push(Unsettled {
-                    patient,
-                    answer,
-                    opens: None,
-                });
+                };
+                self.send(patient, confirm, None);
                 if let Some(state) = self.patients.get_mut(&patient) {
                     state.unconfirmed.remove(&rule_id);
                 }
@@ -1600,11 +1596,17 @@ impl Worker {
         if let Some(state) = self.patients.get_mut(&patient) {
             state.open.insert(t.rule_id.clone());
         }
-        let answer = self.writes.send(AlertWrite::Trigger(t));
+        self.send(patient, AlertWrite::Trigger(t), None);
+    }
+
+    /// Sends `write` without waiting; its answer is settled at the end of the step, and
+    /// `opens` applied then if it turns out to have opened an alert.
+    fn send(&mut self, patient: i64, write: AlertWrite, opens: Option<Opens>) {
+        let answer = self.writes.send(write);
         self.unsettled.push(Unsettled {
             patient,
             answer,
-            opens: None,
+            opens,
         });
     }
 
@@ -1716,12 +1718,7 @@ impl Worker {
                     state.open.insert(rule_id);
                 }
                 if unneeded {
-                    let answer = self.writes.send(AlertWrite::Trigger(t));
-                    self.unsettled.push(Unsettled {
-                        patient,
-                        answer,
-                        opens: Some(opens),
-                    });
+                    self.send(patient, AlertWrite::Trigger(t), Some(opens));
                     return Ok(());
                 }
                 self.metrics
@@ -1740,13 +1737,7 @@ impl Worker {
                     .get(&patient)
                     .is_some_and(|s| s.active.contains(&rule_id));
                 if active {
-                    let write = clear_write(patient, &rule_id, now, None);
-                    let answer = self.writes.send(write);
-                    self.unsettled.push(Unsettled {
-                        patient,
-                        answer,
-                        opens: None,
-                    });
+                    self.send(patient, clear_write(patient, &rule_id, now, None), None);
                     if let Some(state) = self.patients.get_mut(&patient) {
                         state.active.remove(&rule_id);
                     }
